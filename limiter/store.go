@@ -1,0 +1,167 @@
+package limiter
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// numShards spreads keys over independently locked maps so that concurrent
+// decisions on different keys rarely contend. Keys are xxhash values, so the
+// top byte is uniform.
+const numShards = 256
+
+// Store holds the buckets of many keys, bounded in number.
+//
+// Keys are 64-bit hashes of the descriptor (see the rules package), not the
+// descriptor strings: a key costs the same few dozen bytes however long the
+// descriptor is. Two descriptors colliding in 64 bits would share a bucket;
+// with a million live keys the chance that any pair collides is about 3e-8.
+//
+// A bucket that is full holds no information (a fresh bucket is full too), so
+// the store only keeps buckets that have tokens missing. When a shard is at
+// its share of the key bound, inserting a key first drops a full bucket if it
+// finds one, and otherwise evicts the sampled bucket closest to full — the one
+// whose loss gives its owner the fewest extra tokens. Those lossy evictions
+// are counted.
+//
+// A Store is safe for concurrent use.
+type Store struct {
+	shards    [numShards]shard
+	perShard  int
+	evictions atomic.Uint64
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[uint64]entry
+	// Pad to a cache line so neighbouring shards' locks do not share one.
+	_ [48]byte
+}
+
+// entry is one bucket: its GCRA state, when it will be full again (so eviction
+// can compare buckets of different limits), and a fingerprint of the Limit the
+// state is expressed in.
+type entry struct {
+	tat  int64
+	full int64
+	fp   uint32
+}
+
+// evictionSample is how many entries an insert into a full shard looks at
+// when choosing a victim.
+const evictionSample = 8
+
+// NewStore returns a store that keeps at most about maxKeys buckets (the
+// bound is enforced per shard, as maxKeys/256 each, rounded up).
+func NewStore(maxKeys int) *Store {
+	per := (maxKeys + numShards - 1) / numShards
+	if per < 1 {
+		per = 1
+	}
+	s := &Store{perShard: per}
+	for i := range s.shards {
+		s.shards[i].m = make(map[uint64]entry)
+	}
+	return s
+}
+
+// fingerprint identifies a Limit, so a bucket stored under one limit is
+// converted rather than misread when its rule changes.
+func (l Limit) fingerprint() uint32 {
+	h := l.Rate*0x9E3779B97F4A7C15 ^ uint64(l.Period)*0xC2B2AE3D27D4EB4F ^ l.burst()*0x165667B19E3779F9
+	h ^= h >> 29
+	return uint32(h) ^ uint32(h>>32)
+}
+
+// Take decides a request for hits tokens from the bucket of key under limit l
+// at now (Unix nanoseconds).
+func (s *Store) Take(key uint64, l Limit, hits uint64, now int64) Result {
+	sh := &s.shards[key>>56]
+	fp := l.fingerprint()
+	sh.mu.Lock()
+	e, ok := sh.m[key]
+	var tat int64
+	if ok {
+		tat = e.tat
+		if e.fp != fp {
+			tat = l.convert(e, now)
+		}
+	}
+	newTat, res := l.Take(tat, hits, now)
+	switch {
+	case !l.Idle(newTat, now):
+		if !ok && len(sh.m) >= s.perShard {
+			s.evict(sh, now)
+		}
+		sh.m[key] = entry{tat: newTat, full: now + int64(res.ResetAfter), fp: fp}
+	case ok:
+		delete(sh.m, key)
+	}
+	sh.mu.Unlock()
+	return res
+}
+
+// convert re-expresses a bucket stored under another limit in l's token time,
+// keeping the time until it is full again.
+func (l Limit) convert(e entry, now int64) int64 {
+	if e.full <= now || l.Rate == 0 {
+		return 0
+	}
+	return l.tokensAt(now) + l.tokensAt(epoch+(e.full-now))
+}
+
+// evict makes room in sh for one more key. The caller holds sh.mu.
+func (s *Store) evict(sh *shard, now int64) {
+	var victim uint64
+	oldest := int64(-1)
+	n := 0
+	for k, e := range sh.m {
+		if e.full <= now {
+			delete(sh.m, k)
+			return
+		}
+		if oldest < 0 || e.full < oldest {
+			victim, oldest = k, e.full
+		}
+		if n++; n == evictionSample {
+			break
+		}
+	}
+	delete(sh.m, victim)
+	s.evictions.Add(1)
+}
+
+// Sweep forgets every bucket that is full at now and returns how many it
+// dropped. Buckets that refill are otherwise only dropped when touched or when
+// their shard runs out of room; the owner of a Store calls Sweep from time to
+// time to give that memory back.
+func (s *Store) Sweep(now int64) int {
+	dropped := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if e.full <= now {
+				delete(sh.m, k)
+				dropped++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return dropped
+}
+
+// Len returns the number of buckets held (those not full).
+func (s *Store) Len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Evictions returns how many buckets were dropped for room while not full.
+func (s *Store) Evictions() uint64 { return s.evictions.Load() }
