@@ -165,3 +165,36 @@ func (s *Store) Len() int {
 
 // Evictions returns how many buckets were dropped for room while not full.
 func (s *Store) Evictions() uint64 { return s.evictions.Load() }
+
+// Request is one bucket operation of a batch: take Hits tokens from the
+// bucket of Key under Limit.
+type Request struct {
+	Key   uint64
+	Limit Limit
+	Hits  uint64
+	// Fallback says what to do when the bucket lives on another node that
+	// cannot be reached. A local Store ignores it.
+	Fallback Fallback
+}
+
+// Fallback says how a request is decided when the node that owns its bucket
+// cannot be reached.
+type Fallback uint8
+
+const (
+	// FallbackLocal decides on the receiving node with a fair share of the
+	// limit (the limit divided by the number of live nodes). The default.
+	FallbackLocal Fallback = iota
+	// FallbackOpen admits the request.
+	FallbackOpen
+	// FallbackClosed reports the request as undecidable.
+	FallbackClosed
+)
+
+// TakeBatch decides every request at now, writing results[i] for reqs[i].
+// Requests are decided in order, so two requests on one key see each other.
+func (s *Store) TakeBatch(reqs []Request, results []Result, now int64) {
+	for i := range reqs {
+		results[i] = s.Take(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, now)
+	}
+}

@@ -1,0 +1,267 @@
+// Package node assembles one levee node: the rule files and their watcher,
+// the bucket store, the engine, the gRPC front ends (Envoy's rate limit
+// service and levee.v1), health and reflection, and the HTTP listener for
+// metrics and health checks. `levee serve` runs one; tests run several in
+// one process.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"path"
+	"sync"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/levee-dev/levee/deploy/examples"
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/envoy"
+	"github.com/levee-dev/levee/limiter/native"
+	"github.com/levee-dev/levee/limiter/rules"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+// Config is a node's configuration; `levee serve` fills it from flags.
+type Config struct {
+	// GRPCAddr is the gRPC listen address (both APIs, health, reflection).
+	GRPCAddr string
+	// MetricsAddr is the HTTP listen address for /metrics and /healthz;
+	// empty disables it.
+	MetricsAddr string
+	// RulesPath is a rule file or directory; empty uses the built-in
+	// example rules.
+	RulesPath string
+	// RulesPoll is how often the rule files are checked for changes.
+	RulesPoll time.Duration
+	// MaxKeys bounds the number of buckets held.
+	MaxKeys int
+	// ShutdownGrace bounds a graceful stop: in-flight calls get this long.
+	ShutdownGrace time.Duration
+	// Logger receives the node's logs (nil: discarded).
+	Logger *slog.Logger
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Addrs are the addresses a running node listens on.
+type Addrs struct {
+	GRPC, Metrics string
+}
+
+// Run runs a node until ctx is done, then stops it gracefully. ready, if not
+// nil, is called once the listeners are bound. Run fails at once if the
+// initial rules do not load: a node must not start without knowing its
+// limits.
+func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxKeys <= 0 {
+		cfg.MaxKeys = 1_000_000
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 10 * time.Second
+	}
+
+	initial, err := loadRules(cfg.RulesPath)
+	if err != nil {
+		return fmt.Errorf("loading rules: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	if err != nil {
+		return fmt.Errorf("metrics exporter: %w", err)
+	}
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
+	defer func() { _ = provider.Shutdown(context.Background()) }()
+	meter := provider.Meter("github.com/levee-dev/levee")
+
+	store := limiter.NewStore(cfg.MaxKeys)
+	em, err := engine.NewMetrics(meter)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	eng := engine.New(engine.LocalBuckets{Store: store}, initial, em)
+	tel, err := newTelemetry(meter, store)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Envoy and sidecar clients keep long-lived connections and may ping.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(eng, cfg.Now))
+	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(eng, cfg.Now))
+
+	var httpSrv *http.Server
+	var httpLis net.Listener
+	if cfg.MetricsAddr != "" {
+		httpLis, err = net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprintln(w, "ok")
+		})
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() {
+		if err := srv.Serve(lis); err != nil {
+			errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	})
+	if httpSrv != nil {
+		wg.Go(func() {
+			if err := httpSrv.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		})
+	}
+	if cfg.RulesPath != "" {
+		w := rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
+		w.OnError = func(error) { tel.reloads.Add(context.Background(), 1, tel.reloadFailed) }
+		wg.Go(func() {
+			_ = w.Run(ctx, func(c *rules.Config) {
+				if c != eng.Rules() {
+					eng.SetRules(c)
+					tel.reloads.Add(context.Background(), 1, tel.reloadOK)
+					log.Info("rules loaded", "path", cfg.RulesPath, "domains", len(c.Domains()))
+				}
+			})
+		})
+	}
+	wg.Go(func() { sweep(ctx, store, cfg.Now) })
+
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	addrs := Addrs{GRPC: lis.Addr().String()}
+	if httpLis != nil {
+		addrs.Metrics = httpLis.Addr().String()
+	}
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "rules", rulesSource(cfg.RulesPath), "max_keys", cfg.MaxKeys)
+	if ready != nil {
+		ready(addrs)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	log.Info("levee stopping")
+	hs.Shutdown()
+	cancel()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.ShutdownGrace):
+		log.Warn("graceful stop timed out; closing connections", "grace", cfg.ShutdownGrace)
+		srv.Stop()
+		<-stopped
+	}
+	if httpSrv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		_ = httpSrv.Shutdown(sctx)
+		scancel()
+	}
+	wg.Wait()
+	return runErr
+}
+
+// sweep gives the memory of refilled buckets back every few seconds.
+func sweep(ctx context.Context, s *limiter.Store, now func() time.Time) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Sweep(now().UnixNano())
+		}
+	}
+}
+
+func rulesSource(p string) string {
+	if p == "" {
+		return "built-in examples"
+	}
+	return p
+}
+
+// loadRules loads the rule files at p, or the built-in examples if p is empty.
+func loadRules(p string) (*rules.Config, error) {
+	if p != "" {
+		return rules.Load(p)
+	}
+	names, err := fs.Glob(examples.Rules, "rules/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var domains []*rules.Domain
+	for _, name := range names {
+		data, err := examples.Rules.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		d, err := rules.Parse(path.Join("builtin", name), data)
+		if err != nil {
+			return nil, err
+		}
+		domains = append(domains, d)
+	}
+	return rules.NewConfig(domains...)
+}
+
+// telemetry holds the node-level instruments.
+type telemetry struct {
+	latency      metric.Float64Histogram
+	reloads      metric.Int64Counter
+	reloadOK     metric.AddOption
+	reloadFailed metric.AddOption
+	mu           sync.RWMutex
+	methods      map[methodCode]metric.RecordOption
+}
+
+type methodCode struct{ method, code string }

@@ -1,0 +1,45 @@
+// Command levee is a distributed rate limiter and load shedder, run as a
+// gRPC sidecar. `levee serve` runs a node; `levee version` prints the build.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "levee",
+		Short:         "levee is a distributed rate limiter and load shedder",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCommand(), versionCommand())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "levee:", err)
+		os.Exit(1)
+	}
+}
+
+func versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			v := "(devel)"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				v = bi.Main.Version
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						v += " " + s.Value
+					}
+				}
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "levee", v)
+		},
+	}
+}

@@ -1,0 +1,308 @@
+// Package engine decides rate limit requests. It is the middle of levee's
+// data path: a request's items are matched against the rules, the limits that
+// apply are taken from the buckets (local, or on their owners across the
+// cluster), and the results become one decision per item plus an overall
+// code.
+//
+// The engine works on plain Go types. The gRPC front ends (the Envoy rate
+// limit service and levee's own API) translate wire messages to Items and
+// Statuses and back; the engine never sees protobuf.
+//
+// Within one request the engine follows envoyproxy/ratelimit: items are
+// decided independently, a matched rule's "replaces" drops the named limits
+// from the same request (their buckets are not touched), shadow-mode rules
+// are counted but always answer OK, and the overall code is OVER_LIMIT when
+// any non-quota item is, or when every quota-mode item is.
+package engine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/rules"
+)
+
+// Buckets is where tokens are taken: a local limiter.Store, or the cluster,
+// which sends each request to the node that owns its key.
+type Buckets interface {
+	// Take decides reqs at now (Unix nanoseconds), writing results[i] for
+	// reqs[i]. It returns an error only when some request could not be
+	// decided and its Fallback is FallbackClosed.
+	Take(ctx context.Context, now int64, reqs []limiter.Request, results []limiter.Result) error
+}
+
+// LocalBuckets adapts a Store to Buckets for a single node.
+type LocalBuckets struct{ Store *limiter.Store }
+
+// Take implements Buckets.
+func (b LocalBuckets) Take(_ context.Context, now int64, reqs []limiter.Request, results []limiter.Result) error {
+	b.Store.TakeBatch(reqs, results, now)
+	return nil
+}
+
+// ErrUndecided reports that a fail-closed item could not be decided.
+var ErrUndecided = errors.New("rate limit could not be decided")
+
+// Item is one quota a request draws from: either a rule, found by Domain and
+// Entries, or (when Inline is set) a limit given by the caller.
+type Item struct {
+	Domain  string
+	Entries []rules.Entry
+
+	Inline      bool
+	InlineKey   string
+	InlineLimit limiter.Limit
+
+	// Override replaces the matched rule's limit with OverrideLimit, as an
+	// Envoy descriptor's limit override does. It applies whenever the
+	// domain exists, and the descriptor's full key and values name the
+	// bucket.
+	Override      bool
+	OverrideLimit limiter.Limit
+
+	// Hits is the number of tokens to take; 0 only looks.
+	Hits uint64
+}
+
+// Code is the outcome of an item or a request.
+type Code uint8
+
+const (
+	// OK means the work may proceed.
+	OK Code = iota
+	// OverLimit means the work exceeds a quota.
+	OverLimit
+)
+
+// Status is the decision on one Item.
+type Status struct {
+	Code Code
+	// Rule is the matched rule, or nil (no rule, or an inline item).
+	Rule *rules.Rule
+	// Limited reports that a limit applied and a bucket was consulted;
+	// Limit and Result are then set.
+	Limited bool
+	Limit   limiter.Limit
+	Result  limiter.Result
+	// Unlimited reports a rule with rate_limit.unlimited.
+	Unlimited bool
+	// Replaced reports a limit dropped by another rule's replaces.
+	Replaced bool
+	// Overridden reports that the item's own override limit applied.
+	Overridden bool
+	// ShadowOverLimit reports an item over the limit of a shadow-mode rule,
+	// answered OK.
+	ShadowOverLimit bool
+}
+
+// Engine decides requests against the current rules. It is safe for
+// concurrent use; SetRules swaps the rules atomically between requests.
+type Engine struct {
+	rules   atomic.Pointer[rules.Config]
+	buckets Buckets
+	metrics *Metrics
+	scratch sync.Pool
+}
+
+type scratch struct {
+	reqs    []limiter.Request
+	results []limiter.Result
+	index   []int
+}
+
+// New returns an engine taking tokens from b under cfg (nil: no rules),
+// counting decisions in m (nil: not counted).
+func New(b Buckets, cfg *rules.Config, m *Metrics) *Engine {
+	e := &Engine{buckets: b, metrics: m}
+	e.scratch.New = func() any { return new(scratch) }
+	e.SetRules(cfg)
+	return e
+}
+
+// SetRules replaces the rules (nil: none). Requests in flight finish under
+// the old ones.
+func (e *Engine) SetRules(cfg *rules.Config) { e.rules.Store(cfg) }
+
+// Rules returns the rules in force.
+func (e *Engine) Rules() *rules.Config { return e.rules.Load() }
+
+// inlineSeed keeps inline keys apart from rule descriptors in the key space.
+const inlineSeed = 0x1eeec0de
+
+// InlineKeyHash returns the bucket key of an inline limit's key.
+func InlineKeyHash(key string) uint64 {
+	d := xxhash.NewWithSeed(inlineSeed)
+	writeField(d, key)
+	return d.Sum64()
+}
+
+// overrideSeed keeps override buckets apart from rule buckets.
+const overrideSeed = 0x0e1e1de
+
+// descriptorHash names the bucket of a descriptor with a limit override: the
+// domain and every entry's key and value.
+func descriptorHash(domain string, entries []rules.Entry) uint64 {
+	d := xxhash.NewWithSeed(overrideSeed)
+	writeField(d, domain)
+	for _, e := range entries {
+		writeField(d, e.Key)
+		writeField(d, e.Value)
+	}
+	return d.Sum64()
+}
+
+// writeField writes s with its length, so field boundaries are unambiguous.
+func writeField(d *xxhash.Digest, s string) {
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+	_, _ = d.Write(n[:])
+	_, _ = d.WriteString(s)
+}
+
+// Check decides items at now (Unix nanoseconds) and writes statuses[i] for
+// items[i]; statuses must be as long as items. It returns the overall code.
+// The items must have passed Validate. Check allocates nothing once its
+// scratch space has grown to the request size.
+func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now int64) (Code, error) {
+	cfg := e.rules.Load()
+	sc := e.scratch.Get().(*scratch)
+	defer e.scratch.Put(sc)
+	sc.reqs, sc.results, sc.index = sc.reqs[:0], sc.results[:0], sc.index[:0]
+
+	replacing := false
+	for i := range items {
+		it := &items[i]
+		st := &statuses[i]
+		*st = Status{}
+		if it.Inline {
+			st.Limited, st.Limit = true, it.InlineLimit
+			continue
+		}
+		m := cfg.Match(it.Domain, it.Entries)
+		r := m.Rule
+		if it.Override && m.DomainFound {
+			st.Rule, st.Limited, st.Limit, st.Overridden = r, true, it.OverrideLimit, true
+			continue
+		}
+		if r == nil || !r.HasLimit {
+			continue
+		}
+		st.Rule = r
+		if r.Unlimited {
+			st.Unlimited = true
+			st.Result.Remaining = math.MaxUint32
+			continue
+		}
+		replacing = replacing || len(r.Replaces) > 0
+		st.Limited, st.Limit = true, r.Limit
+	}
+	if replacing {
+		dropReplaced(statuses)
+	}
+	for i := range items {
+		st := &statuses[i]
+		switch {
+		case !st.Limited:
+		case items[i].Inline:
+			sc.add(i, limiter.Request{Key: InlineKeyHash(items[i].InlineKey), Limit: st.Limit, Hits: items[i].Hits})
+		case st.Overridden:
+			sc.add(i, limiter.Request{Key: descriptorHash(items[i].Domain, items[i].Entries), Limit: st.Limit, Hits: items[i].Hits})
+		default:
+			sc.add(i, limiter.Request{
+				Key:      st.Rule.KeyHash(items[i].Domain, items[i].Entries),
+				Limit:    st.Limit,
+				Hits:     items[i].Hits,
+				Fallback: limiter.Fallback(st.Rule.FailureMode),
+			})
+		}
+	}
+	sc.results = growResults(sc.results, len(sc.reqs))
+	if len(sc.reqs) > 0 {
+		if err := e.buckets.Take(ctx, now, sc.reqs, sc.results); err != nil {
+			return OK, err
+		}
+	}
+	for k, i := range sc.index {
+		st := &statuses[i]
+		st.Result = sc.results[k]
+		if st.Result.Allowed {
+			continue
+		}
+		if st.Rule != nil && st.Rule.ShadowMode && !st.Overridden {
+			st.ShadowOverLimit = true
+			continue
+		}
+		st.Code = OverLimit
+	}
+	e.metrics.Record(ctx, items, statuses)
+	return overall(statuses), nil
+}
+
+func (sc *scratch) add(i int, r limiter.Request) {
+	sc.reqs = append(sc.reqs, r)
+	sc.index = append(sc.index, i)
+}
+
+func growResults(r []limiter.Result, n int) []limiter.Result {
+	if cap(r) < n {
+		return make([]limiter.Result, n)
+	}
+	return r[:n]
+}
+
+// dropReplaced applies rules' replaces: a limit whose name another matched
+// rule of the request replaces is dropped, answered OK with no limit, and
+// its bucket left alone (envoyproxy/ratelimit's semantics).
+func dropReplaced(statuses []Status) {
+	for i := range statuses {
+		ri := statuses[i].Rule
+		if ri == nil || ri.Name == "" || !statuses[i].Limited {
+			continue
+		}
+		for j := range statuses {
+			rj := statuses[j].Rule
+			if j == i || rj == nil {
+				continue
+			}
+			for _, name := range rj.Replaces {
+				if name == ri.Name {
+					statuses[i] = Status{Rule: ri, Replaced: true}
+					break
+				}
+			}
+			if statuses[i].Replaced {
+				break
+			}
+		}
+	}
+}
+
+// overall combines item codes: OVER_LIMIT if any non-quota item is over, or
+// if there are quota-mode items and all of them are over.
+func overall(statuses []Status) Code {
+	quota, quotaOver := 0, 0
+	for i := range statuses {
+		st := &statuses[i]
+		if st.Rule != nil && st.Rule.QuotaMode && st.Limited {
+			quota++
+			if st.Code == OverLimit {
+				quotaOver++
+			}
+			continue
+		}
+		if st.Code == OverLimit {
+			return OverLimit
+		}
+	}
+	if quota > 0 && quota == quotaOver {
+		return OverLimit
+	}
+	return OK
+}

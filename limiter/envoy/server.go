@@ -1,0 +1,209 @@
+// Package envoy serves envoy.service.ratelimit.v3.RateLimitService, the
+// external rate limit API Envoy's ratelimit filters call, with the semantics
+// of envoyproxy/ratelimit, so levee can replace that service without
+// touching its rule files or Envoy's configuration.
+//
+// The one intended difference is the algorithm: envoyproxy/ratelimit counts
+// in fixed windows aligned to the epoch, levee uses a token bucket of the
+// same rate whose burst is the per-unit limit. limit_remaining is the tokens
+// left, and duration_until_reset the time until the bucket is full again,
+// in whole seconds rounded up.
+package envoy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/rules"
+)
+
+// Server implements rlsv3.RateLimitServiceServer on an Engine.
+type Server struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	engine *engine.Engine
+	now    func() time.Time
+	pool   sync.Pool
+}
+
+// NewServer returns a Server deciding with e. now is the clock (nil:
+// time.Now); tests pass their own.
+func NewServer(e *engine.Engine, now func() time.Time) *Server {
+	if now == nil {
+		now = time.Now
+	}
+	s := &Server{engine: e, now: now}
+	s.pool.New = func() any { return new(request) }
+	return s
+}
+
+// request is the per-call scratch space, reused across calls.
+type request struct {
+	items    []engine.Item
+	statuses []engine.Status
+	entries  []rules.Entry
+}
+
+var fields = engine.Fields{Items: "descriptors", Domain: "domain", Hits: ".hits_addend"}
+
+// ShouldRateLimit implements rlsv3.RateLimitServiceServer.
+func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if req.GetDomain() == "" {
+		return nil, status.Error(codes.InvalidArgument, "domain: rate limit domain must not be empty")
+	}
+	if len(req.GetDescriptors()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "descriptors: rate limit descriptor list must not be empty")
+	}
+	if len(req.Descriptors) > engine.MaxItems {
+		return nil, status.Errorf(codes.InvalidArgument, "descriptors: %d descriptors, at most %d allowed", len(req.Descriptors), engine.MaxItems)
+	}
+	r := s.pool.Get().(*request)
+	defer s.pool.Put(r)
+	if err := r.fill(req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := engine.Validate(r.items, fields); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	code, err := s.engine.Check(ctx, r.items, r.statuses, s.now().UnixNano())
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, status.FromContextError(err).Err()
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return response(code, r.statuses), nil
+}
+
+// fill converts the wire request into engine items, reusing r's slices. All
+// entries of the request share one backing array.
+func (r *request) fill(req *rlsv3.RateLimitRequest) error {
+	n := len(req.Descriptors)
+	total := 0
+	for _, d := range req.Descriptors {
+		total += len(d.GetEntries())
+	}
+	if total > engine.MaxItems*engine.MaxEntries/10 {
+		return &engine.FieldError{Field: "descriptors", Reason: "too many entries in one request"}
+	}
+	r.items = grow(r.items, n)
+	r.statuses = grow(r.statuses, n)
+	r.entries = grow(r.entries, total)[:0]
+	hits := uint64(req.HitsAddend)
+	if hits == 0 {
+		hits = 1
+	}
+	for i, d := range req.Descriptors {
+		start := len(r.entries)
+		for _, e := range d.GetEntries() {
+			r.entries = append(r.entries, rules.Entry{Key: e.GetKey(), Value: e.GetValue()})
+		}
+		it := &r.items[i]
+		*it = engine.Item{Domain: req.Domain, Entries: r.entries[start:len(r.entries):len(r.entries)], Hits: hits}
+		if h := d.GetHitsAddend(); h != nil {
+			it.Hits = h.GetValue()
+		}
+		if o := d.GetLimit(); o != nil {
+			l, err := overrideLimit(o)
+			if err != nil {
+				return &engine.FieldError{Field: fmt.Sprintf("descriptors[%d].limit", i), Reason: err.Error()}
+			}
+			it.Override, it.OverrideLimit = true, l
+		}
+	}
+	return nil
+}
+
+// overrideLimit converts a descriptor's limit override.
+func overrideLimit(o *ratelimitv3.RateLimitDescriptor_RateLimitOverride) (limiter.Limit, error) {
+	unit := rules.Unit(o.GetUnit())
+	d := unit.Duration()
+	if d == 0 {
+		return limiter.Limit{}, errors.New("unit: unknown rate limit unit")
+	}
+	if m := o.GetUnitMultiplier(); m != nil && m.GetValue() > 1 {
+		d *= time.Duration(m.GetValue())
+	}
+	return limiter.Limit{Rate: uint64(o.GetRequestsPerUnit()), Period: d}, nil
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// response builds the wire response. Statuses, limits and durations are
+// allocated in one slice each rather than one object per descriptor.
+func response(code engine.Code, sts []engine.Status) *rlsv3.RateLimitResponse {
+	n := len(sts)
+	resp := &rlsv3.RateLimitResponse{OverallCode: wireCode(code)}
+	out := make([]rlsv3.RateLimitResponse_DescriptorStatus, n)
+	ptrs := make([]*rlsv3.RateLimitResponse_DescriptorStatus, n)
+	limited := 0
+	for i := range sts {
+		if sts[i].Limited {
+			limited++
+		}
+	}
+	limits := make([]rlsv3.RateLimitResponse_RateLimit, limited)
+	durs := make([]durationpb.Duration, limited)
+	k := 0
+	for i := range sts {
+		st := &sts[i]
+		o := &out[i]
+		ptrs[i] = o
+		o.Code = wireCode(st.Code)
+		switch {
+		case st.Unlimited:
+			o.LimitRemaining = math.MaxUint32
+		case st.Limited:
+			l := &limits[k]
+			d := &durs[k]
+			k++
+			if st.Rule != nil && !st.Overridden {
+				l.RequestsPerUnit, l.Unit, l.Name = st.Rule.RequestsPerUnit, rlsv3.RateLimitResponse_RateLimit_Unit(st.Rule.Unit), st.Rule.Name
+			} else {
+				l.RequestsPerUnit, l.Unit = uint32(min(st.Limit.Rate, math.MaxUint32)), unitOf(st.Limit.Period)
+			}
+			o.CurrentLimit = l
+			if st.Result.Allowed {
+				o.LimitRemaining = uint32(min(st.Result.Remaining, math.MaxUint32))
+			}
+			secs := (st.Result.ResetAfter + time.Second - 1) / time.Second
+			d.Seconds = int64(secs)
+			o.DurationUntilReset = d
+		}
+	}
+	resp.Statuses = ptrs
+	return resp
+}
+
+// unitOf names a period in envoy's units, for override limits echoed back.
+func unitOf(p time.Duration) rlsv3.RateLimitResponse_RateLimit_Unit {
+	for u := rules.UnitSecond; u <= rules.UnitWeek; u++ {
+		if u.Duration() == p {
+			return rlsv3.RateLimitResponse_RateLimit_Unit(u)
+		}
+	}
+	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
+}
+
+func wireCode(c engine.Code) rlsv3.RateLimitResponse_Code {
+	if c == engine.OverLimit {
+		return rlsv3.RateLimitResponse_OVER_LIMIT
+	}
+	return rlsv3.RateLimitResponse_OK
+}

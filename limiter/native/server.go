@@ -1,0 +1,185 @@
+// Package native serves levee.v1.RateLimitService, levee's own API: one
+// batched Check per unit of work, each item either a rule (found the way
+// Envoy descriptors are) or a limit the caller defines inline.
+package native
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/rules"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+// Server implements leveev1.RateLimitServiceServer on an Engine.
+type Server struct {
+	leveev1.UnimplementedRateLimitServiceServer
+	engine *engine.Engine
+	now    func() time.Time
+	pool   sync.Pool
+}
+
+// NewServer returns a Server deciding with e. now is the clock (nil:
+// time.Now).
+func NewServer(e *engine.Engine, now func() time.Time) *Server {
+	if now == nil {
+		now = time.Now
+	}
+	s := &Server{engine: e, now: now}
+	s.pool.New = func() any { return new(request) }
+	return s
+}
+
+type request struct {
+	items    []engine.Item
+	statuses []engine.Status
+	entries  []rules.Entry
+}
+
+// MaxCohort is the largest cohort a request may carry.
+const MaxCohort = 127
+
+var fields = engine.Fields{Items: "items", Domain: ".descriptor.domain", Descriptor: ".descriptor", Inline: ".inline", Hits: ".hits"}
+
+// Check implements leveev1.RateLimitServiceServer.
+func (s *Server) Check(ctx context.Context, req *leveev1.CheckRequest) (*leveev1.CheckResponse, error) {
+	if p := req.GetPriority(); p < leveev1.Priority_PRIORITY_UNSPECIFIED || p > leveev1.Priority_PRIORITY_SHEDDABLE {
+		return nil, status.Errorf(codes.InvalidArgument, "priority: unknown priority %d", int32(p))
+	}
+	if c := req.GetCohort(); c > MaxCohort {
+		return nil, status.Errorf(codes.InvalidArgument, "cohort: %d is above the maximum %d", c, MaxCohort)
+	}
+	if len(req.GetItems()) > engine.MaxItems {
+		return nil, status.Errorf(codes.InvalidArgument, "items: %d items, at most %d allowed", len(req.Items), engine.MaxItems)
+	}
+	r := s.pool.Get().(*request)
+	defer s.pool.Put(r)
+	if err := r.fill(req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := engine.Validate(r.items, fields); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	code, err := s.engine.Check(ctx, r.items, r.statuses, s.now().UnixNano())
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, status.FromContextError(err).Err()
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return response(code, r.statuses), nil
+}
+
+func (r *request) fill(req *leveev1.CheckRequest) error {
+	n := len(req.Items)
+	total := 0
+	for _, it := range req.Items {
+		total += len(it.GetDescriptor_().GetEntries())
+	}
+	if total > engine.MaxItems*engine.MaxEntries/10 {
+		return &engine.FieldError{Field: "items", Reason: "too many descriptor entries in one request"}
+	}
+	r.items = grow(r.items, n)
+	r.statuses = grow(r.statuses, n)
+	r.entries = grow(r.entries, total)[:0]
+	for i, wi := range req.Items {
+		it := &r.items[i]
+		*it = engine.Item{Hits: 1}
+		if wi.Hits != nil {
+			if *wi.Hits < 0 {
+				return &engine.FieldError{Field: fmt.Sprintf("items[%d].hits", i), Reason: fmt.Sprintf("must not be negative, got %d", *wi.Hits)}
+			}
+			it.Hits = uint64(*wi.Hits)
+		}
+		switch t := wi.Target.(type) {
+		case *leveev1.CheckItem_Descriptor_:
+			start := len(r.entries)
+			for _, e := range t.Descriptor_.GetEntries() {
+				r.entries = append(r.entries, rules.Entry{Key: e.GetKey(), Value: e.GetValue()})
+			}
+			it.Domain = t.Descriptor_.GetDomain()
+			it.Entries = r.entries[start:len(r.entries):len(r.entries)]
+		case *leveev1.CheckItem_Inline:
+			l, err := inlineLimit(t.Inline, i)
+			if err != nil {
+				return err
+			}
+			it.Inline, it.InlineKey, it.InlineLimit = true, t.Inline.GetKey(), l
+		default:
+			return &engine.FieldError{Field: fmt.Sprintf("items[%d]", i), Reason: "one of descriptor or inline is required"}
+		}
+	}
+	return nil
+}
+
+func inlineLimit(in *leveev1.InlineLimit, i int) (limiter.Limit, error) {
+	field := func(f string) string { return fmt.Sprintf("items[%d].inline.%s", i, f) }
+	if in.GetLimit() < 0 {
+		return limiter.Limit{}, &engine.FieldError{Field: field("limit"), Reason: fmt.Sprintf("must not be negative, got %d", in.GetLimit())}
+	}
+	if in.GetBurst() < 0 {
+		return limiter.Limit{}, &engine.FieldError{Field: field("burst"), Reason: fmt.Sprintf("must not be negative, got %d", in.GetBurst())}
+	}
+	p := in.GetPeriod()
+	if p == nil {
+		return limiter.Limit{}, &engine.FieldError{Field: field("period"), Reason: "is required"}
+	}
+	if err := p.CheckValid(); err != nil {
+		return limiter.Limit{}, &engine.FieldError{Field: field("period"), Reason: err.Error()}
+	}
+	return limiter.Limit{Rate: uint64(in.GetLimit()), Period: p.AsDuration(), Burst: uint64(in.GetBurst())}, nil
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+func response(code engine.Code, sts []engine.Status) *leveev1.CheckResponse {
+	resp := &leveev1.CheckResponse{OverallCode: wireCode(code), Statuses: make([]*leveev1.ItemStatus, len(sts))}
+	out := make([]leveev1.ItemStatus, len(sts))
+	for i := range sts {
+		st := &sts[i]
+		o := &out[i]
+		resp.Statuses[i] = o
+		o.Code = wireCode(st.Code)
+		if st.Rule != nil {
+			o.Rule = st.Rule.Name
+			if o.Rule == "" {
+				o.Rule = st.Rule.ID
+			}
+		}
+		if !st.Limited {
+			continue
+		}
+		o.Limited = true
+		o.Limit = int64(st.Limit.Rate)
+		o.Period = durationpb.New(st.Limit.Period)
+		o.Remaining = int64(st.Result.Remaining)
+		o.ResetAfter = durationpb.New(st.Result.ResetAfter)
+		if !st.Result.Allowed && st.Result.RetryAfter != limiter.Never {
+			o.RetryAfter = durationpb.New(st.Result.RetryAfter)
+		}
+		o.Shadow = st.Rule != nil && st.Rule.ShadowMode && !st.Overridden
+		o.OverLimitInShadow = st.ShadowOverLimit
+	}
+	return resp
+}
+
+func wireCode(c engine.Code) leveev1.Code {
+	if c == engine.OverLimit {
+		return leveev1.Code_CODE_OVER_LIMIT
+	}
+	return leveev1.Code_CODE_OK
+}
