@@ -71,4 +71,3 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("--log-format: want text or json, got %q", format)
 }
-
