@@ -114,6 +114,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
 	srv := grpc.NewServer(
+		grpc.ForceServerCodecV2(newVTCodec()),
 		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Envoy and sidecar clients keep long-lived connections and may ping.
