@@ -198,3 +198,60 @@ func (s *Store) TakeBatch(reqs []Request, results []Result, now int64) {
 		results[i] = s.Take(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, now)
 	}
 }
+
+// Bucket is one stored bucket's whole state, for moving it to another node.
+// Fingerprint identifies the limit TAT is expressed in; nodes compute it the
+// same way, so a bucket means the same on its new owner.
+type Bucket struct {
+	Key         uint64
+	TAT         int64
+	Full        int64
+	Fingerprint uint32
+}
+
+// Extract removes and returns the buckets that are not full at now and whose
+// key moves selects — the buckets this node no longer owns.
+func (s *Store) Extract(now int64, moves func(key uint64) bool) []Bucket {
+	var out []Bucket
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if e.full <= now {
+				delete(sh.m, k)
+				continue
+			}
+			if moves(k) {
+				out = append(out, Bucket{Key: k, TAT: e.tat, Full: e.full, Fingerprint: e.fp})
+				delete(sh.m, k)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+// Adopt takes in buckets handed over by another node and returns how many
+// it kept. Where this store already holds a key (checks arrived here before
+// the hand-off did), the bucket with more tokens missing wins, so a hand-off
+// never gives anybody extra quota.
+func (s *Store) Adopt(buckets []Bucket, now int64) int {
+	n := 0
+	for _, b := range buckets {
+		if b.Full <= now {
+			continue
+		}
+		sh := &s.shards[b.Key>>56]
+		sh.mu.Lock()
+		e, ok := sh.m[b.Key]
+		if !ok || e.full < b.Full {
+			if !ok && len(sh.m) >= s.perShard {
+				s.evict(sh, now)
+			}
+			sh.m[b.Key] = entry{tat: b.TAT, full: b.Full, fp: b.Fingerprint}
+			n++
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}

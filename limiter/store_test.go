@@ -180,3 +180,32 @@ func BenchmarkStoreBytesPerKey(b *testing.B) {
 		runtime.KeepAlive(s)
 	}
 }
+
+func TestExtractAdoptMovesQuota(t *testing.T) {
+	a, b := NewStore(1000), NewStore(1000)
+	l := Limit{Rate: 10, Period: time.Minute}
+	for k := range uint64(20) {
+		for range 7 {
+			a.Take(k<<56|k, l, 1, t0)
+		}
+	}
+	moved := a.Extract(t0, func(key uint64) bool { return key&1 == 1 })
+	if len(moved) != 10 || a.Len() != 10 {
+		t.Fatalf("extracted %d, left %d", len(moved), a.Len())
+	}
+	// b already saw one check for key 1 (before the hand-off arrived): the
+	// more used state wins.
+	b.Take(1<<56|1, l, 1, t0)
+	if n := b.Adopt(moved, t0); n != 10 {
+		t.Fatalf("adopted %d", n)
+	}
+	for _, key := range []uint64{1<<56 | 1, 3<<56 | 3} {
+		if r := b.Take(key, l, 0, t0); r.Remaining != 3 {
+			t.Fatalf("key %x: remaining %d after hand-off, want 3", key, r.Remaining)
+		}
+	}
+	// Buckets full by the time they arrive are not kept.
+	if n := NewStore(10).Adopt(moved, t0+int64(time.Hour)); n != 0 {
+		t.Fatalf("adopted %d refilled buckets", n)
+	}
+}
