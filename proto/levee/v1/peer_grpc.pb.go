@@ -21,7 +21,6 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	PeerService_Take_FullMethodName    = "/levee.v1.PeerService/Take"
 	PeerService_Handoff_FullMethodName = "/levee.v1.PeerService/Handoff"
-	PeerService_Lease_FullMethodName   = "/levee.v1.PeerService/Lease"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -38,9 +37,6 @@ type PeerServiceClient interface {
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(ctx context.Context, in *HandoffRequest, opts ...grpc.CallOption) (*HandoffResponse, error)
-	// Lease grants the caller a batch of tokens from a hot bucket, to admit
-	// locally for a short time instead of forwarding every check.
-	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 }
 
 type peerServiceClient struct {
@@ -71,16 +67,6 @@ func (c *peerServiceClient) Handoff(ctx context.Context, in *HandoffRequest, opt
 	return out, nil
 }
 
-func (c *peerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(LeaseResponse)
-	err := c.cc.Invoke(ctx, PeerService_Lease_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -95,9 +81,6 @@ type PeerServiceServer interface {
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error)
-	// Lease grants the caller a batch of tokens from a hot bucket, to admit
-	// locally for a short time instead of forwarding every check.
-	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -113,9 +96,6 @@ func (UnimplementedPeerServiceServer) Take(context.Context, *TakeRequest) (*Take
 }
 func (UnimplementedPeerServiceServer) Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Handoff not implemented")
-}
-func (UnimplementedPeerServiceServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -174,24 +154,6 @@ func _PeerService_Handoff_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PeerService_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(LeaseRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(PeerServiceServer).Lease(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: PeerService_Lease_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PeerServiceServer).Lease(ctx, req.(*LeaseRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,10 +168,6 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Handoff",
 			Handler:    _PeerService_Handoff_Handler,
-		},
-		{
-			MethodName: "Lease",
-			Handler:    _PeerService_Lease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

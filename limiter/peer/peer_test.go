@@ -1,0 +1,247 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"google.golang.org/grpc"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/ring"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+type testNode struct {
+	member ring.Member
+	store  *limiter.Store
+	router *Router
+	srv    *grpc.Server
+}
+
+// startNodes runs n nodes with real gRPC servers on loopback and a shared
+// static ring.
+func startNodes(t *testing.T, n int, tweak func(*Config)) []*testNode {
+	t.Helper()
+	nodes := make([]*testNode, n)
+	var members []ring.Member
+	for i := range nodes {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd := &testNode{member: ring.Member{ID: fmt.Sprintf("node-%d", i), Addr: lis.Addr().String()}, store: limiter.NewStore(1 << 16)}
+		nd.srv = grpc.NewServer()
+		leveev1.RegisterPeerServiceServer(nd.srv, NewServer(nd.store, nil))
+		go nd.srv.Serve(lis)
+		cfg := Config{Self: nd.member, Store: nd.store, BreakerCooldown: time.Hour}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		nd.router = NewRouter(cfg)
+		nodes[i] = nd
+		members = append(members, nd.member)
+		t.Cleanup(func() { nd.router.Close(); nd.srv.Stop() })
+	}
+	rg := ring.New(members)
+	for _, nd := range nodes {
+		nd.router.SetRing(rg)
+	}
+	return nodes
+}
+
+// keyOwnedBy returns a key that rg assigns to id.
+func keyOwnedBy(t *testing.T, rg *ring.Ring, id string, salt int) uint64 {
+	t.Helper()
+	for i := range 10_000 {
+		k := xxhash.Sum64String(fmt.Sprintf("key-%d-%d", salt, i))
+		if o, _ := rg.Owner(k); o.ID == id {
+			return k
+		}
+	}
+	t.Fatalf("no key owned by %s", id)
+	return 0
+}
+
+func take(t *testing.T, r *Router, req limiter.Request) (limiter.Result, error) {
+	t.Helper()
+	res := make([]limiter.Result, 1)
+	err := r.Take(context.Background(), time.Now().UnixNano(), []limiter.Request{req}, res)
+	return res[0], err
+}
+
+func TestForwardingEnforcesOneLimit(t *testing.T) {
+	nodes := startNodes(t, 3, nil)
+	rg := nodes[0].router.Ring()
+	l := limiter.Limit{Rate: 100, Period: time.Hour}
+	key := keyOwnedBy(t, rg, "node-2", 0)
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for _, nd := range nodes {
+		for range 4 {
+			wg.Go(func() {
+				for range 60 {
+					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if r.Allowed {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if got := admitted.Load(); got != 100 {
+		t.Fatalf("admitted %d across 3 nodes, want exactly the burst of 100", got)
+	}
+	// The owner holds the bucket; the others hold nothing.
+	if nodes[2].store.Len() != 1 || nodes[0].store.Len() != 0 || nodes[1].store.Len() != 0 {
+		t.Fatalf("store sizes %d %d %d", nodes[0].store.Len(), nodes[1].store.Len(), nodes[2].store.Len())
+	}
+	st := nodes[0].router.Stats()
+	if st.Forwarded.Load() != 240 || st.Fallbacks.Load() != 0 {
+		t.Fatalf("node-0 forwarded %d, fallbacks %d", st.Forwarded.Load(), st.Fallbacks.Load())
+	}
+}
+
+func TestBatchingSharesRPCs(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.BatchWindow = 2 * time.Millisecond })
+	rg := nodes[0].router.Ring()
+	l := limiter.Limit{Rate: 1e6, Period: time.Second}
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 50 {
+				key := keyOwnedBy(t, rg, "node-1", g*1000+i)
+				if _, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := nodes[0].router.Stats()
+	fwd, batches := st.Forwarded.Load(), st.Batches.Load()
+	if fwd != 32*50 {
+		t.Fatalf("forwarded %d", fwd)
+	}
+	if batches*4 > fwd {
+		t.Fatalf("%d batches for %d forwarded operations: batching is not sharing RPCs", batches, fwd)
+	}
+	t.Logf("%d operations in %d batches (%.1f per RPC)", fwd, batches, float64(fwd)/float64(batches))
+}
+
+func TestDeadOwnerFallsBack(t *testing.T) {
+	nodes := startNodes(t, 3, func(c *Config) { c.Timeout = 50 * time.Millisecond })
+	rg := nodes[0].router.Ring()
+	nodes[2].srv.Stop() // node-2 dies; the ring does not know yet
+	l := limiter.Limit{Rate: 30, Period: time.Hour}
+	local := keyOwnedBy(t, rg, "node-2", 1)
+	for i := range 20 {
+		r, err := take(t, nodes[0].router, limiter.Request{Key: local, Limit: l, Hits: 1})
+		if err != nil {
+			t.Fatalf("take %d: caller saw error %v", i, err)
+		}
+		// Fair share: 30 / 3 nodes = 10.
+		if want := i < 10; r.Allowed != want {
+			t.Fatalf("take %d: allowed %v, want %v", i, r.Allowed, want)
+		}
+	}
+	st := nodes[0].router.Stats()
+	// The breaker opened after 3 failed batches; the rest cost no RPC.
+	if b := st.Batches.Load(); b != 3 {
+		t.Fatalf("%d batches sent to a dead peer, want 3 before the breaker opened", b)
+	}
+	open := keyOwnedBy(t, rg, "node-2", 2)
+	if r, err := take(t, nodes[0].router, limiter.Request{Key: open, Limit: limiter.Limit{Rate: 0, Period: time.Hour}, Hits: 1, Fallback: limiter.FallbackOpen}); err != nil || !r.Allowed {
+		t.Fatalf("fail-open: %+v %v", r, err)
+	}
+	if _, err := take(t, nodes[0].router, limiter.Request{Key: open, Limit: l, Hits: 1, Fallback: limiter.FallbackClosed}); !errors.Is(err, ErrUndecided) {
+		t.Fatalf("fail-closed: err = %v", err)
+	}
+}
+
+func TestHandoffOnJoinAndLeave(t *testing.T) {
+	nodes := startNodes(t, 3, nil)
+	l := limiter.Limit{Rate: 10, Period: time.Hour}
+	two := ring.New([]ring.Member{nodes[0].member, nodes[1].member})
+	three := nodes[0].router.Ring()
+	// Start with a 2-node cluster; spend 7 of 10 on keys that node-2 will own.
+	for _, nd := range nodes {
+		nd.router.SetRing(two)
+	}
+	var keys []uint64
+	for i := range 20 {
+		k := keyOwnedBy(t, three, "node-2", 100+i)
+		keys = append(keys, k)
+		for range 7 {
+			if _, err := take(t, nodes[i%2].router, limiter.Request{Key: k, Limit: l, Hits: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// node-2 joins: the others hand its keys over.
+	for _, nd := range nodes {
+		nd.router.SetRing(three)
+	}
+	waitFor(t, func() bool { return nodes[2].store.Len() == len(keys) })
+	for _, k := range keys {
+		r, err := take(t, nodes[0].router, limiter.Request{Key: k, Limit: l, Hits: 0})
+		if err != nil || r.Remaining != 3 {
+			t.Fatalf("after join: remaining %d (err %v), want 3", r.Remaining, err)
+		}
+	}
+	// node-2 leaves gracefully: its buckets go back.
+	if err := nodes[2].router.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if nodes[2].store.Len() != 0 {
+		t.Fatalf("leaving node kept %d buckets", nodes[2].store.Len())
+	}
+	for _, nd := range nodes[:2] {
+		nd.router.SetRing(two)
+	}
+	for _, k := range keys {
+		r, err := take(t, nodes[1].router, limiter.Request{Key: k, Limit: l, Hits: 0})
+		if err != nil || r.Remaining != 3 {
+			t.Fatalf("after leave: remaining %d (err %v), want 3", r.Remaining, err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFairShare(t *testing.T) {
+	for _, tc := range []struct {
+		l     limiter.Limit
+		nodes int
+		want  limiter.Limit
+	}{
+		{limiter.Limit{Rate: 1000, Period: time.Minute}, 3, limiter.Limit{Rate: 333, Period: time.Minute, Burst: 333}},
+		{limiter.Limit{Rate: 2, Period: time.Minute, Burst: 10}, 4, limiter.Limit{Rate: 1, Period: time.Minute, Burst: 2}},
+		{limiter.Limit{Rate: 0, Period: time.Minute}, 3, limiter.Limit{Rate: 0, Period: time.Minute, Burst: 0}},
+		{limiter.Limit{Rate: 5, Period: time.Second}, 1, limiter.Limit{Rate: 5, Period: time.Second}},
+	} {
+		if got := FairShare(tc.l, tc.nodes); got != tc.want {
+			t.Errorf("FairShare(%+v, %d) = %+v, want %+v", tc.l, tc.nodes, got, tc.want)
+		}
+	}
+}

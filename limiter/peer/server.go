@@ -1,0 +1,80 @@
+package peer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/levee-dev/levee/limiter"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+// Server answers other nodes' forwarded checks and hand-offs from this
+// node's store. It decides whatever it is sent, without consulting its own
+// ring: while membership changes propagate two nodes may briefly disagree on
+// an owner, and deciding here (rather than forwarding again) rules out loops.
+type Server struct {
+	leveev1.UnimplementedPeerServiceServer
+	store *limiter.Store
+	now   func() time.Time
+}
+
+// NewServer returns a Server on store; now is the clock (nil: time.Now).
+func NewServer(store *limiter.Store, now func() time.Time) *Server {
+	if now == nil {
+		now = time.Now
+	}
+	return &Server{store: store, now: now}
+}
+
+// MaxBatch is the most takes or buckets one peer call may carry.
+const MaxBatch = 100_000
+
+// Take implements leveev1.PeerServiceServer.
+func (s *Server) Take(_ context.Context, req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
+	if len(req.Takes) > MaxBatch {
+		return nil, invalid("takes", fmt.Sprintf("%d takes, at most %d allowed", len(req.Takes), MaxBatch))
+	}
+	now := s.now().UnixNano()
+	results := make([]leveev1.BucketResult, len(req.Takes))
+	resp := &leveev1.TakeResponse{Results: make([]*leveev1.BucketResult, len(req.Takes))}
+	for i, t := range req.Takes {
+		l := limitFromWire(t.GetLimit())
+		if !l.Valid() {
+			return nil, invalid(fmt.Sprintf("takes[%d].limit", i), "invalid limit")
+		}
+		r := s.store.Take(t.GetKey(), l, t.GetHits(), now)
+		results[i] = leveev1.BucketResult{
+			Allowed:         r.Allowed,
+			Remaining:       r.Remaining,
+			ResetAfterNanos: int64(r.ResetAfter),
+			RetryAfterNanos: int64(r.RetryAfter),
+		}
+		resp.Results[i] = &results[i]
+	}
+	return resp, nil
+}
+
+// Handoff implements leveev1.PeerServiceServer.
+func (s *Server) Handoff(_ context.Context, req *leveev1.HandoffRequest) (*leveev1.HandoffResponse, error) {
+	if len(req.Buckets) > MaxBatch {
+		return nil, invalid("buckets", fmt.Sprintf("%d buckets, at most %d allowed", len(req.Buckets), MaxBatch))
+	}
+	bs := make([]limiter.Bucket, len(req.Buckets))
+	for i, b := range req.Buckets {
+		bs[i] = limiter.Bucket{Key: b.GetKey(), TAT: b.GetTat(), Full: b.GetFullUnixNanos(), Fingerprint: b.GetLimitFingerprint()}
+	}
+	n := s.store.Adopt(bs, s.now().UnixNano())
+	return &leveev1.HandoffResponse{Adopted: uint32(n)}, nil
+}
+
+func limitFromWire(l *leveev1.BucketLimit) limiter.Limit {
+	return limiter.Limit{Rate: l.GetRate(), Period: time.Duration(l.GetPeriodNanos()), Burst: l.GetBurst()}
+}
+
+func invalid(field, reason string) error {
+	return status.Error(codes.InvalidArgument, field+": "+reason)
+}
