@@ -219,7 +219,7 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 				Key:      st.Rule.KeyHash(items[i].Domain, items[i].Entries),
 				Limit:    st.Limit,
 				Hits:     items[i].Hits,
-				Fallback: limiter.Fallback(st.Rule.FailureMode),
+				Fallback: fallbackOf(st.Rule.FailureMode),
 			})
 		}
 	}
@@ -243,6 +243,17 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 	}
 	e.metrics.Record(ctx, items, statuses)
 	return overall(statuses), nil
+}
+
+// fallbackOf maps a rule's failure_mode to the bucket layer's fallback.
+func fallbackOf(m rules.FailureMode) limiter.Fallback {
+	switch m {
+	case rules.FailureOpen:
+		return limiter.FallbackOpen
+	case rules.FailureClosed:
+		return limiter.FallbackClosed
+	}
+	return limiter.FallbackLocal
 }
 
 func (sc *scratch) add(i int, r limiter.Request) {
