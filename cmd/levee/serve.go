@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,9 +17,13 @@ import (
 
 func serveCommand() *cobra.Command {
 	var (
-		cfg       node.Config
-		logLevel  string
-		logFormat string
+		cfg        node.Config
+		cl         node.ClusterConfig
+		standalone bool
+		dataDir    string
+		etcdTLS    tlsFiles
+		logLevel   string
+		logFormat  string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -39,6 +44,18 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 				return err
 			}
 			cfg.Logger = log
+			if !standalone {
+				if cl.Embedded.Dir == "" {
+					cl.Embedded.Dir = dataDir
+				}
+				if cl.EtcdTLS, err = etcdTLS.config(); err != nil {
+					return err
+				}
+				if cl.EtcdPassword == "" {
+					cl.EtcdPassword = os.Getenv("LEVEE_ETCD_PASSWORD")
+				}
+				cfg.Cluster = &cl
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			return node.Run(ctx, cfg, nil)
@@ -51,6 +68,22 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files are checked for changes")
 	f.IntVar(&cfg.MaxKeys, "max-keys", 1_000_000, "most buckets held in memory; idle ones are evicted first")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
+	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
+	f.StringSliceVar(&cl.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated (empty: start an embedded single-node etcd for development)")
+	f.StringVar(&cl.Prefix, "etcd-prefix", "/levee/", "etcd key prefix of the cluster")
+	f.DurationVar(&cl.MemberTTL, "member-ttl", 3*time.Second, "membership lease TTL: a node that stops renewing is dropped after this")
+	f.StringVar(&cl.NodeID, "node-id", "", "this node's ID in the ring (default: host name and gRPC port)")
+	f.StringVar(&cl.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial (default: --grpc-addr)")
+	f.StringVar(&dataDir, "data-dir", filepath.Join(os.TempDir(), "levee-etcd"), "data directory of the embedded etcd")
+	f.StringVar(&cl.Embedded.ClientURL, "embedded-etcd-client-url", "http://127.0.0.1:2379", "client URL of the embedded etcd; other nodes join with --etcd-endpoints set to it")
+	f.StringVar(&cl.Embedded.PeerURL, "embedded-etcd-peer-url", "http://127.0.0.1:2380", "raft peer URL of the embedded etcd")
+	f.StringVar(&etcdTLS.ca, "etcd-ca-file", "", "CA bundle to verify etcd's certificate")
+	f.StringVar(&etcdTLS.cert, "etcd-cert-file", "", "client certificate for etcd (mTLS)")
+	f.StringVar(&etcdTLS.key, "etcd-key-file", "", "client key for etcd (mTLS)")
+	f.StringVar(&cl.EtcdUsername, "etcd-username", "", "etcd user (password in $LEVEE_ETCD_PASSWORD)")
+	f.DurationVar(&cl.BatchWindow, "batch-window", 500*time.Microsecond, "how long forwarded checks wait to share a peer RPC")
+	f.IntVar(&cl.BatchMax, "batch-max", 512, "most forwarded checks in one peer RPC")
+	f.DurationVar(&cl.PeerTimeout, "peer-timeout", 100*time.Millisecond, "how long a forwarded batch may take before its checks fall back to their failure mode")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	envUsage(f)

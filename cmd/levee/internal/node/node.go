@@ -7,6 +7,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,9 +32,11 @@ import (
 
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/native"
+	"github.com/levee-dev/levee/limiter/peer"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
@@ -58,6 +61,35 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Cluster makes the node one of many sharing their buckets; nil runs a
+	// standalone node with no etcd and no peers.
+	Cluster *ClusterConfig
+}
+
+// ClusterConfig is how a node finds its peers and shares buckets with them.
+type ClusterConfig struct {
+	// EtcdEndpoints are the etcd client URLs. Empty starts an embedded
+	// single-node etcd (Embedded) for development.
+	EtcdEndpoints []string
+	// Embedded configures the embedded etcd when EtcdEndpoints is empty.
+	Embedded cluster.EmbeddedConfig
+	// EtcdTLS, EtcdUsername and EtcdPassword secure the etcd connection.
+	EtcdTLS                    *tls.Config
+	EtcdUsername, EtcdPassword string
+	// Prefix is the etcd key prefix of the cluster.
+	Prefix string
+	// MemberTTL is how long after a node stops renewing its lease the
+	// others drop it.
+	MemberTTL time.Duration
+	// NodeID names the node in the ring (default: host name and gRPC port).
+	NodeID string
+	// AdvertiseAddr is the gRPC address peers dial (default: the bound
+	// gRPC address).
+	AdvertiseAddr string
+	// BatchWindow, BatchMax and PeerTimeout tune forwarding (peer.Config).
+	BatchWindow time.Duration
+	BatchMax    int
+	PeerTimeout time.Duration
 }
 
 // Addrs are the addresses a running node listens on.
@@ -98,20 +130,31 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	defer func() { _ = provider.Shutdown(context.Background()) }()
 	meter := provider.Meter("github.com/levee-dev/levee")
 
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	defer lis.Close()
+
 	store := limiter.NewStore(cfg.MaxKeys)
+	var buckets engine.Buckets = engine.LocalBuckets{Store: store}
+	var cl *clusterNode
+	if cfg.Cluster != nil {
+		cl, err = startCluster(ctx, *cfg.Cluster, lis.Addr().String(), store, cfg.Now, log)
+		if err != nil {
+			return err
+		}
+		defer cl.close()
+		buckets = cl.router
+	}
 	em, err := engine.NewMetrics(meter)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	eng := engine.New(engine.LocalBuckets{Store: store}, initial, em)
-	tel, err := newTelemetry(meter, store)
+	eng := engine.New(buckets, initial, em)
+	tel, err := newTelemetry(meter, store, cl)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
-	}
-
-	lis, err := net.Listen("tcp", cfg.GRPCAddr)
-	if err != nil {
-		return fmt.Errorf("grpc listener: %w", err)
 	}
 	srv := grpc.NewServer(
 		grpc.ForceServerCodecV2(newVTCodec()),
@@ -125,13 +168,13 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	reflection.Register(srv)
 	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(eng, cfg.Now))
 	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(eng, cfg.Now))
+	leveev1.RegisterPeerServiceServer(srv, peer.NewServer(store, cfg.Now))
 
 	var httpSrv *http.Server
 	var httpLis net.Listener
 	if cfg.MetricsAddr != "" {
 		httpLis, err = net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
-			lis.Close()
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 		mux := http.NewServeMux()
@@ -173,6 +216,9 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		})
 	}
 	wg.Go(func() { sweep(ctx, store, cfg.Now) })
+	if cl != nil {
+		cl.start()
+	}
 
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	addrs := Addrs{GRPC: lis.Addr().String()}
@@ -190,6 +236,11 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	case runErr = <-errc:
 	}
 	log.Info("levee stopping")
+	if cl != nil {
+		// Leave the ring first, so peers stop forwarding here, then hand
+		// the buckets to their new owners while still serving.
+		cl.leave(cfg.ShutdownGrace)
+	}
 	hs.Shutdown()
 	cancel()
 	stopped := make(chan struct{})

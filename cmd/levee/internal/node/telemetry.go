@@ -10,9 +10,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/peer"
 )
 
-func newTelemetry(meter metric.Meter, store *limiter.Store) (*telemetry, error) {
+func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode) (*telemetry, error) {
 	t := &telemetry{methods: make(map[methodCode]metric.RecordOption)}
 	var err error
 	t.latency, err = meter.Float64Histogram("levee.request.duration",
@@ -47,7 +48,49 @@ func newTelemetry(meter metric.Meter, store *limiter.Store) (*telemetry, error) 
 		o.ObserveInt64(evictions, int64(store.Evictions()))
 		return nil
 	}, keys, evictions)
-	return t, err
+	if err != nil || cl == nil {
+		return t, err
+	}
+	return t, clusterInstruments(meter, cl)
+}
+
+// clusterInstruments reports the ring and the peer router's counters.
+func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
+	members, err := meter.Int64ObservableGauge("levee.cluster.members",
+		metric.WithDescription("Live members in this node's ring."), metric.WithUnit("{node}"))
+	if err != nil {
+		return err
+	}
+	type counter struct {
+		name, desc string
+		value      func(*peer.Stats) uint64
+		inst       metric.Int64ObservableCounter
+	}
+	counters := []*counter{
+		{name: "levee.peer.forwarded", desc: "Bucket operations forwarded to their owner.", value: func(s *peer.Stats) uint64 { return s.Forwarded.Load() }},
+		{name: "levee.peer.batches", desc: "Peer RPCs carrying forwarded operations.", value: func(s *peer.Stats) uint64 { return s.Batches.Load() }},
+		{name: "levee.peer.batch_errors", desc: "Peer RPCs that failed or timed out.", value: func(s *peer.Stats) uint64 { return s.BatchErrors.Load() }},
+		{name: "levee.peer.fallbacks", desc: "Operations decided by their rule's failure mode because the owner was unreachable.", value: func(s *peer.Stats) uint64 { return s.Fallbacks.Load() }},
+		{name: "levee.peer.handed_off", desc: "Buckets sent to their new owner after a membership change.", value: func(s *peer.Stats) uint64 { return s.HandedOff.Load() }},
+	}
+	insts := []metric.Observable{members}
+	for _, c := range counters {
+		c.inst, err = meter.Int64ObservableCounter(c.name, metric.WithDescription(c.desc), metric.WithUnit("{operation}"))
+		if err != nil {
+			return err
+		}
+		insts = append(insts, c.inst)
+	}
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		if r := cl.router.Ring(); r != nil {
+			o.ObserveInt64(members, int64(r.Len()))
+		}
+		for _, c := range counters {
+			o.ObserveInt64(c.inst, int64(c.value(cl.router.Stats())))
+		}
+		return nil
+	}, insts...)
+	return err
 }
 
 // unaryInterceptor records each call's latency by method and code.
