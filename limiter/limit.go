@@ -163,6 +163,20 @@ func (l Limit) Take(tat int64, hits uint64, now int64) (int64, Result) {
 	return tat, res
 }
 
+// Give returns n tokens to a bucket with state tat at now — tokens taken
+// earlier and not used, such as the unused part of a lease — and returns the
+// new state. A bucket never holds more than its burst.
+func (l Limit) Give(tat int64, n uint64, now int64) int64 {
+	if l.Rate == 0 || l.Period <= 0 {
+		return tat
+	}
+	nowT := l.tokensAt(now)
+	if n >= uint64(math.MaxInt64) || tat-int64(n) <= nowT {
+		return 0
+	}
+	return tat - int64(n)
+}
+
 // Idle reports whether a bucket with state tat is full at now, so that
 // forgetting it loses nothing.
 func (l Limit) Idle(tat int64, now int64) bool {

@@ -171,3 +171,17 @@ func BenchmarkLimitTake(b *testing.B) {
 		tat, _ = l.Take(tat, 1, now)
 	}
 }
+
+func TestGive(t *testing.T) {
+	l := Limit{Rate: 10, Period: time.Second}
+	tat, _ := l.Take(0, 10, t0)
+	tat = l.Give(tat, 4, t0)
+	if _, r := l.Take(tat, 0, t0); r.Remaining != 4 {
+		t.Fatalf("after giving 4 back: remaining %d", r.Remaining)
+	}
+	// Giving back more than was taken fills the bucket and no more.
+	tat = l.Give(tat, 100, t0)
+	if _, r := l.Take(tat, 0, t0); r.Remaining != 10 || !l.Idle(tat, t0) {
+		t.Fatalf("overfilled: %+v", r)
+	}
+}

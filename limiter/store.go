@@ -101,6 +101,24 @@ func (s *Store) Take(key uint64, l Limit, hits uint64, now int64) Result {
 	return res
 }
 
+// Give returns n unused tokens to the bucket of key under l at now.
+func (s *Store) Give(key uint64, l Limit, n uint64, now int64) {
+	sh := &s.shards[key>>56]
+	fp := l.fingerprint()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, ok := sh.m[key]
+	if !ok || e.fp != fp {
+		return // full, or under another limit: nothing to give back to
+	}
+	tat := l.Give(e.tat, n, now)
+	if l.Idle(tat, now) {
+		delete(sh.m, key)
+		return
+	}
+	sh.m[key] = entry{tat: tat, full: l.instantOf(tat), fp: fp}
+}
+
 // convert re-expresses a bucket stored under another limit in l's token time,
 // keeping the time until it is full again.
 func (l Limit) convert(e entry, now int64) int64 {

@@ -209,3 +209,17 @@ func TestExtractAdoptMovesQuota(t *testing.T) {
 		t.Fatalf("adopted %d refilled buckets", n)
 	}
 }
+
+func TestStoreGive(t *testing.T) {
+	s := NewStore(100)
+	l := Limit{Rate: 10, Period: time.Minute}
+	s.Take(5, l, 8, t0)
+	s.Give(5, l, 3, t0)
+	if r := s.Take(5, l, 0, t0); r.Remaining != 5 {
+		t.Fatalf("remaining %d, want 5", r.Remaining)
+	}
+	s.Give(5, l, 50, t0)
+	if s.Len() != 0 {
+		t.Fatal("a bucket given back in full is still stored")
+	}
+}

@@ -62,6 +62,9 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	if req.GetDomain() == "" {
 		return nil, status.Error(codes.InvalidArgument, "domain: rate limit domain must not be empty")
 	}
+	if len(req.Domain) > engine.MaxStringBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "domain: %d bytes, at most %d allowed", len(req.Domain), engine.MaxStringBytes)
+	}
 	if len(req.GetDescriptors()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "descriptors: rate limit descriptor list must not be empty")
 	}

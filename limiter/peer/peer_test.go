@@ -107,9 +107,59 @@ func TestForwardingEnforcesOneLimit(t *testing.T) {
 	if nodes[2].store.Len() != 1 || nodes[0].store.Len() != 0 || nodes[1].store.Len() != 0 {
 		t.Fatalf("store sizes %d %d %d", nodes[0].store.Len(), nodes[1].store.Len(), nodes[2].store.Len())
 	}
+	// Once the owner refused on an empty bucket, node-0 refused locally
+	// until the next token instead of forwarding.
 	st := nodes[0].router.Stats()
-	if st.Forwarded.Load() != 240 || st.Fallbacks.Load() != 0 {
-		t.Fatalf("node-0 forwarded %d, fallbacks %d", st.Forwarded.Load(), st.Fallbacks.Load())
+	if st.Forwarded.Load()+st.Local.Load() != 240 || st.Local.Load() == 0 || st.Fallbacks.Load() != 0 {
+		t.Fatalf("node-0 forwarded %d, decided locally %d, fallbacks %d", st.Forwarded.Load(), st.Local.Load(), st.Fallbacks.Load())
+	}
+}
+
+// TestHotKeyLeasesNeverOverAdmit hammers one key owned by node-2 from the
+// other nodes: they lease tokens and admit locally, and the cluster still
+// admits no more than the bucket holds.
+func TestHotKeyLeasesNeverOverAdmit(t *testing.T) {
+	// A generous timeout: a batch timing out under -race would fall back to
+	// a local fair share, which is the failure path, not this test's.
+	nodes := startNodes(t, 3, func(c *Config) { c.HotThreshold = 16; c.Timeout = 5 * time.Second })
+	rg := nodes[0].router.Ring()
+	l := limiter.Limit{Rate: 4000, Period: time.Hour} // no refill during the test
+	key := keyOwnedBy(t, rg, "node-2", 7)
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for _, nd := range nodes[:2] {
+		for range 4 {
+			wg.Go(func() {
+				for range 1500 {
+					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if r.Allowed {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	got := admitted.Load()
+	leased := nodes[0].router.Stats().Leased.Load() + nodes[1].router.Stats().Leased.Load()
+	local := nodes[0].router.Stats().Local.Load() + nodes[1].router.Stats().Local.Load()
+	t.Logf("admitted %d of 4000; %d tokens leased, %d checks decided from leases or cached refusals", got, leased, local)
+	if fb := nodes[0].router.Stats().Fallbacks.Load() + nodes[1].router.Stats().Fallbacks.Load(); fb != 0 {
+		t.Fatalf("%d fallbacks", fb)
+	}
+	if got > 4000 {
+		t.Fatalf("admitted %d, more than the bucket's 4000", got)
+	}
+	if leased == 0 || local == 0 {
+		t.Fatalf("hot key was not leased: leased %d, local %d", leased, local)
+	}
+	// Unused leased tokens may lapse, but never more than the lease bound.
+	if got < 4000-4000/4 {
+		t.Fatalf("admitted %d: lost more than the lease bound", got)
 	}
 }
 

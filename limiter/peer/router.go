@@ -68,6 +68,12 @@ type Config struct {
 	// (default 3); BreakerCooldown is how long it stays open (default 1 s).
 	BreakerFailures int
 	BreakerCooldown time.Duration
+	// HotThreshold is how many tokens one key must be forwarded within two
+	// lease periods before this node leases tokens for it (default 64;
+	// negative turns hot-key handling off). LeasePeriod is how long a lease
+	// lasts (default 100 ms). See hot.go.
+	HotThreshold int
+	LeasePeriod  time.Duration
 	// Now is the clock (nil: time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -85,6 +91,7 @@ type Router struct {
 	mu    sync.Mutex
 	peers map[string]*peerConn
 
+	hot   hotKeys
 	stats Stats
 }
 
@@ -95,6 +102,9 @@ type Stats struct {
 	Fallbacks   atomic.Uint64 // operations decided by their fallback
 	HandedOff   atomic.Uint64 // buckets sent to new owners
 	BatchErrors atomic.Uint64 // batches that failed
+	Leases      atomic.Uint64 // lease requests sent
+	Leased      atomic.Uint64 // tokens granted by leases
+	Local       atomic.Uint64 // remote-owned operations decided here from a lease or cached refusal
 }
 
 // NewRouter returns a Router. Until SetRing is called it decides everything
@@ -114,6 +124,12 @@ func NewRouter(cfg Config) *Router {
 	}
 	if cfg.BreakerCooldown <= 0 {
 		cfg.BreakerCooldown = time.Second
+	}
+	if cfg.HotThreshold == 0 {
+		cfg.HotThreshold = 64
+	}
+	if cfg.LeasePeriod <= 0 {
+		cfg.LeasePeriod = 100 * time.Millisecond
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -216,6 +232,11 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			results[i] = r.cfg.Store.Take(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, now)
 			continue
 		}
+		if res, ok := r.local(&reqs[i], owner, rg.Len(), now); ok {
+			r.stats.Local.Add(1)
+			results[i] = res
+			continue
+		}
 		g := -1
 		for k := range groups {
 			if groups[k].peer.member.ID == owner.ID {
@@ -257,6 +278,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		if c.err == nil {
 			for k, i := range c.index {
 				results[i] = c.results[k]
+				r.refused(&c.reqs[k], c.results[k], now)
 			}
 			continue
 		}
@@ -363,9 +385,10 @@ func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 }
 
 func (r *Router) sendHandoff(ctx context.Context, p *peerConn, bs []limiter.Bucket) error {
-	if p.client == nil {
-		return p.dialErr
+	if !p.acquire() {
+		return errors.Join(errors.New("peer connection closed"), p.dialErr)
 	}
+	defer p.release()
 	for len(bs) > 0 {
 		n := min(len(bs), 10_000)
 		req := &leveev1.HandoffRequest{From: r.cfg.Self.ID, Buckets: make([]*leveev1.BucketState, n)}
@@ -404,6 +427,9 @@ type peerConn struct {
 	size   int
 	timer  *time.Timer
 	closed bool
+
+	// inflight counts sends using conn, so close can wait for them.
+	inflight sync.WaitGroup
 }
 
 func (p *peerConn) enqueue(c *call) {
@@ -418,6 +444,7 @@ func (p *peerConn) enqueue(c *call) {
 	p.size += len(c.reqs)
 	if p.size >= p.router.cfg.BatchMax {
 		b := p.takeBatch()
+		p.inflight.Add(1)
 		p.mu.Unlock()
 		p.router.wg.Go(func() { p.send(b) })
 		return
@@ -427,6 +454,20 @@ func (p *peerConn) enqueue(c *call) {
 	}
 	p.mu.Unlock()
 }
+
+// acquire registers a use of the connection outside a batch (a lease or a
+// hand-off); it fails once the peer is closed. release ends it.
+func (p *peerConn) acquire() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.client == nil {
+		return false
+	}
+	p.inflight.Add(1)
+	return true
+}
+
+func (p *peerConn) release() { p.inflight.Done() }
 
 // takeBatch detaches the open batch. The caller holds p.mu.
 func (p *peerConn) takeBatch() []*call {
@@ -443,14 +484,18 @@ func (p *peerConn) takeBatch() []*call {
 func (p *peerConn) flush() {
 	p.mu.Lock()
 	b := p.takeBatch()
-	p.mu.Unlock()
-	if len(b) > 0 {
-		p.router.wg.Go(func() { p.send(b) })
+	if len(b) == 0 {
+		p.mu.Unlock()
+		return
 	}
+	p.inflight.Add(1)
+	p.mu.Unlock()
+	p.router.wg.Go(func() { p.send(b) })
 }
 
 // send forwards one batch and hands each call its results or the error.
 func (p *peerConn) send(b []*call) {
+	defer p.inflight.Done()
 	r := p.router
 	total := 0
 	deadline := time.Now().Add(r.cfg.Timeout)
@@ -517,11 +562,10 @@ func (p *peerConn) close() {
 		close(c.done)
 	}
 	if p.conn != nil {
-		conn := p.conn
 		// In-flight sends finish (or time out) on their own; close after.
 		p.router.wg.Go(func() {
-			time.Sleep(p.router.cfg.Timeout)
-			conn.Close()
+			p.inflight.Wait()
+			p.conn.Close()
 		})
 	}
 }

@@ -78,3 +78,33 @@ func limitFromWire(l *leveev1.BucketLimit) limiter.Limit {
 func invalid(field, reason string) error {
 	return status.Error(codes.InvalidArgument, field+": "+reason)
 }
+
+// Lease implements leveev1.PeerServiceServer: it takes as many of the
+// tokens asked for as the bucket holds, after taking back the caller's
+// unused ones.
+func (s *Server) Lease(_ context.Context, req *leveev1.LeaseRequest) (*leveev1.LeaseResponse, error) {
+	l := limitFromWire(req.GetLimit())
+	if !l.Valid() {
+		return nil, invalid("limit", "invalid limit")
+	}
+	now := s.now().UnixNano()
+	if n := req.GetReturned(); n > 0 {
+		s.store.Give(req.GetKey(), l, n, now)
+	}
+	look := s.store.Take(req.GetKey(), l, 0, now)
+	if look.Remaining == 0 {
+		// Nothing left, so this take is refused and changes nothing; it
+		// tells when the next token comes.
+		next := s.store.Take(req.GetKey(), l, 1, now)
+		return &leveev1.LeaseResponse{ResetAfterNanos: int64(next.ResetAfter), RetryAfterNanos: int64(next.RetryAfter)}, nil
+	}
+	grant := min(req.GetTokens(), look.Remaining)
+	if grant == 0 {
+		return &leveev1.LeaseResponse{Remaining: look.Remaining, ResetAfterNanos: int64(look.ResetAfter)}, nil
+	}
+	r := s.store.Take(req.GetKey(), l, grant, now)
+	if !r.Allowed { // lost a race with a concurrent take
+		return &leveev1.LeaseResponse{Remaining: r.Remaining, ResetAfterNanos: int64(r.ResetAfter)}, nil
+	}
+	return &leveev1.LeaseResponse{Granted: grant, Remaining: r.Remaining, ResetAfterNanos: int64(r.ResetAfter)}, nil
+}

@@ -499,6 +499,161 @@ func (x *HandoffResponse) GetAdopted() uint32 {
 	return 0
 }
 
+// LeaseRequest asks a bucket's owner for tokens to admit locally.
+type LeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bucket key.
+	Key uint64 `protobuf:"fixed64,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Limit of the bucket.
+	Limit *BucketLimit `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Tokens wanted.
+	Tokens uint64 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// Unused tokens of the caller's previous lease on this bucket, given back.
+	Returned uint64 `protobuf:"varint,4,opt,name=returned,proto3" json:"returned,omitempty"`
+	// ID of the requesting node.
+	From          string `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRequest) Reset() {
+	*x = LeaseRequest{}
+	mi := &file_levee_v1_peer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRequest) ProtoMessage() {}
+
+func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRequest) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LeaseRequest) GetKey() uint64 {
+	if x != nil {
+		return x.Key
+	}
+	return 0
+}
+
+func (x *LeaseRequest) GetLimit() *BucketLimit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+func (x *LeaseRequest) GetTokens() uint64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *LeaseRequest) GetReturned() uint64 {
+	if x != nil {
+		return x.Returned
+	}
+	return 0
+}
+
+func (x *LeaseRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+// LeaseResponse grants up to the tokens asked for.
+type LeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens granted, already taken from the owner's bucket.
+	Granted uint64 `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Tokens left in the owner's bucket after the grant.
+	Remaining uint64 `protobuf:"varint,2,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// Nanoseconds until the bucket is full again.
+	ResetAfterNanos int64 `protobuf:"varint,3,opt,name=reset_after_nanos,json=resetAfterNanos,proto3" json:"reset_after_nanos,omitempty"`
+	// When nothing was granted: nanoseconds until one token is available.
+	RetryAfterNanos int64 `protobuf:"varint,4,opt,name=retry_after_nanos,json=retryAfterNanos,proto3" json:"retry_after_nanos,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *LeaseResponse) Reset() {
+	*x = LeaseResponse{}
+	mi := &file_levee_v1_peer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseResponse) ProtoMessage() {}
+
+func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
+func (*LeaseResponse) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LeaseResponse) GetGranted() uint64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *LeaseResponse) GetRemaining() uint64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *LeaseResponse) GetResetAfterNanos() int64 {
+	if x != nil {
+		return x.ResetAfterNanos
+	}
+	return 0
+}
+
+func (x *LeaseResponse) GetRetryAfterNanos() int64 {
+	if x != nil {
+		return x.RetryAfterNanos
+	}
+	return 0
+}
+
 var File_levee_v1_peer_proto protoreflect.FileDescriptor
 
 const file_levee_v1_peer_proto_rawDesc = "" +
@@ -532,10 +687,22 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\abuckets\x18\x01 \x03(\v2\x15.levee.v1.BucketStateR\abuckets\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\"+\n" +
 	"\x0fHandoffResponse\x12\x18\n" +
-	"\aadopted\x18\x01 \x01(\rR\aadopted2\x84\x01\n" +
+	"\aadopted\x18\x01 \x01(\rR\aadopted\"\x95\x01\n" +
+	"\fLeaseRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
+	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12\x16\n" +
+	"\x06tokens\x18\x03 \x01(\x04R\x06tokens\x12\x1a\n" +
+	"\breturned\x18\x04 \x01(\x04R\breturned\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"\x9f\x01\n" +
+	"\rLeaseResponse\x12\x18\n" +
+	"\agranted\x18\x01 \x01(\x04R\agranted\x12\x1c\n" +
+	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
+	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos2\xbe\x01\n" +
 	"\vPeerService\x125\n" +
 	"\x04Take\x12\x15.levee.v1.TakeRequest\x1a\x16.levee.v1.TakeResponse\x12>\n" +
-	"\aHandoff\x12\x18.levee.v1.HandoffRequest\x1a\x19.levee.v1.HandoffResponseB3Z1github.com/levee-dev/levee/proto/levee/v1;leveev1b\x06proto3"
+	"\aHandoff\x12\x18.levee.v1.HandoffRequest\x1a\x19.levee.v1.HandoffResponse\x128\n" +
+	"\x05Lease\x12\x16.levee.v1.LeaseRequest\x1a\x17.levee.v1.LeaseResponseB3Z1github.com/levee-dev/levee/proto/levee/v1;leveev1b\x06proto3"
 
 var (
 	file_levee_v1_peer_proto_rawDescOnce sync.Once
@@ -549,7 +716,7 @@ func file_levee_v1_peer_proto_rawDescGZIP() []byte {
 	return file_levee_v1_peer_proto_rawDescData
 }
 
-var file_levee_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_levee_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_levee_v1_peer_proto_goTypes = []any{
 	(*BucketLimit)(nil),     // 0: levee.v1.BucketLimit
 	(*BucketTake)(nil),      // 1: levee.v1.BucketTake
@@ -559,21 +726,26 @@ var file_levee_v1_peer_proto_goTypes = []any{
 	(*BucketState)(nil),     // 5: levee.v1.BucketState
 	(*HandoffRequest)(nil),  // 6: levee.v1.HandoffRequest
 	(*HandoffResponse)(nil), // 7: levee.v1.HandoffResponse
+	(*LeaseRequest)(nil),    // 8: levee.v1.LeaseRequest
+	(*LeaseResponse)(nil),   // 9: levee.v1.LeaseResponse
 }
 var file_levee_v1_peer_proto_depIdxs = []int32{
 	0, // 0: levee.v1.BucketTake.limit:type_name -> levee.v1.BucketLimit
 	1, // 1: levee.v1.TakeRequest.takes:type_name -> levee.v1.BucketTake
 	2, // 2: levee.v1.TakeResponse.results:type_name -> levee.v1.BucketResult
 	5, // 3: levee.v1.HandoffRequest.buckets:type_name -> levee.v1.BucketState
-	3, // 4: levee.v1.PeerService.Take:input_type -> levee.v1.TakeRequest
-	6, // 5: levee.v1.PeerService.Handoff:input_type -> levee.v1.HandoffRequest
-	4, // 6: levee.v1.PeerService.Take:output_type -> levee.v1.TakeResponse
-	7, // 7: levee.v1.PeerService.Handoff:output_type -> levee.v1.HandoffResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0, // 4: levee.v1.LeaseRequest.limit:type_name -> levee.v1.BucketLimit
+	3, // 5: levee.v1.PeerService.Take:input_type -> levee.v1.TakeRequest
+	6, // 6: levee.v1.PeerService.Handoff:input_type -> levee.v1.HandoffRequest
+	8, // 7: levee.v1.PeerService.Lease:input_type -> levee.v1.LeaseRequest
+	4, // 8: levee.v1.PeerService.Take:output_type -> levee.v1.TakeResponse
+	7, // 9: levee.v1.PeerService.Handoff:output_type -> levee.v1.HandoffResponse
+	9, // 10: levee.v1.PeerService.Lease:output_type -> levee.v1.LeaseResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_levee_v1_peer_proto_init() }
@@ -587,7 +759,7 @@ func file_levee_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_levee_v1_peer_proto_rawDesc), len(file_levee_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	PeerService_Take_FullMethodName    = "/levee.v1.PeerService/Take"
 	PeerService_Handoff_FullMethodName = "/levee.v1.PeerService/Handoff"
+	PeerService_Lease_FullMethodName   = "/levee.v1.PeerService/Lease"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -37,6 +38,12 @@ type PeerServiceClient interface {
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(ctx context.Context, in *HandoffRequest, opts ...grpc.CallOption) (*HandoffResponse, error)
+	// Lease takes a batch of tokens from a hot bucket for the caller to admit
+	// locally for a short time, instead of forwarding every check. Leased
+	// tokens leave the owner's bucket at once, so they are never admitted
+	// twice; tokens the caller does not use it gives back with its next
+	// request.
+	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 }
 
 type peerServiceClient struct {
@@ -67,6 +74,16 @@ func (c *peerServiceClient) Handoff(ctx context.Context, in *HandoffRequest, opt
 	return out, nil
 }
 
+func (c *peerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseResponse)
+	err := c.cc.Invoke(ctx, PeerService_Lease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -81,6 +98,12 @@ type PeerServiceServer interface {
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error)
+	// Lease takes a batch of tokens from a hot bucket for the caller to admit
+	// locally for a short time, instead of forwarding every check. Leased
+	// tokens leave the owner's bucket at once, so they are never admitted
+	// twice; tokens the caller does not use it gives back with its next
+	// request.
+	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -96,6 +119,9 @@ func (UnimplementedPeerServiceServer) Take(context.Context, *TakeRequest) (*Take
 }
 func (UnimplementedPeerServiceServer) Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Handoff not implemented")
+}
+func (UnimplementedPeerServiceServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -154,6 +180,24 @@ func _PeerService_Handoff_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).Lease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_Lease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).Lease(ctx, req.(*LeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +212,10 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Handoff",
 			Handler:    _PeerService_Handoff_Handler,
+		},
+		{
+			MethodName: "Lease",
+			Handler:    _PeerService_Lease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,214 @@
+package envoy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/envoy"
+	"github.com/levee-dev/levee/limiter/rules"
+)
+
+// testRules exercise every rule feature; the fuzz test and the tests here
+// share them.
+const testRules = `
+domain: t
+descriptors:
+  - key: user
+    rate_limit: {unit: second, requests_per_unit: 5, name: per_user}
+    descriptors:
+      - key: action
+        value: post
+        rate_limit: {unit: hour, requests_per_unit: 60, burst: 5}
+      - key: action
+        value: "get*"
+        share_threshold: true
+        rate_limit: {unit: minute, requests_per_unit: 100}
+  - key: ip
+    value: "10.*.*.1"
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: ip
+    rate_limit: {unit: day, requests_per_unit: 1000, replaces: [{name: per_user}]}
+  - key: blocked
+    rate_limit: {unit: week, requests_per_unit: 0}
+  - key: free
+    rate_limit: {unlimited: true}
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: month, requests_per_unit: 1}
+  - key: quota
+    quota_mode: true
+    value_to_metric: true
+    rate_limit: {unit: year, requests_per_unit: 2}
+  - key: allow
+    value: me
+  - key: many
+    rate_limit: {unit: second, requests_per_unit: 1000000}
+`
+
+// benchRules is a realistic Envoy setup: per client address, and per client
+// and path prefix, with limits high enough that a benchmark measures
+// admitted requests.
+const benchRules = `
+domain: bench
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 1000000000}
+    descriptors:
+      - key: path
+        value: "/api/*"
+        rate_limit: {unit: second, requests_per_unit: 1000000000}
+`
+
+func newEngine(tb testing.TB, yaml string, b engine.Buckets) *engine.Engine {
+	tb.Helper()
+	dom, err := rules.Parse("rules.yaml", []byte(yaml))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg, err := rules.NewConfig(dom)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if b == nil {
+		b = engine.LocalBuckets{Store: limiter.NewStore(100_000)}
+	}
+	return engine.New(b, cfg, nil)
+}
+
+// fixedNow is a clock that never moves.
+func fixedNow() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
+
+// desc builds a descriptor from alternating keys and values.
+func desc(kv ...string) *ratelimitv3.RateLimitDescriptor {
+	d := &ratelimitv3.RateLimitDescriptor{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		d.Entries = append(d.Entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: kv[i], Value: kv[i+1]})
+	}
+	return d
+}
+
+// failingBuckets cannot decide anything.
+type failingBuckets struct{ err error }
+
+func (f failingBuckets) Take(context.Context, int64, []limiter.Request, []limiter.Result) error {
+	return f.err
+}
+
+func TestShouldRateLimitBucketErrors(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{engine.ErrUndecided, codes.Unavailable},
+		{fmt.Errorf("owner unreachable: %w", engine.ErrUndecided), codes.Unavailable},
+		{context.Canceled, codes.Canceled},
+		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+	} {
+		s := envoy.NewServer(newEngine(t, testRules, failingBuckets{c.err}), fixedNow)
+		_, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{
+			Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("user", "a")},
+		})
+		if status.Code(err) != c.want {
+			t.Errorf("buckets failing with %v: got %v, want %v", c.err, err, c.want)
+		}
+		// Descriptors that need no bucket are answered without one.
+		resp, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{
+			Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("free", "x"), desc("nomatch", "x")},
+		})
+		if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK || len(resp.Statuses) != 2 {
+			t.Errorf("unlimited and unmatched descriptors with failing buckets: %v, %v", resp, err)
+		}
+	}
+}
+
+// TestShouldRateLimitConcurrentRequestsOfManySizes runs requests of
+// different sizes at once, so the server's reused scratch space is shared
+// between calls (run with -race); each descriptor has a fresh bucket, so
+// every answer is known.
+func TestShouldRateLimitConcurrentRequestsOfManySizes(t *testing.T) {
+	s := envoy.NewServer(newEngine(t, testRules, nil), fixedNow)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for i := range 200 {
+				n := 1 + rng.IntN(30)
+				req := &rlsv3.RateLimitRequest{Domain: "t", HitsAddend: uint32(1 + rng.IntN(3))}
+				for j := range n {
+					if j%3 == 2 {
+						req.Descriptors = append(req.Descriptors, desc("nomatch", "x"))
+						continue
+					}
+					req.Descriptors = append(req.Descriptors, desc("many", fmt.Sprintf("%d-%d-%d", g, i, j)))
+				}
+				resp, err := s.ShouldRateLimit(context.Background(), req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(resp.Statuses) != n {
+					t.Errorf("%d statuses for %d descriptors", len(resp.Statuses), n)
+					return
+				}
+				for j, st := range resp.Statuses {
+					if j%3 == 2 {
+						if st.CurrentLimit != nil || st.Code != rlsv3.RateLimitResponse_OK {
+							t.Errorf("unmatched descriptor %d: %v", j, st)
+						}
+						continue
+					}
+					if want := 1000000 - req.HitsAddend; st.LimitRemaining != want || st.CurrentLimit.GetRequestsPerUnit() != 1000000 {
+						t.Errorf("descriptor %d: remaining %d, want %d (%v)", j, st.LimitRemaining, want, st)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// BenchmarkShouldRateLimit measures one in-process call (no network) with
+// 1 and with 5 descriptors of two entries each, all admitted, with the real
+// clock.
+func BenchmarkShouldRateLimit(b *testing.B) {
+	s := envoy.NewServer(newEngine(b, benchRules, nil), nil)
+	ctx := context.Background()
+	for _, n := range []int{1, 5} {
+		b.Run(fmt.Sprintf("descriptors=%d", n), func(b *testing.B) {
+			req := &rlsv3.RateLimitRequest{Domain: "bench"}
+			for i := range n {
+				req.Descriptors = append(req.Descriptors, desc("remote_address", "203.0.113.7", "path", fmt.Sprintf("/api/v1/items/%d", i)))
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := s.ShouldRateLimit(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if resp.OverallCode != rlsv3.RateLimitResponse_OK {
+					b.Fatal(resp)
+				}
+			}
+		})
+	}
+}
+
+// errorsIsInvalidArgument reports whether err is a gRPC InvalidArgument.
+func errorsIsInvalidArgument(err error) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.InvalidArgument
+}
