@@ -134,6 +134,14 @@ func (l Limit) until(t int64, now int64) time.Duration {
 // A request for zero hits only looks: it is always allowed and reports the
 // bucket as it is.
 func (l Limit) Take(tat int64, hits uint64, now int64) (int64, Result) {
+	return l.TakeReserve(tat, hits, 0, now)
+}
+
+// TakeReserve is Take for a request that may only draw while the bucket
+// keeps reserve tokens after it: a capacity budget's lower priorities run dry
+// while the higher ones still have tokens. Remaining counts all tokens left,
+// reserve included.
+func (l Limit) TakeReserve(tat int64, hits, reserve uint64, now int64) (int64, Result) {
 	if l.Rate == 0 || l.Period <= 0 {
 		if hits == 0 {
 			return tat, Result{Allowed: true}
@@ -148,7 +156,11 @@ func (l Limit) Take(tat int64, hits uint64, now int64) (int64, Result) {
 		// Only after the limit shrank under an existing bucket.
 		available = 0
 	}
-	if hits <= uint64(available) {
+	need := hits + reserve
+	if need < hits {
+		need = math.MaxUint64
+	}
+	if hits == 0 || need <= uint64(available) {
 		t += int64(hits)
 		return t, Result{
 			Allowed:    true,
@@ -157,8 +169,8 @@ func (l Limit) Take(tat int64, hits uint64, now int64) (int64, Result) {
 		}
 	}
 	res := Result{Remaining: uint64(available), ResetAfter: l.until(t, now), RetryAfter: Never}
-	if hits <= uint64(burst) {
-		res.RetryAfter = l.until(t+int64(hits)-burst, now)
+	if need <= uint64(burst) {
+		res.RetryAfter = l.until(t+int64(need)-burst, now)
 	}
 	return tat, res
 }

@@ -185,3 +185,23 @@ func TestGive(t *testing.T) {
 		t.Fatalf("overfilled: %+v", r)
 	}
 }
+
+func TestTakeReserve(t *testing.T) {
+	l := Limit{Rate: 100, Period: time.Second}
+	tat, r := l.TakeReserve(0, 60, 30, t0)
+	if !r.Allowed || r.Remaining != 40 {
+		t.Fatalf("first: %+v", r)
+	}
+	// 40 left: 15 more with a reserve of 30 would leave 25.
+	if _, r := l.TakeReserve(tat, 15, 30, t0); r.Allowed || r.Remaining != 40 || r.RetryAfter != 50*time.Millisecond {
+		t.Fatalf("into the reserve: %+v", r)
+	}
+	// Without a reserve it fits.
+	if _, r := l.TakeReserve(tat, 15, 0, t0); !r.Allowed || r.Remaining != 25 {
+		t.Fatalf("no reserve: %+v", r)
+	}
+	// A reserve larger than the burst can never be met.
+	if _, r := l.TakeReserve(0, 1, 100, t0); r.Allowed || r.RetryAfter != Never {
+		t.Fatalf("reserve = burst: %+v", r)
+	}
+}

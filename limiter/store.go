@@ -76,6 +76,12 @@ func (l Limit) fingerprint() uint32 {
 // Take decides a request for hits tokens from the bucket of key under limit l
 // at now (Unix nanoseconds).
 func (s *Store) Take(key uint64, l Limit, hits uint64, now int64) Result {
+	return s.TakeReserve(key, l, hits, 0, now)
+}
+
+// TakeReserve is Take for a request that must leave reserve tokens in the
+// bucket (see Limit.TakeReserve).
+func (s *Store) TakeReserve(key uint64, l Limit, hits, reserve uint64, now int64) Result {
 	sh := &s.shards[key>>56]
 	fp := l.fingerprint()
 	sh.mu.Lock()
@@ -87,7 +93,7 @@ func (s *Store) Take(key uint64, l Limit, hits uint64, now int64) Result {
 			tat = l.convert(e, now)
 		}
 	}
-	newTat, res := l.Take(tat, hits, now)
+	newTat, res := l.TakeReserve(tat, hits, reserve, now)
 	switch {
 	case !l.Idle(newTat, now):
 		if !ok && len(sh.m) >= s.perShard {
@@ -190,6 +196,9 @@ type Request struct {
 	Key   uint64
 	Limit Limit
 	Hits  uint64
+	// Reserve is the tokens that must remain after the take (a capacity
+	// budget's reserve for more important traffic); usually 0.
+	Reserve uint64
 	// Fallback says what to do when the bucket lives on another node that
 	// cannot be reached. A local Store ignores it.
 	Fallback Fallback
@@ -213,7 +222,7 @@ const (
 // Requests are decided in order, so two requests on one key see each other.
 func (s *Store) TakeBatch(reqs []Request, results []Result, now int64) {
 	for i := range reqs {
-		results[i] = s.Take(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, now)
+		results[i] = s.TakeReserve(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, reqs[i].Reserve, now)
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/rules"
+	"github.com/levee-dev/levee/shed"
 )
 
 // Buckets is where tokens are taken: a local limiter.Store, or the cluster,
@@ -69,6 +70,11 @@ type Item struct {
 
 	// Hits is the number of tokens to take; 0 only looks.
 	Hits uint64
+
+	// Priority selects the reserve of a capacity-budget rule (one with
+	// rate_limit.reserve). Unspecified falls back to a descriptor entry
+	// with key "priority", then to the rule's own priority, then default.
+	Priority shed.Priority
 }
 
 // Code is the outcome of an item or a request.
@@ -219,6 +225,7 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 				Key:      st.Rule.KeyHash(items[i].Domain, items[i].Entries),
 				Limit:    st.Limit,
 				Hits:     items[i].Hits,
+				Reserve:  st.Rule.Reserve[priorityOf(&items[i], st.Rule)],
 				Fallback: fallbackOf(st.Rule.FailureMode),
 			})
 		}
@@ -243,6 +250,28 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 	}
 	e.metrics.Record(ctx, items, statuses)
 	return overall(statuses), nil
+}
+
+// PriorityKey is the descriptor entry key that carries a request's priority
+// to a capacity budget, for callers (Envoy) that have no other way to say it.
+const PriorityKey = "priority"
+
+// priorityOf is the priority an item draws on r's budget with.
+func priorityOf(it *Item, r *rules.Rule) shed.Priority {
+	if it.Priority != shed.Unspecified {
+		return it.Priority.Normalize()
+	}
+	for i := len(it.Entries) - 1; i >= 0; i-- {
+		if it.Entries[i].Key == PriorityKey {
+			if p, err := shed.ParsePriority(it.Entries[i].Value); err == nil {
+				return p
+			}
+		}
+	}
+	if p, err := shed.ParsePriority(r.Priority); err == nil {
+		return p
+	}
+	return shed.Default
 }
 
 // fallbackOf maps a rule's failure_mode to the bucket layer's fallback.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/rules"
+	"github.com/levee-dev/levee/shed"
 )
 
 var t0 = time.Date(2026, 11, 21, 6, 0, 0, 0, time.UTC).UnixNano()
@@ -211,5 +212,58 @@ func BenchmarkCheck(b *testing.B) {
 				_, _ = e.Check(ctx, items, sts, now)
 			}
 		})
+	}
+}
+
+func TestCapacityBudgetReserves(t *testing.T) {
+	d, err := rules.Parse("budget.yaml", []byte(`
+domain: capacity
+descriptors:
+  - key: resource
+    value: timeline
+    descriptors:
+      - key: priority
+        value: "*"
+        share_threshold: true
+        rate_limit:
+          unit: hour
+          requests_per_unit: 10
+          reserve: {default: 20%, sheddable: 0.5}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := rules.NewConfig(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(LocalBuckets{Store: limiter.NewStore(100)}, cfg, nil)
+	at := func(p string) Item {
+		return Item{Domain: "capacity", Entries: []rules.Entry{{Key: "resource", Value: "timeline"}, {Key: "priority", Value: p}}, Hits: 1}
+	}
+	admitted := map[string]int{}
+	// Sheddable runs dry at 5 left, default (and low, which inherits it) at
+	// 2, high and critical may take the last tokens.
+	for _, p := range []string{"sheddable", "low", "default", "high", "critical"} {
+		for range 10 {
+			if _, sts := check(t, e, at(p)); sts[0].Code == OK {
+				admitted[p]++
+			}
+		}
+	}
+	want := map[string]int{"sheddable": 5, "low": 3, "default": 0, "high": 2, "critical": 0}
+	for p, n := range want {
+		if admitted[p] != n {
+			t.Errorf("%s admitted %d, want %d (all: %v)", p, admitted[p], n, admitted)
+		}
+	}
+	// The request-level priority wins over the entry.
+	it := at("sheddable")
+	it.Priority = shed.Critical
+	e2 := New(LocalBuckets{Store: limiter.NewStore(100)}, cfg, nil)
+	for range 10 {
+		if _, sts := check(t, e2, it); sts[0].Code != OK {
+			t.Fatal("critical request refused while tokens remained")
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed"
 )
 
 // Server implements leveev1.RateLimitServiceServer on an Engine.
@@ -93,7 +94,7 @@ func (r *request) fill(req *leveev1.CheckRequest) error {
 	r.entries = grow(r.entries, total)[:0]
 	for i, wi := range req.Items {
 		it := &r.items[i]
-		*it = engine.Item{Hits: 1}
+		*it = engine.Item{Hits: 1, Priority: shed.Priority(req.GetPriority())}
 		if wi.Hits != nil {
 			if *wi.Hits < 0 {
 				return &engine.FieldError{Field: fmt.Sprintf("items[%d].hits", i), Reason: fmt.Sprintf("must not be negative, got %d", *wi.Hits)}

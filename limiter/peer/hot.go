@@ -113,6 +113,11 @@ func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now i
 	if now < st.denyUntil {
 		return limiter.Result{RetryAfter: time.Duration(st.denyUntil - now), ResetAfter: until(st.resetAt, now)}, true
 	}
+	if req.Reserve > 0 {
+		// Leases do not know reserves; a capacity budget's lower priorities
+		// are always decided by the owner.
+		return limiter.Result{}, false
+	}
 	if now < st.leaseUntil && st.lease >= req.Hits {
 		st.lease -= req.Hits
 		return limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}, true

@@ -229,7 +229,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	for i := range reqs {
 		owner, _ := rg.Owner(reqs[i].Key)
 		if owner.ID == r.cfg.Self.ID {
-			results[i] = r.cfg.Store.Take(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, now)
+			results[i] = r.cfg.Store.TakeReserve(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, reqs[i].Reserve, now)
 			continue
 		}
 		if res, ok := r.local(&reqs[i], owner, rg.Len(), now); ok {
@@ -311,7 +311,9 @@ func (r *Router) fallback(req *limiter.Request, res *limiter.Result, nodes int, 
 		*res = limiter.Result{RetryAfter: limiter.Never}
 		return ErrUndecided
 	}
-	*res = r.cfg.Store.Take(req.Key, FairShare(req.Limit, nodes), req.Hits, now)
+	share := FairShare(req.Limit, nodes)
+	reserve := req.Reserve / uint64(max(nodes, 1))
+	*res = r.cfg.Store.TakeReserve(req.Key, share, req.Hits, reserve, now)
 	return nil
 }
 
@@ -512,7 +514,7 @@ func (p *peerConn) send(b []*call) {
 	for _, c := range b {
 		for _, q := range c.reqs {
 			limits[k] = leveev1.BucketLimit{Rate: q.Limit.Rate, PeriodNanos: int64(q.Limit.Period), Burst: q.Limit.Burst}
-			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits}
+			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits, Reserve: q.Reserve}
 			req.Takes = append(req.Takes, &takes[k])
 			k++
 		}

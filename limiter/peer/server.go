@@ -46,7 +46,7 @@ func (s *Server) Take(_ context.Context, req *leveev1.TakeRequest) (*leveev1.Tak
 		if !l.Valid() {
 			return nil, invalid(fmt.Sprintf("takes[%d].limit", i), "invalid limit")
 		}
-		r := s.store.Take(t.GetKey(), l, t.GetHits(), now)
+		r := s.store.TakeReserve(t.GetKey(), l, t.GetHits(), t.GetReserve(), now)
 		results[i] = leveev1.BucketResult{
 			Allowed:         r.Allowed,
 			Remaining:       r.Remaining,

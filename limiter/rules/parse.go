@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/shed"
 )
 
 // Bounds on the work Parse does for one file. Real rule files are far
@@ -52,6 +54,7 @@ var validKeys = map[string]bool{
 	"metadata":          true,
 	// levee's additions.
 	"burst":        true,
+	"reserve":      true,
 	"priority":     true,
 	"failure_mode": true,
 }
@@ -61,6 +64,7 @@ var validKeys = map[string]bool{
 // levee refuses a misplaced one rather than ignore it.
 var leveeKeys = map[string]string{
 	"burst":        "rate_limit",
+	"reserve":      "rate_limit",
 	"priority":     "a descriptor",
 	"failure_mode": "a descriptor",
 }
@@ -327,8 +331,8 @@ func (p *parser) validate(n *yaml.Node, field string, depth int) error {
 			if !validKeys[pr.key] {
 				return p.errorf(pr.kn, pr.key, "config error, unknown key '%s'", pr.key)
 			}
-			if pr.key == "metadata" {
-				continue
+			if pr.key == "metadata" || pr.key == "reserve" {
+				continue // free-form, or checked by its own parser
 			}
 			if err := p.validate(pr.value, pr.key, depth+1); err != nil {
 				return err
@@ -578,6 +582,7 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 		burst     uint32
 		burstNode *yaml.Node
 		replaces  *yaml.Node
+		reserve   *yaml.Node
 	)
 	for _, pr := range prs {
 		v := pr.value
@@ -594,6 +599,8 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 			r.Name, err = p.str(v, field)
 		case "replaces":
 			replaces = v
+		case "reserve":
+			reserve = v
 		case "burst":
 			burstNode = v
 			if burst, err = p.uint32(v, field); err == nil && burst == 0 {
@@ -614,6 +621,9 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 		if burstNode != nil {
 			return p.errorf(burstNode, "rate_limit.burst", "should not specify burst when unlimited")
 		}
+		if reserve != nil {
+			return p.errorf(reserve, "rate_limit.reserve", "should not specify reserve when unlimited")
+		}
 	} else {
 		if unitErr != nil {
 			return p.errorf(unitNode, "rate_limit.unit", "%v", unitErr)
@@ -624,6 +634,11 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 			b = r.RequestsPerUnit
 		}
 		r.Limit = limiter.Limit{Rate: uint64(r.RequestsPerUnit), Period: u.Duration(), Burst: uint64(b)}
+		if reserve != nil && !isNull(reserve) {
+			if err := p.reserve(r, reserve, uint64(b)); err != nil {
+				return err
+			}
+		}
 	}
 	r.HasLimit = true
 	if replaces != nil && !isNull(replaces) {
@@ -631,6 +646,59 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// reserve parses rate_limit.reserve: for each priority below critical, the
+// share of the bucket (a fraction such as 0.2, or "20%") that must remain
+// after a request of that priority takes its tokens. Less important
+// priorities must keep at least as much as more important ones, so they run
+// dry first.
+func (p *parser) reserve(r *Rule, n *yaml.Node, burst uint64) error {
+	const field = "rate_limit.reserve"
+	if n.Kind != yaml.MappingNode {
+		return p.errorf(n, field, "must be a map of priority to share, such as {low: 20%%, sheddable: 50%%}, not %s", kindName(n))
+	}
+	prs, err := p.pairs(n, field, 0)
+	if err != nil {
+		return err
+	}
+	var share [shed.Sheddable + 1]float64
+	var set [shed.Sheddable + 1]bool
+	for _, pr := range prs {
+		f := field + "." + pr.key
+		pri, err := shed.ParsePriority(pr.key)
+		if err != nil || pr.key == "" {
+			return p.errorf(pr.kn, f, "unknown priority '%s' (want high, default, low or sheddable)", pr.key)
+		}
+		if pri == shed.Critical {
+			return p.errorf(pr.kn, f, "critical has no reserve: it may always draw while tokens remain")
+		}
+		if pr.value.Kind != yaml.ScalarNode {
+			return p.errorf(pr.value, f, "must be a fraction such as 0.2 or a percentage such as 20%%, not %s", kindName(pr.value))
+		}
+		v := strings.TrimSpace(pr.value.Value)
+		scale := 1.0
+		if strings.HasSuffix(v, "%") {
+			v, scale = strings.TrimSpace(strings.TrimSuffix(v, "%")), 100
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(x) || x/scale < 0 || x/scale >= 1 {
+			return p.errorf(pr.value, f, "must be a fraction from 0 to below 1 (or 0%% to below 100%%), got '%s'", pr.value.Value)
+		}
+		share[pri], set[pri] = x/scale, true
+	}
+	// Unset priorities inherit the reserve of the next more important one.
+	for pri := shed.High; pri <= shed.Sheddable; pri++ {
+		if !set[pri] {
+			share[pri] = share[pri-1]
+		}
+		if share[pri] < share[pri-1] {
+			return p.errorf(n, field, "%s keeps less (%g) than %s (%g): a less important priority must keep at least as much", pri, share[pri], pri-1, share[pri-1])
+		}
+		r.Reserve[pri] = uint64(math.Ceil(share[pri] * float64(burst)))
+	}
+	r.Reserve[shed.Unspecified] = r.Reserve[shed.Default]
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/shed"
 )
 
 // Rule is one descriptor node of a rule file. Match returns the Rule that
@@ -40,6 +41,10 @@ type Rule struct {
 	// Unit, Burst is the file's burst or else RequestsPerUnit. It is zero
 	// when the rule has no limit or is unlimited.
 	Limit limiter.Limit
+	// Reserve is the capacity-budget reserve (rate_limit.reserve), indexed
+	// by shed.Priority: the tokens that must remain in the bucket after a
+	// request of that priority takes its own. All zero without a reserve.
+	Reserve [shed.Sheddable + 1]uint64
 	// Replaces lists the names of the limits this one drops from the same
 	// request when it applies.
 	Replaces []string

@@ -94,7 +94,10 @@ type BucketTake struct {
 	// Limit of the bucket.
 	Limit *BucketLimit `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Tokens to take; 0 only looks.
-	Hits          uint64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
+	Hits uint64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
+	// Tokens that must remain after the take (a capacity budget's reserve for
+	// more important traffic).
+	Reserve       uint64 `protobuf:"varint,4,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -146,6 +149,13 @@ func (x *BucketTake) GetLimit() *BucketLimit {
 func (x *BucketTake) GetHits() uint64 {
 	if x != nil {
 		return x.Hits
+	}
+	return 0
+}
+
+func (x *BucketTake) GetReserve() uint64 {
+	if x != nil {
+		return x.Reserve
 	}
 	return 0
 }
@@ -662,12 +672,13 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\vBucketLimit\x12\x12\n" +
 	"\x04rate\x18\x01 \x01(\x04R\x04rate\x12!\n" +
 	"\fperiod_nanos\x18\x02 \x01(\x03R\vperiodNanos\x12\x14\n" +
-	"\x05burst\x18\x03 \x01(\x04R\x05burst\"_\n" +
+	"\x05burst\x18\x03 \x01(\x04R\x05burst\"y\n" +
 	"\n" +
 	"BucketTake\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
 	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12\x12\n" +
-	"\x04hits\x18\x03 \x01(\x04R\x04hits\"\x9e\x01\n" +
+	"\x04hits\x18\x03 \x01(\x04R\x04hits\x12\x18\n" +
+	"\areserve\x18\x04 \x01(\x04R\areserve\"\x9e\x01\n" +
 	"\fBucketResult\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
