@@ -1,0 +1,292 @@
+package shed
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ControllerConfig tunes a Controller. The zero value gives the defaults.
+type ControllerConfig struct {
+	// Window is the length of one histogram window (250 ms). The histogram
+	// covers Windows of them: the recent traffic the steps are computed on.
+	Window time.Duration
+	// Windows is the number of histogram windows kept (4; at most 64).
+	Windows int
+	// RaiseStep is the smallest fraction of admitted traffic shed by one
+	// raise (0.05). A raise always sheds at least one non-empty level.
+	RaiseStep float64
+	// MaxRaiseStep caps the fraction shed by one raise (0.5), however large
+	// the excess a signal reports.
+	MaxRaiseStep float64
+	// LowerStep is the fraction of admitted traffic readmitted by one lower
+	// (0.02). A lower readmits at least one non-empty level.
+	LowerStep float64
+	// Hold is the refractory period after a raise during which the
+	// threshold does not fall (1 s).
+	Hold time.Duration
+	// MaxHold caps the hold as it doubles after failed probes (8 s).
+	MaxHold time.Duration
+}
+
+func (c ControllerConfig) withDefaults() (ControllerConfig, error) {
+	if c.Window == 0 {
+		c.Window = 250 * time.Millisecond
+	}
+	if c.Windows == 0 {
+		c.Windows = 4
+	}
+	if c.RaiseStep == 0 {
+		c.RaiseStep = 0.05
+	}
+	if c.MaxRaiseStep == 0 {
+		c.MaxRaiseStep = 0.5
+	}
+	if c.LowerStep == 0 {
+		c.LowerStep = 0.02
+	}
+	if c.Hold == 0 {
+		c.Hold = time.Second
+	}
+	if c.MaxHold == 0 {
+		c.MaxHold = 8 * c.Hold
+	}
+	var errs []error
+	if c.Window < 0 {
+		errs = append(errs, fmt.Errorf("field Window %v: must be positive", c.Window))
+	}
+	if c.Windows < 1 || c.Windows > 64 {
+		errs = append(errs, fmt.Errorf("field Windows %d: want 1 to 64", c.Windows))
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"RaiseStep", c.RaiseStep}, {"MaxRaiseStep", c.MaxRaiseStep}, {"LowerStep", c.LowerStep}} {
+		if !(f.v > 0 && f.v < 1) {
+			errs = append(errs, fmt.Errorf("field %s %v: want a fraction between 0 and 1", f.name, f.v))
+		}
+	}
+	if c.MaxRaiseStep < c.RaiseStep {
+		errs = append(errs, fmt.Errorf("field MaxRaiseStep %v: below RaiseStep %v", c.MaxRaiseStep, c.RaiseStep))
+	}
+	if c.Hold < 0 || c.MaxHold < c.Hold {
+		errs = append(errs, fmt.Errorf("field Hold %v, MaxHold %v: want 0 ≤ Hold ≤ MaxHold", c.Hold, c.MaxHold))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("shed: controller config: %w", err)
+	}
+	return c, nil
+}
+
+// pin is an operator's override: a fixed threshold until an expiry.
+type pin struct {
+	level Level
+	until time.Time
+	nanos int64 // until.UnixNano(), for the hot path
+}
+
+// Controller is the admission controller of one protected resource: a state
+// machine holding a threshold Level. Check and Admit are safe for concurrent
+// use and cost a few atomic operations; Update is called by one owner on its
+// control tick with the time and the combined signal reading. See the
+// package documentation for the control law.
+type Controller struct {
+	cfg       ControllerConfig
+	threshold atomic.Uint32
+	pin       atomic.Pointer[pin]
+	hist      levelHistogram
+
+	mu          sync.Mutex // serialises Update and Pin
+	windowStart time.Time
+	lastRaise   time.Time
+	hold        time.Duration
+	lastMove    int // +1 after a raise, -1 after a lower
+	counts      [NumLevels]uint64
+}
+
+// NewController returns a controller with threshold 0 (admit everything).
+func NewController(cfg ControllerConfig) (*Controller, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Controller{cfg: cfg, hist: newLevelHistogram(cfg.Windows), hold: cfg.Hold}, nil
+}
+
+// Check says whether a request at level l would be admitted at now, without
+// recording it. It is the refusal path's core: no lock, no allocation.
+func (c *Controller) Check(l Level, now time.Time) Reason {
+	if p := c.pin.Load(); p != nil && now.UnixNano() < p.nanos {
+		if l < p.level {
+			return ReasonOverride
+		}
+		return ReasonNone
+	}
+	if uint32(l) < c.threshold.Load() {
+		return ReasonThreshold
+	}
+	return ReasonNone
+}
+
+// checkUnpinned is Check without the clock: it reports pinned = true, and
+// no verdict, when a pin is set, whose expiry needs the time.
+func (c *Controller) checkUnpinned(l Level) (r Reason, pinned bool) {
+	if c.pin.Load() != nil {
+		return ReasonNone, true
+	}
+	if uint32(l) < c.threshold.Load() {
+		return ReasonThreshold, false
+	}
+	return ReasonNone, false
+}
+
+// Record counts an arrival at level l in the histogram the steps are
+// computed from. Every offered request should be recorded once, admitted or
+// not, so the histogram describes demand rather than what got through.
+func (c *Controller) Record(l Level) {
+	if l > MaxLevel {
+		l = MaxLevel
+	}
+	c.hist.add(l)
+}
+
+// Admit records the arrival and checks it: ReasonNone means admitted.
+func (c *Controller) Admit(l Level, now time.Time) Reason {
+	c.Record(l)
+	return c.Check(l, now)
+}
+
+// Threshold returns the automatic threshold (ignoring any pin).
+func (c *Controller) Threshold() Level { return Level(c.threshold.Load()) }
+
+// Effective returns the threshold in force at now: the pin if one is active,
+// else the automatic threshold.
+func (c *Controller) Effective(now time.Time) Level {
+	if l, _, ok := c.Pinned(now); ok {
+		return l
+	}
+	return c.Threshold()
+}
+
+// Pin fixes the threshold at l until the given time, whatever the signals
+// say: CriticalOnly sheds everything but critical, 0 sheds nothing (a kill
+// switch), NumLevels refuses everything. The automatic threshold is frozen
+// while a pin is in force and resumes from where it was when it expires, so
+// a forgotten pin cannot outlive its expiry.
+func (c *Controller) Pin(l Level, until time.Time) error {
+	if l > NumLevels {
+		return &FieldError{Field: "level", Value: fmt.Sprint(uint16(l)), Reason: fmt.Sprintf("want a level from 0 to %d", NumLevels)}
+	}
+	c.pin.Store(&pin{level: l, until: until, nanos: until.UnixNano()})
+	return nil
+}
+
+// Unpin removes any pin at once.
+func (c *Controller) Unpin() { c.pin.Store(nil) }
+
+// Pinned reports the pin in force at now, if any.
+func (c *Controller) Pinned(now time.Time) (Level, time.Time, bool) {
+	p := c.pin.Load()
+	if p == nil || now.UnixNano() >= p.nanos {
+		return 0, time.Time{}, false
+	}
+	return p.level, p.until, true
+}
+
+// Update is the control step, called by the owner every 100–250 ms with the
+// current time and the combined reading of the resource's signals. It
+// rotates the histogram, and raises, lowers or keeps the automatic threshold.
+// It returns the automatic threshold after the step.
+func (c *Controller) Update(now time.Time, r Reading) Level {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	if c.windowStart.IsZero() {
+		c.windowStart = now
+	} else if el := now.Sub(c.windowStart); el >= c.cfg.Window {
+		n := min(int(el/c.cfg.Window), len(c.hist.windows))
+		for range n {
+			c.hist.rotate()
+		}
+		c.windowStart = now
+	}
+
+	t := Level(c.threshold.Load())
+	if p := c.pin.Load(); p != nil {
+		if now.UnixNano() < p.nanos {
+			return t // frozen under a pin
+		}
+		c.pin.CompareAndSwap(p, nil)
+	}
+
+	c.hist.sum(&c.counts)
+	switch {
+	case r.Overloaded:
+		frac := min(max(r.Excess, c.cfg.RaiseStep), c.cfg.MaxRaiseStep)
+		ceiling := MaxLevel
+		if !r.Critical {
+			// Without evidence that critical demand alone exceeds capacity,
+			// never shed critical traffic by threshold.
+			ceiling = max(t, CriticalOnly)
+		}
+		if nt := raiseStep(&c.counts, t, frac, ceiling); nt > t {
+			if now.Sub(c.lastRaise) > 2*c.cfg.MaxHold {
+				c.hold = c.cfg.Hold // a new episode starts with the short hold
+			} else if c.lastMove < 0 {
+				c.hold = min(2*c.hold, c.cfg.MaxHold) // the last lower was a failed probe
+			}
+			c.lastRaise, c.lastMove, t = now, +1, nt
+		}
+	case t > 0 && now.Sub(c.lastRaise) >= c.hold:
+		t = lowerStep(&c.counts, t, c.cfg.LowerStep)
+		c.lastMove = -1
+		if t == 0 {
+			c.hold = c.cfg.Hold
+		}
+	}
+	c.threshold.Store(uint32(t))
+	return t
+}
+
+// raiseStep returns the lowest threshold above t that sheds at least frac of
+// the traffic admitted at t (and so at least one non-empty level), capped at
+// ceiling. With no traffic at or above t it returns t.
+func raiseStep(counts *[NumLevels]uint64, t Level, frac float64, ceiling Level) Level {
+	var admitted uint64
+	for l := int(t); l < NumLevels; l++ {
+		admitted += counts[l]
+	}
+	if admitted == 0 || t >= ceiling {
+		return t
+	}
+	target := float64(admitted) * (1 - frac)
+	remaining := admitted
+	for l := t; l < ceiling; l++ {
+		remaining -= counts[l]
+		if counts[l] > 0 && float64(remaining) <= target {
+			return l + 1
+		}
+	}
+	return ceiling
+}
+
+// lowerStep returns the highest threshold below t that readmits at least frac
+// of the traffic admitted at t, and at least one non-empty level; when the
+// levels below t saw no traffic it returns 0.
+func lowerStep(counts *[NumLevels]uint64, t Level, frac float64) Level {
+	var admitted uint64
+	for l := int(t); l < NumLevels; l++ {
+		admitted += counts[l]
+	}
+	want := float64(admitted) * frac
+	var readmitted uint64
+	for l := int(t) - 1; l >= 0; l-- {
+		readmitted += counts[l]
+		if readmitted > 0 && float64(readmitted) >= want {
+			return Level(l)
+		}
+	}
+	return 0
+}

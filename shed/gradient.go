@@ -1,0 +1,377 @@
+package shed
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// GradientConfig tunes a GradientLimit. The zero value gives the defaults.
+type GradientConfig struct {
+	InitialLimit int // starting limit (20)
+	MinLimit     int // floor of the limit (5)
+	MaxLimit     int // cap of the limit (1000)
+	// Tolerance is how much latency above the baseline is accepted before
+	// the limit shrinks (1.25: up to 25% more than the uncongested p90).
+	Tolerance float64
+	// Smoothing is the weight of a new window in the limit's moving average
+	// (0.2).
+	Smoothing float64
+	// Window is the shortest measurement window (100 ms); a window closes
+	// on the first Read after it that has MinSamples samples (20).
+	Window     time.Duration
+	MinSamples int
+	// LatencyCeiling, if set, is an absolute p90 above which the limit is
+	// cut as hard as the gradient allows, whatever the baseline says.
+	LatencyCeiling time.Duration
+	// FloorWindows is how many windows the limit may sit at MinLimit before
+	// the baseline is re-measured (5): the service itself got slower.
+	FloorWindows int
+	// CorrelationWindows is how many utilised windows are compared to see
+	// whether more concurrency still buys throughput (50); a negative value
+	// turns the check off.
+	CorrelationWindows int
+}
+
+func (c GradientConfig) withDefaults() (GradientConfig, error) {
+	if c.InitialLimit == 0 {
+		c.InitialLimit = 20
+	}
+	if c.MinLimit == 0 {
+		c.MinLimit = 5
+	}
+	if c.MaxLimit == 0 {
+		c.MaxLimit = 1000
+	}
+	if c.Tolerance == 0 {
+		c.Tolerance = 1.25
+	}
+	if c.Smoothing == 0 {
+		c.Smoothing = 0.2
+	}
+	if c.Window == 0 {
+		c.Window = 100 * time.Millisecond
+	}
+	if c.MinSamples == 0 {
+		c.MinSamples = 20
+	}
+	if c.FloorWindows == 0 {
+		c.FloorWindows = 5
+	}
+	if c.CorrelationWindows == 0 {
+		c.CorrelationWindows = 50
+	}
+	var errs []error
+	if c.MinLimit < 1 || c.MaxLimit < c.MinLimit || c.InitialLimit < c.MinLimit || c.InitialLimit > c.MaxLimit {
+		errs = append(errs, fmt.Errorf("limits %d ≤ %d ≤ %d: want 1 ≤ MinLimit ≤ InitialLimit ≤ MaxLimit", c.MinLimit, c.InitialLimit, c.MaxLimit))
+	}
+	if c.Tolerance < 1 {
+		errs = append(errs, fmt.Errorf("field Tolerance %v: want at least 1", c.Tolerance))
+	}
+	if !(c.Smoothing > 0 && c.Smoothing <= 1) {
+		errs = append(errs, fmt.Errorf("field Smoothing %v: want a fraction in (0, 1]", c.Smoothing))
+	}
+	if c.Window < 0 || c.MinSamples < 1 || c.FloorWindows < 1 || c.LatencyCeiling < 0 {
+		errs = append(errs, errors.New("fields Window, MinSamples, FloorWindows and LatencyCeiling must be positive"))
+	}
+	if c.CorrelationWindows > 0 && c.CorrelationWindows < 4 {
+		errs = append(errs, fmt.Errorf("field CorrelationWindows %d: want at least 4, or negative for off", c.CorrelationWindows))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("shed: gradient config: %w", err)
+	}
+	return c, nil
+}
+
+// paddedInt64 keeps hot counters on their own cache lines.
+type paddedInt64 struct {
+	atomic.Int64
+	_ [56]byte
+}
+
+// GradientLimit is an adaptive concurrency limit driven by the latency
+// gradient, in the manner of Netflix's Gradient2 and Envoy's adaptive
+// concurrency filter, and the gate that enforces it.
+//
+// Each window it compares the window's p90 latency with a baseline, the p90
+// the service shows when it is not queueing:
+//
+//	gradient = clamp(Tolerance × baseline / p90, 0.5, 1.5)
+//	limit    = (1−s)·limit + s·(limit·gradient + √limit)
+//
+// The √limit term is headroom so the limit can probe upward when latency is
+// flat. Three rules keep the limit from ratcheting upward under sustained
+// overload, the failure mode of a baseline that is a moving average of
+// recent latency: the baseline follows latency down at once but never
+// drifts up, so queueing latency never becomes the new normal; the limit
+// may not grow while inflight stays under half of it; and when more
+// concurrency stopped buying throughput (the correlation of inflight and
+// throughput over the last CorrelationWindows utilised windows is ≤ 0) the
+// limit is cut by 10%. The baseline rises only by being re-measured, when
+// the service itself got slower (a slow dependency rather than our own
+// queueing): then latency stops following inflight as the limit shrinks, so
+// when the correlation of inflight and p90 over those windows is ≤ 0, or the
+// limit sat at MinLimit for FloorWindows, the current p90 becomes the
+// baseline.
+//
+// The gate is priority-aware: a request of priority p is admitted while the
+// requests in flight at p or more important number fewer than the limit.
+// Less important traffic therefore never blocks more important traffic, and
+// critical requests are refused only when critical requests alone fill the
+// limit. The total may overshoot the limit while the threshold catches up;
+// refusals are reported by Read as excess so it does.
+//
+// Acquire and Release are safe for concurrent use and lock-free; Read is
+// called by the owner once per tick.
+type GradientLimit struct {
+	cfg      GradientConfig
+	limit    atomic.Int64
+	inflight [NumPriorities]paddedInt64
+
+	admitted, refused, refusedCritical atomic.Uint64
+	maxInflight                        atomic.Int64 // max total inflight seen at Release this window
+	lat                                latencyHistogram
+
+	mu                       sync.Mutex // owner state below
+	est, baseline            float64    // limit estimate; baseline p90 in ns
+	windowStart              time.Time
+	lastAdm, lastRef, lastCr uint64
+	floorRun                 int
+	corr                     corrRing
+	scratch                  [latBuckets]uint32
+}
+
+// NewGradientLimit returns a limit at cfg.InitialLimit.
+func NewGradientLimit(cfg GradientConfig) (*GradientLimit, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	g := &GradientLimit{cfg: cfg, est: float64(cfg.InitialLimit)}
+	g.limit.Store(int64(cfg.InitialLimit))
+	if cfg.CorrelationWindows > 0 {
+		g.corr = newCorrRing(cfg.CorrelationWindows)
+	}
+	return g, nil
+}
+
+// Acquire asks the gate for a slot at priority p. With force (shadow mode)
+// the slot is taken even when the gate would refuse; the return value says
+// whether it would have admitted. Every successful or forced Acquire must be
+// matched by one Release with the same priority.
+func (g *GradientLimit) Acquire(p Priority, force bool) bool {
+	i := p.index()
+	n := g.inflight[i].Add(1)
+	for j := range i {
+		n += g.inflight[j].Load()
+	}
+	if n <= g.limit.Load() {
+		g.admitted.Add(1)
+		return true
+	}
+	if !force {
+		g.inflight[i].Add(-1)
+	}
+	g.refused.Add(1)
+	if i == 0 {
+		g.refusedCritical.Add(1)
+	}
+	return false
+}
+
+// Release returns a slot taken at priority p. With sample, rtt is recorded
+// as a latency sample (pass false for requests whose latency says nothing
+// about the service: cancelled, failed fast, health checks, streams).
+func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
+	i := p.index()
+	if sample {
+		total := g.Inflight()
+		g.lat.observe(rtt)
+		for {
+			cur := g.maxInflight.Load()
+			if int64(total) <= cur || g.maxInflight.CompareAndSwap(cur, int64(total)) {
+				break
+			}
+		}
+	}
+	g.inflight[i].Add(-1)
+}
+
+// Limit returns the current limit.
+func (g *GradientLimit) Limit() int { return int(g.limit.Load()) }
+
+// Inflight returns the number of slots held, over all priorities.
+func (g *GradientLimit) Inflight() int {
+	var n int64
+	for i := range g.inflight {
+		n += g.inflight[i].Load()
+	}
+	return int(n)
+}
+
+// Baseline returns the uncongested p90 latency the gradient compares with,
+// 0 before the first window.
+func (g *GradientLimit) Baseline() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return time.Duration(g.baseline)
+}
+
+// Read implements Signal: the resource is overloaded when the gate refused
+// requests since the last Read (the excess is the fraction it refused, and
+// Critical is set when it refused critical requests), or when the window
+// Read closed was congested: utilised, with p90 latency beyond Tolerance ×
+// baseline, which catches queueing before inflight reaches the limit. Read
+// also closes the measurement window when due and moves the limit.
+func (g *GradientLimit) Read(now time.Time) Reading {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	adm, ref, cr := g.admitted.Load(), g.refused.Load(), g.refusedCritical.Load()
+	dAdm, dRef, dCr := adm-g.lastAdm, ref-g.lastRef, cr-g.lastCr
+	g.lastAdm, g.lastRef, g.lastCr = adm, ref, cr
+	var r Reading
+	if dRef > 0 {
+		r = Reading{Overloaded: true, Excess: float64(dRef) / float64(dAdm+dRef), Critical: dCr > 0}
+	}
+	if g.closeWindow(now) {
+		r.Overloaded = true
+	}
+	return r
+}
+
+// closeWindow closes the measurement window when it is due and reports
+// whether the window was congested.
+func (g *GradientLimit) closeWindow(now time.Time) bool {
+	if g.windowStart.IsZero() {
+		g.windowStart = now
+		return false
+	}
+	el := now.Sub(g.windowStart)
+	if el < g.cfg.Window {
+		return false
+	}
+	if g.lat.count() < uint64(g.cfg.MinSamples) {
+		if el >= 10*g.cfg.Window { // too quiet to learn from: start afresh
+			g.lat.drain(&g.scratch)
+			g.maxInflight.Store(0)
+			g.windowStart = now
+		}
+		return false
+	}
+	n := g.lat.drain(&g.scratch)
+	maxIn := float64(g.maxInflight.Swap(0))
+	g.windowStart = now
+	if n == 0 {
+		return false
+	}
+	p90 := float64(quantile(&g.scratch, n, 0.9))
+	return g.update(p90, maxIn, float64(n)/el.Seconds())
+}
+
+// update applies one window: p90 latency (ns), the most requests seen in
+// flight, and the throughput (samples per second). It reports whether the
+// window was congested: utilised, with latency beyond the tolerance.
+func (g *GradientLimit) update(p90, maxIn, throughput float64) (congested bool) {
+	if g.baseline == 0 {
+		g.baseline = p90
+	}
+	est := g.est
+	utilized := maxIn >= est/2
+	congested = utilized && p90 > g.cfg.Tolerance*g.baseline
+
+	grad := min(max(g.cfg.Tolerance*g.baseline/p90, 0.5), 1.5)
+	if g.cfg.LatencyCeiling > 0 && p90 > float64(g.cfg.LatencyCeiling) {
+		grad = 0.5
+	}
+	next := est*grad + math.Sqrt(est)
+	if next > est && !utilized {
+		next = est // no evidence the extra room would be used
+	}
+	s := g.cfg.Smoothing
+	est = (1-s)*est + s*next
+	rebaseline := false
+	if g.corr.x != nil && utilized {
+		flatThroughput, flatLatency := g.corr.push(maxIn, throughput, p90)
+		switch {
+		case flatLatency:
+			rebaseline = true // our concurrency does not drive the latency
+		case flatThroughput:
+			est *= 0.9 // more concurrency no longer buys throughput
+		}
+	}
+	est = min(max(est, float64(g.cfg.MinLimit)), float64(g.cfg.MaxLimit))
+
+	if p90 < g.baseline {
+		g.baseline = (g.baseline + p90) / 2 // faster service: follow quickly
+	}
+	if est <= float64(g.cfg.MinLimit) {
+		g.floorRun++
+		rebaseline = rebaseline || g.floorRun >= g.cfg.FloorWindows
+	} else {
+		g.floorRun = 0
+	}
+	if rebaseline {
+		g.baseline, g.floorRun = p90, 0
+	}
+	g.est = est
+	g.limit.Store(int64(est))
+	return congested
+}
+
+// corrRing holds the last utilised windows' inflight, throughput and p90.
+type corrRing struct {
+	x, y, z []float64
+	n, pos  int
+}
+
+func newCorrRing(n int) corrRing {
+	return corrRing{x: make([]float64, n), y: make([]float64, n), z: make([]float64, n)}
+}
+
+// push adds a window and, once the ring is full and inflight actually
+// varied, reports whether throughput failed to rise with inflight (more
+// concurrency buys nothing: the service is saturated) and whether latency
+// failed to rise with it (the latency is not ours: the service or a
+// dependency got slower). The ring is emptied after a finding so that one
+// finding acts once.
+func (c *corrRing) push(inflight, throughput, p90 float64) (flatThroughput, flatLatency bool) {
+	c.x[c.pos], c.y[c.pos], c.z[c.pos] = inflight, throughput, p90
+	c.pos = (c.pos + 1) % len(c.x)
+	if c.n < len(c.x) {
+		c.n++
+	}
+	if c.n < len(c.x) {
+		return false, false
+	}
+	k := float64(len(c.x))
+	var mx, my, mz float64
+	for i := range c.x {
+		mx += c.x[i]
+		my += c.y[i]
+		mz += c.z[i]
+	}
+	mx, my, mz = mx/k, my/k, mz/k
+	var sxx, syy, szz, sxy, sxz float64
+	for i := range c.x {
+		dx, dy, dz := c.x[i]-mx, c.y[i]-my, c.z[i]-mz
+		sxx += dx * dx
+		syy += dy * dy
+		szz += dz * dz
+		sxy += dx * dy
+		sxz += dx * dz
+	}
+	// Inflight must have moved by more than noise (a coefficient of
+	// variation above 5%) for a correlation to mean anything.
+	if mx <= 0 || math.Sqrt(sxx/k)/mx < 0.05 {
+		return false, false
+	}
+	flatThroughput = syy == 0 || sxy/math.Sqrt(sxx*syy) <= 0
+	flatLatency = szz == 0 || sxz/math.Sqrt(sxx*szz) <= 0
+	if flatThroughput || flatLatency {
+		c.n, c.pos = 0, 0
+	}
+	return flatThroughput, flatLatency
+}

@@ -1,0 +1,459 @@
+package shed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config describes a protected resource. The zero value is usable: an
+// adaptive concurrency limit, a queueing delay signal (fed through
+// ObserveQueueDelay), deadline awareness and the default control law.
+type Config struct {
+	Controller  ControllerConfig
+	Concurrency GradientConfig
+	// NoConcurrencyLimit turns the adaptive concurrency gate off; overload
+	// must then come from the queueing delay or the extra Signals.
+	NoConcurrencyLimit bool
+	QueueDelay         CoDelConfig
+	Deadline           DeadlineConfig
+	// NoDeadline turns deadline awareness off.
+	NoDeadline bool
+	// Signals are further overload signals (CPU, memory, a downstream's
+	// health), read on every Tick and combined with the built-in ones.
+	Signals []Signal
+	// RetryAfter is the retry delay suggested with threshold refusals (1 s).
+	RetryAfter time.Duration
+	// MaxRetryAfter caps the delay suggested under a pin, which is the time
+	// left on the pin (1 min).
+	MaxRetryAfter time.Duration
+	// Shadow starts the resource in shadow mode (see SetShadow).
+	Shadow bool
+	// Clock reads the time for Acquire (time.Now when nil). Only the
+	// composition reads it; the state machines take time as an argument.
+	Clock func() time.Time
+}
+
+// Outcome says how an admitted request ended, which decides whether its
+// latency is a sample of the service's speed.
+type Outcome uint8
+
+// Outcomes.
+const (
+	// OutcomeSuccess: served; the latency is a sample.
+	OutcomeSuccess Outcome = iota
+	// OutcomeDropped: timed out or refused downstream for overload; the
+	// latency is a sample (it is what the caller saw).
+	OutcomeDropped
+	// OutcomeIgnored: cancelled by the caller, failed fast, or long-lived
+	// (a stream); the latency is not a sample.
+	OutcomeIgnored
+	// OutcomeExpired: the permit was never released and expired; not a
+	// sample.
+	OutcomeExpired
+)
+
+// ErrRefused is the error every Refusal wraps: errors.Is(err, ErrRefused)
+// tells a shed request from other failures.
+var ErrRefused = errors.New("shed: request refused")
+
+// Refusal is the error returned for a refused request. The values are
+// shared between requests (so that refusing allocates nothing) and must not
+// be modified.
+type Refusal struct {
+	Resource   string
+	Reason     Reason
+	RetryAfter time.Duration // suggested delay before a retry; 0: do not retry
+	msg        string
+}
+
+// Error implements error.
+func (e *Refusal) Error() string { return e.msg }
+
+// Unwrap returns ErrRefused.
+func (e *Refusal) Unwrap() error { return ErrRefused }
+
+var reasonText = [NumReasons]string{
+	ReasonNone:        "admitted",
+	ReasonThreshold:   "below the admission threshold",
+	ReasonOverride:    "below the operator's pinned threshold",
+	ReasonConcurrency: "concurrency limit reached for its priority",
+	ReasonDeadline:    "deadline shorter than the expected service time",
+}
+
+func newRefusal(resource string, reason Reason, retry time.Duration) *Refusal {
+	msg := "shed: resource " + strconv.Quote(resource) + " refused request: " + reasonText[reason]
+	if retry > 0 {
+		msg += "; retry after " + retry.String()
+	} else {
+		msg += "; do not retry"
+	}
+	return &Refusal{Resource: resource, Reason: reason, RetryAfter: retry, msg: msg}
+}
+
+// Permit is an admitted request's claim on a resource. Release it exactly
+// once with Resource.Release. The zero Permit is invalid and releasing it
+// does nothing.
+type Permit struct {
+	r    *Resource
+	prio Priority
+}
+
+// Valid reports whether the permit came from a successful Acquire.
+func (p Permit) Valid() bool { return p.r != nil }
+
+// Priority returns the priority the permit was acquired at.
+func (p Permit) Priority() Priority { return p.prio }
+
+// PriorityCounts are a resource's cumulative counters for one priority.
+type PriorityCounts struct {
+	Admitted  uint64
+	Refused   [NumReasons]uint64 // indexed by Reason
+	WouldShed [NumReasons]uint64 // shadow mode: refused by Reason, but admitted
+}
+
+type prioStats struct {
+	admitted  atomic.Uint64
+	refused   [NumReasons]atomic.Uint64
+	wouldShed [NumReasons]atomic.Uint64
+	_         [64]byte
+}
+
+// Resource is one protected resource: a Controller, its overload signals and
+// gates, and their counters, for in-process use. Acquire and Release are
+// safe for concurrent use; Tick (or Run) is driven by one owner.
+type Resource struct {
+	name     string
+	clock    func() time.Time
+	ctrl     *Controller
+	conc     *GradientLimit // nil when off
+	codel    *CoDel
+	dl       *DeadlineGate // nil when off
+	signals  []Signal
+	shadow   atomic.Bool
+	inflight atomic.Int64 // only when conc is nil; the gate counts its own
+	stats    [NumPriorities]prioStats
+	refusals [NumReasons]atomic.Pointer[Refusal]
+
+	retryAfter, maxRetryAfter time.Duration
+
+	tickMu sync.Mutex
+	last   Reading
+}
+
+// New returns a resource named name (the metrics label and the name in
+// refusals).
+func New(name string, cfg Config) (*Resource, error) {
+	if name == "" {
+		return nil, &FieldError{Field: "name", Value: name, Reason: "a resource needs a name"}
+	}
+	ctrl, err := NewController(cfg.Controller)
+	if err != nil {
+		return nil, fmt.Errorf("resource %q: %w", name, err)
+	}
+	codel, err := NewCoDel(cfg.QueueDelay)
+	if err != nil {
+		return nil, fmt.Errorf("resource %q: %w", name, err)
+	}
+	r := &Resource{
+		name:          name,
+		clock:         cfg.Clock,
+		ctrl:          ctrl,
+		codel:         codel,
+		signals:       append([]Signal(nil), cfg.Signals...),
+		retryAfter:    cfg.RetryAfter,
+		maxRetryAfter: cfg.MaxRetryAfter,
+	}
+	if r.clock == nil {
+		r.clock = time.Now
+	}
+	if r.retryAfter == 0 {
+		r.retryAfter = time.Second
+	}
+	if r.maxRetryAfter == 0 {
+		r.maxRetryAfter = time.Minute
+	}
+	if r.retryAfter < 0 || r.maxRetryAfter < r.retryAfter {
+		return nil, fmt.Errorf("resource %q: RetryAfter %v, MaxRetryAfter %v: want 0 < RetryAfter ≤ MaxRetryAfter", name, r.retryAfter, r.maxRetryAfter)
+	}
+	if !cfg.NoConcurrencyLimit {
+		if r.conc, err = NewGradientLimit(cfg.Concurrency); err != nil {
+			return nil, fmt.Errorf("resource %q: %w", name, err)
+		}
+	}
+	if !cfg.NoDeadline {
+		if r.dl, err = NewDeadlineGate(cfg.Deadline); err != nil {
+			return nil, fmt.Errorf("resource %q: %w", name, err)
+		}
+	}
+	r.shadow.Store(cfg.Shadow)
+	r.refreshRefusals(r.clock())
+	return r, nil
+}
+
+// Name returns the resource's name.
+func (r *Resource) Name() string { return r.name }
+
+// Acquire decides whether a request at level l may proceed. Refused requests
+// get a *Refusal (wrapping ErrRefused) saying why and when to retry; the
+// refusal path takes no lock and allocates nothing. The context supplies the
+// deadline for deadline awareness. An admitted request must be released
+// with Release.
+func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
+	if l > MaxLevel {
+		l = MaxLevel
+	}
+	p := l.Priority()
+	st := &r.stats[p.index()]
+	shadow := r.shadow.Load()
+
+	// The clock is read only when needed (a pin's expiry, a deadline):
+	// on some machines reading it costs more than the rest of a refusal.
+	var now time.Time
+	r.ctrl.Record(l)
+	reason, pinned := r.ctrl.checkUnpinned(l)
+	if pinned {
+		now = r.clock()
+		reason = r.ctrl.Check(l, now)
+	}
+	if reason != ReasonNone && !shadow {
+		return r.refuse(st, reason)
+	}
+	if reason == ReasonNone && r.dl != nil {
+		if d, ok := ctx.Deadline(); ok {
+			if now.IsZero() {
+				now = r.clock()
+			}
+			if !r.dl.Allow(d, now) {
+				reason = ReasonDeadline
+				if !shadow {
+					return r.refuse(st, reason)
+				}
+			}
+		}
+	}
+	if r.conc != nil {
+		if !r.conc.Acquire(p, shadow) && reason == ReasonNone {
+			reason = ReasonConcurrency
+			if !shadow {
+				return r.refuse(st, reason)
+			}
+		}
+	} else {
+		r.inflight.Add(1)
+	}
+	if reason != ReasonNone {
+		st.wouldShed[reason].Add(1)
+	}
+	st.admitted.Add(1)
+	return Permit{r: r, prio: p}, nil
+}
+
+func (r *Resource) refuse(st *prioStats, reason Reason) (Permit, error) {
+	st.refused[reason].Add(1)
+	return Permit{}, r.refusals[reason].Load()
+}
+
+// Precheck refuses a request at level l if the threshold (or a pin) already
+// excludes it, before any work is spent on it: a gRPC tap handle calls it
+// with labels from the headers, before the request is decoded. It returns
+// nil when the request should go on to Acquire, which records it; a refused
+// request is recorded and counted here. In shadow mode it never refuses.
+// The caller passes the time it already read, so the pre-decode path reads
+// the clock once.
+func (r *Resource) Precheck(l Level, now time.Time) error {
+	if l > MaxLevel {
+		l = MaxLevel
+	}
+	reason := r.ctrl.Check(l, now)
+	if reason == ReasonNone || r.shadow.Load() {
+		return nil
+	}
+	r.ctrl.Record(l)
+	_, err := r.refuse(&r.stats[l.Priority().index()], reason)
+	return err
+}
+
+// Release ends an admitted request: latency is its service time and o says
+// how it ended. Releasing the zero Permit does nothing.
+func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
+	if p.r != r {
+		return
+	}
+	sample := o == OutcomeSuccess || o == OutcomeDropped
+	if r.conc != nil {
+		r.conc.Release(p.prio, latency, sample)
+	} else {
+		r.inflight.Add(-1)
+	}
+	if o == OutcomeSuccess && r.dl != nil {
+		r.dl.Observe(latency)
+	}
+}
+
+// ObserveQueueDelay feeds the queueing delay signal with the time one
+// request waited between arriving and being handled.
+func (r *Resource) ObserveQueueDelay(d time.Duration) { r.codel.Observe(d) }
+
+// Tick is the control step, to be called every 100–250 ms by the resource's
+// owner: it reads every signal, moves the threshold, refreshes the expected
+// service time and the suggested retry delays, and returns the combined
+// reading.
+func (r *Resource) Tick(now time.Time) Reading {
+	r.tickMu.Lock()
+	defer r.tickMu.Unlock()
+	rd := r.codel.Read(now)
+	if r.conc != nil {
+		rd = rd.Or(r.conc.Read(now))
+	}
+	for _, s := range r.signals {
+		rd = rd.Or(s.Read(now))
+	}
+	r.ctrl.Update(now, rd)
+	if r.dl != nil {
+		r.dl.Update(now)
+	}
+	r.refreshRefusals(now)
+	r.last = rd
+	return rd
+}
+
+// Run calls Tick every interval until ctx is done, and returns ctx's error.
+// It is a convenience for owners without a control loop of their own; it
+// runs in the caller's goroutine.
+func (r *Resource) Run(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return fmt.Errorf("shed: resource %q: tick interval %v must be positive", r.name, interval)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			r.Tick(r.clock())
+		}
+	}
+}
+
+// refreshRefusals rebuilds the shared refusal values whose retry delay
+// changed. Keeping the old pointer when nothing changed lets adapters cache
+// their encoding of a refusal by identity.
+func (r *Resource) refreshRefusals(now time.Time) {
+	var delays [NumReasons]time.Duration
+	delays[ReasonThreshold] = r.retryAfter
+	delays[ReasonOverride] = r.retryAfter
+	if _, until, ok := r.ctrl.Pinned(now); ok {
+		delays[ReasonOverride] = min(max(until.Sub(now), r.retryAfter), r.maxRetryAfter)
+	}
+	// A full concurrency gate frees up within a few service times.
+	delays[ReasonConcurrency] = 10 * time.Millisecond
+	if r.conc != nil {
+		delays[ReasonConcurrency] = min(max(2*r.conc.Baseline(), 10*time.Millisecond), r.retryAfter)
+	}
+	delays[ReasonDeadline] = 0 // the caller's deadline cannot be met
+	for reason := ReasonThreshold; reason < NumReasons; reason++ {
+		if cur := r.refusals[reason].Load(); cur == nil || cur.RetryAfter != delays[reason] {
+			r.refusals[reason].Store(newRefusal(r.name, reason, delays[reason]))
+		}
+	}
+}
+
+// Pin fixes the threshold until the given time (see Controller.Pin).
+func (r *Resource) Pin(l Level, until time.Time) error {
+	if err := r.ctrl.Pin(l, until); err != nil {
+		return fmt.Errorf("resource %q: %w", r.name, err)
+	}
+	r.tickMu.Lock()
+	defer r.tickMu.Unlock()
+	r.refreshRefusals(r.clock())
+	return nil
+}
+
+// Unpin removes any pin.
+func (r *Resource) Unpin() { r.ctrl.Unpin() }
+
+// SetShadow turns shadow (dry-run) mode on or off at runtime. In shadow
+// mode every refusal is counted as "would shed" under its reason and the
+// request is admitted; the controller keeps running, so the counts show
+// what enforcement would do (overstated while overload persists, since
+// nothing is actually shed).
+func (r *Resource) SetShadow(on bool) { r.shadow.Store(on) }
+
+// Shadow reports whether shadow mode is on.
+func (r *Resource) Shadow() bool { return r.shadow.Load() }
+
+// Counts returns the cumulative counters for priority p.
+func (r *Resource) Counts(p Priority) PriorityCounts {
+	st := &r.stats[p.index()]
+	c := PriorityCounts{Admitted: st.admitted.Load()}
+	for i := range c.Refused {
+		c.Refused[i] = st.refused[i].Load()
+		c.WouldShed[i] = st.wouldShed[i].Load()
+	}
+	return c
+}
+
+// Controller returns the resource's admission controller.
+func (r *Resource) Controller() *Controller { return r.ctrl }
+
+// Concurrency returns the adaptive concurrency limit, nil when turned off.
+func (r *Resource) Concurrency() *GradientLimit { return r.conc }
+
+// QueueDelay returns the queueing delay signal.
+func (r *Resource) QueueDelay() *CoDel { return r.codel }
+
+// Inflight returns the number of admitted requests not yet released.
+func (r *Resource) Inflight() int {
+	if r.conc != nil {
+		return r.conc.Inflight()
+	}
+	return int(r.inflight.Load())
+}
+
+// Deadlines returns the deadline gate, nil when turned off.
+func (r *Resource) Deadlines() *DeadlineGate { return r.dl }
+
+// Status is a snapshot of a resource's control state, for operators.
+type Status struct {
+	Name            string
+	Threshold       Level     // in force now (the pin, if any)
+	AutoThreshold   Level     // the controller's own
+	Pinned          bool      // a pin is in force
+	PinnedUntil     time.Time // when the pin expires
+	Shadow          bool
+	Overloaded      bool // the last tick's combined reading
+	Limit           int  // adaptive concurrency limit; 0 when off
+	Inflight        int
+	QueueDelay      time.Duration // min queueing delay of the last CoDel interval
+	ExpectedService time.Duration // deadline awareness; 0 when off or unknown
+}
+
+// Status returns a snapshot at now.
+func (r *Resource) Status(now time.Time) Status {
+	s := Status{Name: r.name, AutoThreshold: r.ctrl.Threshold(), Shadow: r.Shadow()}
+	s.Threshold = s.AutoThreshold
+	if l, until, ok := r.ctrl.Pinned(now); ok {
+		s.Threshold, s.Pinned, s.PinnedUntil = l, true, until
+	}
+	r.tickMu.Lock()
+	s.Overloaded = r.last.Overloaded
+	r.tickMu.Unlock()
+	if r.conc != nil {
+		s.Limit, s.Inflight = r.conc.Limit(), r.conc.Inflight()
+	} else {
+		s.Inflight = int(r.inflight.Load())
+	}
+	if d, ok := r.codel.Delay(); ok {
+		s.QueueDelay = d
+	}
+	if r.dl != nil {
+		s.ExpectedService = r.dl.Expected()
+	}
+	return s
+}
