@@ -65,6 +65,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate limit service, levee.v1, health, reflection)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics and /healthz (empty: off)")
 	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files, watched for changes (empty: built-in examples)")
+	f.StringVar(&cfg.ShedPolicyPath, "shed-policy", "", "shedding policy file: the resources the ShedService protects (empty: built-in example)")
 	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files are checked for changes")
 	f.IntVar(&cfg.MaxKeys, "max-keys", 1_000_000, "most buckets held in memory; idle ones are evicted first")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")

@@ -1,6 +1,7 @@
-// Package examples holds levee's example configuration. Its rule files are
-// also compiled into the binary: they are what `levee serve` enforces when
-// it is started with no --config, so one command runs a useful levee.
+// Package examples holds levee's example configuration. Its rule files and
+// shedding policy are also compiled into the binary: they are what `levee
+// serve` enforces when started with no --config or --shed-policy, so one
+// command runs a useful levee.
 package examples
 
 import "embed"
@@ -9,3 +10,8 @@ import "embed"
 //
 //go:embed rules/*.yaml
 var Rules embed.FS
+
+// ShedPolicy is shed/policy.yaml, the example shedding policy.
+//
+//go:embed shed/policy.yaml
+var ShedPolicy []byte

@@ -1374,7 +1374,10 @@ type StatusResponse struct {
 	// Live members, by ID.
 	Members []*MemberStatus `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
 	// Overrides in force.
-	Overrides     []*Override `protobuf:"bytes,4,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	Overrides []*Override `protobuf:"bytes,4,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	// Why config_version and overrides are missing, if the configuration
+	// store (etcd) could not be read; the member figures are still reported.
+	StoreError    string `protobuf:"bytes,5,opt,name=store_error,json=storeError,proto3" json:"store_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1435,6 +1438,13 @@ func (x *StatusResponse) GetOverrides() []*Override {
 		return x.Overrides
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetStoreError() string {
+	if x != nil {
+		return x.StoreError
+	}
+	return ""
 }
 
 // MemberStatus is one node of the cluster.
@@ -2186,12 +2196,14 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	"\x14ListOverridesRequest\"I\n" +
 	"\x15ListOverridesResponse\x120\n" +
 	"\toverrides\x18\x01 \x03(\v2\x12.levee.v1.OverrideR\toverrides\"\x0f\n" +
-	"\rStatusRequest\"\xaf\x01\n" +
+	"\rStatusRequest\"\xd0\x01\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04self\x18\x01 \x01(\tR\x04self\x12%\n" +
 	"\x0econfig_version\x18\x02 \x01(\x03R\rconfigVersion\x120\n" +
 	"\amembers\x18\x03 \x03(\v2\x16.levee.v1.MemberStatusR\amembers\x120\n" +
-	"\toverrides\x18\x04 \x03(\v2\x12.levee.v1.OverrideR\toverrides\"\x86\x03\n" +
+	"\toverrides\x18\x04 \x03(\v2\x12.levee.v1.OverrideR\toverrides\x12\x1f\n" +
+	"\vstore_error\x18\x05 \x01(\tR\n" +
+	"storeError\"\x86\x03\n" +
 	"\fMemberStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +

@@ -39,6 +39,9 @@ import (
 	"github.com/levee-dev/levee/limiter/peer"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/policy"
+	"github.com/levee-dev/levee/shed/sidecar"
 )
 
 // Config is a node's configuration; `levee serve` fills it from flags.
@@ -53,6 +56,9 @@ type Config struct {
 	RulesPath string
 	// RulesPoll is how often the rule files are checked for changes.
 	RulesPoll time.Duration
+	// ShedPolicyPath is the shedding policy file; empty uses the built-in
+	// example policy.
+	ShedPolicyPath string
 	// MaxKeys bounds the number of buckets held.
 	MaxKeys int
 	// ShutdownGrace bounds a graceful stop: in-flight calls get this long.
@@ -120,6 +126,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if err != nil {
 		return fmt.Errorf("loading rules: %w", err)
 	}
+	resources, err := loadShedPolicy(cfg.ShedPolicyPath)
+	if err != nil {
+		return fmt.Errorf("loading shedding policy: %w", err)
+	}
 
 	reg := prometheus.NewRegistry()
 	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
@@ -156,6 +166,18 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	sm, err := shed.NewMetrics(meter)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	for _, r := range resources {
+		reg, err := sm.Register(r)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer func() { _ = reg.Unregister() }()
+	}
+	sidecarSrv := sidecar.NewServer(resources, shed.CohortSalter{}, cfg.Now)
 	srv := grpc.NewServer(
 		grpc.ForceServerCodecV2(newVTCodec()),
 		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
@@ -169,6 +191,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(eng, cfg.Now))
 	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(eng, cfg.Now))
 	leveev1.RegisterPeerServiceServer(srv, peer.NewServer(store, cfg.Now))
+	leveev1.RegisterShedServiceServer(srv, sidecarSrv)
 
 	var httpSrv *http.Server
 	var httpLis net.Listener
@@ -216,6 +239,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		})
 	}
 	wg.Go(func() { sweep(ctx, store, cfg.Now) })
+	wg.Go(func() { _ = sidecarSrv.Run(ctx, 100*time.Millisecond) })
 	if cl != nil {
 		cl.start()
 	}
@@ -225,7 +249,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if httpLis != nil {
 		addrs.Metrics = httpLis.Addr().String()
 	}
-	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "rules", rulesSource(cfg.RulesPath), "max_keys", cfg.MaxKeys)
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(resources), "max_keys", cfg.MaxKeys)
 	if ready != nil {
 		ready(addrs)
 	}
@@ -304,6 +328,22 @@ func loadRules(p string) (*rules.Config, error) {
 		domains = append(domains, d)
 	}
 	return rules.NewConfig(domains...)
+}
+
+// loadShedPolicy builds the protected resources from the policy file at p,
+// or from the built-in example policy if p is empty.
+func loadShedPolicy(p string) ([]*shed.Resource, error) {
+	var pol *policy.Policy
+	var err error
+	if p == "" {
+		pol, err = policy.Parse("builtin/shed/policy.yaml", examples.ShedPolicy)
+	} else {
+		pol, err = policy.Load(p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return pol.Build()
 }
 
 // telemetry holds the node-level instruments.

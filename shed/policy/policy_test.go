@@ -1,0 +1,76 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseExample(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/examples/shed/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse("policy.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Resources) != 2 {
+		t.Fatalf("%d resources", len(p.Resources))
+	}
+	tl := p.Resources[0]
+	if tl.Name != "timeline" || tl.Concurrency.MaxLimit != 500 || tl.LatencyCeiling != 250*time.Millisecond || tl.RetryAfter != time.Second || tl.Shadow {
+		t.Fatalf("timeline: %+v", tl)
+	}
+	if !p.Resources[1].Shadow {
+		t.Fatal("search is not in shadow mode")
+	}
+	rs, err := p.Build()
+	if err != nil || len(rs) != 2 || !rs[1].Shadow() {
+		t.Fatalf("Build: %v %v", rs, err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, field string }{
+		{"resource: []", "resource"},
+		{"resources: {}", "resources"},
+		{"resources:\n  - shadow: true", "resources[0].name"},
+		{"resources:\n  - name: a b", "resources[0].name"},
+		{"resources:\n  - name: a\n  - name: a", "resources[1].name"},
+		{"resources:\n  - name: a\n    shadow: maybe", "resources[0].shadow"},
+		{"resources:\n  - name: a\n    retry_after: soon", "resources[0].retry_after"},
+		{"resources:\n  - name: a\n    concurrency: {min: 10, max: 5}", "resources[0].concurrency"},
+		{"resources:\n  - name: a\n    concurrency: {most: 5}", "resources[0].concurrency.most"},
+		{"resources:\n  - name: a\n    concurrency: {max: -1}", "resources[0].concurrency.max"},
+		{"resources:\n  - name: a\n    colour: red", "resources[0].colour"},
+		{"resources: [", ""},
+	} {
+		_, err := Parse("p.yaml", []byte(tc.yaml))
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Field != tc.field || pe.File != "p.yaml" || pe.Line < 1 {
+			t.Errorf("%q: got %v, want field %q", tc.yaml, err, tc.field)
+		}
+	}
+	if _, err := Parse("p.yaml", []byte(strings.Repeat("#", MaxFileSize+1))); err == nil {
+		t.Error("oversized file accepted")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("resources:\n  - name: a\n    concurrency: {initial: 3, min: 1, max: 9}\n    shadow: true\n"))
+	f.Add([]byte("resources: [{name: x, deadline: false, retry_after: 2s}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		_, _ = p.Build()
+	})
+}

@@ -1,0 +1,171 @@
+package sidecar
+
+import (
+	"context"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func start(t testing.TB, now func() time.Time, resources ...*shed.Resource) (*Server, leveev1.ShedServiceClient) {
+	t.Helper()
+	s := NewServer(resources, shed.CohortSalter{}, now)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	leveev1.RegisterShedServiceServer(g, s)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return s, leveev1.NewShedServiceClient(conn)
+}
+
+func resource(t testing.TB, name string, cfg shed.Config) *shed.Resource {
+	t.Helper()
+	r, err := shed.New(name, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestAdmitReleaseRoundTrip(t *testing.T) {
+	r := resource(t, "timeline", shed.Config{})
+	_, c := start(t, nil, r)
+	ctx := context.Background()
+	resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", Priority: leveev1.Priority_PRIORITY_HIGH, User: "alice", Timeout: durationpb.New(time.Second)})
+	if err != nil || !resp.Admitted || resp.Permit == 0 {
+		t.Fatalf("admit: %v %v", resp, err)
+	}
+	if r.Inflight() != 1 {
+		t.Fatalf("inflight %d after admit", r.Inflight())
+	}
+	if _, err := c.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: resp.Permit, Latency: durationpb.New(2 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	if r.Inflight() != 0 {
+		t.Fatalf("inflight %d after release", r.Inflight())
+	}
+	// A second release of the same permit is refused, naming the field.
+	_, err = c.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: resp.Permit})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("double release: %v", err)
+	}
+}
+
+func TestBadInputNamesTheField(t *testing.T) {
+	_, c := start(t, nil, resource(t, "timeline", shed.Config{}))
+	ctx := context.Background()
+	cohort := uint32(200)
+	for _, tc := range []struct {
+		req   *leveev1.AdmitRequest
+		code  codes.Code
+		field string
+	}{
+		{&leveev1.AdmitRequest{}, codes.InvalidArgument, "resource"},
+		{&leveev1.AdmitRequest{Resource: "nope"}, codes.NotFound, "resource"},
+		{&leveev1.AdmitRequest{Resource: "timeline", Priority: 9}, codes.InvalidArgument, "priority"},
+		{&leveev1.AdmitRequest{Resource: "timeline", Cohort: &cohort}, codes.InvalidArgument, "cohort"},
+		{&leveev1.AdmitRequest{Resource: "timeline", PermitTtl: durationpb.New(time.Hour)}, codes.InvalidArgument, "permit_ttl"},
+		{&leveev1.AdmitRequest{Resource: "timeline", Timeout: durationpb.New(-time.Second)}, codes.InvalidArgument, "timeout"},
+	} {
+		_, err := c.Admit(ctx, tc.req)
+		st := status.Convert(err)
+		if st.Code() != tc.code || len(st.Message()) < len(tc.field) || st.Message()[:len(tc.field)] != tc.field {
+			t.Errorf("%v: got %v, want %v naming %q", tc.req, err, tc.code, tc.field)
+		}
+	}
+	_, err := c.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: 1, Outcome: 42})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad outcome: %v", err)
+	}
+}
+
+func TestPinnedResourceRefusesWithReason(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
+	r := resource(t, "timeline", shed.Config{Clock: clk.Now})
+	_, c := start(t, clk.Now, r)
+	if err := r.Pin(shed.CriticalOnly, clk.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", Priority: leveev1.Priority_PRIORITY_LOW})
+	if err != nil || resp.Admitted || resp.Reason != leveev1.RefusalReason_REFUSAL_REASON_OVERRIDE || resp.RetryAfter == nil {
+		t.Fatalf("low under a critical-only pin: %v %v", resp, err)
+	}
+	resp, err = c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", Priority: leveev1.Priority_PRIORITY_CRITICAL})
+	if err != nil || !resp.Admitted {
+		t.Fatalf("critical under a critical-only pin: %v %v", resp, err)
+	}
+}
+
+func TestUnreleasedPermitsExpire(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
+	r := resource(t, "timeline", shed.Config{Clock: clk.Now})
+	s, c := start(t, clk.Now, r)
+	for range 3 {
+		if resp, err := c.Admit(context.Background(), &leveev1.AdmitRequest{Resource: "timeline", PermitTtl: durationpb.New(2 * time.Second)}); err != nil || !resp.Admitted {
+			t.Fatalf("admit: %v %v", resp, err)
+		}
+	}
+	clk.Add(time.Second)
+	s.Tick(clk.Now())
+	if r.Inflight() != 3 {
+		t.Fatalf("inflight %d before expiry", r.Inflight())
+	}
+	clk.Add(1500 * time.Millisecond)
+	s.Tick(clk.Now())
+	if r.Inflight() != 0 {
+		t.Fatalf("inflight %d after the permits expired", r.Inflight())
+	}
+}
+
+// TestRoundTripLatency reports the admit+release round trip on loopback;
+// the figure is logged, not asserted (shared machine).
+func TestRoundTripLatency(t *testing.T) {
+	_, c := start(t, nil, resource(t, "timeline", shed.Config{}))
+	ctx := context.Background()
+	var lat []time.Duration
+	for range 2000 {
+		t0 := time.Now()
+		resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", User: "u"})
+		if err != nil || !resp.Admitted {
+			t.Fatalf("admit: %v %v", resp, err)
+		}
+		if _, err := c.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: resp.Permit, Latency: durationpb.New(time.Millisecond)}); err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	t.Logf("admit+release round trip: p50 %v p99 %v", lat[len(lat)/2], lat[len(lat)*99/100])
+}
