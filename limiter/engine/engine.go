@@ -57,9 +57,10 @@ type Item struct {
 	Domain  string
 	Entries []rules.Entry
 
-	Inline      bool
-	InlineKey   string
-	InlineLimit limiter.Limit
+	Inline          bool
+	InlineKey       string
+	InlineLimit     limiter.Limit
+	InlineUnlimited bool
 
 	// Override replaces the matched rule's limit with OverrideLimit, as an
 	// Envoy descriptor's limit override does. It applies whenever the
@@ -188,6 +189,11 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 		st := &statuses[i]
 		*st = Status{}
 		if it.Inline {
+			if it.InlineUnlimited {
+				st.Unlimited = true
+				st.Result.Remaining = math.MaxUint32
+				continue
+			}
 			st.Limited, st.Limit = true, it.InlineLimit
 			continue
 		}

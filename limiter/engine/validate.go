@@ -96,6 +96,8 @@ func validateInline(it *Item, at string) error {
 		return &FieldError{at + ".key", "must not be empty"}
 	case len(it.InlineKey) > MaxStringBytes:
 		return tooLong(at+".key", it.InlineKey)
+	case it.InlineUnlimited:
+		return nil
 	case it.InlineLimit.Period < MinPeriod:
 		return &FieldError{at + ".period", fmt.Sprintf("must be at least %v", MinPeriod)}
 	case it.InlineLimit.Rate > limiter.MaxRate:

@@ -114,7 +114,7 @@ func (r *request) fill(req *leveev1.CheckRequest) error {
 			if err != nil {
 				return err
 			}
-			it.Inline, it.InlineKey, it.InlineLimit = true, t.Inline.GetKey(), l
+			it.Inline, it.InlineKey, it.InlineLimit, it.InlineUnlimited = true, t.Inline.GetKey(), l, t.Inline.GetUnlimited()
 		default:
 			return &engine.FieldError{Field: fmt.Sprintf("items[%d]", i), Reason: "one of descriptor or inline is required"}
 		}
@@ -124,6 +124,15 @@ func (r *request) fill(req *leveev1.CheckRequest) error {
 
 func inlineLimit(in *leveev1.InlineLimit, i int) (limiter.Limit, error) {
 	field := func(f string) string { return fmt.Sprintf("items[%d].inline.%s", i, f) }
+	if in.GetUnlimited() {
+		if in.GetLimit() != 0 || in.GetBurst() != 0 || in.GetPeriod() != nil {
+			return limiter.Limit{}, &engine.FieldError{Field: field("unlimited"), Reason: "an unlimited item takes no limit, burst or period"}
+		}
+		return limiter.Limit{}, nil
+	}
+	if in.GetLimit() == 0 {
+		return limiter.Limit{}, &engine.FieldError{Field: field("limit"), Reason: "must be at least 1 (or set unlimited)"}
+	}
 	if in.GetLimit() < 0 {
 		return limiter.Limit{}, &engine.FieldError{Field: field("limit"), Reason: fmt.Sprintf("must not be negative, got %d", in.GetLimit())}
 	}

@@ -424,12 +424,15 @@ type InlineLimit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bucket key, non-empty, at most 4 KiB. Callers namespace their own keys.
 	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	// Tokens added per period. 0 refuses everything.
+	// Tokens added per period, at least 1 unless unlimited.
 	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Refill period, at least 1 ms.
 	Period *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
 	// Bucket capacity; 0 means limit.
-	Burst         int64 `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`
+	Burst int64 `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`
+	// No limit: the item is always OK and no bucket is kept (limit and
+	// period must then be unset).
+	Unlimited     bool `protobuf:"varint,5,opt,name=unlimited,proto3" json:"unlimited,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -490,6 +493,13 @@ func (x *InlineLimit) GetBurst() int64 {
 		return x.Burst
 	}
 	return 0
+}
+
+func (x *InlineLimit) GetUnlimited() bool {
+	if x != nil {
+		return x.Unlimited
+	}
+	return false
 }
 
 // CheckResponse answers a CheckRequest.
@@ -699,12 +709,13 @@ const file_levee_v1_ratelimit_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x03(\v2\x0f.levee.v1.EntryR\aentries\"/\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"~\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x9c\x01\n" +
 	"\vInlineLimit\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x03R\x05limit\x121\n" +
 	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\x12\x14\n" +
-	"\x05burst\x18\x04 \x01(\x03R\x05burst\"t\n" +
+	"\x05burst\x18\x04 \x01(\x03R\x05burst\x12\x1c\n" +
+	"\tunlimited\x18\x05 \x01(\bR\tunlimited\"t\n" +
 	"\rCheckResponse\x121\n" +
 	"\foverall_code\x18\x01 \x01(\x0e2\x0e.levee.v1.CodeR\voverallCode\x120\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x14.levee.v1.ItemStatusR\bstatuses\"\x86\x03\n" +
