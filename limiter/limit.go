@@ -59,9 +59,11 @@ type Result struct {
 // Never is the RetryAfter of a request that no amount of waiting will admit.
 const Never time.Duration = -1
 
-// epoch is the origin of token time. Counting from 2020 rather than 1970
-// leaves room in an int64 for rates of billions of tokens per second.
-var epoch = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+// epoch is the origin of token time. Counting from 2026 rather than 1970
+// leaves room in an int64 for rates of billions of tokens per second: at
+// MaxTokensPerSecond token time saturates in 2093. Every node must use the
+// same epoch, since bucket state moves between nodes.
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 
 // burst returns the bucket capacity.
 func (l Limit) burst() uint64 {
@@ -71,15 +73,31 @@ func (l Limit) burst() uint64 {
 	return l.Burst
 }
 
-// Valid reports whether l can be used: a positive period, and a rate low
-// enough that token time fits in an int64 for the next few centuries.
+// Valid reports whether l can be used: a positive period, a rate and burst
+// of at most MaxRate, and at most MaxTokensPerSecond, so that token time
+// fits in an int64 until the 2090s.
 func (l Limit) Valid() bool {
-	return l.Period > 0 && l.Rate <= MaxRate && l.burst() <= MaxRate
+	if l.Period <= 0 || l.Rate > MaxRate || l.burst() > MaxRate {
+		return false
+	}
+	hi, lo := bits.Mul64(l.Rate, uint64(time.Second))
+	if hi >= uint64(l.Period) {
+		return false
+	}
+	perSecond, _ := bits.Div64(hi, lo, uint64(l.Period))
+	return perSecond <= MaxTokensPerSecond
 }
 
-// MaxRate is the largest Rate and Burst a Limit may have. It bounds token
-// time well inside int64 for rates of up to 2^32 tokens per millisecond.
+// MaxRate is the largest Rate and Burst a Limit may have.
 const MaxRate = 1 << 40
+
+// MaxTokensPerSecond is the fastest refill a Limit may have: the largest
+// requests_per_unit envoyproxy/ratelimit accepts (2^32 - 1) per second.
+const MaxTokensPerSecond = 1 << 32
+
+// maxTokenTime is where token time saturates, leaving room to add a burst
+// and hits without overflowing.
+const maxTokenTime = math.MaxInt64 - 1<<42
 
 // tokensAt converts the instant now (Unix nanoseconds) into token time.
 func (l Limit) tokensAt(now int64) int64 {
@@ -89,11 +107,11 @@ func (l Limit) tokensAt(now int64) int64 {
 	}
 	hi, lo := bits.Mul64(uint64(since), l.Rate)
 	if hi >= uint64(l.Period) {
-		return math.MaxInt64 / 2
+		return maxTokenTime
 	}
 	q, _ := bits.Div64(hi, lo, uint64(l.Period))
-	if q > math.MaxInt64/2 {
-		return math.MaxInt64 / 2
+	if q > maxTokenTime {
+		return maxTokenTime
 	}
 	return int64(q)
 }
@@ -148,6 +166,7 @@ func (l Limit) TakeReserve(tat int64, hits, reserve uint64, now int64) (int64, R
 		}
 		return tat, Result{RetryAfter: Never}
 	}
+	now = max(now, epoch) // token time starts at the epoch
 	burst := int64(l.burst())
 	nowT := l.tokensAt(now)
 	t := max(tat, nowT)

@@ -205,3 +205,22 @@ func TestTakeReserve(t *testing.T) {
 		t.Fatalf("reserve = burst: %+v", r)
 	}
 }
+
+func TestValidBoundsTokensPerSecond(t *testing.T) {
+	if !(Limit{Rate: 1<<32 - 1, Period: time.Second}).Valid() {
+		t.Error("envoy's largest requests_per_unit per second is invalid")
+	}
+	if (Limit{Rate: 1 << 36, Period: time.Second, Burst: 2}).Valid() {
+		t.Error("2^36 per second is valid")
+	}
+	if (Limit{Rate: 1 << 23, Period: time.Millisecond}).Valid() {
+		t.Error("2^23 per millisecond is valid")
+	}
+	// The fastest valid limit still refills decades from now.
+	l := Limit{Rate: 1<<32 - 1, Period: time.Second, Burst: 2}
+	far := time.Date(2090, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	tat, _ := l.Take(0, 2, far)
+	if _, r := l.Take(tat, 1, far+int64(time.Microsecond)); !r.Allowed {
+		t.Fatalf("no refill in 2090: %+v", r)
+	}
+}

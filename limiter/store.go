@@ -199,6 +199,8 @@ type Request struct {
 	// Reserve is the tokens that must remain after the take (a capacity
 	// budget's reserve for more important traffic); usually 0.
 	Reserve uint64
+	// Refund gives Hits tokens back instead of taking them.
+	Refund bool
 	// Fallback says what to do when the bucket lives on another node that
 	// cannot be reached. A local Store ignores it.
 	Fallback Fallback
@@ -222,8 +224,17 @@ const (
 // Requests are decided in order, so two requests on one key see each other.
 func (s *Store) TakeBatch(reqs []Request, results []Result, now int64) {
 	for i := range reqs {
-		results[i] = s.TakeReserve(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, reqs[i].Reserve, now)
+		results[i] = s.Do(&reqs[i], now)
 	}
+}
+
+// Do decides one request at now: a take (with its reserve) or a refund.
+func (s *Store) Do(r *Request, now int64) Result {
+	if r.Refund {
+		s.Give(r.Key, r.Limit, r.Hits, now)
+		return s.Take(r.Key, r.Limit, 0, now)
+	}
+	return s.TakeReserve(r.Key, r.Limit, r.Hits, r.Reserve, now)
 }
 
 // Bucket is one stored bucket's whole state, for moving it to another node.

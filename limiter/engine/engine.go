@@ -71,6 +71,9 @@ type Item struct {
 
 	// Hits is the number of tokens to take; 0 only looks.
 	Hits uint64
+	// Refund gives Hits tokens back instead of taking them (Envoy's
+	// is_negative_hits); the bucket never holds more than its burst.
+	Refund bool
 
 	// Priority selects the reserve of a capacity-budget rule (one with
 	// rate_limit.reserve). Unspecified falls back to a descriptor entry
@@ -200,19 +203,21 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 		m := cfg.Match(it.Domain, it.Entries)
 		r := m.Rule
 		if it.Override && m.DomainFound {
-			st.Rule, st.Limited, st.Limit, st.Overridden = r, true, it.OverrideLimit, true
+			// An override is a plain limit: the matched rule's name,
+			// replaces, shadow and quota modes do not apply to it.
+			st.Limited, st.Limit, st.Overridden = true, it.OverrideLimit, true
 			continue
 		}
 		if r == nil || !r.HasLimit {
 			continue
 		}
 		st.Rule = r
+		replacing = replacing || len(r.Replaces) > 0
 		if r.Unlimited {
 			st.Unlimited = true
 			st.Result.Remaining = math.MaxUint32
 			continue
 		}
-		replacing = replacing || len(r.Replaces) > 0
 		st.Limited, st.Limit = true, r.Limit
 	}
 	if replacing {
@@ -223,14 +228,15 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 		switch {
 		case !st.Limited:
 		case items[i].Inline:
-			sc.add(i, limiter.Request{Key: InlineKeyHash(items[i].InlineKey), Limit: st.Limit, Hits: items[i].Hits})
+			sc.add(i, limiter.Request{Key: InlineKeyHash(items[i].InlineKey), Limit: st.Limit, Hits: items[i].Hits, Refund: items[i].Refund})
 		case st.Overridden:
-			sc.add(i, limiter.Request{Key: descriptorHash(items[i].Domain, items[i].Entries), Limit: st.Limit, Hits: items[i].Hits})
+			sc.add(i, limiter.Request{Key: descriptorHash(items[i].Domain, items[i].Entries), Limit: st.Limit, Hits: items[i].Hits, Refund: items[i].Refund})
 		default:
 			sc.add(i, limiter.Request{
 				Key:      st.Rule.KeyHash(items[i].Domain, items[i].Entries),
 				Limit:    st.Limit,
 				Hits:     items[i].Hits,
+				Refund:   items[i].Refund,
 				Reserve:  st.Rule.Reserve[priorityOf(&items[i], st.Rule)],
 				Fallback: fallbackOf(st.Rule.FailureMode),
 			})
@@ -248,7 +254,7 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 		if st.Result.Allowed {
 			continue
 		}
-		if st.Rule != nil && st.Rule.ShadowMode && !st.Overridden {
+		if st.Rule != nil && st.Rule.ShadowMode {
 			st.ShadowOverLimit = true
 			continue
 		}

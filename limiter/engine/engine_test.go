@@ -267,3 +267,57 @@ descriptors:
 		}
 	}
 }
+
+func TestOverrideIsAPlainLimit(t *testing.T) {
+	e := newEngine(t, nil)
+	// An override on a named rule is not dropped by that name's replacer,
+	// and an override on a quota-mode rule is not a quota item.
+	ov := item("user", "o")
+	ov.Override, ov.OverrideLimit = true, limiter.Limit{Rate: 1, Period: time.Hour}
+	_, sts := check(t, e, ov, item("tenant", "t"))
+	if sts[0].Replaced || !sts[0].Limited || sts[0].Rule != nil {
+		t.Fatalf("override dropped by replaces: %+v", sts[0])
+	}
+	q := item("quota_a", "z")
+	q.Override, q.OverrideLimit = true, limiter.Limit{Rate: 1, Period: time.Hour}
+	check(t, e, q)
+	code, _ := check(t, e, q, item("quota_b", "fresh"))
+	if code != OverLimit {
+		t.Fatalf("an over-limit override next to a quota item: overall %v, want OverLimit", code)
+	}
+}
+
+func TestUnlimitedRuleStillReplaces(t *testing.T) {
+	d, err := rules.Parse("u.yaml", []byte(`domain: d
+descriptors:
+  - key: vip
+    rate_limit: {unlimited: true, replaces: [{name: plain}]}
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 1, name: plain}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := rules.NewConfig(d)
+	e := New(LocalBuckets{Store: limiter.NewStore(10)}, cfg, nil)
+	for range 3 {
+		if code, sts := check(t, e, item("vip", "1"), item("user", "2")); code != OK || !sts[1].Replaced {
+			t.Fatalf("%v %+v", code, sts)
+		}
+	}
+}
+
+func TestRefundGivesTokensBack(t *testing.T) {
+	e := newEngine(t, nil)
+	check(t, e, item("user", "r"))
+	check(t, e, item("user", "r"))
+	refund := item("user", "r")
+	refund.Refund = true
+	_, sts := check(t, e, refund)
+	if sts[0].Code != OK || sts[0].Result.Remaining != 1 {
+		t.Fatalf("after a refund of 1: %+v", sts[0])
+	}
+	if _, sts := check(t, e, item("user", "r")); sts[0].Code != OK {
+		t.Fatalf("refunded token not available: %+v", sts[0])
+	}
+}

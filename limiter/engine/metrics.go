@@ -13,8 +13,9 @@ import (
 // Metrics counts decisions by domain, result and rule.
 //
 // Label values come from the rule files, not from requests, so their number
-// is bounded by the configuration: a request for an unknown domain is
-// counted under domain "unknown", and inline limits under "inline". Only
+// is bounded by the configuration: only descriptors that a rule (or a limit
+// override in a known domain) limits are counted, and inline limits are
+// counted under domain "inline". Only
 // rules with detailed_metric put runtime values into the rule label (as
 // envoyproxy/ratelimit does); to keep a flood of distinct values from
 // exhausting memory, at most maxLabelSets label sets are kept and the rest

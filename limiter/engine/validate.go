@@ -37,12 +37,22 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 // terms: Items is the repeated field ("descriptors" for Envoy, "items" for
 // levee.v1), Descriptor the path from an item to its entries ("" or
 // ".descriptor"), Inline the path to an inline limit's fields.
+// AllowEmptyEntries accepts a descriptor with no entries (it matches no
+// rule), as envoyproxy/ratelimit does.
 type Fields struct {
 	Items, Domain, Descriptor, Inline, Hits string
+	AllowEmptyEntries                       bool
+}
+
+// item names a field of item i; it is only called to report an error, so
+// valid requests build no strings.
+func (f *Fields) item(i int, sub string) string {
+	return fmt.Sprintf("%s[%d]%s", f.Items, i, sub)
 }
 
 // Validate checks items against the bounds above and returns a *FieldError
-// for the first problem, named per f.
+// for the first problem, named per f. It allocates nothing for a valid
+// request.
 func Validate(items []Item, f Fields) error {
 	if len(items) == 0 {
 		return &FieldError{f.Items, "must not be empty"}
@@ -52,60 +62,61 @@ func Validate(items []Item, f Fields) error {
 	}
 	for i := range items {
 		it := &items[i]
-		at := fmt.Sprintf("%s[%d]", f.Items, i)
 		if it.Hits > MaxHits {
-			return &FieldError{at + f.Hits, fmt.Sprintf("%d hits, at most %d allowed", it.Hits, uint64(MaxHits))}
+			return &FieldError{f.item(i, f.Hits), fmt.Sprintf("%d hits, at most %d allowed", it.Hits, uint64(MaxHits))}
 		}
 		if it.Inline {
-			if err := validateInline(it, at+f.Inline); err != nil {
-				return err
+			if field, reason := validateInline(it); field != "" {
+				return &FieldError{f.item(i, f.Inline+field), reason}
 			}
 			continue
 		}
 		if it.Domain == "" {
-			return &FieldError{at + f.Domain, "must not be empty"}
+			return &FieldError{f.item(i, f.Domain), "must not be empty"}
 		}
 		if len(it.Domain) > MaxStringBytes {
-			return tooLong(at+f.Domain, it.Domain)
+			return tooLong(f.item(i, f.Domain), it.Domain)
 		}
-		if len(it.Entries) == 0 {
-			return &FieldError{at + f.Descriptor + ".entries", "must not be empty"}
+		if len(it.Entries) == 0 && !f.AllowEmptyEntries {
+			return &FieldError{f.item(i, f.Descriptor+".entries"), "must not be empty"}
 		}
 		if len(it.Entries) > MaxEntries {
-			return &FieldError{at + f.Descriptor + ".entries", fmt.Sprintf("%d entries, at most %d allowed", len(it.Entries), MaxEntries)}
+			return &FieldError{f.item(i, f.Descriptor+".entries"), fmt.Sprintf("%d entries, at most %d allowed", len(it.Entries), MaxEntries)}
 		}
 		for j, e := range it.Entries {
-			ef := fmt.Sprintf("%s%s.entries[%d]", at, f.Descriptor, j)
-			if e.Key == "" {
-				return &FieldError{ef + ".key", "must not be empty"}
-			}
-			if len(e.Key) > MaxStringBytes {
-				return tooLong(ef+".key", e.Key)
-			}
-			if len(e.Value) > MaxStringBytes {
-				return tooLong(ef+".value", e.Value)
+			switch {
+			case e.Key == "":
+				return &FieldError{f.item(i, fmt.Sprintf("%s.entries[%d].key", f.Descriptor, j)), "must not be empty"}
+			case len(e.Key) > MaxStringBytes:
+				return tooLong(f.item(i, fmt.Sprintf("%s.entries[%d].key", f.Descriptor, j)), e.Key)
+			case len(e.Value) > MaxStringBytes:
+				return tooLong(f.item(i, fmt.Sprintf("%s.entries[%d].value", f.Descriptor, j)), e.Value)
 			}
 		}
 	}
 	return nil
 }
 
-func validateInline(it *Item, at string) error {
+// validateInline returns the offending field (".key", ".period" ...) and the
+// reason, or "" when the inline limit is good.
+func validateInline(it *Item) (field, reason string) {
 	switch {
 	case it.InlineKey == "":
-		return &FieldError{at + ".key", "must not be empty"}
+		return ".key", "must not be empty"
 	case len(it.InlineKey) > MaxStringBytes:
-		return tooLong(at+".key", it.InlineKey)
+		return ".key", fmt.Sprintf("%d bytes, at most %d allowed", len(it.InlineKey), MaxStringBytes)
 	case it.InlineUnlimited:
-		return nil
+		return "", ""
 	case it.InlineLimit.Period < MinPeriod:
-		return &FieldError{at + ".period", fmt.Sprintf("must be at least %v", MinPeriod)}
+		return ".period", fmt.Sprintf("must be at least %v", MinPeriod)
 	case it.InlineLimit.Rate > limiter.MaxRate:
-		return &FieldError{at + ".limit", fmt.Sprintf("must be at most %d", uint64(limiter.MaxRate))}
+		return ".limit", fmt.Sprintf("must be at most %d", uint64(limiter.MaxRate))
 	case it.InlineLimit.Burst > limiter.MaxRate:
-		return &FieldError{at + ".burst", fmt.Sprintf("must be at most %d", uint64(limiter.MaxRate))}
+		return ".burst", fmt.Sprintf("must be at most %d", uint64(limiter.MaxRate))
+	case !it.InlineLimit.Valid():
+		return ".limit", fmt.Sprintf("more than %d tokens per second", uint64(limiter.MaxTokensPerSecond))
 	}
-	return nil
+	return "", ""
 }
 
 func tooLong(field, s string) error {

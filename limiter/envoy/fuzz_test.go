@@ -144,7 +144,7 @@ func validRequest(req *rlsv3.RateLimitRequest) bool {
 	total := 0
 	for _, d := range req.Descriptors {
 		total += len(d.Entries)
-		if len(d.Entries) == 0 || len(d.Entries) > engine.MaxEntries {
+		if len(d.Entries) > engine.MaxEntries { // no entries is allowed: it matches no rule
 			return false
 		}
 		for _, e := range d.Entries {
@@ -236,17 +236,36 @@ func FuzzShouldRateLimit(f *testing.F) {
 	f.Add("t", "", []byte{0, 1, 0, 4, 201, 0}, uint32(1), int64(1e18), int64(0))
 	f.Add("t", "", []byte{0, 13, 0, 5, 201, 3}, uint32(1), int64(1e18), int64(0))
 	f.Add("t", "", []byte{0, 0, 0, 6, 3, 133, 6, 3, 5, 7, 1, 1, 8, 0, 0, 9, 0, 0}, uint32(1), int64(1e18), int64(0))
+	// 240 descriptors on one override of 297 per 264 years, at the Unix
+	// epoch: the last ones' reset is the largest duration there is, which
+	// rounding up to seconds once overflowed into a negative value.
+	f.Add("t", "", []byte("211!\x03!\"00"), uint32(3), int64(0), int64(0))
 	f.Add("", "", []byte{0, 0, 0}, uint32(1), int64(0), int64(0))
 	f.Add("other", "", []byte{0, 0, 0, 3, 3, 3}, uint32(1), int64(0), int64(0))
 	f.Fuzz(func(t *testing.T, domain, words string, prog []byte, hits uint32, clock, step int64) {
-		now := time.Unix(0, clock)
+		// The clock runs from 1970 to the end of int64 nanoseconds; levee
+		// is never run with a clock before 1970 (the limiter's duration
+		// arithmetic assumes it, see limiter.Limit.until).
+		now := time.Unix(0, clock&math.MaxInt64)
 		s := fuzzServer(t, &now)
 		pool := append(strings.Split(words, "\x00"), fuzzWords...)
 		req := buildRequest(domain, pool, prog, hits)
 		for range 2 {
 			resp, err := s.ShouldRateLimit(context.Background(), req)
 			checkResponse(t, req, resp, err)
-			now = now.Add(time.Duration(step))
+			now = time.Unix(0, advance(now.UnixNano(), step))
 		}
 	})
+}
+
+// advance moves a clock of Unix nanoseconds by step, staying within
+// [0, math.MaxInt64].
+func advance(clock, step int64) int64 {
+	switch {
+	case step > 0 && clock > math.MaxInt64-step:
+		return math.MaxInt64
+	case clock+step < 0:
+		return 0
+	}
+	return clock + step
 }

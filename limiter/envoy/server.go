@@ -55,7 +55,7 @@ type request struct {
 	entries  []rules.Entry
 }
 
-var fields = engine.Fields{Items: "descriptors", Domain: "domain", Hits: ".hits_addend"}
+var fields = engine.Fields{Items: "descriptors", Domain: "domain", Hits: ".hits_addend", AllowEmptyEntries: true}
 
 // ShouldRateLimit implements rlsv3.RateLimitServiceServer.
 func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
@@ -86,7 +86,7 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		}
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return response(code, r.statuses), nil
+	return response(code, req, r.statuses), nil
 }
 
 // fill converts the wire request into engine items, reusing r's slices. All
@@ -117,6 +117,7 @@ func (r *request) fill(req *rlsv3.RateLimitRequest) error {
 		if h := d.GetHitsAddend(); h != nil {
 			it.Hits = h.GetValue()
 		}
+		it.Refund = d.GetIsNegativeHits()
 		if o := d.GetLimit(); o != nil {
 			l, err := overrideLimit(o)
 			if err != nil {
@@ -136,6 +137,9 @@ func overrideLimit(o *ratelimitv3.RateLimitDescriptor_RateLimitOverride) (limite
 		return limiter.Limit{}, errors.New("unit: unknown rate limit unit")
 	}
 	if m := o.GetUnitMultiplier(); m != nil && m.GetValue() > 1 {
+		if time.Duration(m.GetValue()) > math.MaxInt64/d {
+			return limiter.Limit{}, fmt.Errorf("unit_multiplier: %d %ss is longer than levee can count", m.GetValue(), unit)
+		}
 		d *= time.Duration(m.GetValue())
 	}
 	return limiter.Limit{Rate: uint64(o.GetRequestsPerUnit()), Period: d}, nil
@@ -150,7 +154,7 @@ func grow[T any](s []T, n int) []T {
 
 // response builds the wire response. Statuses, limits and durations are
 // allocated in one slice each rather than one object per descriptor.
-func response(code engine.Code, sts []engine.Status) *rlsv3.RateLimitResponse {
+func response(code engine.Code, req *rlsv3.RateLimitRequest, sts []engine.Status) *rlsv3.RateLimitResponse {
 	n := len(sts)
 	resp := &rlsv3.RateLimitResponse{OverallCode: wireCode(code)}
 	out := make([]rlsv3.RateLimitResponse_DescriptorStatus, n)
@@ -176,32 +180,28 @@ func response(code engine.Code, sts []engine.Status) *rlsv3.RateLimitResponse {
 			l := &limits[k]
 			d := &durs[k]
 			k++
-			if st.Rule != nil && !st.Overridden {
+			switch {
+			case st.Overridden:
+				// Echo the override as the caller gave it.
+				o := req.Descriptors[i].GetLimit()
+				l.RequestsPerUnit, l.Unit = o.GetRequestsPerUnit(), rlsv3.RateLimitResponse_RateLimit_Unit(o.GetUnit())
+			case st.Rule != nil:
 				l.RequestsPerUnit, l.Unit, l.Name = st.Rule.RequestsPerUnit, rlsv3.RateLimitResponse_RateLimit_Unit(st.Rule.Unit), st.Rule.Name
-			} else {
-				l.RequestsPerUnit, l.Unit = uint32(min(st.Limit.Rate, math.MaxUint32)), unitOf(st.Limit.Period)
 			}
 			o.CurrentLimit = l
 			if st.Result.Allowed {
 				o.LimitRemaining = uint32(min(st.Result.Remaining, math.MaxUint32))
 			}
-			secs := (st.Result.ResetAfter + time.Second - 1) / time.Second
-			d.Seconds = int64(secs)
+			// Round up without overflowing near the largest duration.
+			d.Seconds = int64(st.Result.ResetAfter / time.Second)
+			if st.Result.ResetAfter%time.Second > 0 {
+				d.Seconds++
+			}
 			o.DurationUntilReset = d
 		}
 	}
 	resp.Statuses = ptrs
 	return resp
-}
-
-// unitOf names a period in envoy's units, for override limits echoed back.
-func unitOf(p time.Duration) rlsv3.RateLimitResponse_RateLimit_Unit {
-	for u := rules.UnitSecond; u <= rules.UnitWeek; u++ {
-		if u.Duration() == p {
-			return rlsv3.RateLimitResponse_RateLimit_Unit(u)
-		}
-	}
-	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
 }
 
 func wireCode(c engine.Code) rlsv3.RateLimitResponse_Code {

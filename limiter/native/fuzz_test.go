@@ -97,7 +97,7 @@ func buildRequest(words []string, prog []byte, priority int32, cohort uint32) *l
 	}
 	for i := 0; i+2 < len(prog); i += 3 {
 		a, b := prog[i+1], prog[i+2]
-		switch prog[i] % 12 {
+		switch prog[i] % 13 {
 		case 0:
 			req.Items = append(req.Items, ruleItem(word(a), word(b), word(a^b)))
 			entries++
@@ -159,6 +159,18 @@ func buildRequest(words []string, prog []byte, priority int32, cohort uint32) *l
 			req.Items = append(req.Items, &leveev1.CheckItem{Target: &leveev1.CheckItem_Descriptor_{}})
 		case 11:
 			req.Items = append(req.Items, &leveev1.CheckItem{Target: &leveev1.CheckItem_Inline{}})
+		case 12:
+			// Unlimited, alone or (wrongly) with a limit, burst or period.
+			in := &leveev1.InlineLimit{Key: word(a), Unlimited: true}
+			switch b % 4 {
+			case 1:
+				in.Limit = int64(b)
+			case 2:
+				in.Burst = int64(b)
+			case 3:
+				in.Period = fuzzPeriods[int(b)%len(fuzzPeriods)]
+			}
+			req.Items = append(req.Items, &leveev1.CheckItem{Target: &leveev1.CheckItem_Inline{Inline: in}})
 		}
 	}
 	return req
@@ -198,7 +210,13 @@ func validRequest(req *leveev1.CheckRequest) bool {
 			if in == nil || in.Key == "" || len(in.Key) > engine.MaxStringBytes {
 				return false
 			}
-			if in.Limit < 0 || in.Limit > limiter.MaxRate || in.Burst < 0 || in.Burst > limiter.MaxRate {
+			if in.Unlimited {
+				if in.Limit != 0 || in.Burst != 0 || in.Period != nil {
+					return false
+				}
+				continue
+			}
+			if in.Limit < 1 || in.Limit > limiter.MaxRate || in.Burst < 0 || in.Burst > limiter.MaxRate {
 				return false
 			}
 			if in.Period == nil || in.Period.CheckValid() != nil || in.Period.AsDuration() < time.Millisecond {
@@ -253,7 +271,7 @@ func checkResponse(t *testing.T, req *leveev1.CheckRequest, resp *leveev1.CheckR
 			if st.Limit != 0 || st.Period != nil || st.Remaining != 0 || st.ResetAfter != nil || st.RetryAfter != nil || st.Shadow {
 				t.Fatalf("status %d: not limited, yet %v", i, st)
 			}
-			if in := it.GetInline(); in != nil {
+			if in := it.GetInline(); in != nil && !in.Unlimited {
 				t.Fatalf("status %d: inline item not limited: %v", i, st)
 			}
 			continue
@@ -311,15 +329,31 @@ func FuzzCheck(f *testing.F) {
 	f.Add("", []byte{6, 3, 0, 6, 3, 1, 6, 3, 2, 6, 3, 3, 7, 1, 1, 8, 0, 0, 10, 0, 0, 11, 0, 0}, int32(0), uint32(0), int64(-1), int64(-1))
 	f.Add("", []byte{3, 2, 4, 3, 6, 0, 3, 7, 0, 9, 1, 1, 9, 2, 2}, int32(0), uint32(0), int64(1e18), int64(1e15))
 	f.Add("", []byte{0, 0, 0}, int32(9), uint32(128), int64(0), int64(0))
+	f.Add("", []byte{12, 1, 0, 12, 2, 1, 12, 3, 2, 12, 4, 3, 3, 0, 1}, int32(2), uint32(3), int64(1e18), int64(1))
 	f.Fuzz(func(t *testing.T, words string, prog []byte, priority int32, cohort uint32, clock, step int64) {
-		now := time.Unix(0, clock)
+		// The clock runs from 1970 to the end of int64 nanoseconds; levee
+		// is never run with a clock before 1970 (the limiter's duration
+		// arithmetic assumes it, see limiter.Limit.until).
+		now := time.Unix(0, clock&math.MaxInt64)
 		s := fuzzServer(t, &now)
 		pool := append(strings.Split(words, "\x00"), fuzzWords...)
 		req := buildRequest(pool, prog, priority, cohort)
 		for range 2 {
 			resp, err := s.Check(context.Background(), req)
 			checkResponse(t, req, resp, err)
-			now = now.Add(time.Duration(step))
+			now = time.Unix(0, advance(now.UnixNano(), step))
 		}
 	})
+}
+
+// advance moves a clock of Unix nanoseconds by step, staying within
+// [0, math.MaxInt64].
+func advance(clock, step int64) int64 {
+	switch {
+	case step > 0 && clock > math.MaxInt64-step:
+		return math.MaxInt64
+	case clock+step < 0:
+		return 0
+	}
+	return clock + step
 }

@@ -99,7 +99,7 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 // refusal or a lease), and otherwise counts it towards hotness and starts a
 // lease request when the key is hot.
 func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now int64) (limiter.Result, bool) {
-	if r.cfg.HotThreshold < 0 || req.Hits == 0 {
+	if r.cfg.HotThreshold < 0 || req.Hits == 0 || req.Refund {
 		return limiter.Result{}, false
 	}
 	period := int64(r.cfg.LeasePeriod)
@@ -149,7 +149,7 @@ func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now i
 // refused records an owner's refusal of a one-token check on an empty
 // bucket, so later checks are refused here until the next token.
 func (r *Router) refused(req *limiter.Request, res limiter.Result, now int64) {
-	if r.cfg.HotThreshold < 0 || req.Hits != 1 || res.Allowed || res.Remaining != 0 || res.RetryAfter <= 0 {
+	if r.cfg.HotThreshold < 0 || req.Hits != 1 || req.Refund || res.Allowed || res.Remaining != 0 || res.RetryAfter <= 0 {
 		return
 	}
 	sh := r.hot.shard(req.Key)

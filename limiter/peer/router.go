@@ -91,6 +91,13 @@ type Router struct {
 	mu    sync.Mutex
 	peers map[string]*peerConn
 
+	// handoffMu serialises hand-offs. A graceful leave starts two: the
+	// membership publishes the ring without this node (SetRing hands off
+	// in the background) just before Leave hands off itself. Leave must
+	// not return while the background one is still sending, or Close
+	// cancels it and the buckets it carries are lost.
+	handoffMu sync.Mutex
+
 	hot   hotKeys
 	stats Stats
 }
@@ -229,7 +236,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	for i := range reqs {
 		owner, _ := rg.Owner(reqs[i].Key)
 		if owner.ID == r.cfg.Self.ID {
-			results[i] = r.cfg.Store.TakeReserve(reqs[i].Key, reqs[i].Limit, reqs[i].Hits, reqs[i].Reserve, now)
+			results[i] = r.cfg.Store.Do(&reqs[i], now)
 			continue
 		}
 		if res, ok := r.local(&reqs[i], owner, rg.Len(), now); ok {
@@ -311,6 +318,9 @@ func (r *Router) fallback(req *limiter.Request, res *limiter.Result, nodes int, 
 		*res = limiter.Result{RetryAfter: limiter.Never}
 		return ErrUndecided
 	}
+	if req.Refund {
+		return nil // the owner's bucket is out of reach; nothing to give back here
+	}
 	share := FairShare(req.Limit, nodes)
 	reserve := req.Reserve / uint64(max(nodes, 1))
 	*res = r.cfg.Store.TakeReserve(req.Key, share, req.Hits, reserve, now)
@@ -363,6 +373,8 @@ func (r *Router) peer(m ring.Member) *peerConn {
 // handoff sends every bucket this node holds but does not own in rg to its
 // owner. Buckets whose owner cannot take them are kept here.
 func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
+	r.handoffMu.Lock()
+	defer r.handoffMu.Unlock()
 	now := r.cfg.Now().UnixNano()
 	owners := make(map[string][]limiter.Bucket)
 	moved := r.cfg.Store.Extract(now, func(key uint64) bool {
@@ -514,7 +526,7 @@ func (p *peerConn) send(b []*call) {
 	for _, c := range b {
 		for _, q := range c.reqs {
 			limits[k] = leveev1.BucketLimit{Rate: q.Limit.Rate, PeriodNanos: int64(q.Limit.Period), Burst: q.Limit.Burst}
-			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits, Reserve: q.Reserve}
+			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits, Reserve: q.Reserve, Refund: q.Refund}
 			req.Takes = append(req.Takes, &takes[k])
 			k++
 		}

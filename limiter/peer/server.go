@@ -46,7 +46,7 @@ func (s *Server) Take(_ context.Context, req *leveev1.TakeRequest) (*leveev1.Tak
 		if !l.Valid() {
 			return nil, invalid(fmt.Sprintf("takes[%d].limit", i), "invalid limit")
 		}
-		r := s.store.TakeReserve(t.GetKey(), l, t.GetHits(), t.GetReserve(), now)
+		r := s.store.Do(&limiter.Request{Key: t.GetKey(), Limit: l, Hits: t.GetHits(), Reserve: t.GetReserve(), Refund: t.GetRefund()}, now)
 		results[i] = leveev1.BucketResult{
 			Allowed:         r.Allowed,
 			Remaining:       r.Remaining,

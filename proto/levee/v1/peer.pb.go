@@ -97,7 +97,9 @@ type BucketTake struct {
 	Hits uint64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
 	// Tokens that must remain after the take (a capacity budget's reserve for
 	// more important traffic).
-	Reserve       uint64 `protobuf:"varint,4,opt,name=reserve,proto3" json:"reserve,omitempty"`
+	Reserve uint64 `protobuf:"varint,4,opt,name=reserve,proto3" json:"reserve,omitempty"`
+	// Give hits tokens back instead of taking them.
+	Refund        bool `protobuf:"varint,5,opt,name=refund,proto3" json:"refund,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +160,13 @@ func (x *BucketTake) GetReserve() uint64 {
 		return x.Reserve
 	}
 	return 0
+}
+
+func (x *BucketTake) GetRefund() bool {
+	if x != nil {
+		return x.Refund
+	}
+	return false
 }
 
 // BucketResult is the outcome of one BucketTake.
@@ -672,13 +681,14 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\vBucketLimit\x12\x12\n" +
 	"\x04rate\x18\x01 \x01(\x04R\x04rate\x12!\n" +
 	"\fperiod_nanos\x18\x02 \x01(\x03R\vperiodNanos\x12\x14\n" +
-	"\x05burst\x18\x03 \x01(\x04R\x05burst\"y\n" +
+	"\x05burst\x18\x03 \x01(\x04R\x05burst\"\x91\x01\n" +
 	"\n" +
 	"BucketTake\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
 	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12\x12\n" +
 	"\x04hits\x18\x03 \x01(\x04R\x04hits\x12\x18\n" +
-	"\areserve\x18\x04 \x01(\x04R\areserve\"\x9e\x01\n" +
+	"\areserve\x18\x04 \x01(\x04R\areserve\x12\x16\n" +
+	"\x06refund\x18\x05 \x01(\bR\x06refund\"\x9e\x01\n" +
 	"\fBucketResult\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +

@@ -198,20 +198,20 @@ func withLimit(x *ratelimitv3.RateLimitDescriptor, rpu uint32, unit typev3.RateL
 }
 
 const (
-	OK        = rlsv3.RateLimitResponse_OK
-	OverLimit = rlsv3.RateLimitResponse_OVER_LIMIT
-	SECOND    = rlsv3.RateLimitResponse_RateLimit_SECOND
-	MINUTE    = rlsv3.RateLimitResponse_RateLimit_MINUTE
-	HOUR      = rlsv3.RateLimitResponse_RateLimit_HOUR
-	DAY       = rlsv3.RateLimitResponse_RateLimit_DAY
-	WEEK      = rlsv3.RateLimitResponse_RateLimit_WEEK
-	MONTH     = rlsv3.RateLimitResponse_RateLimit_MONTH
-	YEAR      = rlsv3.RateLimitResponse_RateLimit_YEAR
+	codeOK     = rlsv3.RateLimitResponse_OK
+	codeOver   = rlsv3.RateLimitResponse_OVER_LIMIT
+	unitSecond = rlsv3.RateLimitResponse_RateLimit_SECOND
+	unitMinute = rlsv3.RateLimitResponse_RateLimit_MINUTE
+	unitHour   = rlsv3.RateLimitResponse_RateLimit_HOUR
+	unitDay    = rlsv3.RateLimitResponse_RateLimit_DAY
+	unitWeek   = rlsv3.RateLimitResponse_RateLimit_WEEK
+	unitMonth  = rlsv3.RateLimitResponse_RateLimit_MONTH
+	unitYear   = rlsv3.RateLimitResponse_RateLimit_YEAR
 )
 
 // noLimit is the status of a descriptor no limit applies to.
 func noLimit() *rlsv3.RateLimitResponse_DescriptorStatus {
-	return &rlsv3.RateLimitResponse_DescriptorStatus{Code: OK}
+	return &rlsv3.RateLimitResponse_DescriptorStatus{Code: codeOK}
 }
 
 // limited is the status of a descriptor under a limit: current_limit
@@ -370,40 +370,40 @@ descriptors:
 	three := req("order", 0, d("a=1"), d("zzz=1"), d("b=1"))
 
 	// One token every 20 s for a; b's single token comes back after an hour.
-	expect(t, n.should(t, three), OK,
-		limited(OK, 3, MINUTE, "alpha", 2, 20),
+	expect(t, n.should(t, three), codeOK,
+		limited(codeOK, 3, unitMinute, "alpha", 2, 20),
 		noLimit(),
-		limited(OK, 1, HOUR, "", 0, 3600))
+		limited(codeOK, 1, unitHour, "", 0, 3600))
 	// b is over: the overall code is the OR of the descriptors.
-	expect(t, n.should(t, three), OverLimit,
-		limited(OK, 3, MINUTE, "alpha", 1, 40),
+	expect(t, n.should(t, three), codeOver,
+		limited(codeOK, 3, unitMinute, "alpha", 1, 40),
 		noLimit(),
-		limited(OverLimit, 1, HOUR, "", 0, 3600))
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OK, limited(OK, 3, MINUTE, "alpha", 0, 60))
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OverLimit, limited(OverLimit, 3, MINUTE, "alpha", 0, 60))
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OverLimit, limited(OverLimit, 3, MINUTE, "alpha", 0, 60))
+		limited(codeOver, 1, unitHour, "", 0, 3600))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOK, limited(codeOK, 3, unitMinute, "alpha", 0, 60))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
 
 	// Refused requests took nothing: after 20 s exactly one token is back.
 	n.clock.Advance(20 * time.Second)
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OK, limited(OK, 3, MINUTE, "alpha", 0, 60))
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OverLimit, limited(OverLimit, 3, MINUTE, "alpha", 0, 60))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOK, limited(codeOK, 3, unitMinute, "alpha", 0, 60))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
 	// Partway to the next token the reset counts down, rounded up.
 	n.clock.Advance(500 * time.Millisecond)
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OverLimit, limited(OverLimit, 3, MINUTE, "alpha", 0, 60))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
 	n.clock.Advance(10 * time.Second)
-	expect(t, n.should(t, req("order", 0, d("a=1"))), OverLimit, limited(OverLimit, 3, MINUTE, "alpha", 0, 50))
+	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 50))
 	n.clock.AlignTo(time.Minute)
 
 	// Each runtime value of a key-only rule has its own bucket, and two
 	// descriptors on one bucket in one request see each other, in order.
-	expect(t, n.should(t, req("order", 0, d("a=2"), d("a=2"), d("a=3"))), OK,
-		limited(OK, 3, MINUTE, "alpha", 2, 20),
-		limited(OK, 3, MINUTE, "alpha", 1, 40),
-		limited(OK, 3, MINUTE, "alpha", 2, 20))
+	expect(t, n.should(t, req("order", 0, d("a=2"), d("a=2"), d("a=3"))), codeOK,
+		limited(codeOK, 3, unitMinute, "alpha", 2, 20),
+		limited(codeOK, 3, unitMinute, "alpha", 1, 40),
+		limited(codeOK, 3, unitMinute, "alpha", 2, 20))
 
 	// An hour after it was taken b is full again.
 	n.clock.AlignTo(time.Hour)
-	expect(t, n.should(t, req("order", 0, d("b=1"))), OK, limited(OK, 1, HOUR, "", 0, 3600))
+	expect(t, n.should(t, req("order", 0, d("b=1"))), codeOK, limited(codeOK, 1, unitHour, "", 0, 3600))
 }
 
 func TestEnvoyHitsAddend(t *testing.T) {
@@ -416,29 +416,29 @@ descriptors:
       requests_per_unit: 5
 `})
 	// Request-level hits_addend 0 counts as 1; one token every 12 s.
-	expect(t, n.should(t, req("hits", 0, d("k=a"))), OK, limited(OK, 5, MINUTE, "", 4, 12))
-	expect(t, n.should(t, req("hits", 1, d("k=a"))), OK, limited(OK, 5, MINUTE, "", 3, 24))
-	expect(t, n.should(t, req("hits", 2, d("k=a"))), OK, limited(OK, 5, MINUTE, "", 1, 48))
+	expect(t, n.should(t, req("hits", 0, d("k=a"))), codeOK, limited(codeOK, 5, unitMinute, "", 4, 12))
+	expect(t, n.should(t, req("hits", 1, d("k=a"))), codeOK, limited(codeOK, 5, unitMinute, "", 3, 24))
+	expect(t, n.should(t, req("hits", 2, d("k=a"))), codeOK, limited(codeOK, 5, unitMinute, "", 1, 48))
 	// More than is left: refused, nothing taken.
-	expect(t, n.should(t, req("hits", 2, d("k=a"))), OverLimit, limited(OverLimit, 5, MINUTE, "", 0, 48))
+	expect(t, n.should(t, req("hits", 2, d("k=a"))), codeOver, limited(codeOver, 5, unitMinute, "", 0, 48))
 	// Per-descriptor hits_addend 0 only looks.
-	expect(t, n.should(t, req("hits", 3, withHits(d("k=a"), 0))), OK, limited(OK, 5, MINUTE, "", 1, 48))
+	expect(t, n.should(t, req("hits", 3, withHits(d("k=a"), 0))), codeOK, limited(codeOK, 5, unitMinute, "", 1, 48))
 	// The descriptor's own hits_addend beats the request's.
-	expect(t, n.should(t, req("hits", 4, withHits(d("k=a"), 1))), OK, limited(OK, 5, MINUTE, "", 0, 60))
-	// Looking at an empty bucket is OK with nothing remaining.
-	expect(t, n.should(t, req("hits", 0, withHits(d("k=a"), 0))), OK, limited(OK, 5, MINUTE, "", 0, 60))
-	expect(t, n.should(t, req("hits", 0, d("k=a"))), OverLimit, limited(OverLimit, 5, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("hits", 4, withHits(d("k=a"), 1))), codeOK, limited(codeOK, 5, unitMinute, "", 0, 60))
+	// Looking at an empty bucket is codeOK with nothing remaining.
+	expect(t, n.should(t, req("hits", 0, withHits(d("k=a"), 0))), codeOK, limited(codeOK, 5, unitMinute, "", 0, 60))
+	expect(t, n.should(t, req("hits", 0, d("k=a"))), codeOver, limited(codeOver, 5, unitMinute, "", 0, 60))
 
 	// Within one request each descriptor uses its own addend, else the
 	// request's.
-	expect(t, n.should(t, req("hits", 2, d("k=b"), withHits(d("k=c"), 5), withHits(d("k=d"), 0), d("k=e"))), OK,
-		limited(OK, 5, MINUTE, "", 3, 24),
-		limited(OK, 5, MINUTE, "", 0, 60),
-		limited(OK, 5, MINUTE, "", 5, 0),
-		limited(OK, 5, MINUTE, "", 3, 24))
+	expect(t, n.should(t, req("hits", 2, d("k=b"), withHits(d("k=c"), 5), withHits(d("k=d"), 0), d("k=e"))), codeOK,
+		limited(codeOK, 5, unitMinute, "", 3, 24),
+		limited(codeOK, 5, unitMinute, "", 0, 60),
+		limited(codeOK, 5, unitMinute, "", 5, 0),
+		limited(codeOK, 5, unitMinute, "", 3, 24))
 	// An addend above the whole burst can never fit.
-	expect(t, n.should(t, req("hits", 6, d("k=f"))), OverLimit, limited(OverLimit, 5, MINUTE, "", 0, 0))
-	expect(t, n.should(t, req("hits", 5, d("k=f"))), OK, limited(OK, 5, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("hits", 6, d("k=f"))), codeOver, limited(codeOver, 5, unitMinute, "", 0, 0))
+	expect(t, n.should(t, req("hits", 5, d("k=f"))), codeOK, limited(codeOK, 5, unitMinute, "", 0, 60))
 }
 
 func TestEnvoyUnknownDomainAndUnmatchedDescriptors(t *testing.T) {
@@ -453,15 +453,15 @@ descriptors:
 `})
 	for range 3 {
 		// The same descriptor that is limited in "known" is free elsewhere.
-		expect(t, n.should(t, req("unknown", 0, d("k=v"), d("x=y"))), OK, noLimit(), noLimit())
+		expect(t, n.should(t, req("unknown", 0, d("k=v"), d("x=y"))), codeOK, noLimit(), noLimit())
 	}
 	// Known domain, but no rule for the key, the value or the depth.
 	for range 3 {
-		expect(t, n.should(t, req("known", 0, d("k=other"), d("x=v"), d("k=v", "deeper=1"), d("K=v"))), OK,
+		expect(t, n.should(t, req("known", 0, d("k=other"), d("x=v"), d("k=v", "deeper=1"), d("K=v"))), codeOK,
 			noLimit(), noLimit(), noLimit(), noLimit())
 	}
-	expect(t, n.should(t, req("known", 0, d("k=v"))), OK, limited(OK, 1, SECOND, "", 0, 1))
-	expect(t, n.should(t, req("known", 0, d("k=v"), d("k=other"))), OverLimit, limited(OverLimit, 1, SECOND, "", 0, 1), noLimit())
+	expect(t, n.should(t, req("known", 0, d("k=v"))), codeOK, limited(codeOK, 1, unitSecond, "", 0, 1))
+	expect(t, n.should(t, req("known", 0, d("k=v"), d("k=other"))), codeOver, limited(codeOver, 1, unitSecond, "", 0, 1), noLimit())
 }
 
 func TestEnvoyNestedDescriptors(t *testing.T) {
@@ -497,17 +497,17 @@ descriptors:
     value: me
 `})
 	// Exact value beats wildcard beats key-only, at the second level.
-	expect(t, n.should(t, req("nest", 0, d("org=a", "user=vip"), d("org=a", "user=bot7"), d("org=a", "user=bob"))), OK,
-		limited(OK, 100, MINUTE, "", 99, 1),
-		limited(OK, 50, MINUTE, "", 49, 2),
-		limited(OK, 2, MINUTE, "", 1, 30))
+	expect(t, n.should(t, req("nest", 0, d("org=a", "user=vip"), d("org=a", "user=bot7"), d("org=a", "user=bob"))), codeOK,
+		limited(codeOK, 100, unitMinute, "", 99, 1),
+		limited(codeOK, 50, unitMinute, "", 49, 2),
+		limited(codeOK, 2, unitMinute, "", 1, 30))
 	// "bo" is not "bot*": the key's default applies.
-	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bo"))), OK, limited(OK, 2, MINUTE, "", 1, 30))
-	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bob"))), OK, limited(OK, 2, MINUTE, "", 0, 60))
-	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bob"))), OverLimit, limited(OverLimit, 2, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bo"))), codeOK, limited(codeOK, 2, unitMinute, "", 1, 30))
+	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bob"))), codeOK, limited(codeOK, 2, unitMinute, "", 0, 60))
+	expect(t, n.should(t, req("nest", 0, d("org=a", "user=bob"))), codeOver, limited(codeOver, 2, unitMinute, "", 0, 60))
 	// The limit on org is ignored for deeper requests: its bucket was never
 	// touched by the requests above.
-	expect(t, n.should(t, req("nest", 0, d("org=a"))), OK, limited(OK, 10, MINUTE, "", 9, 6))
+	expect(t, n.should(t, req("nest", 0, d("org=a"))), codeOK, limited(codeOK, 10, unitMinute, "", 9, 6))
 	// The tree's shape decides: deeper than the config, a parent without a
 	// limit, an allow-list leaf, the wrong order, a second level alone.
 	expect(t, n.should(t, req("nest", 0,
@@ -516,14 +516,14 @@ descriptors:
 		d("allow=me"),
 		d("user=bob", "org=a"),
 		d("user=bob"),
-		d("allow=me", "x=1"))), OK,
+		d("allow=me", "x=1"))), codeOK,
 		noLimit(), noLimit(), noLimit(), noLimit(), noLimit(), noLimit())
-	expect(t, n.should(t, req("nest", 0, d("team=t", "member=m"))), OK, limited(OK, 3, MINUTE, "", 2, 20))
+	expect(t, n.should(t, req("nest", 0, d("team=t", "member=m"))), codeOK, limited(codeOK, 3, unitMinute, "", 2, 20))
 	// An empty value falls back to the key's default and has its own
 	// bucket.
-	expect(t, n.should(t, req("nest", 0, d("org=a", "user="))), OK, limited(OK, 2, MINUTE, "", 1, 30))
+	expect(t, n.should(t, req("nest", 0, d("org=a", "user="))), codeOK, limited(codeOK, 2, unitMinute, "", 1, 30))
 	// Other orgs have their own buckets all the way down.
-	expect(t, n.should(t, req("nest", 0, d("org=b", "user=bob"))), OK, limited(OK, 2, MINUTE, "", 1, 30))
+	expect(t, n.should(t, req("nest", 0, d("org=b", "user=bob"))), codeOK, limited(codeOK, 2, unitMinute, "", 1, 30))
 }
 
 func TestEnvoyWildcards(t *testing.T) {
@@ -572,35 +572,35 @@ descriptors:
 		d("path=/api/v2"),      // both wildcards match: the first in the file wins
 		d("path=/other"),       // the key's default
 		d("path=/api/"),        // '*' matches the empty string
-	)), OK,
-		limited(OK, 3, MINUTE, "", 2, 20),
-		limited(OK, 1, MINUTE, "", 0, 60),
-		limited(OK, 1, MINUTE, "", 0, 60),
-		limited(OK, 5, MINUTE, "", 4, 12),
-		limited(OK, 1, MINUTE, "", 0, 60))
+	)), codeOK,
+		limited(codeOK, 3, unitMinute, "", 2, 20),
+		limited(codeOK, 1, unitMinute, "", 0, 60),
+		limited(codeOK, 1, unitMinute, "", 0, 60),
+		limited(codeOK, 5, unitMinute, "", 4, 12),
+		limited(codeOK, 1, unitMinute, "", 0, 60))
 	// Without share_threshold every value has its own bucket.
-	expect(t, n.should(t, req("wild", 0, d("path=/api/x"), d("path=/api/y"))), OverLimit,
-		limited(OverLimit, 1, MINUTE, "", 0, 60),
-		limited(OK, 1, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("wild", 0, d("path=/api/x"), d("path=/api/y"))), codeOver,
+		limited(codeOver, 1, unitMinute, "", 0, 60),
+		limited(codeOK, 1, unitMinute, "", 0, 60))
 
 	// Wildcards in the middle and more than one.
-	expect(t, n.should(t, req("wild", 0, d("host=amz"), d("host=a-m-z"), d("host=abcz"), d("host=amzq"), d("host=zma"))), OK,
-		limited(OK, 2, MINUTE, "", 1, 30),
-		limited(OK, 2, MINUTE, "", 1, 30),
+	expect(t, n.should(t, req("wild", 0, d("host=amz"), d("host=a-m-z"), d("host=abcz"), d("host=amzq"), d("host=zma"))), codeOK,
+		limited(codeOK, 2, unitMinute, "", 1, 30),
+		limited(codeOK, 2, unitMinute, "", 1, 30),
 		noLimit(), noLimit(), noLimit())
 
 	// share_threshold: every value matching the pattern draws from one
 	// bucket; the same pattern without it gives each value its own.
-	expect(t, n.should(t, req("wild", 0, d("shared=s1"), d("shared=s2"), d("shared=s3"), d("shared=x"))), OverLimit,
-		limited(OK, 2, MINUTE, "", 1, 30),
-		limited(OK, 2, MINUTE, "", 0, 60),
-		limited(OverLimit, 2, MINUTE, "", 0, 60),
+	expect(t, n.should(t, req("wild", 0, d("shared=s1"), d("shared=s2"), d("shared=s3"), d("shared=x"))), codeOver,
+		limited(codeOK, 2, unitMinute, "", 1, 30),
+		limited(codeOK, 2, unitMinute, "", 0, 60),
+		limited(codeOver, 2, unitMinute, "", 0, 60),
 		noLimit())
-	expect(t, n.should(t, req("wild", 0, d("separate=s1"), d("separate=s2"), d("separate=s3"), d("separate=s1"))), OK,
-		limited(OK, 2, MINUTE, "", 1, 30),
-		limited(OK, 2, MINUTE, "", 1, 30),
-		limited(OK, 2, MINUTE, "", 1, 30),
-		limited(OK, 2, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("wild", 0, d("separate=s1"), d("separate=s2"), d("separate=s3"), d("separate=s1"))), codeOK,
+		limited(codeOK, 2, unitMinute, "", 1, 30),
+		limited(codeOK, 2, unitMinute, "", 1, 30),
+		limited(codeOK, 2, unitMinute, "", 1, 30),
+		limited(codeOK, 2, unitMinute, "", 0, 60))
 }
 
 func TestEnvoyUnlimitedAndBlockList(t *testing.T) {
@@ -625,18 +625,18 @@ descriptors:
       unit: minute
       requests_per_unit: 5
 `})
-	unlimited := &rlsv3.RateLimitResponse_DescriptorStatus{Code: OK, LimitRemaining: 4294967295}
+	unlimited := &rlsv3.RateLimitResponse_DescriptorStatus{Code: codeOK, LimitRemaining: 4294967295}
 	for range 5 {
-		expect(t, n.should(t, req("special", 1000, d("client=batch"))), OK, unlimited)
+		expect(t, n.should(t, req("special", 1000, d("client=batch"))), codeOK, unlimited)
 	}
-	expect(t, n.should(t, req("special", 0, d("client=batch"), d("client=web"), d("client=batch"))), OK,
-		unlimited, limited(OK, 1, SECOND, "", 0, 1), unlimited)
+	expect(t, n.should(t, req("special", 0, d("client=batch"), d("client=web"), d("client=batch"))), codeOK,
+		unlimited, limited(codeOK, 1, unitSecond, "", 0, 1), unlimited)
 
 	// requests_per_unit 0 refuses everything, from the first request.
 	for range 3 {
-		expect(t, n.should(t, req("special", 0, d("ip=203.0.113.7"), d("ip=198.51.100.1"))), OverLimit,
-			limited(OverLimit, 0, MINUTE, "", 0, 0),
-			limited(OK, 5, MINUTE, "", 4, 12))
+		expect(t, n.should(t, req("special", 0, d("ip=203.0.113.7"), d("ip=198.51.100.1"))), codeOver,
+			limited(codeOver, 0, unitMinute, "", 0, 0),
+			limited(codeOK, 5, unitMinute, "", 4, 12))
 		n.clock.Advance(time.Hour)
 	}
 }
@@ -657,17 +657,17 @@ descriptors:
       unit: minute
       requests_per_unit: 1
 `})
-	expect(t, n.should(t, req("shadow", 0, d("route=/search"))), OK, limited(OK, 1, MINUTE, "", 0, 60))
-	// Over the limit, answered OK: limit_remaining stays 0 and the bucket is
+	expect(t, n.should(t, req("shadow", 0, d("route=/search"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
+	// Over the limit, answered codeOK: limit_remaining stays 0 and the bucket is
 	// reported as it is.
 	for range 2 {
-		expect(t, n.should(t, req("shadow", 0, d("route=/search"))), OK, limited(OK, 1, MINUTE, "", 0, 60))
+		expect(t, n.should(t, req("shadow", 0, d("route=/search"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
 	}
 	// A shadow descriptor does not hide another descriptor's OVER_LIMIT.
-	expect(t, n.should(t, req("shadow", 0, d("route=/search"), d("route=/post"))), OK,
-		limited(OK, 1, MINUTE, "", 0, 60), limited(OK, 1, MINUTE, "", 0, 60))
-	expect(t, n.should(t, req("shadow", 0, d("route=/search"), d("route=/post"))), OverLimit,
-		limited(OK, 1, MINUTE, "", 0, 60), limited(OverLimit, 1, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("shadow", 0, d("route=/search"), d("route=/post"))), codeOK,
+		limited(codeOK, 1, unitMinute, "", 0, 60), limited(codeOK, 1, unitMinute, "", 0, 60))
+	expect(t, n.should(t, req("shadow", 0, d("route=/search"), d("route=/post"))), codeOver,
+		limited(codeOK, 1, unitMinute, "", 0, 60), limited(codeOver, 1, unitMinute, "", 0, 60))
 
 	m := n.scrape(t)
 	rule := "shadow.route_/search"
@@ -705,22 +705,22 @@ descriptors:
       unit: minute
       requests_per_unit: 4
 `})
-	// key2's limit replaces limit1 in requests that carry both: key1 is OK
+	// key2's limit replaces limit1 in requests that carry both: key1 is codeOK
 	// with no current_limit, however often it comes.
 	for i := range uint32(4) {
-		expect(t, n.should(t, req("rep", 0, d("key1=a"), d("key2=b"), d("key3=c"))), OK,
+		expect(t, n.should(t, req("rep", 0, d("key1=a"), d("key2=b"), d("key3=c"))), codeOK,
 			noLimit(),
-			limited(OK, 5, MINUTE, "", 4-i, 12*int64(i+1)),
-			limited(OK, 4, MINUTE, "", 3-i, 15*int64(i+1)))
+			limited(codeOK, 5, unitMinute, "", 4-i, 12*int64(i+1)),
+			limited(codeOK, 4, unitMinute, "", 3-i, 15*int64(i+1)))
 	}
 	// ... and its bucket was never touched.
-	expect(t, n.should(t, req("rep", 0, d("key1=a"))), OK, limited(OK, 2, MINUTE, "limit1", 1, 30))
-	expect(t, n.should(t, req("rep", 0, d("key1=a"), d("key3=d"))), OK,
-		limited(OK, 2, MINUTE, "limit1", 0, 60), limited(OK, 4, MINUTE, "", 3, 15))
+	expect(t, n.should(t, req("rep", 0, d("key1=a"))), codeOK, limited(codeOK, 2, unitMinute, "limit1", 1, 30))
+	expect(t, n.should(t, req("rep", 0, d("key1=a"), d("key3=d"))), codeOK,
+		limited(codeOK, 2, unitMinute, "limit1", 0, 60), limited(codeOK, 4, unitMinute, "", 3, 15))
 	// Replaced even when limit1 is over: the request passes.
-	expect(t, n.should(t, req("rep", 0, d("key2=z"), d("key1=a"))), OK,
-		limited(OK, 5, MINUTE, "", 4, 12), noLimit())
-	expect(t, n.should(t, req("rep", 0, d("key1=a"))), OverLimit, limited(OverLimit, 2, MINUTE, "limit1", 0, 60))
+	expect(t, n.should(t, req("rep", 0, d("key2=z"), d("key1=a"))), codeOK,
+		limited(codeOK, 5, unitMinute, "", 4, 12), noLimit())
+	expect(t, n.should(t, req("rep", 0, d("key1=a"))), codeOver, limited(codeOver, 2, unitMinute, "limit1", 0, 60))
 }
 
 func TestEnvoyQuotaMode(t *testing.T) {
@@ -742,21 +742,21 @@ descriptors:
       unit: minute
       requests_per_unit: 1
 `})
-	ok1 := limited(OK, 1, MINUTE, "", 0, 60)
-	over1 := limited(OverLimit, 1, MINUTE, "", 0, 60)
-	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=a"))), OK, ok1, ok1)
+	ok1 := limited(codeOK, 1, unitMinute, "", 0, 60)
+	over1 := limited(codeOver, 1, unitMinute, "", 0, 60)
+	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=a"))), codeOK, ok1, ok1)
 	// One quota descriptor over, another not: the request passes.
-	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=b"))), OK, over1, ok1)
+	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=b"))), codeOK, over1, ok1)
 	// Every quota descriptor over: OVER_LIMIT.
-	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=a"))), OverLimit, over1, over1)
-	expect(t, n.should(t, req("quota", 0, d("q1=a"))), OverLimit, over1)
+	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("q2=a"))), codeOver, over1, over1)
+	expect(t, n.should(t, req("quota", 0, d("q1=a"))), codeOver, over1)
 	// A passing non-quota descriptor does not rescue all-quota-over ...
-	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("plain=x"))), OverLimit, over1, ok1)
+	expect(t, n.should(t, req("quota", 0, d("q1=a"), d("plain=x"))), codeOver, over1, ok1)
 	// ... and a non-quota OVER_LIMIT is OVER_LIMIT whatever the quotas say.
-	expect(t, n.should(t, req("quota", 0, d("q2=c"), d("plain=x"))), OverLimit, ok1, over1)
+	expect(t, n.should(t, req("quota", 0, d("q2=c"), d("plain=x"))), codeOver, ok1, over1)
 	// Unmatched descriptors are not quota descriptors.
-	expect(t, n.should(t, req("quota", 0, d("q2=d"), d("q1=a"), d("none=z"))), OK, ok1, over1, noLimit())
-	expect(t, n.should(t, req("quota", 0, d("none=z"), d("q1=a"))), OverLimit, noLimit(), over1)
+	expect(t, n.should(t, req("quota", 0, d("q2=d"), d("q1=a"), d("none=z"))), codeOK, ok1, over1, noLimit())
+	expect(t, n.should(t, req("quota", 0, d("none=z"), d("q1=a"))), codeOver, noLimit(), over1)
 }
 
 func TestEnvoyDetailedMetric(t *testing.T) {
@@ -813,27 +813,27 @@ descriptors:
 `})
 	// The override replaces the rule's limit and is echoed as the current
 	// limit, without the rule's name.
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), OK, limited(OK, 2, SECOND, "", 1, 1))
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), OK, limited(OK, 2, SECOND, "", 0, 1))
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), OverLimit, limited(OverLimit, 2, SECOND, "", 0, 1))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), codeOK, limited(codeOK, 2, unitSecond, "", 1, 1))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), codeOK, limited(codeOK, 2, unitSecond, "", 0, 1))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=a"), 2, typev3.RateLimitUnit_SECOND))), codeOver, limited(codeOver, 2, unitSecond, "", 0, 1))
 	// The rule's own bucket is separate.
-	expect(t, n.should(t, req("ovr", 0, d("user=a"))), OK, limited(OK, 100, MINUTE, "per_user", 99, 1))
+	expect(t, n.should(t, req("ovr", 0, d("user=a"))), codeOK, limited(codeOK, 100, unitMinute, "per_user", 99, 1))
 	// It applies in a known domain even where no rule matches ...
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("nomatch=z"), 1, typev3.RateLimitUnit_HOUR))), OK, limited(OK, 1, HOUR, "", 0, 3600))
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("nomatch=z"), 1, typev3.RateLimitUnit_HOUR))), OverLimit, limited(OverLimit, 1, HOUR, "", 0, 3600))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("nomatch=z"), 1, typev3.RateLimitUnit_HOUR))), codeOK, limited(codeOK, 1, unitHour, "", 0, 3600))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("nomatch=z"), 1, typev3.RateLimitUnit_HOUR))), codeOver, limited(codeOver, 1, unitHour, "", 0, 3600))
 	// ... but not in an unknown domain.
 	for range 3 {
-		expect(t, n.should(t, req("nowhere", 0, withLimit(d("user=a"), 1, typev3.RateLimitUnit_HOUR))), OK, noLimit())
+		expect(t, n.should(t, req("nowhere", 0, withLimit(d("user=a"), 1, typev3.RateLimitUnit_HOUR))), codeOK, noLimit())
 	}
 	// Shadow mode never applies to an override.
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("shadowed=s"), 1, typev3.RateLimitUnit_DAY))), OK, limited(OK, 1, DAY, "", 0, 86400))
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("shadowed=s"), 1, typev3.RateLimitUnit_DAY))), OverLimit, limited(OverLimit, 1, DAY, "", 0, 86400))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("shadowed=s"), 1, typev3.RateLimitUnit_DAY))), codeOK, limited(codeOK, 1, unitDay, "", 0, 86400))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("shadowed=s"), 1, typev3.RateLimitUnit_DAY))), codeOver, limited(codeOver, 1, unitDay, "", 0, 86400))
 	// Overrides honour hits_addend, month and year.
-	expect(t, n.should(t, req("ovr", 3, withLimit(d("user=m"), 30, typev3.RateLimitUnit_MONTH))), OK, limited(OK, 30, MONTH, "", 27, 3*86400))
-	expect(t, n.should(t, req("ovr", 0, withHits(withLimit(d("user=y"), 365, typev3.RateLimitUnit_YEAR), 0))), OK, limited(OK, 365, YEAR, "", 365, 0))
+	expect(t, n.should(t, req("ovr", 3, withLimit(d("user=m"), 30, typev3.RateLimitUnit_MONTH))), codeOK, limited(codeOK, 30, unitMonth, "", 27, 3*86400))
+	expect(t, n.should(t, req("ovr", 0, withHits(withLimit(d("user=y"), 365, typev3.RateLimitUnit_YEAR), 0))), codeOK, limited(codeOK, 365, unitYear, "", 365, 0))
 	// The override's bucket is keyed by the descriptor's values: another
 	// user has its own.
-	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=b"), 2, typev3.RateLimitUnit_SECOND))), OK, limited(OK, 2, SECOND, "", 1, 1))
+	expect(t, n.should(t, req("ovr", 0, withLimit(d("user=b"), 2, typev3.RateLimitUnit_SECOND))), codeOK, limited(codeOK, 2, unitSecond, "", 1, 1))
 }
 
 func TestEnvoyUnits(t *testing.T) {
@@ -843,13 +843,13 @@ func TestEnvoyUnits(t *testing.T) {
 		unit   rlsv3.RateLimitResponse_RateLimit_Unit
 		period time.Duration
 	}{
-		{"second", SECOND, time.Second},
-		{"minute", MINUTE, time.Minute},
-		{"hour", HOUR, time.Hour},
-		{"day", DAY, day},
-		{"week", WEEK, 7 * day},
-		{"month", MONTH, 30 * day},
-		{"year", YEAR, 365 * day},
+		{"second", unitSecond, time.Second},
+		{"minute", unitMinute, time.Minute},
+		{"hour", unitHour, time.Hour},
+		{"day", unitDay, day},
+		{"week", unitWeek, 7 * day},
+		{"month", unitMonth, 30 * day},
+		{"year", unitYear, 365 * day},
 	}
 	var b strings.Builder
 	b.WriteString("domain: units\ndescriptors:\n")
@@ -870,18 +870,18 @@ func TestEnvoyUnits(t *testing.T) {
 			r := req("units", 0, d("unit="+u.name))
 			// Two per unit: one token every half unit; empty, the bucket is
 			// full again after a whole unit.
-			expect(t, n.should(t, req("units", 2, d("unit="+u.name))), OK, limited(OK, 2, u.unit, "", 0, ceilSeconds(p)))
-			expect(t, n.should(t, r), OverLimit, limited(OverLimit, 2, u.unit, "", 0, ceilSeconds(p)))
+			expect(t, n.should(t, req("units", 2, d("unit="+u.name))), codeOK, limited(codeOK, 2, u.unit, "", 0, ceilSeconds(p)))
+			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p)))
 			// Just short of half a unit: still nothing.
 			n.clock.Advance(p/2 - p/100)
-			expect(t, n.should(t, r), OverLimit, limited(OverLimit, 2, u.unit, "", 0, ceilSeconds(p/2+p/100)))
+			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p/2+p/100)))
 			// Half a unit: one token.
 			n.clock.Advance(p / 100)
-			expect(t, n.should(t, r), OK, limited(OK, 2, u.unit, "", 0, ceilSeconds(p)))
-			expect(t, n.should(t, r), OverLimit, limited(OverLimit, 2, u.unit, "", 0, ceilSeconds(p)))
+			expect(t, n.should(t, r), codeOK, limited(codeOK, 2, u.unit, "", 0, ceilSeconds(p)))
+			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p)))
 			// A whole unit: full again, and no fuller.
 			n.clock.Advance(3 * p)
-			expect(t, n.should(t, req("units", 0, withHits(d("unit="+u.name), 0))), OK, limited(OK, 2, u.unit, "", 2, 0))
+			expect(t, n.should(t, req("units", 0, withHits(d("unit="+u.name), 0))), codeOK, limited(codeOK, 2, u.unit, "", 2, 0))
 		})
 	}
 }
@@ -904,21 +904,21 @@ descriptors:
 	// Burst 3 at 10 per minute: three at once, then one every 6 s. The
 	// current limit still reads 10 per minute.
 	for i := range uint32(3) {
-		expect(t, n.should(t, req("burst", 0, d("small=a"))), OK, limited(OK, 10, MINUTE, "", 2-i, 6*int64(i+1)))
+		expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOK, limited(codeOK, 10, unitMinute, "", 2-i, 6*int64(i+1)))
 	}
-	expect(t, n.should(t, req("burst", 0, d("small=a"))), OverLimit, limited(OverLimit, 10, MINUTE, "", 0, 18))
+	expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOver, limited(codeOver, 10, unitMinute, "", 0, 18))
 	n.clock.Advance(6 * time.Second)
-	expect(t, n.should(t, req("burst", 0, d("small=a"))), OK, limited(OK, 10, MINUTE, "", 0, 18))
+	expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOK, limited(codeOK, 10, unitMinute, "", 0, 18))
 	// Waiting longer than a full refill fills only to the burst.
 	n.clock.Advance(time.Hour)
-	expect(t, n.should(t, req("burst", 0, withHits(d("small=a"), 0))), OK, limited(OK, 10, MINUTE, "", 3, 0))
+	expect(t, n.should(t, req("burst", 0, withHits(d("small=a"), 0))), codeOK, limited(codeOK, 10, unitMinute, "", 3, 0))
 
 	// Burst 5 at 1 per second: 5 at once, more than the rate.
-	expect(t, n.should(t, req("burst", 5, d("big=a"))), OK, limited(OK, 1, SECOND, "", 0, 5))
+	expect(t, n.should(t, req("burst", 5, d("big=a"))), codeOK, limited(codeOK, 1, unitSecond, "", 0, 5))
 	n.clock.Advance(time.Second)
-	expect(t, n.should(t, req("burst", 0, d("big=a"))), OK, limited(OK, 1, SECOND, "", 0, 5))
+	expect(t, n.should(t, req("burst", 0, d("big=a"))), codeOK, limited(codeOK, 1, unitSecond, "", 0, 5))
 	// More than the burst never fits.
-	expect(t, n.should(t, req("burst", 6, d("big=b"))), OverLimit, limited(OverLimit, 1, SECOND, "", 0, 0))
+	expect(t, n.should(t, req("burst", 6, d("big=b"))), codeOver, limited(codeOver, 1, unitSecond, "", 0, 0))
 }
 
 func TestEnvoyConcurrentClientsShareOneBucket(t *testing.T) {
@@ -943,7 +943,7 @@ descriptors:
 					t.Error(err)
 					return
 				}
-				if resp.OverallCode == OK {
+				if resp.OverallCode == codeOK {
 					mu.Lock()
 					admitted++
 					mu.Unlock()
@@ -990,7 +990,6 @@ func envoyInvalid() []invalid {
 		{"empty domain", req("", 0, d("k=v")), "domain", "rate limit domain must not be empty"},
 		{"no descriptors", req("d", 0), "descriptors", "rate limit descriptor list must not be empty"},
 		{"empty key", req("d", 0, d("k=v"), d("a=1", "=v")), "descriptors[1].entries[1].key", ""},
-		{"descriptor without entries", req("d", 0, d("k=v"), &ratelimitv3.RateLimitDescriptor{}), "descriptors[1].entries", "must not be empty"},
 		{"key over 4 KiB", req("d", 0, d(big+"=v")), "descriptors[0].entries[0].key", ""},
 		{"value over 4 KiB", req("d", 0, d("k="+big)), "descriptors[0].entries[0].value", ""},
 		{"domain over 4 KiB", req(big, 0, d("k=v")), "domain", "at most 4096"},
@@ -1027,15 +1026,15 @@ descriptors:
 	// Boundaries: exactly 4 KiB, 1,000 descriptors and 1,000 entries are
 	// fine, and nothing refused took a token.
 	k4 := strings.Repeat("k", 4096)
-	expect(t, n.should(t, req("d", 0, d(k4+"="+k4))), OK, noLimit())
+	expect(t, n.should(t, req("d", 0, d(k4+"="+k4))), codeOK, noLimit())
 	descs := make([]*ratelimitv3.RateLimitDescriptor, 1000)
 	for i := range descs {
 		descs[i] = d("other=" + strconv.Itoa(i))
 	}
-	if resp := n.should(t, req("d", 0, descs...)); resp.OverallCode != OK {
+	if resp := n.should(t, req("d", 0, descs...)); resp.OverallCode != codeOK {
 		t.Fatalf("1000 unmatched descriptors: %v", resp.OverallCode)
 	}
-	expect(t, n.should(t, req("d", 0, d("k=v"))), OK, limited(OK, 1, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("d", 0, d("k=v"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
 }
 
 func TestEnvoyHugeKey(t *testing.T) {
@@ -1064,7 +1063,7 @@ descriptors:
 		}
 	}
 	// The node still answers, and the refused requests took nothing.
-	expect(t, n.should(t, req("d", 0, d("k=v"))), OK, limited(OK, 1, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("d", 0, d("k=v"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
 }
 
 // ============================================================================
@@ -1104,7 +1103,7 @@ func TestReload(t *testing.T) {
 			return nil
 		}
 	}
-	expect(t, n.should(t, req("reload", 0, d("k=v"))), OK, limited(OK, 2, MINUTE, "", 1, 30))
+	expect(t, n.should(t, req("reload", 0, d("k=v"))), codeOK, limited(codeOK, 2, unitMinute, "", 1, 30))
 	if got := reloads("failed"); got != 0 {
 		t.Fatalf("failed reloads at start = %v", got)
 	}
@@ -1117,7 +1116,7 @@ func TestReload(t *testing.T) {
 	}
 	// The bucket carries over: the 30 s it needed to be full under the old
 	// limit become 2 missing tokens of 12 s (whole tokens, rounded down).
-	expect(t, n.should(t, req("reload", 0, d("k=v"))), OK, limited(OK, 5, MINUTE, "", 2, 36))
+	expect(t, n.should(t, req("reload", 0, d("k=v"))), codeOK, limited(codeOK, 5, unitMinute, "", 2, 36))
 
 	failed := 0.0
 	good := 5
@@ -1157,11 +1156,11 @@ func TestReload(t *testing.T) {
 	if err := limitIs(uint32(good))(); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, n.should(t, req("other", 0, d("x=1"))), OK, noLimit())
+	expect(t, n.should(t, req("other", 0, d("x=1"))), codeOK, noLimit())
 	// Fixing b applies both files.
 	n.write(t, "b.yaml", "domain: other\ndescriptors:\n  - key: x\n    rate_limit:\n      unit: minute\n      requests_per_unit: 1\n")
 	eventually(t, "both files applied", limitIs(99))
-	expect(t, n.should(t, req("other", 0, d("x=1"))), OK, limited(OK, 1, MINUTE, "", 0, 60))
+	expect(t, n.should(t, req("other", 0, d("x=1"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
 
 	// Removing a file removes its domain.
 	if err := os.Remove(filepath.Join(n.dir, "b.yaml")); err != nil {
@@ -1371,14 +1370,17 @@ func TestNativeInlineItems(t *testing.T) {
 		nativeStatus(cOK, 2, time.Minute, 1, 30*time.Second, never, "per_user"),
 		nativeStatus(cOK, 1, time.Minute, 0, time.Minute, never, ""))
 
-	// Limit 0 refuses everything except a look.
-	expectNative(t, check(t, n, items(inline("blocked", 0, time.Second, 0), hits(inline("blocked", 0, time.Second, 0), 0))), cOver,
-		nativeStatus(cOver, 0, time.Second, 0, 0, never, ""),
-		nativeStatus(cOK, 0, time.Second, 0, 0, never, ""))
+	// An unlimited inline item is always OK and keeps no bucket.
+	free := func() *leveev1.CheckItem {
+		return &leveev1.CheckItem{Target: &leveev1.CheckItem_Inline{Inline: &leveev1.InlineLimit{Key: "free", Unlimited: true}}}
+	}
+	expectNative(t, check(t, n, items(hits(free(), 1<<32-1), free(), hits(free(), 0))), cOK,
+		&leveev1.ItemStatus{Code: cOK}, &leveev1.ItemStatus{Code: cOK}, &leveev1.ItemStatus{Code: cOK})
 
 	// Mixed with rules, the overall code is the OR.
-	expectNative(t, check(t, n, items(rule("app", "client=batch"), hits(inline("tenant-3", 5, time.Minute, 0), 6))), cOver,
+	expectNative(t, check(t, n, items(rule("app", "client=batch"), free(), hits(inline("tenant-3", 5, time.Minute, 0), 6))), cOver,
 		&leveev1.ItemStatus{Code: cOK, Rule: "app.client_batch"},
+		&leveev1.ItemStatus{Code: cOK},
 		nativeStatus(cOver, 5, time.Minute, 5, 0, never, ""))
 
 	// Every priority and cohort in range is accepted.
@@ -1406,6 +1408,10 @@ func nativeInvalid() []struct {
 	withPeriod := func(p *durationpb.Duration) *leveev1.CheckItem {
 		return &leveev1.CheckItem{Target: &leveev1.CheckItem_Inline{Inline: &leveev1.InlineLimit{Key: "k", Limit: 1, Period: p}}}
 	}
+	unlimitedWith := func(in *leveev1.InlineLimit) *leveev1.CheckItem {
+		in.Unlimited = true
+		return &leveev1.CheckItem{Target: &leveev1.CheckItem_Inline{Inline: in}}
+	}
 	prio := func(p leveev1.Priority) *leveev1.CheckRequest {
 		r := items(rule("app", "k=v"))
 		r.Priority = p
@@ -1427,6 +1433,11 @@ func nativeInvalid() []struct {
 		{"negative hits", items(rule("app", "k=v"), hits(rule("app", "k=v"), -1)), "items[1].hits"},
 		{"hits over 2^32-1", items(hits(inline("k", 1, time.Second, 0), 1<<32)), "items[0].hits"},
 		{"negative inline limit", items(inline("k", -1, time.Second, 0)), "items[0].inline.limit"},
+		{"inline limit 0", items(inline("k", 0, time.Second, 0)), "items[0].inline.limit"},
+		{"unlimited with a limit", items(unlimitedWith(&leveev1.InlineLimit{Key: "k", Limit: 5})), "items[0].inline.unlimited"},
+		{"unlimited with a period", items(unlimitedWith(&leveev1.InlineLimit{Key: "k", Period: durationpb.New(time.Second)})), "items[0].inline.unlimited"},
+		{"unlimited with a burst", items(unlimitedWith(&leveev1.InlineLimit{Key: "k", Burst: 5})), "items[0].inline.unlimited"},
+		{"unlimited without a key", items(unlimitedWith(&leveev1.InlineLimit{})), "items[0].inline.key"},
 		{"inline limit over the maximum", items(inline("k", 1<<41, time.Second, 0)), "items[0].inline.limit"},
 		{"negative burst", items(inline("k", 1, time.Second, -5)), "items[0].inline.burst"},
 		{"burst over the maximum", items(inline("k", 1, time.Second, 1<<41)), "items[0].inline.burst"},
