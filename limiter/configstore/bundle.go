@@ -101,8 +101,9 @@ func checkName(n string) string {
 	return ""
 }
 
-// compile checks b as a node would load it and returns the rules. The
-// shedding policy goes to validateShed, if not nil. Every problem found is
+// compile checks b as a node would load it and returns the rules and the
+// resources the shedding policy defines. The policy goes to validateShed,
+// if not nil, which should name it ShedName in its errors. Every problem found is
 // reported, not just the first, in file name order.
 func compile(b Bundle, validateShed func([]byte) ([]string, error)) (*rules.Config, []string, error) {
 	var problems []error
@@ -140,7 +141,11 @@ func compile(b Bundle, validateShed func([]byte) ([]string, error)) (*rules.Conf
 	} else if validateShed != nil {
 		var err error
 		if resources, err = validateShed(b.Shed); err != nil {
-			problems = append(problems, fmt.Errorf("%s: %w", ShedName, err))
+			if !strings.HasPrefix(err.Error(), ShedName) {
+				// Name the file, unless the validator did.
+				err = fmt.Errorf("%s: %w", ShedName, err)
+			}
+			problems = append(problems, err)
 		}
 	}
 	if len(problems) > 0 {

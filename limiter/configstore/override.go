@@ -58,21 +58,22 @@ func checkResource(r string) string {
 		return fmt.Sprintf("resource name is longer than %d bytes", maxResourceLen)
 	}
 	for _, c := range r {
-		if c <= ' ' || c == '/' || c == 0x7f {
-			return fmt.Sprintf("resource name %q contains a space, a '/' or a control character", r)
+		if c <= ' ' || c == 0x7f {
+			return fmt.Sprintf("resource name %q contains a space or a control character", r)
 		}
 	}
 	return ""
 }
 
 // SetOverride sets or replaces the override on o.Resource, for the time
-// until o.Until, and returns the override it replaced, if any. It checks
+// until o.Until, and returns the override as stored (MinPriority in lower
+// case, SetAt filled in) and the one it replaced, if any. It checks
 // that the resource is one the current shedding policy defines (when
 // Options.ValidateShed reports resources), that MinPriority is a priority,
 // that Until is in the future and at most Options.MaxOverride away, and
 // that Author and Reason are given; a bad override gives a
 // *ValidationError. The change is written to the audit log.
-func (s *Store) SetOverride(ctx context.Context, o Override) (*Override, error) {
+func (s *Store) SetOverride(ctx context.Context, o Override) (Override, *Override, error) {
 	now := s.now()
 	o.MinPriority = strings.ToLower(strings.TrimSpace(o.MinPriority))
 	var problems []error
@@ -96,39 +97,43 @@ func (s *Store) SetOverride(ctx context.Context, o Override) (*Override, error) 
 		problems = append(problems, errors.New("reason is required: say why the override is set"))
 	}
 	if len(problems) > 0 {
-		return nil, &ValidationError{Problems: problems}
+		return Override{}, nil, &ValidationError{Problems: problems}
 	}
 	if s.validateShed != nil {
 		cur, err := s.Get(ctx)
 		if err != nil {
-			return nil, err
+			return Override{}, nil, err
 		}
 		resources, err := s.validateShed(cur.Bundle.Shed)
 		if err != nil {
-			return nil, fmt.Errorf("configstore: the current shedding policy (version %d) does not load: %w", cur.Version, err)
+			return Override{}, nil, fmt.Errorf("configstore: the current shedding policy (version %d) does not load: %w", cur.Version, err)
 		}
 		if resources != nil && !slices.Contains(resources, o.Resource) {
 			known := slices.Clone(resources)
 			sort.Strings(known)
-			return nil, invalid("resource: unknown resource %q; the shedding policy of version %d defines: %s",
-				o.Resource, cur.Version, strings.Join(known, ", "))
+			defines := "defines no resources"
+			if len(known) > 0 {
+				defines = "defines: " + strings.Join(known, ", ")
+			}
+			return Override{}, nil, invalid("resource: unknown resource %q; the shedding policy of version %d %s",
+				o.Resource, cur.Version, defines)
 		}
 	}
 	o.SetAt = now.UTC()
 	o.Until = o.Until.UTC()
 	value, err := json.Marshal(o)
 	if err != nil {
-		return nil, fmt.Errorf("configstore: encoding override: %w", err)
+		return Override{}, nil, fmt.Errorf("configstore: encoding override: %w", err)
 	}
 	ttl := int64(math.Ceil(d.Seconds()))
 	lease, err := s.c.Grant(ctx, ttl)
 	if err != nil {
-		return nil, fmt.Errorf("configstore: granting a %ds lease for the override on %q: %w", ttl, o.Resource, err)
+		return Override{}, nil, fmt.Errorf("configstore: granting a %ds lease for the override on %q: %w", ttl, o.Resource, err)
 	}
 	resp, err := s.c.Put(ctx, s.overridePrefix+o.Resource, string(value), clientv3.WithLease(lease.ID), clientv3.WithPrevKV())
 	if err != nil {
 		s.revoke(ctx, clientv3.LeaseID(lease.ID))
-		return nil, fmt.Errorf("configstore: storing the override on %q: %w", o.Resource, err)
+		return Override{}, nil, fmt.Errorf("configstore: storing the override on %q: %w", o.Resource, err)
 	}
 	var prev *Override
 	if resp.PrevKv != nil {
@@ -139,11 +144,12 @@ func (s *Store) SetOverride(ctx context.Context, o Override) (*Override, error) 
 	}
 	s.log.Info("override set", "audit", true, "resource", o.Resource, "min_priority", o.MinPriority,
 		"until", o.Until, "author", o.Author, "reason", o.Reason, "replaced", prev != nil)
-	return prev, nil
+	return o, prev, nil
 }
 
 // ClearOverride removes the override on resource and returns it. If there
-// is none it returns an error wrapping ErrNotFound. author and reason are
+// is none in force (including one past its Until whose lease etcd has not
+// expired yet, which it deletes) it returns an error wrapping ErrNotFound. author and reason are
 // required; the change is written to the audit log.
 func (s *Store) ClearOverride(ctx context.Context, resource, author, reason string) (Override, error) {
 	var problems []error
@@ -171,6 +177,11 @@ func (s *Store) ClearOverride(ctx context.Context, resource, author, reason stri
 	o, err := decodeOverride(kv)
 	if err != nil {
 		o = Override{Resource: resource}
+	} else if !o.Active(s.now()) {
+		// Lapsed, and etcd had not yet expired its lease: nothing was in
+		// force, as ListOverrides would have said.
+		return Override{}, fmt.Errorf("configstore: no override on resource %q (the last one lapsed at %s): %w",
+			resource, o.Until.Format(time.RFC3339), ErrNotFound)
 	}
 	s.log.Info("override cleared", "audit", true, "resource", resource, "min_priority", o.MinPriority,
 		"was_until", o.Until, "author", author, "reason", reason, "set_by", o.Author)

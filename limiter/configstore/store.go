@@ -65,6 +65,10 @@ type Store struct {
 	log          *slog.Logger
 	now          func() time.Time
 
+	// beforeCommit, if set, runs between the read of the current version
+	// and the transaction; tests use it to change the store in between.
+	beforeCommit func()
+
 	currentKey     string
 	historyPrefix  string
 	overridePrefix string
@@ -432,6 +436,9 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 	if drop := next - s.keep; drop >= 1 {
 		// Versions up to drop fall out of the history.
 		ops = append(ops, clientv3.OpDelete(s.historyKey(0), clientv3.WithRange(s.historyKey(drop+1))))
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit()
 	}
 	resp, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.currentKey), "=", modRev),
