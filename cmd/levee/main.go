@@ -1,5 +1,7 @@
 // Command levee is a distributed rate limiter and load shedder, run as a
-// gRPC sidecar. `levee serve` runs a node; `levee version` prints the build.
+// gRPC sidecar. `levee serve` runs a node, `levee ctl` tunes a running
+// cluster, `levee surge` runs the load-shedding surge test, and `levee
+// version` prints the build.
 package main
 
 import (
@@ -17,10 +19,10 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), versionCommand())
+	root.AddCommand(serveCommand(), ctlCommand(), surgeCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "levee:", err)
-		os.Exit(1)
+		os.Exit(ctlExitCode(err))
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
 )
 
@@ -85,6 +86,12 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.DurationVar(&cl.BatchWindow, "batch-window", 500*time.Microsecond, "how long forwarded checks wait to share a peer RPC")
 	f.IntVar(&cl.BatchMax, "batch-max", 512, "most forwarded checks in one peer RPC")
 	f.DurationVar(&cl.PeerTimeout, "peer-timeout", 100*time.Millisecond, "how long a forwarded batch may take before its checks fall back to their failure mode")
+	f.StringVar(&cfg.Admin.Addr, "admin-addr", admin.DefaultAddr, "admin API listen address, for levee ctl (needs etcd; empty: off)")
+	f.StringVar(&cfg.Admin.TokenFile, "admin-token-file", "", "file of name:token lines; callers of the admin API present a token as a bearer")
+	f.StringVar(&cfg.Admin.TLSCertFile, "admin-tls-cert", "", "admin API server certificate")
+	f.StringVar(&cfg.Admin.TLSKeyFile, "admin-tls-key", "", "admin API server key")
+	f.StringVar(&cfg.Admin.ClientCAFile, "admin-client-ca", "", "CA that signs admin clients' certificates (mTLS)")
+	f.StringSliceVar(&cfg.Admin.AllowedClients, "admin-allowed-clients", nil, "client certificate names allowed to call the admin API")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	envUsage(f)

@@ -119,7 +119,12 @@ type Engine struct {
 	buckets Buckets
 	metrics *Metrics
 	scratch sync.Pool
+	decided atomic.Uint64
 }
+
+// Decided returns how many items the engine has decided, for rates on a
+// status page.
+func (e *Engine) Decided() uint64 { return e.decided.Load() }
 
 type scratch struct {
 	reqs    []limiter.Request
@@ -261,6 +266,7 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 		st.Code = OverLimit
 	}
 	e.metrics.Record(ctx, items, statuses)
+	e.decided.Add(uint64(len(items)))
 	return overall(statuses), nil
 }
 

@@ -33,6 +33,7 @@ import (
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/cluster"
+	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/native"
@@ -40,8 +41,6 @@ import (
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
-	"github.com/levee-dev/levee/shed/policy"
-	"github.com/levee-dev/levee/shed/sidecar"
 )
 
 // Config is a node's configuration; `levee serve` fills it from flags.
@@ -70,6 +69,9 @@ type Config struct {
 	// Cluster makes the node one of many sharing their buckets; nil runs a
 	// standalone node with no etcd and no peers.
 	Cluster *ClusterConfig
+	// Admin is the admin API; it needs the cluster's etcd, where the
+	// configuration it manages lives.
+	Admin AdminConfig
 }
 
 // ClusterConfig is how a node finds its peers and shares buckets with them.
@@ -100,7 +102,7 @@ type ClusterConfig struct {
 
 // Addrs are the addresses a running node listens on.
 type Addrs struct {
-	GRPC, Metrics string
+	GRPC, Metrics, Admin string
 }
 
 // Run runs a node until ctx is done, then stops it gracefully. ready, if not
@@ -126,7 +128,13 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if err != nil {
 		return fmt.Errorf("loading rules: %w", err)
 	}
-	resources, err := loadShedPolicy(cfg.ShedPolicyPath)
+	var policyData []byte
+	if cfg.ShedPolicyPath != "" {
+		if policyData, err = configstore.ReadFile(cfg.ShedPolicyPath); err != nil {
+			return fmt.Errorf("loading shedding policy: %w", err)
+		}
+	}
+	initialPolicy, err := parseShedPolicy(cfg.ShedPolicyPath, policyData)
 	if err != nil {
 		return fmt.Errorf("loading shedding policy: %w", err)
 	}
@@ -170,14 +178,25 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	for _, r := range resources {
-		reg, err := sm.Register(r)
+	shedding := newShedSet(sm, cfg.Now, log)
+	defer shedding.close()
+	if err := shedding.apply(initialPolicy); err != nil {
+		return fmt.Errorf("shedding policy: %w", err)
+	}
+	sidecarSrv := shedding.sidecar
+	var rt *runtimeConfig
+	if cl != nil {
+		seed, err := bootstrapBundle(cfg, policyData)
 		if err != nil {
+			return err
+		}
+		if rt, err = startRuntime(ctx, cfg, cl, eng, shedding, tel, seed, log); err != nil {
+			return err
+		}
+		if err := configMetrics(meter, rt); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		defer func() { _ = reg.Unregister() }()
 	}
-	sidecarSrv := sidecar.NewServer(resources, shed.CohortSalter{}, cfg.Now)
 	srv := grpc.NewServer(
 		grpc.ForceServerCodecV2(newVTCodec()),
 		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
@@ -225,7 +244,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 			}
 		})
 	}
-	if cfg.RulesPath != "" {
+	if rt != nil {
+		// etcd holds the configuration; the files only seeded it.
+		rt.run(ctx, &wg)
+	} else if cfg.RulesPath != "" {
 		w := rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
 		w.OnError = func(error) { tel.reloads.Add(context.Background(), 1, tel.reloadFailed) }
 		wg.Go(func() {
@@ -249,7 +271,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if httpLis != nil {
 		addrs.Metrics = httpLis.Addr().String()
 	}
-	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(resources), "max_keys", cfg.MaxKeys)
+	if rt != nil && rt.admin != nil {
+		addrs.Admin = rt.admin.Addr()
+	}
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(shedding.resources()), "max_keys", cfg.MaxKeys)
 	if ready != nil {
 		ready(addrs)
 	}
@@ -330,20 +355,35 @@ func loadRules(p string) (*rules.Config, error) {
 	return rules.NewConfig(domains...)
 }
 
-// loadShedPolicy builds the protected resources from the policy file at p,
-// or from the built-in example policy if p is empty.
-func loadShedPolicy(p string) ([]*shed.Resource, error) {
-	var pol *policy.Policy
-	var err error
-	if p == "" {
-		pol, err = policy.Parse("builtin/shed/policy.yaml", examples.ShedPolicy)
-	} else {
-		pol, err = policy.Load(p)
+// bootstrapBundle is the configuration a clustered node seeds etcd with
+// when etcd holds none: the --config rule files (or the built-in examples)
+// and the shedding policy file (or the built-in example).
+func bootstrapBundle(cfg Config, policyData []byte) (configstore.Bundle, error) {
+	b := configstore.Bundle{Shed: policyData}
+	if b.Shed == nil {
+		b.Shed = examples.ShedPolicy
 	}
+	if cfg.RulesPath != "" {
+		files, err := configstore.ReadRules(cfg.RulesPath)
+		if err != nil {
+			return b, fmt.Errorf("reading rules to seed etcd: %w", err)
+		}
+		b.Rules = files
+		return b, nil
+	}
+	names, err := fs.Glob(examples.Rules, "rules/*.yaml")
 	if err != nil {
-		return nil, err
+		return b, err
 	}
-	return pol.Build()
+	b.Rules = map[string][]byte{}
+	for _, name := range names {
+		data, err := examples.Rules.ReadFile(name)
+		if err != nil {
+			return b, err
+		}
+		b.Rules[path.Base(name)] = data
+	}
+	return b, nil
 }
 
 // telemetry holds the node-level instruments.

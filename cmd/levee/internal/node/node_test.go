@@ -43,8 +43,8 @@ import (
 )
 
 // base is 15,330 days (the least common multiple of a week, 30 days and 365
-// days) after 2020-01-01 UTC, the origin of the limiter's token time.
-var base = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).Add(15330 * 24 * time.Hour)
+// days) after 2026-01-01 UTC, the origin of the limiter's token time.
+var base = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(15330 * 24 * time.Hour)
 
 // waitFor bounds every wait for the node (start, stop, reloads). It guards
 // against hangs; no test asserts how fast anything is.
