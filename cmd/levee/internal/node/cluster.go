@@ -92,6 +92,11 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 	if err != nil {
 		return nil, fmt.Errorf("membership: %w", err)
 	}
+	// Start the router on the membership's initial ring (this node alone).
+	// Membership reports only changes from it, so without this a node that
+	// runs alone would keep a nil ring: no members gauge, and no hand-off
+	// of its buckets when the first peer joins.
+	cn.router.SetRing(cn.membership.Ring())
 	ok = true
 	return cn, nil
 }

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# cluster-load.sh [SECONDS] [CONCURRENCY]
+#
+# Load run for levee's cluster path, on one machine, in one sitting:
+#
+#   1. `levee serve --standalone`, loaded with ghz: the single-node figure.
+#   2. Three `levee serve` processes (the first runs the embedded etcd, the
+#      others join it), the same ghz load sent to the first node only. The
+#      10,000 keys are spread by the ring, so about two thirds are owned by
+#      the other two nodes and forwarded there in micro-batches.
+#
+# The load is envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit,
+# domain "bench" (built-in rules: 1,000,000 per second per user, so nothing
+# is refused), one descriptor user=<random of 10,000>, 50 concurrent calls.
+# CPU is read from /proc/PID/stat (utime + stime) of every levee process
+# around the measured run; the warm-up run is not counted.
+#
+# Prints, for both setups: decisions/s, p50 and p99, CPU per decision; for
+# the cluster also the share of decisions forwarded, peer RPCs per forwarded
+# decision, and the CPU one forwarded decision costs across the receiving
+# node and the owner: (cluster CPU - local decisions x single-node CPU per
+# decision) / forwarded decisions.
+#
+# Needs: go, python3, curl, ghz (installed at the pinned version if missing).
+# The machine is shared and noisy: compare the two setups of one run, not
+# figures across runs.
+set -euo pipefail
+
+secs=${1:-20}
+conc=${2:-50}
+# Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
+read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
+if [ ! -x "$ghz" ]; then
+	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
+fi
+echo "building levee..." >&2
+go build -C "$root" -o "$work/levee" ./cmd/levee
+
+# start NAME ARGS...: runs `levee serve` in the background, waits until it
+# serves, and sets $pid, $grpc, $metrics (and $etcd for an embedded etcd).
+start() {
+	local name=$1
+	shift
+	"$work/levee" serve --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
+		--log-format json "$@" 2>"$work/$name.log" &
+	pid=$!
+	pids+=("$pid")
+	for _ in $(seq 300); do
+		if grep -q '"levee serving"' "$work/$name.log" 2>/dev/null; then break; fi
+		sleep 0.1
+	done
+	grpc=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    try: r=json.loads(l)
+    except ValueError: continue
+    if r.get("msg")=="levee serving": print(r["grpc"]); break' "$work/$name.log")
+	metrics=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    try: r=json.loads(l)
+    except ValueError: continue
+    if r.get("msg")=="levee serving": print(r["metrics"]); break' "$work/$name.log")
+	etcd=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    try: r=json.loads(l)
+    except ValueError: continue
+    if "endpoints" in r: print(r["endpoints"][0]); break' "$work/$name.log")
+	if [ -z "$grpc" ]; then
+		echo "$name did not start:" >&2
+		cat "$work/$name.log" >&2
+		exit 1
+	fi
+}
+
+# gauge ADDR NAME: one unlabelled series from /metrics.
+gauge() {
+	curl -fsS "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2; f=1 } END { if (!f) print 0 }'
+}
+
+# cpu PID...: total utime + stime, in clock ticks.
+cpu() {
+	local t=0
+	for p in "$@"; do
+		t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+	done
+	echo "$t"
+}
+
+data='{"domain":"bench","descriptors":[{"entries":[{"key":"user","value":"u{{randomInt 0 10000}}"}]}]}'
+call=envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit
+
+# load ADDR OUT PIDS...: warm-up, then the measured run; writes ghz's JSON to
+# OUT and the CPU ticks the PIDs spent to OUT.cpu.
+load() {
+	local addr=$1 out=$2
+	shift 2
+	"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
+	local t0 t1
+	t0=$(cpu "$@")
+	"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
+	t1=$(cpu "$@")
+	echo $((t1 - t0)) >"$out.cpu"
+}
+
+echo "single node: ${secs}s, $conc concurrent..." >&2
+start single --standalone
+single_pid=$pid
+load "$grpc" "$work/single.json" "$single_pid"
+kill "$single_pid"
+wait "$single_pid" 2>/dev/null || true
+
+echo "3-node cluster, load on node 1: ${secs}s, $conc concurrent..." >&2
+start n1 --node-id n1 --data-dir "$work/etcd" "${cluster_flags[@]}" \
+	--embedded-etcd-client-url http://127.0.0.1:0 --embedded-etcd-peer-url http://127.0.0.1:0
+n1_pid=$pid n1_grpc=$grpc n1_metrics=$metrics endpoint=$etcd
+start n2 --node-id n2 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
+n2_pid=$pid n2_metrics=$metrics
+start n3 --node-id n3 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
+n3_pid=$pid n3_metrics=$metrics
+for _ in $(seq 300); do
+	if [ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] &&
+		[ "$(gauge "$n2_metrics" levee_cluster_members)" = 3 ] &&
+		[ "$(gauge "$n3_metrics" levee_cluster_members)" = 3 ]; then
+		break
+	fi
+	sleep 0.1
+done
+[ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] || { echo "the cluster did not form" >&2; exit 1; }
+
+# Warm-up, then the measured run with the forwarding counters of node 1 and
+# the CPU of all three read around it.
+"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
+fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
+bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
+fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
+be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+r0=$(cpu "$n1_pid")
+"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$work/cluster.json" "$n1_grpc" >/dev/null 2>&1 || true
+t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+r1=$(cpu "$n1_pid")
+fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
+bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
+fb1=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
+be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+
+python3 - "$work" "$(getconf CLK_TCK)" "$((t1 - t0))" "$((r1 - r0))" \
+	"$(python3 -c "print($fwd1 - $fwd0)")" "$(python3 -c "print($bat1 - $bat0)")" "$(python3 -c "print($fb1 - $fb0)")" \
+	"$(python3 -c "print($be1 - $be0)")" <<'PY'
+import json, sys
+work, hz = sys.argv[1], int(sys.argv[2])
+cl_ticks, recv_ticks = int(sys.argv[3]), int(sys.argv[4])
+fwd, batches, fallbacks, batch_errors = (float(x) for x in sys.argv[5:9])
+
+def summary(path):
+    o = json.load(open(path))
+    ok = (o.get("statusCodeDistribution") or {}).get("OK", 0)
+    codes = o.get("statusCodeDistribution") or {}
+    # ghz cancels the calls in flight when the duration ends, and some end
+    # on its own closed connection; those are not levee's errors.
+    artefacts = sum(v for k, v in (o.get("errorDistribution") or {}).items()
+                    if "use of closed network connection" in k or "Canceled" in k)
+    errs = sum(v for k, v in codes.items() if k != "OK") - artefacts
+    if errs:
+        print(f"{path}: status codes {codes}, errors {o.get('errorDistribution')}", file=sys.stderr)
+    lat = {d["percentage"]: d["latency"] / 1e6 for d in o.get("latencyDistribution") or []}
+    return o["rps"], ok, errs, lat.get(50, 0), lat.get(99, 0)
+
+rps1, ok1, err1, p50_1, p99_1 = summary(f"{work}/single.json")
+single_ticks = int(open(f"{work}/single.json.cpu").read())
+c1 = single_ticks / hz / max(ok1, 1) * 1e6
+rps3, ok3, err3, p50_3, p99_3 = summary(f"{work}/cluster.json")
+c3 = cl_ticks / hz / max(ok3, 1) * 1e6
+local = ok3 - fwd
+cfwd = (cl_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
+print(f"single node : rps={rps1:.0f} ok={ok1} errors={err1} p50={p50_1:.2f}ms p99={p99_1:.2f}ms cpu/decision={c1:.1f}us")
+print(f"3-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
+      f"cpu/decision={c3:.1f}us (all 3 nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
+print(f"forwarding  : forwarded={fwd:.0f} ({100 * fwd / max(ok3, 1):.1f}% of decisions) batches={batches:.0f} "
+      f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
+recv_fwd = (recv_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
+owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
+print(f"cpu per forwarded decision = {cfwd:.1f}us  [target <= 40us]: receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
+print(f"3-node vs single: rps x{rps3 / max(rps1, 1):.2f}, p99 x{p99_3 / max(p99_1, 1e-9):.2f}")
+PY
