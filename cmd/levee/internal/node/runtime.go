@@ -49,6 +49,16 @@ type runtimeConfig struct {
 	version atomic.Int64
 	mu      sync.Mutex
 	lastErr string
+	// kick asks publishStatus to publish now, after a change an operator
+	// will look for.
+	kick chan struct{}
+}
+
+func (rt *runtimeConfig) publishSoon() {
+	select {
+	case rt.kick <- struct{}{}:
+	default:
+	}
 }
 
 // startRuntime seeds etcd from the bootstrap files when it holds no
@@ -65,7 +75,7 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	if err != nil {
 		return nil, fmt.Errorf("config store: %w", err)
 	}
-	rt := &runtimeConfig{log: log, store: store, client: cl.client, prefix: prefix, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel}
+	rt := &runtimeConfig{log: log, store: store, client: cl.client, prefix: prefix, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, kick: make(chan struct{}, 1)}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	res, seeded, err := store.Seed(sctx, seed, cl.self.ID, "seeded from "+seedSource(cfg))
@@ -114,6 +124,7 @@ func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Go(func() {
 		_ = rt.store.WatchOverrides(ctx, func(os []configstore.Override) {
 			rt.shed.setOverrides(os)
+			rt.publishSoon()
 			rt.log.Info("overrides changed", "active", len(os))
 		})
 	})
@@ -143,6 +154,7 @@ func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configst
 	rt.version.Store(m.Version)
 	rt.setErr("")
 	rt.tel.reloads.Add(context.Background(), 1, rt.tel.reloadOK)
+	rt.publishSoon()
 	rt.log.Info("configuration applied", "version", m.Version, "author", m.Author, "reason", m.Reason, "domains", len(cfg.Domains()))
 }
 
@@ -151,6 +163,7 @@ func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configst
 func (rt *runtimeConfig) refuse(version int64, err error) {
 	rt.setErr(fmt.Sprintf("version %d: %v", version, err))
 	rt.tel.reloads.Add(context.Background(), 1, rt.tel.reloadFailed)
+	rt.publishSoon()
 	rt.log.Error("configuration refused; keeping the last good one", "version", version, "running", rt.version.Load(), "err", err)
 }
 
@@ -184,7 +197,9 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 	for {
 		cur := rt.sample()
 		st := rt.selfStatus(cur, prev)
-		prev = cur
+		if prev.at.IsZero() || cur.at.Sub(prev.at) >= time.Second {
+			prev = cur // a kick right after a tick keeps the longer window for rates
+		}
 		if data, err := json.Marshal(st); err == nil {
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if g, err := rt.client.Grant(pctx, statusTTL); err == nil {
@@ -206,6 +221,7 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 			}
 			return
 		case <-t.C:
+		case <-rt.kick:
 		}
 	}
 }
