@@ -33,9 +33,9 @@ type Store struct {
 
 type shard struct {
 	mu sync.Mutex
-	m  map[uint64]entry
+	t  table
 	// Pad to a cache line so neighbouring shards' locks do not share one.
-	_ [48]byte
+	_ [24]byte
 }
 
 // entry is one bucket: its GCRA state, when it will be full again (so eviction
@@ -58,11 +58,7 @@ func NewStore(maxKeys int) *Store {
 	if per < 1 {
 		per = 1
 	}
-	s := &Store{perShard: per}
-	for i := range s.shards {
-		s.shards[i].m = make(map[uint64]entry)
-	}
-	return s
+	return &Store{perShard: per}
 }
 
 // fingerprint identifies a Limit, so a bucket stored under one limit is
@@ -82,26 +78,33 @@ func (s *Store) Take(key uint64, l Limit, hits uint64, now int64) Result {
 // TakeReserve is Take for a request that must leave reserve tokens in the
 // bucket (see Limit.TakeReserve).
 func (s *Store) TakeReserve(key uint64, l Limit, hits, reserve uint64, now int64) Result {
+	key = tableKey(key)
 	sh := &s.shards[key>>56]
 	fp := l.fingerprint()
 	sh.mu.Lock()
-	e, ok := sh.m[key]
+	i := sh.t.find(key)
 	var tat int64
-	if ok {
+	if i >= 0 {
+		e := &sh.t.slots[i].e
 		tat = e.tat
 		if e.fp != fp {
-			tat = l.convert(e, now)
+			tat = l.convert(*e, now)
 		}
 	}
 	newTat, res := l.TakeReserve(tat, hits, reserve, now)
 	switch {
 	case !l.Idle(newTat, now):
-		if !ok && len(sh.m) >= s.perShard {
+		e := entry{tat: newTat, full: now + int64(res.ResetAfter), fp: fp}
+		if i >= 0 {
+			sh.t.slots[i].e = e
+			break
+		}
+		if sh.t.n >= s.perShard {
 			s.evict(sh, now)
 		}
-		sh.m[key] = entry{tat: newTat, full: now + int64(res.ResetAfter), fp: fp}
-	case ok:
-		delete(sh.m, key)
+		sh.t.insert(key, e)
+	case i >= 0:
+		sh.t.remove(i)
 	}
 	sh.mu.Unlock()
 	return res
@@ -109,20 +112,22 @@ func (s *Store) TakeReserve(key uint64, l Limit, hits, reserve uint64, now int64
 
 // Give returns n unused tokens to the bucket of key under l at now.
 func (s *Store) Give(key uint64, l Limit, n uint64, now int64) {
+	key = tableKey(key)
 	sh := &s.shards[key>>56]
 	fp := l.fingerprint()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, ok := sh.m[key]
-	if !ok || e.fp != fp {
+	i := sh.t.find(key)
+	if i < 0 || sh.t.slots[i].e.fp != fp {
 		return // full, or under another limit: nothing to give back to
 	}
+	e := &sh.t.slots[i].e
 	tat := l.Give(e.tat, n, now)
 	if l.Idle(tat, now) {
-		delete(sh.m, key)
+		sh.t.remove(i)
 		return
 	}
-	sh.m[key] = entry{tat: tat, full: l.instantOf(tat), fp: fp}
+	*e = entry{tat: tat, full: l.instantOf(tat), fp: fp}
 }
 
 // convert re-expresses a bucket stored under another limit in l's token time,
@@ -134,25 +139,34 @@ func (l Limit) convert(e entry, now int64) int64 {
 	return l.tokensAt(now) + l.tokensAt(epoch+(e.full-now))
 }
 
-// evict makes room in sh for one more key. The caller holds sh.mu.
+// evict makes room in sh for one more key: the first full bucket among a
+// sample of the table, else the sampled bucket closest to full. The sample
+// starts at a pseudo-random slot so that eviction does not always hit the
+// same region. The caller holds sh.mu.
 func (s *Store) evict(sh *shard, now int64) {
-	var victim uint64
-	oldest := int64(-1)
-	n := 0
-	for k, e := range sh.m {
-		if e.full <= now {
-			delete(sh.m, k)
+	t := &sh.t
+	size := len(t.slots)
+	start := int(uint64(now) * 0x9E3779B97F4A7C15 >> 32 % uint64(size))
+	victim, oldest, seen := -1, int64(0), 0
+	for k := 0; k < size && seen < evictionSample; k++ {
+		i := (start + k) % size
+		sl := &t.slots[i]
+		if sl.key == 0 {
+			continue
+		}
+		if sl.e.full <= now {
+			t.remove(i)
 			return
 		}
-		if oldest < 0 || e.full < oldest {
-			victim, oldest = k, e.full
+		if victim < 0 || sl.e.full < oldest {
+			victim, oldest = i, sl.e.full
 		}
-		if n++; n == evictionSample {
-			break
-		}
+		seen++
 	}
-	delete(sh.m, victim)
-	s.evictions.Add(1)
+	if victim >= 0 {
+		t.remove(victim)
+		s.evictions.Add(1)
+	}
 }
 
 // Sweep forgets every bucket that is full at now and returns how many it
@@ -164,12 +178,14 @@ func (s *Store) Sweep(now int64) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.m {
+		sh.t.removeIf(func(_ uint64, e *entry) bool {
 			if e.full <= now {
-				delete(sh.m, k)
 				dropped++
+				return true
 			}
-		}
+			return false
+		})
+		sh.t.shrink()
 		sh.mu.Unlock()
 	}
 	return dropped
@@ -181,7 +197,7 @@ func (s *Store) Len() int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		n += len(sh.m)
+		n += sh.t.n
 		sh.mu.Unlock()
 	}
 	return n
@@ -254,16 +270,17 @@ func (s *Store) Extract(now int64, moves func(key uint64) bool) []Bucket {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.m {
+		sh.t.removeIf(func(k uint64, e *entry) bool {
 			if e.full <= now {
-				delete(sh.m, k)
-				continue
+				return true
 			}
 			if moves(k) {
 				out = append(out, Bucket{Key: k, TAT: e.tat, Full: e.full, Fingerprint: e.fp})
-				delete(sh.m, k)
+				return true
 			}
-		}
+			return false
+		})
+		sh.t.shrink()
 		sh.mu.Unlock()
 	}
 	return out
@@ -279,14 +296,19 @@ func (s *Store) Adopt(buckets []Bucket, now int64) int {
 		if b.Full <= now {
 			continue
 		}
-		sh := &s.shards[b.Key>>56]
+		key := tableKey(b.Key)
+		sh := &s.shards[key>>56]
 		sh.mu.Lock()
-		e, ok := sh.m[b.Key]
-		if !ok || e.full < b.Full {
-			if !ok && len(sh.m) >= s.perShard {
+		e := entry{tat: b.TAT, full: b.Full, fp: b.Fingerprint}
+		switch i := sh.t.find(key); {
+		case i < 0:
+			if sh.t.n >= s.perShard {
 				s.evict(sh, now)
 			}
-			sh.m[b.Key] = entry{tat: b.TAT, full: b.Full, fp: b.Fingerprint}
+			sh.t.insert(key, e)
+			n++
+		case sh.t.slots[i].e.full < b.Full:
+			sh.t.slots[i].e = e
 			n++
 		}
 		sh.mu.Unlock()

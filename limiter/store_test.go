@@ -200,7 +200,7 @@ func TestExtractAdoptMovesQuota(t *testing.T) {
 	l := Limit{Rate: 10, Period: time.Minute}
 	for k := range uint64(20) {
 		for range 7 {
-			a.Take(k<<56|k, l, 1, t0)
+			a.Take(k<<56|0x10|k, l, 1, t0)
 		}
 	}
 	moved := a.Extract(t0, func(key uint64) bool { return key&1 == 1 })
@@ -209,11 +209,11 @@ func TestExtractAdoptMovesQuota(t *testing.T) {
 	}
 	// b already saw one check for key 1 (before the hand-off arrived): the
 	// more used state wins.
-	b.Take(1<<56|1, l, 1, t0)
+	b.Take(1<<56|0x10|1, l, 1, t0)
 	if n := b.Adopt(moved, t0); n != 10 {
 		t.Fatalf("adopted %d", n)
 	}
-	for _, key := range []uint64{1<<56 | 1, 3<<56 | 3} {
+	for _, key := range []uint64{1<<56 | 0x11, 3<<56 | 0x13} {
 		if r := b.Take(key, l, 0, t0); r.Remaining != 3 {
 			t.Fatalf("key %x: remaining %d after hand-off, want 3", key, r.Remaining)
 		}
