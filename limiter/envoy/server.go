@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -34,7 +33,6 @@ type Server struct {
 	rlsv3.UnimplementedRateLimitServiceServer
 	engine *engine.Engine
 	now    func() time.Time
-	pool   sync.Pool
 }
 
 // NewServer returns a Server deciding with e. now is the clock (nil:
@@ -44,15 +42,7 @@ func NewServer(e *engine.Engine, now func() time.Time) *Server {
 		now = time.Now
 	}
 	s := &Server{engine: e, now: now}
-	s.pool.New = func() any { return new(request) }
 	return s
-}
-
-// request is the per-call scratch space, reused across calls.
-type request struct {
-	items    []engine.Item
-	statuses []engine.Status
-	entries  []rules.Entry
 }
 
 var fields = engine.Fields{Items: "descriptors", Domain: "domain", Hits: ".hits_addend", AllowEmptyEntries: true}
@@ -71,49 +61,53 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	if len(req.Descriptors) > engine.MaxItems {
 		return nil, status.Errorf(codes.InvalidArgument, "descriptors: %d descriptors, at most %d allowed", len(req.Descriptors), engine.MaxItems)
 	}
-	r := s.pool.Get().(*request)
-	defer s.pool.Put(r)
-	if err := r.fill(req); err != nil {
+	r, err := decode(req)
+	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := engine.Validate(r.items, fields); err != nil {
+	defer engine.PutBatch(r)
+	if err := engine.Validate(r.Items, fields); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	code, err := s.engine.Check(ctx, r.items, r.statuses, s.now().UnixNano())
+	code, err := s.engine.Check(ctx, r.Items, r.Statuses, s.now().UnixNano())
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, status.FromContextError(err).Err()
 		}
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return response(code, req, r.statuses), nil
+	return response(code, req, r.Statuses), nil
 }
 
-// fill converts the wire request into engine items, reusing r's slices. All
-// entries of the request share one backing array.
-func (r *request) fill(req *rlsv3.RateLimitRequest) error {
-	n := len(req.Descriptors)
+// decode converts the wire request into a pooled engine batch.
+func decode(req *rlsv3.RateLimitRequest) (*engine.Batch, error) {
 	total := 0
 	for _, d := range req.Descriptors {
 		total += len(d.GetEntries())
 	}
 	if total > engine.MaxItems*engine.MaxEntries/10 {
-		return &engine.FieldError{Field: "descriptors", Reason: "too many entries in one request"}
+		return nil, &engine.FieldError{Field: "descriptors", Reason: "too many entries in one request"}
 	}
-	r.items = grow(r.items, n)
-	r.statuses = grow(r.statuses, n)
-	r.entries = grow(r.entries, total)[:0]
+	r := engine.GetBatch(len(req.Descriptors), total)
+	if err := fill(r, req); err != nil {
+		engine.PutBatch(r)
+		return nil, err
+	}
+	return r, nil
+}
+
+func fill(r *engine.Batch, req *rlsv3.RateLimitRequest) error {
 	hits := uint64(req.HitsAddend)
 	if hits == 0 {
 		hits = 1
 	}
 	for i, d := range req.Descriptors {
-		start := len(r.entries)
-		for _, e := range d.GetEntries() {
-			r.entries = append(r.entries, rules.Entry{Key: e.GetKey(), Value: e.GetValue()})
+		entries := r.Entries(len(d.GetEntries()))
+		for j, e := range d.GetEntries() {
+			entries[j] = rules.Entry{Key: e.GetKey(), Value: e.GetValue()}
 		}
-		it := &r.items[i]
-		*it = engine.Item{Domain: req.Domain, Entries: r.entries[start:len(r.entries):len(r.entries)], Hits: hits}
+		it := &r.Items[i]
+		*it = engine.Item{Domain: req.Domain, Entries: entries, Hits: hits}
 		if h := d.GetHitsAddend(); h != nil {
 			it.Hits = h.GetValue()
 		}
@@ -143,13 +137,6 @@ func overrideLimit(o *ratelimitv3.RateLimitDescriptor_RateLimitOverride) (limite
 		d *= time.Duration(m.GetValue())
 	}
 	return limiter.Limit{Rate: uint64(o.GetRequestsPerUnit()), Period: d}, nil
-}
-
-func grow[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
 }
 
 // response builds the wire response. Statuses, limits and durations are

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -26,7 +25,6 @@ type Server struct {
 	leveev1.UnimplementedRateLimitServiceServer
 	engine *engine.Engine
 	now    func() time.Time
-	pool   sync.Pool
 }
 
 // NewServer returns a Server deciding with e. now is the clock (nil:
@@ -36,14 +34,7 @@ func NewServer(e *engine.Engine, now func() time.Time) *Server {
 		now = time.Now
 	}
 	s := &Server{engine: e, now: now}
-	s.pool.New = func() any { return new(request) }
 	return s
-}
-
-type request struct {
-	items    []engine.Item
-	statuses []engine.Status
-	entries  []rules.Entry
 }
 
 // MaxCohort is the largest cohort a request may carry.
@@ -62,38 +53,44 @@ func (s *Server) Check(ctx context.Context, req *leveev1.CheckRequest) (*leveev1
 	if len(req.GetItems()) > engine.MaxItems {
 		return nil, status.Errorf(codes.InvalidArgument, "items: %d items, at most %d allowed", len(req.Items), engine.MaxItems)
 	}
-	r := s.pool.Get().(*request)
-	defer s.pool.Put(r)
-	if err := r.fill(req); err != nil {
+	r, err := decode(req)
+	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := engine.Validate(r.items, fields); err != nil {
+	defer engine.PutBatch(r)
+	if err := engine.Validate(r.Items, fields); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	code, err := s.engine.Check(ctx, r.items, r.statuses, s.now().UnixNano())
+	code, err := s.engine.Check(ctx, r.Items, r.Statuses, s.now().UnixNano())
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, status.FromContextError(err).Err()
 		}
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	return response(code, r.statuses), nil
+	return response(code, r.Statuses), nil
 }
 
-func (r *request) fill(req *leveev1.CheckRequest) error {
-	n := len(req.Items)
+// decode converts the wire request into a pooled engine batch.
+func decode(req *leveev1.CheckRequest) (*engine.Batch, error) {
 	total := 0
 	for _, it := range req.Items {
 		total += len(it.GetDescriptor_().GetEntries())
 	}
 	if total > engine.MaxItems*engine.MaxEntries/10 {
-		return &engine.FieldError{Field: "items", Reason: "too many descriptor entries in one request"}
+		return nil, &engine.FieldError{Field: "items", Reason: "too many descriptor entries in one request"}
 	}
-	r.items = grow(r.items, n)
-	r.statuses = grow(r.statuses, n)
-	r.entries = grow(r.entries, total)[:0]
+	r := engine.GetBatch(len(req.Items), total)
+	if err := fill(r, req); err != nil {
+		engine.PutBatch(r)
+		return nil, err
+	}
+	return r, nil
+}
+
+func fill(r *engine.Batch, req *leveev1.CheckRequest) error {
 	for i, wi := range req.Items {
-		it := &r.items[i]
+		it := &r.Items[i]
 		*it = engine.Item{Hits: 1, Priority: shed.Priority(req.GetPriority())}
 		if wi.Hits != nil {
 			if *wi.Hits < 0 {
@@ -103,12 +100,12 @@ func (r *request) fill(req *leveev1.CheckRequest) error {
 		}
 		switch t := wi.Target.(type) {
 		case *leveev1.CheckItem_Descriptor_:
-			start := len(r.entries)
-			for _, e := range t.Descriptor_.GetEntries() {
-				r.entries = append(r.entries, rules.Entry{Key: e.GetKey(), Value: e.GetValue()})
+			entries := r.Entries(len(t.Descriptor_.GetEntries()))
+			for j, e := range t.Descriptor_.GetEntries() {
+				entries[j] = rules.Entry{Key: e.GetKey(), Value: e.GetValue()}
 			}
 			it.Domain = t.Descriptor_.GetDomain()
-			it.Entries = r.entries[start:len(r.entries):len(r.entries)]
+			it.Entries = entries
 		case *leveev1.CheckItem_Inline:
 			l, err := inlineLimit(t.Inline, i)
 			if err != nil {
@@ -147,13 +144,6 @@ func inlineLimit(in *leveev1.InlineLimit, i int) (limiter.Limit, error) {
 		return limiter.Limit{}, &engine.FieldError{Field: field("period"), Reason: err.Error()}
 	}
 	return limiter.Limit{Rate: uint64(in.GetLimit()), Period: p.AsDuration(), Burst: uint64(in.GetBurst())}, nil
-}
-
-func grow[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
 }
 
 func response(code engine.Code, sts []engine.Status) *leveev1.CheckResponse {
