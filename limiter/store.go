@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 )
@@ -221,6 +222,10 @@ type Request struct {
 	// cannot be reached. A local Store ignores it.
 	Fallback Fallback
 }
+
+// ErrUndecided reports a request whose bucket could not be reached and whose
+// Fallback is FallbackClosed.
+var ErrUndecided = errors.New("rate limit could not be decided: the bucket's owner is unreachable and the rule is fail-closed")
 
 // Fallback says how a request is decided when the node that owns its bucket
 // cannot be reached.

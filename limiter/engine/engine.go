@@ -18,7 +18,6 @@ package engine
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -47,9 +46,6 @@ func (b LocalBuckets) Take(_ context.Context, now int64, reqs []limiter.Request,
 	b.Store.TakeBatch(reqs, results, now)
 	return nil
 }
-
-// ErrUndecided reports that a fail-closed item could not be decided.
-var ErrUndecided = errors.New("rate limit could not be decided")
 
 // Item is one quota a request draws from: either a rule, found by Domain and
 // Entries, or (when Inline is set) a limit given by the caller.

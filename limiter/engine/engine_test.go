@@ -144,13 +144,13 @@ func TestUnlimitedAndInlineAndOverride(t *testing.T) {
 type failing struct{}
 
 func (failing) Take(context.Context, int64, []limiter.Request, []limiter.Result) error {
-	return ErrUndecided
+	return limiter.ErrUndecided
 }
 
 func TestBucketsErrorIsReturned(t *testing.T) {
 	e := newEngine(t, failing{})
 	_, err := e.Check(context.Background(), []Item{item("closed", "x")}, make([]Status, 1), t0)
-	if !errors.Is(err, ErrUndecided) {
+	if !errors.Is(err, limiter.ErrUndecided) {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -112,8 +112,8 @@ func TestShouldRateLimitBucketErrors(t *testing.T) {
 		err  error
 		want codes.Code
 	}{
-		{engine.ErrUndecided, codes.Unavailable},
-		{fmt.Errorf("owner unreachable: %w", engine.ErrUndecided), codes.Unavailable},
+		{limiter.ErrUndecided, codes.Unavailable},
+		{fmt.Errorf("owner unreachable: %w", limiter.ErrUndecided), codes.Unavailable},
 		{context.Canceled, codes.Canceled},
 		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 	} {

@@ -99,8 +99,8 @@ func TestCheckBucketErrors(t *testing.T) {
 		err  error
 		want codes.Code
 	}{
-		{engine.ErrUndecided, codes.Unavailable},
-		{fmt.Errorf("owner unreachable: %w", engine.ErrUndecided), codes.Unavailable},
+		{limiter.ErrUndecided, codes.Unavailable},
+		{fmt.Errorf("owner unreachable: %w", limiter.ErrUndecided), codes.Unavailable},
 		{context.Canceled, codes.Canceled},
 		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 	} {

@@ -18,8 +18,10 @@ import (
 //
 //   - Refusal cache. When the owner refuses a one-token check because its
 //     bucket is empty, it also says when the next token arrives; until then
-//     every check for that key is refused here without asking. This is exact:
-//     other nodes' checks can only push that instant later, never earlier.
+//     one-token checks for that key are refused here without asking. Other
+//     nodes' checks can only push that instant later; only tokens given
+//     back (an unused lease, a refund) can bring it earlier, so the cache
+//     errs toward refusing, for at most one token interval.
 //
 //   - Leases (as Google's Doorman does). The node asks the owner for a batch
 //     of tokens — about what it forwarded in the last lease period, at most
@@ -77,9 +79,16 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 	st := sh.m[key]
 	if st == nil {
 		if len(sh.m) >= maxHotPerShard {
+			// Make room from a small sample, not a scan of the shard: with
+			// many distinct keys this runs on every new one.
+			n := 0
 			for k, old := range sh.m {
 				if now-old.window > 10*period && now >= old.leaseUntil && now >= old.denyUntil {
 					delete(sh.m, k)
+					break
+				}
+				if n++; n == 8 {
+					break
 				}
 			}
 			if len(sh.m) >= maxHotPerShard {
@@ -110,7 +119,7 @@ func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now i
 	if st == nil {
 		return limiter.Result{}, false
 	}
-	if now < st.denyUntil {
+	if now < st.denyUntil && req.Hits == 1 {
 		return limiter.Result{RetryAfter: time.Duration(st.denyUntil - now), ResetAfter: until(st.resetAt, now)}, true
 	}
 	if req.Reserve > 0 {
@@ -122,10 +131,10 @@ func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now i
 		st.lease -= req.Hits
 		return limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}, true
 	}
-	if now-st.window >= period {
+	if gap := now - st.window; gap >= period {
 		st.last, st.count, st.window = st.count, 0, now
-		if now-st.window >= 2*period {
-			st.last = 0
+		if gap >= 2*period {
+			st.last = 0 // the previous window was empty
 		}
 	}
 	st.count += req.Hits

@@ -215,7 +215,7 @@ func TestDeadOwnerFallsBack(t *testing.T) {
 	if r, err := take(t, nodes[0].router, limiter.Request{Key: open, Limit: limiter.Limit{Rate: 0, Period: time.Hour}, Hits: 1, Fallback: limiter.FallbackOpen}); err != nil || !r.Allowed {
 		t.Fatalf("fail-open: %+v %v", r, err)
 	}
-	if _, err := take(t, nodes[0].router, limiter.Request{Key: open, Limit: l, Hits: 1, Fallback: limiter.FallbackClosed}); !errors.Is(err, ErrUndecided) {
+	if _, err := take(t, nodes[0].router, limiter.Request{Key: open, Limit: l, Hits: 1, Fallback: limiter.FallbackClosed}); !errors.Is(err, limiter.ErrUndecided) {
 		t.Fatalf("fail-closed: err = %v", err)
 	}
 }
@@ -293,5 +293,66 @@ func TestFairShare(t *testing.T) {
 		if got := FairShare(tc.l, tc.nodes); got != tc.want {
 			t.Errorf("FairShare(%+v, %d) = %+v, want %+v", tc.l, tc.nodes, got, tc.want)
 		}
+	}
+}
+
+// TestOneCallerDeadlineDoesNotFailTheBatch: a caller with a deadline too
+// short for the round trip shares a batch with patient callers; they are
+// answered by the owner, and the peer's breaker stays closed.
+func TestOneCallerDeadlineDoesNotFailTheBatch(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.BatchWindow = 5 * time.Millisecond; c.Timeout = 5 * time.Second })
+	rg := nodes[0].router.Ring()
+	l := limiter.Limit{Rate: 1000, Period: time.Hour}
+	var wg sync.WaitGroup
+	for round := range 5 {
+		for g := range 4 {
+			wg.Go(func() {
+				ctx := context.Background()
+				if g == 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, time.Microsecond)
+					defer cancel()
+				}
+				key := keyOwnedBy(t, rg, "node-1", round*10+g)
+				res := make([]limiter.Result, 1)
+				_ = nodes[0].router.Take(ctx, time.Now().UnixNano(), []limiter.Request{{Key: key, Limit: l, Hits: 1}}, res)
+			})
+		}
+		wg.Wait()
+	}
+	st := nodes[0].router.Stats()
+	if st.Fallbacks.Load() != 0 || st.BatchErrors.Load() != 0 {
+		t.Fatalf("fallbacks %d, batch errors %d: one impatient caller failed the batch", st.Fallbacks.Load(), st.BatchErrors.Load())
+	}
+}
+
+// TestAloneInAnotherNodesRing: a node whose ring holds only another member
+// (it is leaving a 2-node cluster) forwards instead of deciding locally.
+func TestAloneInAnotherNodesRing(t *testing.T) {
+	nodes := startNodes(t, 2, nil)
+	nodes[0].router.SetRing(ring.New([]ring.Member{nodes[1].member}))
+	l := limiter.Limit{Rate: 1, Period: time.Hour}
+	if _, err := take(t, nodes[0].router, limiter.Request{Key: 42, Limit: l, Hits: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if nodes[0].store.Len() != 0 || nodes[1].store.Len() != 1 {
+		t.Fatalf("store sizes %d, %d: the leaving node decided locally", nodes[0].store.Len(), nodes[1].store.Len())
+	}
+}
+
+// TestOldTrafficDoesNotMakeAKeyHot: forwarding counts from long ago do not
+// count toward hotness (no lease is taken for a key seen once an hour).
+func TestOldTrafficDoesNotMakeAKeyHot(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.HotThreshold = 64 })
+	r := nodes[0].router
+	owner := nodes[1].member
+	req := limiter.Request{Key: 99, Limit: limiter.Limit{Rate: 1000, Period: time.Hour}, Hits: 1}
+	now := time.Now().UnixNano()
+	for range 63 {
+		r.local(&req, owner, 2, now)
+	}
+	r.local(&req, owner, 2, now+int64(time.Hour))
+	if n := r.Stats().Leases.Load(); n != 0 {
+		t.Fatalf("%d leases for a key forwarded 63 times an hour ago and once now", n)
 	}
 }

@@ -228,7 +228,7 @@ type group struct {
 // Take implements engine.Buckets.
 func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, results []limiter.Result) error {
 	rg := r.ring.Load()
-	if rg == nil || rg.Len() <= 1 {
+	if rg == nil || rg.Len() == 0 || rg.Len() == 1 && rg.Contains(r.cfg.Self.ID) {
 		r.cfg.Store.TakeBatch(reqs, results, now)
 		return nil
 	}
@@ -298,10 +298,6 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	return undecided
 }
 
-// ErrUndecided is returned for a fail-closed operation whose owner could not
-// be reached.
-var ErrUndecided = errors.New("owner unreachable and the rule is fail-closed")
-
 var errBreakerOpen = errors.New("circuit breaker open")
 
 // fallback decides an operation whose owner could not be reached.
@@ -316,10 +312,12 @@ func (r *Router) fallback(req *limiter.Request, res *limiter.Result, nodes int, 
 		return nil
 	case limiter.FallbackClosed:
 		*res = limiter.Result{RetryAfter: limiter.Never}
-		return ErrUndecided
+		return limiter.ErrUndecided
 	}
 	if req.Refund {
-		return nil // the owner's bucket is out of reach; nothing to give back here
+		// The owner's bucket is out of reach: nothing to give back here.
+		*res = limiter.Result{Allowed: true}
+		return nil
 	}
 	share := FairShare(req.Limit, nodes)
 	reserve := req.Reserve / uint64(max(nodes, 1))
@@ -352,6 +350,11 @@ func FairShare(l limiter.Limit, nodes int) limiter.Limit {
 func (r *Router) peer(m ring.Member) *peerConn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if rg := r.ring.Load(); rg == nil || !rg.Contains(m.ID) {
+		// The member left the ring since the caller looked it up: do not
+		// open a connection nothing would close.
+		return &peerConn{router: r, member: m, closed: true, dialErr: errors.New("member left the ring")}
+	}
 	p := r.peers[m.ID]
 	if p == nil || p.member.Addr != m.Addr {
 		if p != nil {
@@ -375,6 +378,9 @@ func (r *Router) peer(m ring.Member) *peerConn {
 func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 	r.handoffMu.Lock()
 	defer r.handoffMu.Unlock()
+	if rg != r.ring.Load() {
+		return nil // a newer ring arrived; its own hand-off moves the buckets
+	}
 	now := r.cfg.Now().UnixNano()
 	owners := make(map[string][]limiter.Bucket)
 	moved := r.cfg.Store.Extract(now, func(key uint64) bool {
@@ -512,13 +518,20 @@ func (p *peerConn) send(b []*call) {
 	defer p.inflight.Done()
 	r := p.router
 	total := 0
-	deadline := time.Now().Add(r.cfg.Timeout)
+	// The batch lives as long as its most patient caller (so one caller's
+	// short deadline does not fail the others), and never past the peer
+	// timeout. Each caller stops waiting at its own deadline.
+	limit := time.Now().Add(r.cfg.Timeout)
+	var latest time.Time
 	for _, c := range b {
 		total += len(c.reqs)
-		if !c.deadline.IsZero() && c.deadline.Before(deadline) {
-			deadline = c.deadline
+		if c.deadline.IsZero() || c.deadline.After(limit) {
+			latest = limit
+		} else if c.deadline.After(latest) {
+			latest = c.deadline
 		}
 	}
+	deadline := latest
 	req := &leveev1.TakeRequest{From: r.cfg.Self.ID, Takes: make([]*leveev1.BucketTake, 0, total)}
 	takes := make([]leveev1.BucketTake, total)
 	limits := make([]leveev1.BucketLimit, total)
@@ -538,7 +551,11 @@ func (p *peerConn) send(b []*call) {
 	if err == nil && len(resp.GetResults()) != total {
 		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), total)
 	}
-	p.breaker.record(err == nil, r.cfg.Now())
+	// A batch cut short by its callers' own deadlines says nothing about
+	// the peer's health.
+	if err == nil || !deadline.Before(limit) || status.Code(err) != codes.DeadlineExceeded {
+		p.breaker.record(err == nil, r.cfg.Now())
+	}
 	if err != nil {
 		r.stats.BatchErrors.Add(1)
 		r.cfg.Logger.Debug("forwarded batch failed", "peer", p.member.ID, "takes", total, "err", err)

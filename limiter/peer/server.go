@@ -93,9 +93,12 @@ func (s *Server) Lease(_ context.Context, req *leveev1.LeaseRequest) (*leveev1.L
 	}
 	look := s.store.Take(req.GetKey(), l, 0, now)
 	if look.Remaining == 0 {
-		// Nothing left, so this take is refused and changes nothing; it
-		// tells when the next token comes.
+		// Nothing left, so this take is normally refused and changes
+		// nothing; it tells when the next token comes.
 		next := s.store.Take(req.GetKey(), l, 1, now)
+		if next.Allowed { // a token was given back meanwhile: it is granted
+			return &leveev1.LeaseResponse{Granted: 1, Remaining: next.Remaining, ResetAfterNanos: int64(next.ResetAfter)}, nil
+		}
 		return &leveev1.LeaseResponse{ResetAfterNanos: int64(next.ResetAfter), RetryAfterNanos: int64(next.RetryAfter)}, nil
 	}
 	grant := min(req.GetTokens(), look.Remaining)

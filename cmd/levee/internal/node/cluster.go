@@ -134,10 +134,12 @@ func (cn *clusterNode) leave(grace time.Duration) {
 		if err != nil {
 			cn.log.Warn("leaving the cluster", "err", err)
 		}
+		cn.stopMembership = nil
 	case <-time.After(grace):
+		// close still waits for the membership, so that it cannot change
+		// the ring of a closed router.
 		cn.log.Warn("leaving the cluster timed out", "grace", grace)
 	}
-	cn.stopMembership = nil
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	before := cn.router.Stats().HandedOff.Load()

@@ -193,6 +193,9 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		if rt, err = startRuntime(ctx, cfg, cl, eng, shedding, tel, seed, log); err != nil {
 			return err
 		}
+		if rt.admin != nil {
+			defer rt.admin.Close() // frees the port if a later step fails; a no-op after Run
+		}
 		if err := configMetrics(meter, rt); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}

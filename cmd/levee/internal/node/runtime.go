@@ -86,6 +86,18 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	case seeded:
 		log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
 	}
+	// Serve the stored version from the start, not the bootstrap files: a
+	// node restarting into a cluster must not enforce stale limits until
+	// the watch catches up.
+	if err == nil {
+		if rec, gerr := store.Get(sctx); gerr == nil {
+			if rc, verr := store.Validate(rec.Bundle); verr == nil {
+				rt.apply(rec.Meta, rc, rec.Bundle)
+			} else {
+				rt.refuse(rec.Meta.Version, verr)
+			}
+		}
+	}
 	if cfg.Admin.Addr != "" {
 		rt.admin, err = admin.New(admin.Config{
 			Addr:           cfg.Admin.Addr,
@@ -208,6 +220,8 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 						_, _ = rt.client.Revoke(pctx, lease)
 					}
 					lease = g.ID
+				} else {
+					_, _ = rt.client.Revoke(pctx, g.ID)
 				}
 			}
 			cancel()

@@ -77,8 +77,15 @@ func (s *shedSet) apply(p *policy.Policy) error {
 	defer s.mu.Unlock()
 	next := make(map[string]*shedEntry, len(p.Resources))
 	var fresh []*shedEntry
+	undo := func() {
+		for _, e := range fresh {
+			if e.reg != nil {
+				_ = e.reg.Unregister()
+			}
+		}
+	}
 	for _, spec := range p.Resources {
-		if old, ok := s.entries[spec.Name]; ok && old.spec == spec {
+		if old, ok := s.entries[spec.Name]; ok && sameSettings(old.spec, spec) {
 			next[spec.Name] = old
 			continue
 		}
@@ -86,14 +93,13 @@ func (s *shedSet) apply(p *policy.Policy) error {
 		cfg.Clock = s.now
 		r, err := shed.New(spec.Name, cfg)
 		if err != nil {
-			for _, e := range fresh {
-				_ = e.reg.Unregister()
-			}
+			undo()
 			return fmt.Errorf("resource %q (line %d): %w", spec.Name, spec.Line, err)
 		}
 		e := &shedEntry{spec: spec, res: r}
 		if s.metrics != nil {
 			if e.reg, err = s.metrics.Register(r); err != nil {
+				undo()
 				return fmt.Errorf("metrics for resource %q: %w", spec.Name, err)
 			}
 		}
@@ -114,6 +120,13 @@ func (s *shedSet) apply(p *policy.Policy) error {
 	s.sidecar.SetResources(list)
 	s.pinLocked()
 	return nil
+}
+
+// sameSettings reports whether two policy entries configure a resource the
+// same way; where they sit in the file does not matter.
+func sameSettings(a, b policy.Resource) bool {
+	a.Line, b.Line = 0, 0
+	return a == b
 }
 
 // setOverrides pins resources as operators asked; resources without an
