@@ -15,11 +15,14 @@ type ControllerConfig struct {
 	Window time.Duration
 	// Windows is the number of histogram windows kept (4; at most 64).
 	Windows int
-	// RaiseStep is the smallest fraction of admitted traffic shed by one
-	// raise (0.05). A raise always sheds at least one non-empty level.
+	// RaiseStep is the fraction of admitted traffic shed by one raise when
+	// the signals do not measure the excess (0.05); a measured excess is
+	// shed as measured. A raise always sheds at least one non-empty level.
 	RaiseStep float64
-	// MaxRaiseStep caps the fraction shed by one raise (0.5), however large
-	// the excess a signal reports.
+	// MaxRaiseStep caps the fraction shed by one raise (0.25), however
+	// large the excess a signal reports: a concurrency gate holds the
+	// queue meanwhile, so a surge costs a few ticks rather than an
+	// overshoot.
 	MaxRaiseStep float64
 	// LowerStep is the fraction of admitted traffic readmitted by one lower
 	// (0.02). A lower readmits at least one non-empty level.
@@ -42,7 +45,7 @@ func (c ControllerConfig) withDefaults() (ControllerConfig, error) {
 		c.RaiseStep = 0.05
 	}
 	if c.MaxRaiseStep == 0 {
-		c.MaxRaiseStep = 0.5
+		c.MaxRaiseStep = 0.25
 	}
 	if c.LowerStep == 0 {
 		c.LowerStep = 0.02
@@ -97,6 +100,7 @@ type Controller struct {
 	threshold atomic.Uint32
 	pin       atomic.Pointer[pin]
 	hist      levelHistogram
+	marginal  atomic.Uint32 // Priority of the least important level admitted
 
 	mu          sync.Mutex // serialises Update and Pin
 	windowStart time.Time
@@ -104,6 +108,7 @@ type Controller struct {
 	hold        time.Duration
 	lastMove    int // +1 after a raise, -1 after a lower
 	counts      [NumLevels]uint64
+	recent      [NumLevels]uint64
 }
 
 // NewController returns a controller with threshold 0 (admit everything).
@@ -112,7 +117,28 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Controller{cfg: cfg, hist: newLevelHistogram(cfg.Windows), hold: cfg.Hold}, nil
+	c := &Controller{cfg: cfg, hist: newLevelHistogram(cfg.Windows), hold: cfg.Hold}
+	c.marginal.Store(uint32(Critical))
+	return c, nil
+}
+
+// Marginal returns the priority of the least important traffic the
+// threshold in force admitted over the histogram's span, as of the last
+// Update: the priority being shed at the margin. Before any traffic it is
+// Critical.
+func (c *Controller) Marginal() Priority { return Priority(c.marginal.Load()) }
+
+// setMarginal records the priority of the lowest level at or above t that
+// saw traffic (Critical when none did).
+func (c *Controller) setMarginal(t Level) {
+	m := Critical
+	for l := int(t); l < NumLevels; l++ {
+		if c.counts[l] > 0 {
+			m = Level(l).Priority()
+			break
+		}
+	}
+	c.marginal.Store(uint32(m))
 }
 
 // Check says whether a request at level l would be admitted at now, without
@@ -214,31 +240,63 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	}
 
 	t := Level(c.threshold.Load())
+	c.hist.sum(&c.counts)
 	if p := c.pin.Load(); p != nil {
 		if now.UnixNano() < p.nanos {
+			c.setMarginal(p.level)
 			return t // frozen under a pin
 		}
 		c.pin.CompareAndSwap(p, nil)
 	}
 
-	c.hist.sum(&c.counts)
 	switch {
 	case r.Overloaded:
-		frac := min(max(r.Excess, c.cfg.RaiseStep), c.cfg.MaxRaiseStep)
+		frac := c.cfg.RaiseStep
+		if r.Excess > 0 {
+			frac = r.Excess
+		}
+		frac = min(frac, c.cfg.MaxRaiseStep)
 		ceiling := MaxLevel
 		if !r.Critical {
 			// Without evidence that critical demand alone exceeds capacity,
 			// never shed critical traffic by threshold.
 			ceiling = max(t, CriticalOnly)
 		}
-		if nt := raiseStep(&c.counts, t, frac, ceiling); nt > t {
-			if now.Sub(c.lastRaise) > 2*c.cfg.MaxHold {
-				c.hold = c.cfg.Hold // a new episode starts with the short hold
+		// The excess is a share of the traffic arriving now: the step is
+		// computed on the most recent windows, so that a sudden change of
+		// mix (a flood of one priority) is not measured against the
+		// traffic of a second ago.
+		c.hist.sumRecent(&c.recent)
+		// One raise sheds at most the rest of the marginal priority (the
+		// least important one still admitted): the next priority up is
+		// touched only if the overload outlasts it, so a burst never
+		// costs a more important priority while a less important one
+		// could have absorbed it.
+		for l := int(t); l < NumLevels; l++ {
+			if c.recent[l] > 0 {
+				end := Level((l/NumCohorts + 1) * NumCohorts)
+				if end-1 > t {
+					// Leave the priority's last cohort: a priority is
+					// emptied, and the gate turned on the next one, only
+					// by a raise that finds nothing else of it admitted.
+					end--
+				}
+				ceiling = min(ceiling, end)
+				break
+			}
+		}
+		if nt := raiseStep(&c.recent, t, frac, ceiling); nt > t {
+			if now.Sub(c.lastRaise) > 2*c.cfg.MaxHold || r.Excess > 2*c.cfg.LowerStep {
+				// A new episode, or a new surge (an excess far beyond what
+				// a probe readmitted), starts with the short hold.
+				c.hold = c.cfg.Hold
 			} else if c.lastMove < 0 {
 				c.hold = min(2*c.hold, c.cfg.MaxHold) // the last lower was a failed probe
 			}
 			c.lastRaise, c.lastMove, t = now, +1, nt
 		}
+	case r.Saturated:
+		// At capacity: readmitting would only be refused again.
 	case t > 0 && now.Sub(c.lastRaise) >= c.hold:
 		t = lowerStep(&c.counts, t, c.cfg.LowerStep)
 		c.lastMove = -1
@@ -247,6 +305,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		}
 	}
 	c.threshold.Store(uint32(t))
+	c.setMarginal(t)
 	return t
 }
 

@@ -19,15 +19,19 @@
 // lock and no allocation. On each control tick (every 100–250 ms, driven by
 // the owner with the time passed in) the controller reads a [Reading] from
 // the overload signals. When the resource is overloaded it raises the
-// threshold by the step that sheds a few percent of the traffic it currently
-// admits (or the excess a signal measured, capped per tick), computed from a
-// rolling histogram of recent request levels; when healthy, and no sooner
-// than a hold period after the last raise, it lowers the threshold slowly.
-// A raise that follows a failed probe (a lower that brought the overload
-// back) doubles the hold, so a resource at its capacity settles instead of
-// flapping. The threshold enters the critical band only when a signal says
-// that critical demand alone exceeds capacity. An operator can pin the
-// threshold until an expiry, after which automatic control resumes.
+// threshold by the step that sheds the excess a signal measured (a few
+// percent when none did, a quarter at most per tick), computed from the
+// most recent request levels; one raise sheds at most the rest of the
+// least important priority still admitted, the marginal priority, so the
+// next one up is touched only if the overload outlasts it. When the
+// resource is saturated (at capacity but not past it) the threshold holds;
+// when healthy, and no sooner than a hold period after the last raise, it
+// falls slowly. A raise that follows a failed probe (a lower that brought
+// the overload back) doubles the hold, so a resource at its capacity
+// settles instead of flapping; a fresh surge starts again from the short
+// hold. The threshold enters the critical band only when a signal says that
+// critical demand alone exceeds capacity. An operator can pin the threshold
+// until an expiry, after which automatic control resumes.
 //
 // # Signals
 //
@@ -35,11 +39,24 @@
 // [CoDel] watches queueing delay against a target (a standing queue is one
 // whose minimum delay over an interval stays above the target).
 // [GradientLimit] is an adaptive concurrency limit from the latency gradient
-// (as Netflix's Gradient2 and Envoy's adaptive concurrency): it gates
-// requests priority-aware, so a flood of low priority traffic can never
-// crowd out critical traffic, and it does not ratchet upward under sustained
-// overload. [DeadlineGate] drops requests whose remaining deadline is shorter
-// than the expected service time, rather than serving them late.
+// (as Netflix's Gradient2 and Envoy's adaptive concurrency), and the gate
+// that enforces it; it does not ratchet upward under sustained overload.
+// [DeadlineGate] drops requests whose remaining deadline is shorter than the
+// expected service time, rather than serving them late.
+//
+// A [Resource] applies the concurrency gate to the marginal priority only:
+// more important requests take their slot without being refused, so a
+// priority never loses a request to the gate while a less important one is
+// still admitted, and the gate's refusals, which fall on randomly chosen
+// requests, stay within the priority the threshold is shedding by cohorts
+// anyway. The gate trims the bursts of the marginal priority; its refusals
+// count as overload only beyond a tolerance (what a full gate refuses from
+// randomness alone) and not in the few ticks after a raise, while the queue
+// the surge built drains, and in between they read as saturated. When the
+// traffic the gate does not refuse alone keeps more than twice the limit in
+// flight, that is overload too. Once critical is all that is left, the gate
+// trims critical, and its refusals beyond the tolerance are the evidence
+// that critical demand alone exceeds capacity.
 //
 // # Composition
 //

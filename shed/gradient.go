@@ -12,7 +12,7 @@ import (
 // GradientConfig tunes a GradientLimit. The zero value gives the defaults.
 type GradientConfig struct {
 	InitialLimit int // starting limit (20)
-	MinLimit     int // floor of the limit (5)
+	MinLimit     int // floor of the limit (10)
 	MaxLimit     int // cap of the limit (1000)
 	// Tolerance is how much latency above the baseline is accepted before
 	// the limit shrinks (1.25: up to 25% more than the uncongested p90).
@@ -41,7 +41,7 @@ func (c GradientConfig) withDefaults() (GradientConfig, error) {
 		c.InitialLimit = 20
 	}
 	if c.MinLimit == 0 {
-		c.MinLimit = 5
+		c.MinLimit = 10
 	}
 	if c.MaxLimit == 0 {
 		c.MaxLimit = 1000
@@ -107,15 +107,21 @@ type paddedInt64 struct {
 // overload, the failure mode of a baseline that is a moving average of
 // recent latency: the baseline follows latency down at once but never
 // drifts up, so queueing latency never becomes the new normal; the limit
-// may not grow while inflight stays under half of it; and when more
+// may not grow while inflight stays under 80% of it, so it stays close
+// enough to what is used to bind when more is admitted; and when more
 // concurrency stopped buying throughput (the correlation of inflight and
 // throughput over the last CorrelationWindows utilised windows is ≤ 0) the
-// limit is cut by 10%. The baseline rises only by being re-measured, when
-// the service itself got slower (a slow dependency rather than our own
-// queueing): then latency stops following inflight as the limit shrinks, so
-// when the correlation of inflight and p90 over those windows is ≤ 0, or the
-// limit sat at MinLimit for FloorWindows, the current p90 becomes the
-// baseline.
+// limit is cut by 10%. Nor does the limit shrink while inflight stays under
+// 70% of it (unless p90 passes LatencyCeiling): then the limit does not
+// bind, and latency that moves is a queue's own randomness or a
+// dependency's, which tightening would only turn into refused bursts. The
+// baseline rises only by being re-measured, when the service itself got
+// slower (a slow dependency rather than our own queueing): then latency
+// stops following inflight as the limit shrinks, so when the correlation of
+// inflight and p90 over those windows is ≤ 0, or the limit sat at MinLimit
+// for FloorWindows, the current p90 becomes the baseline. A step in latency
+// (beyond twice or under half the windows' mean) restarts the correlation
+// windows.
 //
 // The gate is priority-aware: a request of priority p is admitted while the
 // requests in flight at p or more important number fewer than the limit.
@@ -132,13 +138,18 @@ type GradientLimit struct {
 	inflight [NumPriorities]paddedInt64
 
 	admitted, refused, refusedCritical atomic.Uint64
-	maxInflight                        atomic.Int64 // max total inflight seen at Release this window
+	exempt                             atomic.Uint64 // slots taken past the gate (take)
+	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
+	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
 	lat                                latencyHistogram
 
 	mu                       sync.Mutex // owner state below
 	est, baseline            float64    // limit estimate; baseline p90 in ns
 	windowStart              time.Time
 	lastAdm, lastRef, lastCr uint64
+	lastEx                   uint64
+	lastRead                 time.Time
+	lastIn                   int64 // inflight at the last Read
 	floorRun                 int
 	corr                     corrRing
 	scratch                  [latBuckets]uint32
@@ -198,6 +209,14 @@ func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 		}
 	}
 	g.inflight[i].Add(-1)
+	if left := int64(g.Inflight()); left < g.minInflight.Load() {
+		for {
+			cur := g.minInflight.Load()
+			if left >= cur || g.minInflight.CompareAndSwap(cur, left) {
+				break
+			}
+		}
+	}
 }
 
 // Limit returns the current limit.
@@ -221,37 +240,81 @@ func (g *GradientLimit) Baseline() time.Duration {
 }
 
 // Read implements Signal: the resource is overloaded when the gate refused
-// requests since the last Read (the excess is the fraction it refused, and
-// Critical is set when it refused critical requests), or when the window
-// Read closed was congested: utilised, with p90 latency beyond Tolerance ×
-// baseline, which catches queueing before inflight reaches the limit. Read
-// also closes the measurement window when due and moves the limit.
+// requests since the last Read (the excess is the fraction of the requests
+// that came to the gate it refused, and Critical is set when it refused
+// critical requests), or when more than twice the limit stayed in flight
+// through the whole interval (possible only for slots taken past the gate,
+// see Resource) and the queue is not draining. Read also closes the
+// measurement window when due and moves the limit.
+//
+// Latency moves the limit but is not itself read as overload: a gate kept
+// full by a flood holds its limit where p90 sits a little above Tolerance
+// × baseline (the limit's equilibrium, where the √limit headroom balances
+// the gradient), and a service whose latency grows with any queue (one
+// worker, random service times) shows latency beyond the tolerance long
+// before it is full; reading either as overload would shed traffic the
+// service can serve. Once latency has pulled the limit in, the gate's
+// refusals report the excess.
 func (g *GradientLimit) Read(now time.Time) Reading {
+	return g.read(now).Reading
+}
+
+// gateReading is a Read with the details Resource needs.
+type gateReading struct {
+	Reading
+	all, refused uint64 // requests that came to the gate (taken or not), and those it refused
+	standing     bool   // more than twice the limit stayed in flight all interval
+}
+
+func (g *GradientLimit) read(now time.Time) gateReading {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	adm, ref, cr := g.admitted.Load(), g.refused.Load(), g.refusedCritical.Load()
-	dAdm, dRef, dCr := adm-g.lastAdm, ref-g.lastRef, cr-g.lastCr
-	g.lastAdm, g.lastRef, g.lastCr = adm, ref, cr
-	var r Reading
+	adm, ref, cr, ex := g.admitted.Load(), g.refused.Load(), g.refusedCritical.Load(), g.exempt.Load()
+	dAdm, dRef, dCr, dEx := adm-g.lastAdm, ref-g.lastRef, cr-g.lastCr, ex-g.lastEx
+	g.lastAdm, g.lastRef, g.lastCr, g.lastEx = adm, ref, cr, ex
+	r := gateReading{all: dAdm + dEx + dRef, refused: dRef}
 	if dRef > 0 {
-		r = Reading{Overloaded: true, Excess: float64(dRef) / float64(dAdm+dRef), Critical: dCr > 0}
+		r.Reading = Reading{Overloaded: true, Excess: float64(dRef) / float64(dAdm+dEx+dRef), Critical: dCr > 0}
 	}
-	if g.closeWindow(now) {
-		r.Overloaded = true
+	// A standing excess: slots taken past the gate kept more than twice
+	// the limit in flight for the whole interval. Nothing the gate
+	// refuses can fix that; the threshold must, unless the queue already
+	// drains. (Traffic below capacity queues past the limit now and then;
+	// traffic above it queues without end.)
+	in := int64(g.Inflight())
+	minIn := g.minInflight.Swap(in)
+	if limit := g.limit.Load(); minIn > 2*limit && !g.lastRead.IsZero() {
+		r.standing = true
+		if in >= g.lastIn {
+			r.Overloaded = true
+		} else {
+			r.Saturated = true
+		}
 	}
+	g.lastRead, g.lastIn = now, in
+	g.closeWindow(now)
 	return r
 }
 
-// closeWindow closes the measurement window when it is due and reports
-// whether the window was congested.
-func (g *GradientLimit) closeWindow(now time.Time) bool {
+// take takes a slot at priority p without asking the gate: Resource
+// admits priorities more important than the one it is shedding this way,
+// so that they are never refused while less important traffic is still
+// admitted. The slot is released with Release as usual.
+func (g *GradientLimit) take(p Priority) {
+	g.inflight[p.index()].Add(1)
+	g.exempt.Add(1)
+}
+
+// closeWindow closes the measurement window when it is due and moves the
+// limit.
+func (g *GradientLimit) closeWindow(now time.Time) {
 	if g.windowStart.IsZero() {
 		g.windowStart = now
-		return false
+		return
 	}
 	el := now.Sub(g.windowStart)
 	if el < g.cfg.Window {
-		return false
+		return
 	}
 	if g.lat.count() < uint64(g.cfg.MinSamples) {
 		if el >= 10*g.cfg.Window { // too quiet to learn from: start afresh
@@ -259,36 +322,45 @@ func (g *GradientLimit) closeWindow(now time.Time) bool {
 			g.maxInflight.Store(0)
 			g.windowStart = now
 		}
-		return false
+		return
 	}
 	n := g.lat.drain(&g.scratch)
 	maxIn := float64(g.maxInflight.Swap(0))
 	g.windowStart = now
 	if n == 0 {
-		return false
+		return
 	}
 	p90 := float64(quantile(&g.scratch, n, 0.9))
-	return g.update(p90, maxIn, float64(n)/el.Seconds())
+	g.update(p90, maxIn, float64(n)/el.Seconds())
 }
 
 // update applies one window: p90 latency (ns), the most requests seen in
-// flight, and the throughput (samples per second). It reports whether the
-// window was congested: utilised, with latency beyond the tolerance.
-func (g *GradientLimit) update(p90, maxIn, throughput float64) (congested bool) {
+// flight, and the throughput (samples per second).
+func (g *GradientLimit) update(p90, maxIn, throughput float64) {
 	if g.baseline == 0 {
 		g.baseline = p90
 	}
 	est := g.est
 	utilized := maxIn >= est/2
-	congested = utilized && p90 > g.cfg.Tolerance*g.baseline
 
 	grad := min(max(g.cfg.Tolerance*g.baseline/p90, 0.5), 1.5)
 	if g.cfg.LatencyCeiling > 0 && p90 > float64(g.cfg.LatencyCeiling) {
 		grad = 0.5
 	}
 	next := est*grad + math.Sqrt(est)
-	if next > est && !utilized {
-		next = est // no evidence the extra room would be used
+	switch {
+	case next > est && maxIn < 0.8*est:
+		// No evidence the extra room would be used: the limit grows only
+		// while the traffic presses on it, so that it stays close enough
+		// to what is in flight to bind as soon as more is admitted.
+		next = est
+	case maxIn < 0.7*est && (g.cfg.LatencyCeiling == 0 || p90 <= float64(g.cfg.LatencyCeiling)):
+		// Too little in flight for the limit to bind: latency that moves
+		// now is the queue's own randomness (or a dependency's), not
+		// evidence about our concurrency, and tightening on it would
+		// refuse the bursts of a lightly loaded service. Only the
+		// absolute latency ceiling still cuts the limit.
+		next = est
 	}
 	s := g.cfg.Smoothing
 	est = (1-s)*est + s*next
@@ -318,7 +390,6 @@ func (g *GradientLimit) update(p90, maxIn, throughput float64) (congested bool) 
 	}
 	g.est = est
 	g.limit.Store(int64(est))
-	return congested
 }
 
 // corrRing holds the last utilised windows' inflight, throughput and p90.
@@ -338,6 +409,20 @@ func newCorrRing(n int) corrRing {
 // dependency got slower). The ring is emptied after a finding so that one
 // finding acts once.
 func (c *corrRing) push(inflight, throughput, p90 float64) (flatThroughput, flatLatency bool) {
+	if c.n >= 4 {
+		// A step in latency (p90 beyond twice or under half the ring's
+		// mean) starts the ring afresh: windows from before the step say
+		// nothing about the service after it, and mixing them would
+		// report a correlation, or its absence, that belongs to neither.
+		var mz float64
+		for _, z := range c.z[:c.n] {
+			mz += z
+		}
+		mz /= float64(c.n)
+		if p90 > 2*mz || p90 < mz/2 {
+			c.n, c.pos = 0, 0
+		}
+	}
 	c.x[c.pos], c.y[c.pos], c.z[c.pos] = inflight, throughput, p90
 	c.pos = (c.pos + 1) % len(c.x)
 	if c.n < len(c.x) {

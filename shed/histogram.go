@@ -47,3 +47,18 @@ func (h *levelHistogram) rotate() {
 	}
 	h.cur.Store(next)
 }
+
+// sumRecent writes the count per level over the current window and the one
+// before it into dst: the traffic of the last one to two windows, what a
+// raise must act on when demand changes abruptly.
+func (h *levelHistogram) sumRecent(dst *[NumLevels]uint64) {
+	*dst = [NumLevels]uint64{}
+	n := uint32(len(h.windows))
+	cur := h.cur.Load()
+	for i := range min(n, 2) {
+		win := &h.windows[(cur+n-i)%n]
+		for l := range win {
+			dst[l] += uint64(win[l].Load())
+		}
+	}
+}

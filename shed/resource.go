@@ -23,6 +23,15 @@ type Config struct {
 	Deadline           DeadlineConfig
 	// NoDeadline turns deadline awareness off.
 	NoDeadline bool
+	// GateTolerance is the share of the traffic that the concurrency gate
+	// may refuse between two ticks (and over the last few) without that
+	// counting as overload (0.1, and at least 2/(limit+1); negative: only
+	// the latter). The gate refuses only the marginal priority, the least
+	// important one still admitted, and trims its bursts itself; the
+	// threshold moves only for a larger excess, so it does not shed the
+	// traffic that keeps the service busy. Fewer than minGateRefusals
+	// refusals never count.
+	GateTolerance float64
 	// Signals are further overload signals (CPU, memory, a downstream's
 	// health), read on every Tick and combined with the built-in ones.
 	Signals []Signal
@@ -37,6 +46,21 @@ type Config struct {
 	// composition reads it; the state machines take time as an argument.
 	Clock func() time.Time
 }
+
+// minGateRefusals is the fewest concurrency refusals between two ticks that
+// can count as overload: one or two stray refusals of a thin marginal
+// priority are noise, not a reason to shed whole cohorts.
+const minGateRefusals = 3
+
+// gateDecay is the weight of the past in the gate's decayed counts, per
+// tick.
+const gateDecay = 0.7
+
+// raiseSettle is how many ticks after a raise the gate's refusals, or a
+// standing excess, do not count as overload: the queue a surge built
+// before the raise drains in that time, and shedding again for it would
+// overshoot.
+const raiseSettle = 3
 
 // Outcome says how an admitted request ended, which decides whether its
 // latency is a sample of the service's speed.
@@ -140,9 +164,12 @@ type Resource struct {
 	refusals [NumReasons]atomic.Pointer[Refusal]
 
 	retryAfter, maxRetryAfter time.Duration
+	gateTolerance             float64
 
-	tickMu sync.Mutex
-	last   Reading
+	tickMu               sync.Mutex
+	last                 Reading
+	gateAll, gateRefused float64 // decayed gate counts, under tickMu
+	sinceRaise           int     // ticks since the threshold last rose, up to raiseSettle
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -167,6 +194,15 @@ func New(name string, cfg Config) (*Resource, error) {
 		signals:       append([]Signal(nil), cfg.Signals...),
 		retryAfter:    cfg.RetryAfter,
 		maxRetryAfter: cfg.MaxRetryAfter,
+		gateTolerance: cfg.GateTolerance,
+	}
+	switch {
+	case r.gateTolerance == 0:
+		r.gateTolerance = 0.1
+	case r.gateTolerance < 0:
+		r.gateTolerance = 0
+	case r.gateTolerance >= 1:
+		return nil, fmt.Errorf("resource %q: GateTolerance %v: want a fraction below 1", name, r.gateTolerance)
 	}
 	if r.clock == nil {
 		r.clock = time.Now
@@ -237,7 +273,13 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		}
 	}
 	if r.conc != nil {
-		if !r.conc.Acquire(p, shadow) && reason == ReasonNone {
+		if p < r.ctrl.Marginal() && !shadow {
+			// More important than the priority being shed at the margin:
+			// the gate takes its slot but does not refuse it, so a
+			// priority never loses a request to the gate while less
+			// important traffic is still admitted.
+			r.conc.take(p)
+		} else if !r.conc.Acquire(p, shadow) && reason == ReasonNone {
 			reason = ReasonConcurrency
 			if !shadow {
 				return r.refuse(st, reason)
@@ -308,12 +350,57 @@ func (r *Resource) Tick(now time.Time) Reading {
 	defer r.tickMu.Unlock()
 	rd := r.codel.Read(now)
 	if r.conc != nil {
-		rd = rd.Or(r.conc.Read(now))
+		gr := r.conc.read(now)
+		cr := gr.Reading
+		// A full gate of limit L refuses about 1/(L+1) of what arrives
+		// from the randomness of arrivals and service times alone (an
+		// M/M/1/L queue at full load): refusals up to twice that are the
+		// gate doing its job at capacity, not an excess.
+		tol := max(r.gateTolerance, 2/float64(r.conc.Limit()+1))
+		// The gate's refusals decayed over the last few ticks (a time
+		// constant of about three ticks): a burst is not a trend.
+		r.gateAll = gateDecay*r.gateAll + float64(gr.all)
+		r.gateRefused = gateDecay*r.gateRefused + float64(gr.refused)
+		share := 0.0
+		if r.gateAll > 0 {
+			share = r.gateRefused / r.gateAll
+		}
+		switch {
+		case r.sinceRaise < raiseSettle && (gr.standing || gr.refused >= minGateRefusals):
+			// Just after a raise the queue the overload built still
+			// drains, and the gate refuses (or the exempt traffic
+			// overflows) for that alone: wait for the raise to show
+			// before shedding more.
+			cr = Reading{Saturated: true}
+		case gr.standing:
+			// Traffic more important than the margin, which the gate
+			// does not refuse, alone held more than twice the limit in
+			// flight: the threshold must shed into it.
+		case gr.refused < minGateRefusals:
+			cr = Reading{} // nothing refused, or a stray refusal or two
+		case float64(gr.refused) > tol*float64(gr.all) && share > tol:
+			// The gate refuses more than it may trim, this tick and over
+			// the last few: shed the difference by cohorts.
+			cr.Excess = min(cr.Excess, share-tol)
+		case share >= tol/2:
+			// The gate trims bursts of the marginal traffic as a full
+			// gate does: at capacity, with nothing more to shed and
+			// nothing to readmit.
+			cr = Reading{Saturated: true}
+		default:
+			cr = Reading{} // a burst; room to readmit
+		}
+		rd = rd.Or(cr)
 	}
 	for _, s := range r.signals {
 		rd = rd.Or(s.Read(now))
 	}
-	r.ctrl.Update(now, rd)
+	before := r.ctrl.Threshold()
+	if after := r.ctrl.Update(now, rd); after > before {
+		r.sinceRaise = 0
+	} else if r.sinceRaise < raiseSettle {
+		r.sinceRaise++
+	}
 	if r.dl != nil {
 		r.dl.Update(now)
 	}

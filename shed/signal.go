@@ -15,13 +15,19 @@ type Reading struct {
 	// Critical says critical demand alone exceeds capacity. Only then may
 	// the controller's threshold enter the critical band.
 	Critical bool
+	// Saturated says the resource is at its capacity without being past
+	// it (a gate trimming bursts, latency at its limit): there is no room
+	// to readmit shed traffic, and no need to shed more. The controller
+	// holds its threshold.
+	Saturated bool
 }
 
 // Or combines two readings: overloaded if either is, the larger excess, and
-// critical if either says so. Or is the OR/max combinator for signals.
+// critical (or saturated) if either says so. Or is the OR/max combinator for signals.
 func (r Reading) Or(o Reading) Reading {
 	r.Overloaded = r.Overloaded || o.Overloaded
 	r.Critical = r.Critical || o.Critical
+	r.Saturated = r.Saturated || o.Saturated
 	if o.Excess > r.Excess {
 		r.Excess = o.Excess
 	}
