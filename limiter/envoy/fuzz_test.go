@@ -158,6 +158,12 @@ func validRequest(req *rlsv3.RateLimitRequest) bool {
 		if l := d.Limit; l != nil && (l.Unit < 1 || l.Unit > 7) {
 			return false
 		}
+		if l := d.Limit; l != nil && l.UnitMultiplier != nil && l.UnitMultiplier.Value > 1 {
+			// The period (unit × multiplier) must fit in a time.Duration.
+			if time.Duration(l.UnitMultiplier.Value) > math.MaxInt64/rules.Unit(l.Unit).Duration() {
+				return false
+			}
+		}
 	}
 	return total <= engine.MaxItems*engine.MaxEntries/10
 }
