@@ -222,6 +222,11 @@ func validRequest(req *leveev1.CheckRequest) bool {
 			if in.Period == nil || in.Period.CheckValid() != nil || in.Period.AsDuration() < time.Millisecond {
 				return false
 			}
+			// At most 2^32 tokens per second (floored), so token time
+			// cannot saturate; the exact rule is limiter.Limit.Valid's.
+			if !(limiter.Limit{Rate: uint64(in.Limit), Period: in.Period.AsDuration(), Burst: uint64(in.Burst)}).Valid() {
+				return false
+			}
 		default:
 			return false
 		}
@@ -331,10 +336,10 @@ func FuzzCheck(f *testing.F) {
 	f.Add("", []byte{0, 0, 0}, int32(9), uint32(128), int64(0), int64(0))
 	f.Add("", []byte{12, 1, 0, 12, 2, 1, 12, 3, 2, 12, 4, 3, 3, 0, 1}, int32(2), uint32(3), int64(1e18), int64(1))
 	f.Fuzz(func(t *testing.T, words string, prog []byte, priority int32, cohort uint32, clock, step int64) {
-		// The clock runs from 1970 to the end of int64 nanoseconds; levee
-		// is never run with a clock before 1970 (the limiter's duration
-		// arithmetic assumes it, see limiter.Limit.until).
-		now := time.Unix(0, clock&math.MaxInt64)
+		// The clock runs from 1970 to 2090: the limiter's token time is
+		// only promised until then (see limiter.MaxTokensPerSecond), and
+		// levee is never run with a clock before 1970.
+		now := time.Unix(0, (clock&math.MaxInt64)%clockEnd)
 		s := fuzzServer(t, &now)
 		pool := append(strings.Split(words, "\x00"), fuzzWords...)
 		req := buildRequest(pool, prog, priority, cohort)
@@ -346,12 +351,15 @@ func FuzzCheck(f *testing.F) {
 	})
 }
 
+// clockEnd bounds the fuzz clock (2090-01-01, Unix nanoseconds).
+var clockEnd = time.Date(2090, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+
 // advance moves a clock of Unix nanoseconds by step, staying within
-// [0, math.MaxInt64].
+// [0, clockEnd].
 func advance(clock, step int64) int64 {
 	switch {
-	case step > 0 && clock > math.MaxInt64-step:
-		return math.MaxInt64
+	case step > 0 && clock > clockEnd-step:
+		return clockEnd
 	case clock+step < 0:
 		return 0
 	}
