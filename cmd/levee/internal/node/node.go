@@ -288,12 +288,13 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	case runErr = <-errc:
 	}
 	log.Info("levee stopping")
+	// Report NOT_SERVING first so that load balancers send new traffic
+	// elsewhere; then leave the ring, so peers stop forwarding here, and
+	// hand the buckets to their new owners while still answering.
+	hs.Shutdown()
 	if cl != nil {
-		// Leave the ring first, so peers stop forwarding here, then hand
-		// the buckets to their new owners while still serving.
 		cl.leave(cfg.ShutdownGrace)
 	}
-	hs.Shutdown()
 	cancel()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
