@@ -92,6 +92,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&cfg.Admin.TLSKeyFile, "admin-tls-key", "", "admin API server key")
 	f.StringVar(&cfg.Admin.ClientCAFile, "admin-client-ca", "", "CA that signs admin clients' certificates (mTLS)")
 	f.StringSliceVar(&cfg.Admin.AllowedClients, "admin-allowed-clients", nil, "client certificate names allowed to call the admin API")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-addr")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	envUsage(f)
