@@ -278,15 +278,6 @@ func keyOwned(t *testing.T, prefix, owner string, ids []string, thenOwner string
 	return ""
 }
 
-func byID(ms []*member, id string) *member {
-	for _, m := range ms {
-		if m.id == id {
-			return m
-		}
-	}
-	return nil
-}
-
 // TestClusterRingForwardingJoinLeave runs three nodes on one etcd and checks
 // that they agree on the ring (same size everywhere, the members etcd holds,
 // and every node routes every key to the owner the ring names), that a key
