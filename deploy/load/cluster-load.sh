@@ -29,6 +29,8 @@ set -euo pipefail
 secs=${1:-20}
 conc=${2:-50}
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
+# LEVEE_BIN measures a prebuilt binary instead of building this checkout
+# (for A/B runs in one sitting).
 read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
@@ -44,8 +46,12 @@ ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
 if [ ! -x "$ghz" ]; then
 	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
 fi
-echo "building levee..." >&2
-go build -C "$root" -o "$work/levee" ./cmd/levee
+if [ -n "${LEVEE_BIN:-}" ]; then
+	cp "$LEVEE_BIN" "$work/levee"
+else
+	echo "building levee..." >&2
+	go build -C "$root" -o "$work/levee" ./cmd/levee
+fi
 
 # start NAME ARGS...: runs `levee serve` in the background, waits until it
 # serves, and sets $pid, $grpc, $metrics (and $etcd for an embedded etcd).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/ring"
@@ -27,7 +29,7 @@ type testNode struct {
 
 // startNodes runs n nodes with real gRPC servers on loopback and a shared
 // static ring.
-func startNodes(t *testing.T, n int, tweak func(*Config)) []*testNode {
+func startNodes(t testing.TB, n int, tweak func(*Config)) []*testNode {
 	t.Helper()
 	nodes := make([]*testNode, n)
 	var members []ring.Member
@@ -37,7 +39,7 @@ func startNodes(t *testing.T, n int, tweak func(*Config)) []*testNode {
 			t.Fatal(err)
 		}
 		nd := &testNode{member: ring.Member{ID: fmt.Sprintf("node-%d", i), Addr: lis.Addr().String()}, store: limiter.NewStore(1 << 16)}
-		nd.srv = grpc.NewServer()
+		nd.srv = grpc.NewServer(grpc.InitialWindowSize(WindowSize), grpc.InitialConnWindowSize(WindowSize))
 		leveev1.RegisterPeerServiceServer(nd.srv, NewServer(nd.store, nil))
 		go nd.srv.Serve(lis)
 		cfg := Config{Self: nd.member, Store: nd.store, BreakerCooldown: time.Hour}
@@ -57,7 +59,7 @@ func startNodes(t *testing.T, n int, tweak func(*Config)) []*testNode {
 }
 
 // keyOwnedBy returns a key that rg assigns to id.
-func keyOwnedBy(t *testing.T, rg *ring.Ring, id string, salt int) uint64 {
+func keyOwnedBy(t testing.TB, rg *ring.Ring, id string, salt int) uint64 {
 	t.Helper()
 	for i := range 10_000 {
 		k := xxhash.Sum64String(fmt.Sprintf("key-%d-%d", salt, i))
@@ -69,7 +71,7 @@ func keyOwnedBy(t *testing.T, rg *ring.Ring, id string, salt int) uint64 {
 	return 0
 }
 
-func take(t *testing.T, r *Router, req limiter.Request) (limiter.Result, error) {
+func take(t testing.TB, r *Router, req limiter.Request) (limiter.Result, error) {
 	t.Helper()
 	res := make([]limiter.Result, 1)
 	err := r.Take(context.Background(), time.Now().UnixNano(), []limiter.Request{req}, res)
@@ -354,5 +356,158 @@ func TestOldTrafficDoesNotMakeAKeyHot(t *testing.T) {
 	r.local(&req, owner, 2, now+int64(time.Hour))
 	if n := r.Stats().Leases.Load(); n != 0 {
 		t.Fatalf("%d leases for a key forwarded 63 times an hour ago and once now", n)
+	}
+}
+
+// TestTakeStreamAnswersEachBatch drives the owner's Take stream directly: an
+// invalid batch is answered with its error under its id, and the stream
+// goes on answering the next one.
+func TestTakeStreamAnswersEachBatch(t *testing.T) {
+	nodes := startNodes(t, 1, nil)
+	conn, err := grpc.NewClient(nodes[0].member.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := leveev1.NewPeerServiceClient(conn).Take(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := &leveev1.TakeRequest{Id: 7, Takes: []*leveev1.BucketTake{{Key: 1, Limit: &leveev1.BucketLimit{Rate: 1}, Hits: 1}}}
+	good := &leveev1.TakeRequest{Id: 8, Takes: []*leveev1.BucketTake{
+		{Key: 1, Limit: &leveev1.BucketLimit{Rate: 2, PeriodNanos: int64(time.Hour)}, Hits: 1},
+		{Key: 1, Limit: &leveev1.BucketLimit{Rate: 2, PeriodNanos: int64(time.Hour)}, Hits: 2},
+	}}
+	for _, req := range []*leveev1.TakeRequest{bad, good} {
+		if err := s.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.GetId() != 7 || !strings.Contains(r1.GetError(), "takes[0].limit") || len(r1.GetResults()) != 0 {
+		t.Fatalf("invalid batch answered %v", r1)
+	}
+	r2, err := s.Recv()
+	if err != nil {
+		t.Fatalf("stream ended after an invalid batch: %v", err)
+	}
+	if r2.GetId() != 8 || r2.GetError() != "" || len(r2.GetResults()) != 2 ||
+		!r2.Results[0].GetAllowed() || r2.Results[1].GetAllowed() || r2.Results[1].GetRemaining() != 1 {
+		t.Fatalf("valid batch answered %v", r2)
+	}
+}
+
+// silentPeer accepts Take streams and reads them but never answers, like an
+// owner stalled in a long pause.
+type silentPeer struct {
+	leveev1.UnimplementedPeerServiceServer
+	got atomic.Int64
+}
+
+func (p *silentPeer) Take(s leveev1.PeerService_TakeServer) error {
+	for {
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+		p.got.Add(1)
+	}
+}
+
+// TestSilentOwnerTimesOut: batches on a stream that is open but never
+// answered fail over to their fallback at the peer timeout, and the
+// breaker stops sending after three.
+func TestSilentOwnerTimesOut(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent := &silentPeer{}
+	srv := grpc.NewServer()
+	leveev1.RegisterPeerServiceServer(srv, silent)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
+	store := limiter.NewStore(1 << 10)
+	r := NewRouter(Config{Self: self, Store: store, Timeout: 30 * time.Millisecond, BreakerCooldown: time.Hour})
+	defer r.Close()
+	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: lis.Addr().String()}})
+	r.SetRing(rg)
+	key := keyOwnedBy(t, rg, "silent", 0)
+	l := limiter.Limit{Rate: 20, Period: time.Hour}
+	for i := range 12 {
+		start := time.Now()
+		res, err := take(t, r, limiter.Request{Key: key, Limit: l, Hits: 1})
+		if err != nil {
+			t.Fatalf("take %d: caller saw %v", i, err)
+		}
+		if want := i < 10; res.Allowed != want { // fair share: 20 / 2 nodes
+			t.Fatalf("take %d: allowed %v, want %v", i, res.Allowed, want)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Fatalf("take %d waited %v", i, el)
+		}
+	}
+	st := r.Stats()
+	if b, e := st.Batches.Load(), st.BatchErrors.Load(); b != 3 || e != 3 {
+		t.Fatalf("batches %d, errors %d: want 3 timed out before the breaker opened", b, e)
+	}
+	if got := silent.got.Load(); got != 3 {
+		t.Fatalf("the silent owner read %d batches, want 3 on one stream", got)
+	}
+}
+
+// TestOwnerRestartOpensANewStream: when the owner's server goes away the
+// stream's waiting batches fail over, and once it is back on the same
+// address the next batch opens a new stream and is decided there.
+func TestOwnerRestartOpensANewStream(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) {
+		c.Timeout = time.Second
+		c.BreakerCooldown = 10 * time.Millisecond
+		c.HotThreshold = -1
+	})
+	rg := nodes[0].router.Ring()
+	key := keyOwnedBy(t, rg, "node-1", 0)
+	// A token every 3,600 s: none arrives during the test.
+	l := limiter.Limit{Rate: 1000, Period: 1000 * time.Hour}
+	if res, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil || !res.Allowed {
+		t.Fatalf("first take: %+v %v", res, err)
+	}
+	nodes[1].srv.Stop()
+	res, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1})
+	if err != nil || !res.Allowed {
+		t.Fatalf("take with the owner down: %+v %v (want the fair-share fallback)", res, err)
+	}
+	if nodes[0].router.Stats().Fallbacks.Load() == 0 {
+		t.Fatal("no fallback while the owner was down")
+	}
+	lis, err := net.Listen("tcp", nodes[1].member.Addr)
+	if err != nil {
+		t.Fatalf("listening on %s again: %v", nodes[1].member.Addr, err)
+	}
+	srv := grpc.NewServer()
+	leveev1.RegisterPeerServiceServer(srv, NewServer(nodes[1].store, nil))
+	go srv.Serve(lis)
+	defer srv.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fb := nodes[0].router.Stats().Fallbacks.Load()
+		if _, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if nodes[0].router.Stats().Fallbacks.Load() == fb {
+			break // decided by the owner
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the owner is back but batches still fall back after 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := nodes[1].store.Take(key, l, 0, time.Now().UnixNano()); got.Remaining != l.Rate-2 {
+		t.Fatalf("owner's bucket has %d left, want %d (its first take and the one after the restart)", got.Remaining, l.Rate-2)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,10 @@ type Config struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 }
+
+// WindowSize is the HTTP/2 flow-control window of peer connections (and
+// of the node's server, see cmd/levee): 1 MiB holds thousands of batches.
+const WindowSize = 1 << 20
 
 // Router implements engine.Buckets across the cluster.
 type Router struct {
@@ -146,7 +151,12 @@ func NewRouter(cfg Config) *Router {
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = func(addr string) (*grpc.ClientConn, error) {
-			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				// Fixed flow-control windows turn off gRPC's bandwidth
+				// estimation, which answers data with a ping: for small
+				// batches that was a write, a read and a wake-up more per
+				// batch on both nodes.
+				grpc.WithInitialWindowSize(WindowSize), grpc.WithInitialConnWindowSize(WindowSize))
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -448,8 +458,17 @@ type peerConn struct {
 	timer  *time.Timer
 	closed bool
 
-	// inflight counts sends using conn, so close can wait for them.
+	// inflight counts batches and calls using conn, so close can wait for
+	// them.
 	inflight sync.WaitGroup
+
+	// streamMu serialises opening the Take stream and sending on it.
+	streamMu sync.Mutex
+	stream   *takeStream
+
+	flightMu sync.Mutex
+	flights  map[uint64]*flight // batches sent, by id
+	nextID   uint64
 }
 
 func (p *peerConn) enqueue(c *call) {
@@ -510,12 +529,15 @@ func (p *peerConn) flush() {
 	}
 	p.inflight.Add(1)
 	p.mu.Unlock()
-	p.router.wg.Go(func() { p.send(b) })
+	// The timer already runs flush in a goroutine of its own: sending from
+	// it saves starting (and growing the stack of) another per batch. The
+	// router's WaitGroup counts it through inflight, which close waits on.
+	p.send(b)
 }
 
-// send forwards one batch and hands each call its results or the error.
+// send forwards one batch on the peer's Take stream. The answer (or the
+// batch's timeout, or the stream's failure) completes it.
 func (p *peerConn) send(b []*call) {
-	defer p.inflight.Done()
 	r := p.router
 	total := 0
 	// The batch lives as long as its most patient caller (so one caller's
@@ -531,7 +553,6 @@ func (p *peerConn) send(b []*call) {
 			latest = c.deadline
 		}
 	}
-	deadline := latest
 	req := &leveev1.TakeRequest{From: r.cfg.Self.ID, Takes: make([]*leveev1.BucketTake, 0, total)}
 	takes := make([]leveev1.BucketTake, total)
 	limits := make([]leveev1.BucketLimit, total)
@@ -544,24 +565,134 @@ func (p *peerConn) send(b []*call) {
 			k++
 		}
 	}
-	ctx, cancel := context.WithDeadline(r.ctx, deadline)
-	resp, err := p.client.Take(ctx, req)
-	cancel()
+	f := &flight{calls: b, total: total, byCallers: latest.Before(limit)}
+	p.flightMu.Lock()
+	p.nextID++
+	req.Id = p.nextID
+	if p.flights == nil {
+		p.flights = make(map[uint64]*flight)
+	}
+	p.flights[req.Id] = f
+	id := req.Id
+	f.timer = time.AfterFunc(time.Until(latest), func() { p.finish(id, nil, errPeerTimeout) })
+	p.flightMu.Unlock()
 	r.stats.Batches.Add(1)
-	if err == nil && len(resp.GetResults()) != total {
-		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), total)
+	if err := p.transmit(req, f); err != nil {
+		p.finish(id, nil, err)
+	}
+}
+
+var errPeerTimeout = status.Error(codes.DeadlineExceeded, "peer did not answer the batch in time")
+
+// flight is a batch sent and waiting for its answer.
+type flight struct {
+	calls     []*call
+	total     int
+	stream    *takeStream // the stream it went out on; under flightMu
+	timer     *time.Timer
+	byCallers bool // the timeout is the callers' deadline, not the peer timeout
+}
+
+// takeStream is an open Take stream to a peer.
+type takeStream struct {
+	s      grpc.BidiStreamingClient[leveev1.TakeRequest, leveev1.TakeResponse]
+	cancel context.CancelFunc
+}
+
+// transmit sends req on the peer's Take stream, opening one if none is
+// open.
+func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
+	p.streamMu.Lock()
+	defer p.streamMu.Unlock()
+	if p.stream == nil {
+		ctx, cancel := context.WithCancel(p.router.ctx)
+		s, err := p.client.Take(ctx)
+		if err != nil {
+			cancel()
+			return err
+		}
+		ts := &takeStream{s: s, cancel: cancel}
+		p.stream = ts
+		p.router.wg.Go(func() { p.receive(ts) })
+	}
+	ts := p.stream
+	p.flightMu.Lock()
+	f.stream = ts
+	p.flightMu.Unlock()
+	if err := ts.s.Send(req); err != nil {
+		// The receiver sees the stream end too and fails what it carried.
+		ts.cancel()
+		p.stream = nil
+		return err
+	}
+	return nil
+}
+
+// receive completes the batches answered on ts until the stream ends, then
+// fails the ones still waiting on it.
+func (p *peerConn) receive(ts *takeStream) {
+	for {
+		resp, err := ts.s.Recv()
+		if err != nil {
+			// Cancelling first unblocks a Send waiting on flow control, so
+			// that streamMu is free.
+			ts.cancel()
+			p.streamMu.Lock()
+			if p.stream == ts {
+				p.stream = nil
+			}
+			p.streamMu.Unlock()
+			if errors.Is(err, io.EOF) {
+				err = status.Error(codes.Unavailable, "peer closed the stream")
+			}
+			p.flightMu.Lock()
+			var lost []uint64
+			for id, f := range p.flights {
+				if f.stream == ts {
+					lost = append(lost, id)
+				}
+			}
+			p.flightMu.Unlock()
+			for _, id := range lost {
+				p.finish(id, nil, err)
+			}
+			return
+		}
+		var berr error
+		if e := resp.GetError(); e != "" {
+			berr = errors.New(e)
+		}
+		p.finish(resp.GetId(), resp, berr)
+	}
+}
+
+// finish completes flight id with the answer or the error, once: the
+// answer, the timeout and the stream's failure race, and the first wins.
+func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
+	p.flightMu.Lock()
+	f := p.flights[id]
+	delete(p.flights, id)
+	p.flightMu.Unlock()
+	if f == nil {
+		return
+	}
+	defer p.inflight.Done()
+	f.timer.Stop()
+	r := p.router
+	if err == nil && len(resp.GetResults()) != f.total {
+		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
 	}
 	// A batch cut short by its callers' own deadlines says nothing about
 	// the peer's health.
-	if err == nil || !deadline.Before(limit) || status.Code(err) != codes.DeadlineExceeded {
+	if err == nil || !f.byCallers || err != errPeerTimeout {
 		p.breaker.record(err == nil, r.cfg.Now())
 	}
 	if err != nil {
 		r.stats.BatchErrors.Add(1)
-		r.cfg.Logger.Debug("forwarded batch failed", "peer", p.member.ID, "takes", total, "err", err)
+		r.cfg.Logger.Debug("forwarded batch failed", "peer", p.member.ID, "takes", f.total, "err", err)
 	}
-	k = 0
-	for _, c := range b {
+	k := 0
+	for _, c := range f.calls {
 		if err != nil {
 			c.err = err
 		} else {

@@ -2,7 +2,9 @@ package peer
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -33,8 +35,32 @@ func NewServer(store *limiter.Store, now func() time.Time) *Server {
 // MaxBatch is the most takes or buckets one peer call may carry.
 const MaxBatch = 100_000
 
-// Take implements leveev1.PeerServiceServer.
-func (s *Server) Take(_ context.Context, req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
+// Take implements leveev1.PeerServiceServer: it answers each batch on the
+// stream as it reads it, in the stream's goroutine (a batch costs
+// microseconds and never blocks). An invalid batch is answered with its
+// error; the stream goes on.
+func (s *Server) Take(stream leveev1.PeerService_TakeServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		resp, err := s.take(req)
+		if err != nil {
+			resp = &leveev1.TakeResponse{Error: err.Error()}
+		}
+		resp.Id = req.GetId()
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// take decides one batch.
+func (s *Server) take(req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
 	if len(req.Takes) > MaxBatch {
 		return nil, invalid("takes", fmt.Sprintf("%d takes, at most %d allowed", len(req.Takes), MaxBatch))
 	}

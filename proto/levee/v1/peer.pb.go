@@ -248,7 +248,9 @@ type TakeRequest struct {
 	// The operations, decided in order.
 	Takes []*BucketTake `protobuf:"bytes,1,rep,name=takes,proto3" json:"takes,omitempty"`
 	// ID of the sending node, for logs and metrics.
-	From          string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	// Batch number, unique on the stream; the response carries it back.
+	Id            uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -297,11 +299,23 @@ func (x *TakeRequest) GetFrom() string {
 	return ""
 }
 
+func (x *TakeRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 // TakeResponse answers a TakeRequest, one result per take, in order.
 type TakeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Results in request order.
-	Results       []*BucketResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// Results in request order; empty when error is set.
+	Results []*BucketResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// The id of the TakeRequest answered.
+	Id uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Why the batch was refused as a whole (an invalid take); the stream
+	// stays open for the next batch.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -341,6 +355,20 @@ func (x *TakeResponse) GetResults() []*BucketResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *TakeResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TakeResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 // BucketState is the whole state of one bucket, as the store keeps it.
@@ -693,12 +721,15 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
 	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
-	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"M\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"]\n" +
 	"\vTakeRequest\x12*\n" +
 	"\x05takes\x18\x01 \x03(\v2\x14.levee.v1.BucketTakeR\x05takes\x12\x12\n" +
-	"\x04from\x18\x02 \x01(\tR\x04from\"@\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id\"f\n" +
 	"\fTakeResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.levee.v1.BucketResultR\aresults\"\x86\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.levee.v1.BucketResultR\aresults\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x86\x01\n" +
 	"\vBucketState\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x06R\x03key\x12\x10\n" +
 	"\x03tat\x18\x02 \x01(\x03R\x03tat\x12&\n" +
@@ -719,9 +750,9 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\agranted\x18\x01 \x01(\x04R\agranted\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
 	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
-	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos2\xbe\x01\n" +
-	"\vPeerService\x125\n" +
-	"\x04Take\x12\x15.levee.v1.TakeRequest\x1a\x16.levee.v1.TakeResponse\x12>\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos2\xc2\x01\n" +
+	"\vPeerService\x129\n" +
+	"\x04Take\x12\x15.levee.v1.TakeRequest\x1a\x16.levee.v1.TakeResponse(\x010\x01\x12>\n" +
 	"\aHandoff\x12\x18.levee.v1.HandoffRequest\x1a\x19.levee.v1.HandoffResponse\x128\n" +
 	"\x05Lease\x12\x16.levee.v1.LeaseRequest\x1a\x17.levee.v1.LeaseResponseB3Z1github.com/levee-dev/levee/proto/levee/v1;leveev1b\x06proto3"
 

@@ -33,8 +33,13 @@ const (
 // receives a check for a bucket it does not own forwards it to the owner,
 // batched with other checks for the same owner.
 type PeerServiceClient interface {
-	// Take decides a batch of bucket operations on the node that owns them.
-	Take(ctx context.Context, in *TakeRequest, opts ...grpc.CallOption) (*TakeResponse, error)
+	// Take decides batches of bucket operations on the node that owns them.
+	// Each node keeps one Take stream open to each peer and sends a
+	// TakeRequest per batch; the owner answers each with a TakeResponse
+	// carrying the same id, in any order. A stream costs one message each
+	// way per batch, where a call per batch would also open and close an
+	// HTTP/2 stream with headers and trailers.
+	Take(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TakeRequest, TakeResponse], error)
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(ctx context.Context, in *HandoffRequest, opts ...grpc.CallOption) (*HandoffResponse, error)
@@ -54,15 +59,18 @@ func NewPeerServiceClient(cc grpc.ClientConnInterface) PeerServiceClient {
 	return &peerServiceClient{cc}
 }
 
-func (c *peerServiceClient) Take(ctx context.Context, in *TakeRequest, opts ...grpc.CallOption) (*TakeResponse, error) {
+func (c *peerServiceClient) Take(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TakeRequest, TakeResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(TakeResponse)
-	err := c.cc.Invoke(ctx, PeerService_Take_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &PeerService_ServiceDesc.Streams[0], PeerService_Take_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[TakeRequest, TakeResponse]{ClientStream: stream}
+	return x, nil
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_TakeClient = grpc.BidiStreamingClient[TakeRequest, TakeResponse]
 
 func (c *peerServiceClient) Handoff(ctx context.Context, in *HandoffRequest, opts ...grpc.CallOption) (*HandoffResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -93,8 +101,13 @@ func (c *peerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ..
 // receives a check for a bucket it does not own forwards it to the owner,
 // batched with other checks for the same owner.
 type PeerServiceServer interface {
-	// Take decides a batch of bucket operations on the node that owns them.
-	Take(context.Context, *TakeRequest) (*TakeResponse, error)
+	// Take decides batches of bucket operations on the node that owns them.
+	// Each node keeps one Take stream open to each peer and sends a
+	// TakeRequest per batch; the owner answers each with a TakeResponse
+	// carrying the same id, in any order. A stream costs one message each
+	// way per batch, where a call per batch would also open and close an
+	// HTTP/2 stream with headers and trailers.
+	Take(grpc.BidiStreamingServer[TakeRequest, TakeResponse]) error
 	// Handoff moves buckets to their new owner when ownership changes (a node
 	// joins, or leaves gracefully), so quotas survive rolling restarts.
 	Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error)
@@ -114,8 +127,8 @@ type PeerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedPeerServiceServer struct{}
 
-func (UnimplementedPeerServiceServer) Take(context.Context, *TakeRequest) (*TakeResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Take not implemented")
+func (UnimplementedPeerServiceServer) Take(grpc.BidiStreamingServer[TakeRequest, TakeResponse]) error {
+	return status.Error(codes.Unimplemented, "method Take not implemented")
 }
 func (UnimplementedPeerServiceServer) Handoff(context.Context, *HandoffRequest) (*HandoffResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Handoff not implemented")
@@ -144,23 +157,12 @@ func RegisterPeerServiceServer(s grpc.ServiceRegistrar, srv PeerServiceServer) {
 	s.RegisterService(&PeerService_ServiceDesc, srv)
 }
 
-func _PeerService_Take_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(TakeRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(PeerServiceServer).Take(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: PeerService_Take_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PeerServiceServer).Take(ctx, req.(*TakeRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _PeerService_Take_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServiceServer).Take(&grpc.GenericServerStream[TakeRequest, TakeResponse]{ServerStream: stream})
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_TakeServer = grpc.BidiStreamingServer[TakeRequest, TakeResponse]
 
 func _PeerService_Handoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HandoffRequest)
@@ -206,10 +208,6 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*PeerServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
-			MethodName: "Take",
-			Handler:    _PeerService_Take_Handler,
-		},
-		{
 			MethodName: "Handoff",
 			Handler:    _PeerService_Handoff_Handler,
 		},
@@ -218,6 +216,13 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PeerService_Lease_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Take",
+			Handler:       _PeerService_Take_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "levee/v1/peer.proto",
 }

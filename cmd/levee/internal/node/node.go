@@ -210,6 +210,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		// grown stacks) instead of starting one per call: without it about
 		// a tenth of a busy node's CPU went to growing fresh stacks.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Fixed flow-control windows turn off gRPC's bandwidth estimation,
+		// which answers incoming data with a ping: for messages this small
+		// that is a write, a read and a wake-up more per call.
+		grpc.InitialWindowSize(peer.WindowSize), grpc.InitialConnWindowSize(peer.WindowSize),
 		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Envoy and sidecar clients keep long-lived connections and may ping.
