@@ -297,8 +297,12 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		}
 	case r.Saturated:
 		// At capacity: readmitting would only be refused again.
-	case t > 0 && now.Sub(c.lastRaise) >= c.hold:
-		t = lowerStep(&c.counts, t, c.cfg.LowerStep)
+	case t > 0 && (now.Sub(c.lastRaise) >= c.hold || r.Room > 0):
+		// A signal that measured room (the throughput target) lowers at
+		// once, by most of it: the hold guards against probing past a
+		// capacity nobody measured, not against readmitting traffic that
+		// measurably fits.
+		t = lowerStep(&c.counts, t, min(max(c.cfg.LowerStep, roomGain*r.Room), c.cfg.MaxRaiseStep))
 		c.lastMove = -1
 		if t == 0 {
 			c.hold = c.cfg.Hold
@@ -308,6 +312,11 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	c.setMarginal(t)
 	return t
 }
+
+// roomGain is the share of a measured room (see Reading.Room) one lower
+// readmits: most of it, as the room is measured beyond its noise, but not
+// all, so that an estimate on the high side does not overshoot.
+const roomGain = 0.7
 
 // raiseStep returns the lowest threshold above t that sheds at least frac of
 // the traffic admitted at t (and so at least one non-empty level), capped at

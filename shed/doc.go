@@ -58,6 +58,22 @@
 // trims critical, and its refusals beyond the tolerance are the evidence
 // that critical demand alone exceeds capacity.
 //
+// # Throughput target
+//
+// With the gate on, a Resource also learns the throughput it sustains while
+// the gate stays full (the completions of such a tick are what the resource
+// can do, not what it was offered) and steers what the threshold lets
+// through to (1 − Headroom) × that throughput, 90% by default. When the
+// traffic the gate does not refuse alone passes the target beyond the
+// noise of its count, the threshold sheds the measured excess in one move,
+// rather than creeping up while the queue stands; when what it lets
+// through falls short of the target beyond the noise, it readmits most of
+// the measured room at once, without waiting out its hold. Between the
+// two it holds, so it settles instead of probing. Each move restarts the
+// count, and the next one waits for three ticks of it. A capacity not
+// measured for CapacityMemory (30 s) is forgotten, and the threshold
+// probes upward as before.
+//
 // # Composition
 //
 // [Resource] composes these for in-process use: Acquire and Release around a

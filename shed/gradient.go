@@ -138,6 +138,7 @@ type GradientLimit struct {
 	inflight [NumPriorities]paddedInt64
 
 	admitted, refused, refusedCritical atomic.Uint64
+	completed                          atomic.Uint64 // Releases
 	exempt                             atomic.Uint64 // slots taken past the gate (take)
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
@@ -147,7 +148,7 @@ type GradientLimit struct {
 	est, baseline            float64    // limit estimate; baseline p90 in ns
 	windowStart              time.Time
 	lastAdm, lastRef, lastCr uint64
-	lastEx                   uint64
+	lastEx, lastDone         uint64
 	lastRead                 time.Time
 	lastIn                   int64 // inflight at the last Read
 	floorRun                 int
@@ -209,6 +210,7 @@ func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 		}
 	}
 	g.inflight[i].Add(-1)
+	g.completed.Add(1)
 	if left := int64(g.Inflight()); left < g.minInflight.Load() {
 		for {
 			cur := g.minInflight.Load()
@@ -264,6 +266,10 @@ type gateReading struct {
 	Reading
 	all, refused uint64 // requests that came to the gate (taken or not), and those it refused
 	standing     bool   // more than twice the limit stayed in flight all interval
+	exempt       uint64 // slots taken past the gate (more important than the margin)
+	completed    uint64 // releases
+	pressed      bool   // the gate stayed full (limit − 1 or more in flight) all interval
+	interval     time.Duration
 }
 
 func (g *GradientLimit) read(now time.Time) gateReading {
@@ -272,7 +278,12 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	adm, ref, cr, ex := g.admitted.Load(), g.refused.Load(), g.refusedCritical.Load(), g.exempt.Load()
 	dAdm, dRef, dCr, dEx := adm-g.lastAdm, ref-g.lastRef, cr-g.lastCr, ex-g.lastEx
 	g.lastAdm, g.lastRef, g.lastCr, g.lastEx = adm, ref, cr, ex
-	r := gateReading{all: dAdm + dEx + dRef, refused: dRef}
+	done := g.completed.Load()
+	r := gateReading{all: dAdm + dEx + dRef, refused: dRef, exempt: dEx, completed: done - g.lastDone}
+	g.lastDone = done
+	if !g.lastRead.IsZero() {
+		r.interval = now.Sub(g.lastRead)
+	}
 	if dRef > 0 {
 		r.Reading = Reading{Overloaded: true, Excess: float64(dRef) / float64(dAdm+dEx+dRef), Critical: dCr > 0}
 	}
@@ -283,7 +294,12 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	// traffic above it queues without end.)
 	in := int64(g.Inflight())
 	minIn := g.minInflight.Swap(in)
-	if limit := g.limit.Load(); minIn > 2*limit && !g.lastRead.IsZero() {
+	limit := g.limit.Load()
+	// Pressed: the gate stayed full all interval. A full gate drops to
+	// one below its limit at each release, until the next admission.
+	full := max(limit-1, 1)
+	r.pressed = minIn >= full && g.lastIn >= full && !g.lastRead.IsZero()
+	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {
 			r.Overloaded = true

@@ -32,6 +32,19 @@ type Config struct {
 	// traffic that keeps the service busy. Fewer than minGateRefusals
 	// refusals never count.
 	GateTolerance float64
+	// Headroom is the share of the measured capacity kept free (0.1;
+	// negative: no throughput target). With the concurrency gate on, the
+	// resource learns the throughput it sustains while the gate is full
+	// and steers the rate it admits to (1 − Headroom) × that throughput:
+	// past it (by more than the noise of the count, 3% at least) is
+	// overload, and the threshold does not readmit traffic that would
+	// pass it. (A one-worker queue at 90% of its capacity keeps its p99
+	// near 45 service times; at 96%, over 100.) See throughputTarget.
+	Headroom float64
+	// CapacityMemory is how long a measured throughput is trusted without
+	// a new measurement (30 s); after it the threshold probes upward
+	// freely, so a resource that grew is not held at its old capacity.
+	CapacityMemory time.Duration
 	// Signals are further overload signals (CPU, memory, a downstream's
 	// health), read on every Tick and combined with the built-in ones.
 	Signals []Signal
@@ -170,6 +183,7 @@ type Resource struct {
 	last                 Reading
 	gateAll, gateRefused float64 // decayed gate counts, under tickMu
 	sinceRaise           int     // ticks since the threshold last rose, up to raiseSettle
+	tput                 throughputTarget
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -206,6 +220,23 @@ func New(name string, cfg Config) (*Resource, error) {
 	}
 	if r.clock == nil {
 		r.clock = time.Now
+	}
+	switch {
+	case cfg.Headroom == 0:
+		r.tput.headroom = 0.1
+	case cfg.Headroom < 0:
+		r.tput.headroom = -1 // off
+	case cfg.Headroom >= 1:
+		return nil, fmt.Errorf("resource %q: Headroom %v: want a fraction below 1", name, cfg.Headroom)
+	default:
+		r.tput.headroom = cfg.Headroom
+	}
+	r.tput.memory = cfg.CapacityMemory
+	if r.tput.memory == 0 {
+		r.tput.memory = 30 * time.Second
+	}
+	if r.tput.memory < 0 {
+		return nil, fmt.Errorf("resource %q: CapacityMemory %v: must be positive", name, cfg.CapacityMemory)
 	}
 	if r.retryAfter == 0 {
 		r.retryAfter = time.Second
@@ -390,13 +421,28 @@ func (r *Resource) Tick(now time.Time) Reading {
 		default:
 			cr = Reading{} // a burst; room to readmit
 		}
+		if r.tput.headroom >= 0 {
+			r.tput.observe(now, gr.interval, gr.all, gr.exempt, gr.completed, gr.pressed)
+			if tr := r.tput.read(now); tr.Room > 0 && !cr.Overloaded {
+				// Measured room outranks a gate that trims within its
+				// tolerance: the threshold lets through less than the
+				// resource serves, and the gate is there for bursts.
+				cr = tr
+			} else {
+				cr = cr.Or(tr)
+			}
+		}
 		rd = rd.Or(cr)
 	}
 	for _, s := range r.signals {
 		rd = rd.Or(s.Read(now))
 	}
 	before := r.ctrl.Threshold()
-	if after := r.ctrl.Update(now, rd); after > before {
+	after := r.ctrl.Update(now, rd)
+	if after != before {
+		r.tput.reset()
+	}
+	if after > before {
 		r.sinceRaise = 0
 	} else if r.sinceRaise < raiseSettle {
 		r.sinceRaise++
@@ -519,6 +565,9 @@ type Status struct {
 	Inflight        int
 	QueueDelay      time.Duration // min queueing delay of the last CoDel interval
 	ExpectedService time.Duration // deadline awareness; 0 when off or unknown
+	// Capacity is the throughput, in requests per second, the resource
+	// last sustained with its gate full, while it is trusted; 0 unknown.
+	Capacity float64
 }
 
 // Status returns a snapshot at now.
@@ -530,6 +579,9 @@ func (r *Resource) Status(now time.Time) Status {
 	}
 	r.tickMu.Lock()
 	s.Overloaded = r.last.Overloaded
+	if r.tput.capacity > 0 && now.Sub(r.tput.measured) <= r.tput.memory {
+		s.Capacity = r.tput.capacity
+	}
 	r.tickMu.Unlock()
 	if r.conc != nil {
 		s.Limit, s.Inflight = r.conc.Limit(), r.conc.Inflight()

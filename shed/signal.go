@@ -20,16 +20,25 @@ type Reading struct {
 	// to readmit shed traffic, and no need to shed more. The controller
 	// holds its threshold.
 	Saturated bool
+	// Room is the fraction of the currently admitted traffic that could be
+	// added before the resource reaches its target load, when a signal
+	// measured it beyond its noise (the throughput target); 0 means
+	// unknown. The controller then lowers at once, without waiting out its
+	// hold, by most of the room.
+	Room float64
 }
 
-// Or combines two readings: overloaded if either is, the larger excess, and
-// critical (or saturated) if either says so. Or is the OR/max combinator for signals.
+// Or combines two readings: overloaded if either is, the larger excess (and
+// room), and critical (or saturated) if either says so. Or is the OR/max combinator for signals.
 func (r Reading) Or(o Reading) Reading {
 	r.Overloaded = r.Overloaded || o.Overloaded
 	r.Critical = r.Critical || o.Critical
 	r.Saturated = r.Saturated || o.Saturated
 	if o.Excess > r.Excess {
 		r.Excess = o.Excess
+	}
+	if o.Room > r.Room {
+		r.Room = o.Room
 	}
 	return r
 }

@@ -9,6 +9,7 @@
 //	      min: 5
 //	      max: 1000
 //	    latency_ceiling: 250ms  # cut the limit whenever p90 passes this
+//	    headroom: 0.1           # share of the measured capacity kept free, or off
 //	    deadline: true          # refuse work that cannot finish in time
 //	    retry_after: 1s         # delay suggested with threshold refusals
 //
@@ -43,6 +44,8 @@ type Resource struct {
 	NoDeadline     bool
 	LatencyCeiling time.Duration
 	RetryAfter     time.Duration
+	// Headroom is shed.Config.Headroom: 0 the default, negative off.
+	Headroom float64
 	// Line is where the resource is defined.
 	Line int
 }
@@ -55,6 +58,7 @@ func (r Resource) Config() shed.Config {
 		NoDeadline:         r.NoDeadline,
 		RetryAfter:         r.RetryAfter,
 		Shadow:             r.Shadow,
+		Headroom:           r.Headroom,
 	}
 	c.Concurrency.LatencyCeiling = r.LatencyCeiling
 	return c
@@ -161,6 +165,8 @@ func parseResource(n *yaml.Node, field string, f errorf) (Resource, error) {
 			r.LatencyCeiling, err = duration(v, kf, f)
 		case "concurrency":
 			err = concurrency(&r, v, kf, f)
+		case "headroom":
+			r.Headroom, err = headroom(v, kf, f)
 		default:
 			err = f(k, kf, "unknown key '%s'", k.Value)
 		}
@@ -205,6 +211,18 @@ func concurrency(r *Resource, n *yaml.Node, field string, f errorf) error {
 		return f(n, field, "min %d is above max %d", c.MinLimit, c.MaxLimit)
 	}
 	return nil
+}
+
+// headroom reads a share from 0.01 to 0.9, or off (no throughput target).
+func headroom(n *yaml.Node, field string, f errorf) (float64, error) {
+	if n.Kind == yaml.ScalarNode && (n.Value == "off" || n.Value == "false") {
+		return -1, nil
+	}
+	x, err := strconv.ParseFloat(n.Value, 64)
+	if n.Kind != yaml.ScalarNode || err != nil || !(x >= 0.01 && x <= 0.9) {
+		return 0, f(n, field, "must be a share from 0.01 to 0.9, or off")
+	}
+	return x, nil
 }
 
 func boolean(n *yaml.Node, field string, f errorf) (bool, error) {

@@ -46,6 +46,8 @@ func TestParseErrors(t *testing.T) {
 		{"resources:\n  - name: a\n    concurrency: {most: 5}", "resources[0].concurrency.most"},
 		{"resources:\n  - name: a\n    concurrency: {max: -1}", "resources[0].concurrency.max"},
 		{"resources:\n  - name: a\n    colour: red", "resources[0].colour"},
+		{"resources:\n  - name: a\n    headroom: 1.5", "resources[0].headroom"},
+		{"resources:\n  - name: a\n    headroom: lots", "resources[0].headroom"},
 		{"resources: [", ""},
 	} {
 		_, err := Parse("p.yaml", []byte(tc.yaml))
@@ -59,9 +61,25 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+func TestHeadroom(t *testing.T) {
+	p, err := Parse("p.yaml", []byte("resources:\n  - name: a\n    headroom: 0.2\n  - name: b\n    headroom: off\n  - name: c\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []float64{0.2, -1, 0} {
+		if got := p.Resources[i].Config().Headroom; got != want {
+			t.Errorf("resource %s: headroom %v, want %v", p.Resources[i].Name, got, want)
+		}
+	}
+	if _, err := p.Build(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("resources:\n  - name: a\n    concurrency: {initial: 3, min: 1, max: 9}\n    shadow: true\n"))
 	f.Add([]byte("resources: [{name: x, deadline: false, retry_after: 2s}]"))
+	f.Add([]byte("resources: [{name: y, headroom: 0.25}, {name: z, headroom: off}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err != nil {

@@ -1,0 +1,265 @@
+package shed
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestThroughputTargetReadings(t *testing.T) {
+	tick := 100 * time.Millisecond
+	tt := throughputTarget{headroom: 0.1, memory: 30 * time.Second}
+	now := t0
+	step := func(arrived, exempt, completed uint64, pressed bool) Reading {
+		now = now.Add(tick)
+		tt.observe(now, tick, arrived, exempt, completed, pressed)
+		return tt.read(now)
+	}
+	// No capacity measured yet: no opinion, however much arrives.
+	for range 5 {
+		if r := step(500, 500, 50, false); r != (Reading{}) {
+			t.Fatalf("before any pressed tick: %+v, want no reading", r)
+		}
+	}
+	// Pressed ticks measure 1,000/s: the target is 900/s.
+	for range 3 {
+		step(100, 0, 100, true)
+	}
+	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
+		t.Fatalf("capacity %v, want 1000", c)
+	}
+	tt.reset()
+	// Just after a move the threshold holds while the rate is measured.
+	if r := step(150, 120, 100, false); r != (Reading{Saturated: true}) {
+		t.Fatalf("first tick after a reset: %+v, want a hold", r)
+	}
+	step(150, 120, 100, false)
+	// 1,500/s let through, 1,200/s of it past the gate, against 900/s:
+	// overloaded, shed 40% of what the threshold lets through.
+	r := step(150, 120, 100, false)
+	if !r.Overloaded || math.Abs(r.Excess-0.4) > 1e-9 || r.Critical {
+		t.Fatalf("at 1,500/s with 1,200/s exempt: %+v, want overloaded with excess 0.4", r)
+	}
+	// The same 1,500/s all at the marginal priority: the gate holds the
+	// queue, the threshold holds.
+	tt.reset()
+	for range 5 {
+		r = step(150, 0, 100, false)
+	}
+	if r != (Reading{Saturated: true}) {
+		t.Fatalf("at 1,500/s, none exempt: %+v, want a hold", r)
+	}
+	// At the target: hold.
+	tt.reset()
+	for range 20 {
+		r = step(90, 45, 100, false)
+	}
+	if r != (Reading{Saturated: true}) {
+		t.Fatalf("at the target: %+v, want a hold", r)
+	}
+	// At 600/s: room for half as much again.
+	tt.reset()
+	for range 20 {
+		r = step(60, 30, 60, false)
+	}
+	if r.Overloaded || r.Saturated || math.Abs(r.Room-0.5) > 1e-9 {
+		t.Fatalf("at 600/s: %+v, want room 0.5", r)
+	}
+	// A capacity older than the memory is forgotten.
+	now = now.Add(31 * time.Second)
+	if r := step(150, 150, 100, false); r != (Reading{}) {
+		t.Fatalf("after the memory: %+v, want no reading", r)
+	}
+}
+
+func TestThroughputTargetToleratesNoise(t *testing.T) {
+	// Poisson arrivals at the target itself, read every tick for 10
+	// minutes: noise alone must almost never read as overload or room.
+	rng := rand.New(rand.NewPCG(1, 2))
+	tick := 100 * time.Millisecond
+	tt := throughputTarget{headroom: 0.1, memory: time.Hour}
+	now := t0
+	tt.observe(now, tick, 100, 0, 100, true) // capacity 1,000/s
+	moves := 0
+	for range 6000 {
+		now = now.Add(tick)
+		n := poisson(rng, 90)
+		tt.observe(now, tick, n, n, 90, false)
+		if r := tt.read(now); r.Overloaded || r.Room > 0 {
+			moves++
+			tt.reset() // a move starts the count afresh, as Resource does
+		}
+	}
+	t.Logf("%d moves in 10 minutes", moves)
+	if moves > 30 { // at most one move every 20 s
+		t.Fatalf("%d moves in 10 minutes of steady load at the target", moves)
+	}
+}
+
+// poisson draws a Poisson count with mean m (m small enough for the product
+// method).
+func poisson(rng *rand.Rand, m float64) uint64 {
+	l, k, p := math.Exp(-m), uint64(0), 1.0
+	for {
+		p *= rng.Float64()
+		if p <= l {
+			return k
+		}
+		k++
+	}
+}
+
+// TestSimulationStepSettles drives a whole Resource in fake time with the
+// R3 shape: one FIFO worker (exponential service, mean 1 ms, μ = 1,000/s),
+// Poisson arrivals of four priorities at 25% each, 100 ms deadlines, demand
+// stepping from 0.7μ to 1.4μ and back three times, for five seeds (fifteen
+// steps). The threshold settles (the acceptance it implies within ±5 points
+// of its final value for 1 s) within 2 s of at least 12 of the 15 steps and
+// within 3 s of all; while demand is high the worker serves 75–95% of its
+// capacity; after each step down everything is readmitted within 3 s;
+// critical is never refused.
+func TestSimulationStepSettles(t *testing.T) {
+	within2 := 0
+	for seed := range uint64(5) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			for _, d := range simulateSteps(t, seed) {
+				if d <= 2*time.Second {
+					within2++
+				}
+			}
+		})
+	}
+	if within2 < 12 {
+		t.Errorf("the threshold settled within 2 s after %d of 15 steps, want at least 12", within2)
+	}
+}
+
+// simulateSteps runs one seed and returns how long the threshold took to
+// settle after each step up.
+func simulateSteps(t *testing.T, seed uint64) []time.Duration {
+	clk := newFakeClock(t0)
+	r := mustResource(t, Config{Clock: clk.Now})
+	rng := rand.New(rand.NewPCG(seed, 4))
+	salt := CohortSalter{Seed: 1}.Salt(t0)
+	const (
+		mu     = 1000.0
+		phase  = 8 * time.Second
+		phases = 6 // low, high, low, high, low, high
+	)
+	prios := []Priority{Critical, High, Low, Sheddable}
+	type queued struct {
+		p       Permit
+		arrived time.Time
+	}
+	var (
+		queue    []queued
+		busyTill time.Time
+		serving  *queued
+		nextArr  = t0
+		users    int
+	)
+	type sample struct {
+		at        time.Duration
+		threshold Level
+	}
+	var samples []sample
+	admittedIn := make([]int, phases)
+	ctx := context.Background()
+	end := t0.Add(phases * phase)
+	for now := t0; now.Before(end); now = now.Add(100 * time.Microsecond) {
+		clk.Set(now)
+		el := now.Sub(t0)
+		ph := int(el / phase)
+		rate := 0.7 * mu
+		if ph%2 == 1 {
+			rate = 1.4 * mu
+		}
+		for !nextArr.After(now) {
+			p := prios[rng.IntN(len(prios))]
+			users++
+			l := LevelOf(p, Cohort(fmt.Sprintf("u%d", users%20000), salt))
+			permit, err := r.Acquire(deadlineCtx{ctx, now.Add(100 * time.Millisecond)}, l)
+			if err == nil {
+				queue = append(queue, queued{p: permit, arrived: now})
+				admittedIn[ph]++
+			} else if p == Critical {
+				t.Fatalf("%v: critical refused: %v", el, err)
+			}
+			nextArr = nextArr.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+		}
+		if serving != nil && !busyTill.After(now) {
+			r.Release(serving.p, now.Sub(serving.arrived), OutcomeSuccess)
+			serving = nil
+		}
+		if serving == nil && len(queue) > 0 {
+			q := queue[0]
+			queue = queue[1:]
+			serving = &q
+			busyTill = now.Add(time.Duration(rng.ExpFloat64() / mu * float64(time.Second)))
+		}
+		if el%(100*time.Millisecond) == 0 {
+			r.Tick(now)
+			samples = append(samples, sample{el, r.Status(now).Threshold})
+		}
+	}
+	// acceptance implied by a threshold: each priority is a quarter of the
+	// traffic, each cohort 1/128 of it.
+	acc := func(l Level) float64 {
+		shed := 0.0
+		for _, p := range prios {
+			lo := LevelOf(p, 0)
+			shed += 0.25 * min(max(float64(l)-float64(lo), 0), NumCohorts) / NumCohorts
+		}
+		return 1 - shed
+	}
+	var settles []time.Duration
+	for ph := 1; ph < phases; ph += 2 {
+		start, stop := time.Duration(ph)*phase, time.Duration(ph+1)*phase
+		var tail []float64
+		for _, s := range samples {
+			if s.at >= stop-3*time.Second && s.at < stop {
+				tail = append(tail, acc(s.threshold))
+			}
+		}
+		slices.Sort(tail)
+		final := tail[len(tail)/2]
+		settled := time.Duration(-1)
+		var since time.Duration = -1
+		for _, s := range samples {
+			if s.at < start || s.at >= stop {
+				continue
+			}
+			if math.Abs(acc(s.threshold)-final) > 0.05 {
+				since = -1
+				continue
+			}
+			if since < 0 {
+				since = s.at
+			}
+			if s.at-since >= time.Second {
+				settled = since - start
+				break
+			}
+		}
+		t.Logf("step %d: final acceptance %.2f, settled after %v; admitted %.0f/s", ph/2+1, final, settled, float64(admittedIn[ph])/phase.Seconds())
+		settles = append(settles, settled)
+		if settled < 0 || settled > 3*time.Second {
+			t.Errorf("step %d: threshold settled after %v, want within 3 s", ph/2+1, settled)
+		}
+		if a := float64(admittedIn[ph]) / phase.Seconds(); a > 0.95*mu || a < 0.75*mu {
+			t.Errorf("step %d: admitted %.0f/s over the phase, want 750–950/s (below capacity, no collapse)", ph/2+1, a)
+		}
+		// After the step down, everything is readmitted within 3 s.
+		for _, s := range samples {
+			if s.at >= stop+3*time.Second && s.at < stop+phase && s.threshold != 0 {
+				t.Errorf("step %d: threshold %v at %v, %v after demand fell to 0.7μ", ph/2+1, s.threshold, s.at, s.at-stop)
+				break
+			}
+		}
+	}
+	return settles
+}
