@@ -131,6 +131,30 @@ func (s *Store) Give(key uint64, l Limit, n uint64, now int64) {
 	*e = entry{tat: tat, full: l.instantOf(tat), fp: fp}
 }
 
+// Seed starts key's bucket under l as one that is full again at full (Unix
+// nanoseconds), unless the store already holds a bucket for key or full is
+// not after now. A node deciding for an owner it cannot reach seeds its
+// fallback bucket with what the owner last reported, instead of starting
+// from a full one that would admit a burst the owner already spent.
+func (s *Store) Seed(key uint64, l Limit, full int64, now int64) {
+	if full <= now || !l.Valid() {
+		return
+	}
+	key = tableKey(key)
+	sh := &s.shards[key>>56]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.t.find(key) >= 0 {
+		return
+	}
+	if sh.t.n >= s.perShard {
+		s.evict(sh, now)
+	}
+	e := entry{full: full}
+	tat := l.convert(e, now)
+	sh.t.insert(key, entry{tat: tat, full: l.instantOf(tat), fp: l.fingerprint()})
+}
+
 // convert re-expresses a bucket stored under another limit in l's token time,
 // keeping the time until it is full again.
 func (l Limit) convert(e entry, now int64) int64 {

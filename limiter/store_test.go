@@ -237,3 +237,25 @@ func TestStoreGive(t *testing.T) {
 		t.Fatal("a bucket given back in full is still stored")
 	}
 }
+
+func TestSeedStartsFromTheOwnersState(t *testing.T) {
+	s := NewStore(1 << 10)
+	l := Limit{Rate: 10, Period: 10 * time.Second} // a token a second, burst 10
+	now := epoch + int64(time.Hour)
+	// Full again in 4 s: 6 tokens now, and a seed does not overwrite.
+	s.Seed(1, l, now+int64(4*time.Second), now)
+	s.Seed(1, l, now+int64(9*time.Second), now)
+	if r := s.Take(1, l, 0, now); r.Remaining != 6 || r.ResetAfter != 4*time.Second {
+		t.Fatalf("seeded bucket: %+v, want 6 left, full in 4s", r)
+	}
+	// A seed in the past, or for a bucket already held, changes nothing.
+	s.Seed(2, l, now-1, now)
+	if r := s.Take(2, l, 0, now); r.Remaining != 10 {
+		t.Fatalf("seed in the past: %+v, want a full bucket", r)
+	}
+	s.Take(3, l, 3, now)
+	s.Seed(3, l, now+int64(10*time.Second), now)
+	if r := s.Take(3, l, 0, now); r.Remaining != 7 {
+		t.Fatalf("seed over a held bucket: %+v, want its 7 left", r)
+	}
+}

@@ -155,6 +155,19 @@ func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now i
 	return limiter.Result{}, false
 }
 
+// ownerFullAt returns when the owner last said key's bucket under l would
+// be full again, if that is after now.
+func (r *Router) ownerFullAt(key uint64, l limiter.Limit, now int64) (int64, bool) {
+	sh := r.hot.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := sh.m[key]
+	if st == nil || st.limit != l || st.resetAt <= now {
+		return 0, false
+	}
+	return st.resetAt, true
+}
+
 // refused records an owner's refusal of a one-token check on an empty
 // bucket, so later checks are refused here until the next token.
 func (r *Router) refused(req *limiter.Request, res limiter.Result, now int64) {

@@ -511,3 +511,48 @@ func TestOwnerRestartOpensANewStream(t *testing.T) {
 		t.Fatalf("owner's bucket has %d left, want %d (its first take and the one after the restart)", got.Remaining, l.Rate-2)
 	}
 }
+
+// TestFallbackStartsFromOwnersLastState: a key whose owner refused it from an
+// empty bucket, then died, is not given a fresh fair share on the caller's
+// node: the fallback bucket starts where the owner said its bucket stood.
+func TestFallbackStartsFromOwnersLastState(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.Timeout = 50 * time.Millisecond })
+	rg := nodes[0].router.Ring()
+	key := keyOwnedBy(t, rg, "node-1", 3)
+	// A token every 100 s, burst 10: none arrives while the owner (which
+	// reads its own clock) decides the first takes.
+	l := limiter.Limit{Rate: 10, Period: 1000 * time.Second}
+	now := time.Now().UnixNano()
+	at := func(d time.Duration) (limiter.Result, error) {
+		res := make([]limiter.Result, 1)
+		err := nodes[0].router.Take(context.Background(), now+int64(d), []limiter.Request{{Key: key, Limit: l, Hits: 1}}, res)
+		return res[0], err
+	}
+	for i := range 11 {
+		r, err := at(0)
+		if err != nil || r.Allowed != (i < 10) {
+			t.Fatalf("take %d at the owner: %+v %v", i, r, err)
+		}
+	}
+	nodes[1].srv.Stop() // the owner dies with its bucket empty
+	// 250 s on, the owner's bucket would hold 2.5 tokens' worth; the fair
+	// share (rate and burst ÷ 2 nodes) started from the same state holds
+	// 1.25, which re-expressing the state in the share's token time may
+	// round up to 2. A fresh fair share would hold 5.
+	admitted := 0
+	for range 10 {
+		r, err := at(250 * time.Second)
+		if err != nil {
+			t.Fatalf("caller saw %v", err)
+		}
+		if r.Allowed {
+			admitted++
+		}
+	}
+	if nodes[0].router.Stats().Fallbacks.Load() == 0 {
+		t.Fatal("no fallback with the owner down")
+	}
+	if admitted < 1 || admitted > 2 {
+		t.Fatalf("fallback admitted %d right after the owner spent its burst, want 1 or 2 (a fresh fair share would admit 5)", admitted)
+	}
+}

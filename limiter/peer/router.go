@@ -330,6 +330,12 @@ func (r *Router) fallback(req *limiter.Request, res *limiter.Result, nodes int, 
 		return nil
 	}
 	share := FairShare(req.Limit, nodes)
+	if full, ok := r.ownerFullAt(req.Key, req.Limit, now); ok {
+		// The owner last said its bucket was spent until full: start the
+		// fair share there too rather than full, or each node would admit
+		// a share of a burst the owner already gave out.
+		r.cfg.Store.Seed(req.Key, share, full, now)
+	}
 	reserve := req.Reserve / uint64(max(nodes, 1))
 	*res = r.cfg.Store.TakeReserve(req.Key, share, req.Hits, reserve, now)
 	return nil
