@@ -55,27 +55,34 @@ type throughputTarget struct {
 	ticks    int       // ticks observed since the last reset
 }
 
-// observe records one tick of length dt: the requests that came to the
-// gate (the demand the threshold let through, whether the gate then
-// admitted them or not) and of those the ones more important than the
-// margin, which the gate does not refuse; those that completed; and
-// whether the gate stayed full all through it.
-func (t *throughputTarget) observe(now time.Time, dt time.Duration, arrived, exempt, completed uint64, pressed bool) {
-	sec := dt.Seconds()
+// observe records one tick of the gate: the requests that came to it (the
+// demand the threshold let through, whether the gate then admitted them or
+// not) and of those the ones more important than the margin, which the gate
+// does not refuse; those that completed; and whether the gate stayed full
+// all through the tick, or refused requests.
+func (t *throughputTarget) observe(now time.Time, g gateReading) {
+	sec := g.interval.Seconds()
 	if sec <= 0 {
 		return
 	}
-	if pressed && completed > 0 {
-		x := float64(completed) / sec
+	x := float64(g.completed) / sec
+	switch {
+	case g.pressed && g.completed > 0:
 		if t.capacity == 0 || now.Sub(t.measured) > t.memory {
 			t.capacity = x
 		} else {
 			t.capacity = 0.7*t.capacity + 0.3*x
 		}
 		t.measured = now
+	case g.refused > 0 && t.capacity > 0 && now.Sub(t.measured) <= t.memory && x >= 0.8*t.capacity:
+		// Not full all tick, but full enough to refuse, and serving about
+		// what was measured: the measurement still holds. Without this a
+		// long surge that the gate trims, rarely full for a whole tick,
+		// would outlive the capacity it was measured at.
+		t.measured = now
 	}
-	t.adm = rateDecay*t.adm + float64(arrived)
-	t.exempt = rateDecay*t.exempt + float64(exempt)
+	t.adm = rateDecay*t.adm + float64(g.all)
+	t.exempt = rateDecay*t.exempt + float64(g.exempt)
 	t.dur = rateDecay*t.dur + sec
 	t.ticks++
 }

@@ -16,7 +16,7 @@ func TestThroughputTargetReadings(t *testing.T) {
 	now := t0
 	step := func(arrived, exempt, completed uint64, pressed bool) Reading {
 		now = now.Add(tick)
-		tt.observe(now, tick, arrived, exempt, completed, pressed)
+		tt.observe(now, gateReading{all: arrived, exempt: exempt, completed: completed, pressed: pressed, interval: tick})
 		return tt.read(now)
 	}
 	// No capacity measured yet: no opinion, however much arrives.
@@ -69,6 +69,15 @@ func TestThroughputTargetReadings(t *testing.T) {
 	if r.Overloaded || r.Saturated || math.Abs(r.Room-0.5) > 1e-9 {
 		t.Fatalf("at 600/s: %+v, want room 0.5", r)
 	}
+	// A gate that refuses while serving about the measured capacity keeps
+	// the measurement alive past the memory; one that does not, does not.
+	for range 400 { // 40 s
+		now = now.Add(tick)
+		tt.observe(now, gateReading{all: 120, exempt: 50, completed: 95, refused: 10, interval: tick})
+	}
+	if r := tt.read(now); r == (Reading{}) {
+		t.Fatalf("capacity forgotten while the gate kept refusing at capacity")
+	}
 	// A capacity older than the memory is forgotten.
 	now = now.Add(31 * time.Second)
 	if r := step(150, 150, 100, false); r != (Reading{}) {
@@ -83,12 +92,12 @@ func TestThroughputTargetToleratesNoise(t *testing.T) {
 	tick := 100 * time.Millisecond
 	tt := throughputTarget{headroom: 0.1, memory: time.Hour}
 	now := t0
-	tt.observe(now, tick, 100, 0, 100, true) // capacity 1,000/s
+	tt.observe(now, gateReading{all: 100, completed: 100, pressed: true, interval: tick}) // capacity 1,000/s
 	moves := 0
 	for range 6000 {
 		now = now.Add(tick)
 		n := poisson(rng, 90)
-		tt.observe(now, tick, n, n, 90, false)
+		tt.observe(now, gateReading{all: n, exempt: n, completed: 90, interval: tick})
 		if r := tt.read(now); r.Overloaded || r.Room > 0 {
 			moves++
 			tt.reset() // a move starts the count afresh, as Resource does

@@ -422,7 +422,7 @@ func (r *Resource) Tick(now time.Time) Reading {
 			cr = Reading{} // a burst; room to readmit
 		}
 		if r.tput.headroom >= 0 {
-			r.tput.observe(now, gr.interval, gr.all, gr.exempt, gr.completed, gr.pressed)
+			r.tput.observe(now, gr)
 			if tr := r.tput.read(now); tr.Room > 0 && !cr.Overloaded {
 				// Measured room outranks a gate that trims within its
 				// tolerance: the threshold lets through less than the
