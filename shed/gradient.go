@@ -268,7 +268,7 @@ type gateReading struct {
 	standing     bool   // more than twice the limit stayed in flight all interval
 	exempt       uint64 // slots taken past the gate (more important than the margin)
 	completed    uint64 // releases
-	pressed      bool   // the gate stayed full (limit − 1 or more in flight) all interval
+	pressed      bool   // the gate stayed full all interval, or refused and stayed half full
 	interval     time.Duration
 }
 
@@ -295,10 +295,14 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	in := int64(g.Inflight())
 	minIn := g.minInflight.Swap(in)
 	limit := g.limit.Load()
-	// Pressed: the gate stayed full all interval. A full gate drops to
-	// one below its limit at each release, until the next admission.
-	full := max(limit-1, 1)
-	r.pressed = minIn >= full && g.lastIn >= full && !g.lastRead.IsZero()
+	// Pressed: the gate stayed full all interval (a full gate drops to
+	// one below its limit at each release, until the next admission), or
+	// it refused requests and never fell below half full: either way the
+	// completions of the interval are what the resource can do. (A gate
+	// that trims a flood is rarely full for a whole interval.)
+	full, half := max(limit-1, 1), max(limit/2, 1)
+	r.pressed = !g.lastRead.IsZero() &&
+		(minIn >= full && g.lastIn >= full || dRef > 0 && minIn >= half && g.lastIn >= half)
 	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {
