@@ -100,10 +100,7 @@ func (s *Store) TakeReserve(key uint64, l Limit, hits, reserve uint64, now int64
 			sh.t.slots[i].e = e
 			break
 		}
-		if sh.t.n >= s.perShard {
-			s.evict(sh, now)
-		}
-		sh.t.insert(key, e)
+		s.insert(sh, key, e, now)
 	case i >= 0:
 		sh.t.remove(i)
 	}
@@ -147,12 +144,17 @@ func (s *Store) Seed(key uint64, l Limit, full int64, now int64) {
 	if sh.t.find(key) >= 0 {
 		return
 	}
+	tat := l.convert(entry{full: full}, now)
+	s.insert(sh, key, entry{tat: tat, full: l.instantOf(tat), fp: l.fingerprint()}, now)
+}
+
+// insert adds a key sh does not hold, first making room if the shard is at
+// its bound. The caller holds sh.mu.
+func (s *Store) insert(sh *shard, key uint64, e entry, now int64) {
 	if sh.t.n >= s.perShard {
 		s.evict(sh, now)
 	}
-	e := entry{full: full}
-	tat := l.convert(e, now)
-	sh.t.insert(key, entry{tat: tat, full: l.instantOf(tat), fp: l.fingerprint()})
+	sh.t.insert(key, e)
 }
 
 // convert re-expresses a bucket stored under another limit in l's token time,
@@ -331,10 +333,7 @@ func (s *Store) Adopt(buckets []Bucket, now int64) int {
 		e := entry{tat: b.TAT, full: b.Full, fp: b.Fingerprint}
 		switch i := sh.t.find(key); {
 		case i < 0:
-			if sh.t.n >= s.perShard {
-				s.evict(sh, now)
-			}
-			sh.t.insert(key, e)
+			s.insert(sh, key, e, now)
 			n++
 		case sh.t.slots[i].e.full < b.Full:
 			sh.t.slots[i].e = e

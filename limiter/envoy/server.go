@@ -25,6 +25,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/internal/rpc"
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
@@ -66,15 +67,9 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	defer engine.PutBatch(r)
-	if err := engine.Validate(r.Items, fields); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	code, err := s.engine.Check(ctx, r.Items, r.Statuses, s.now().UnixNano())
+	code, err := rpc.Check(ctx, s.engine, r, fields, s.now().UnixNano())
 	if err != nil {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return nil, status.FromContextError(err).Err()
-		}
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, err
 	}
 	return response(code, req, r.Statuses), nil
 }

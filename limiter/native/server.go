@@ -5,7 +5,6 @@ package native
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/internal/rpc"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
@@ -58,15 +58,9 @@ func (s *Server) Check(ctx context.Context, req *leveev1.CheckRequest) (*leveev1
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	defer engine.PutBatch(r)
-	if err := engine.Validate(r.Items, fields); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	code, err := s.engine.Check(ctx, r.Items, r.Statuses, s.now().UnixNano())
+	code, err := rpc.Check(ctx, s.engine, r, fields, s.now().UnixNano())
 	if err != nil {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return nil, status.FromContextError(err).Err()
-		}
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, err
 	}
 	return response(code, r.Statuses), nil
 }

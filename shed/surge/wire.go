@@ -39,32 +39,30 @@ var serviceDesc = grpc.ServiceDesc{
 	Metadata: "levee/surge",
 }
 
-func workHandler(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-	in := new(wrapperspb.Int64Value)
-	if err := dec(in); err != nil {
-		return nil, err
+// unaryHandler is the grpc.MethodHandler of a unary method taking a T, as
+// protoc-gen-go-grpc would generate it.
+func unaryHandler[T any](method string, call func(backendService, context.Context, *T) (any, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+		in := new(T)
+		if err := dec(in); err != nil {
+			return nil, err
+		}
+		s := srv.(backendService)
+		if ic == nil {
+			return call(s, ctx, in)
+		}
+		info := &grpc.UnaryServerInfo{Server: srv, FullMethod: method}
+		return ic(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+			return call(s, ctx, req.(*T))
+		})
 	}
-	s := srv.(backendService)
-	if ic == nil {
-		return s.work(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodWork}
-	return ic(ctx, in, info, func(ctx context.Context, req any) (any, error) {
-		return s.work(ctx, req.(*wrapperspb.Int64Value))
-	})
 }
 
-func statsHandler(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-	in := new(emptypb.Empty)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	s := srv.(backendService)
-	if ic == nil {
-		return s.stats(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: MethodStats}
-	return ic(ctx, in, info, func(ctx context.Context, req any) (any, error) {
-		return s.stats(ctx, req.(*emptypb.Empty))
+var (
+	workHandler = unaryHandler(MethodWork, func(s backendService, ctx context.Context, in *wrapperspb.Int64Value) (any, error) {
+		return s.work(ctx, in)
 	})
-}
+	statsHandler = unaryHandler(MethodStats, func(s backendService, ctx context.Context, in *emptypb.Empty) (any, error) {
+		return s.stats(ctx, in)
+	})
+)
