@@ -457,7 +457,69 @@ func TestSilentOwnerTimesOut(t *testing.T) {
 		t.Fatalf("batches %d, errors %d: want 3 timed out before the breaker opened", b, e)
 	}
 	if got := silent.got.Load(); got != 3 {
-		t.Fatalf("the silent owner read %d batches, want 3 on one stream", got)
+		t.Fatalf("the silent owner read %d batches, want 3", got)
+	}
+}
+
+// stuckOnce is an owner whose first Take stream is never read — a handler
+// wedged without dying — while later streams are served by a real Server.
+type stuckOnce struct {
+	leveev1.UnimplementedPeerServiceServer
+	real    *Server
+	streams atomic.Int64
+}
+
+func (p *stuckOnce) Take(s leveev1.PeerService_TakeServer) error {
+	if p.streams.Add(1) == 1 {
+		<-s.Context().Done()
+		return s.Context().Err()
+	}
+	return p.real.Take(s)
+}
+
+// TestStuckStreamIsReplaced: a batch too large for the flow-control window
+// of a stream its owner never reads blocks the sender; the peer timeout
+// must give up that stream, or every later batch would queue behind the
+// blocked send and fall back for as long as the owner's process lives.
+func TestStuckStreamIsReplaced(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := &stuckOnce{real: NewServer(limiter.NewStore(1<<16), nil)}
+	srv := grpc.NewServer(grpc.InitialWindowSize(WindowSize), grpc.InitialConnWindowSize(WindowSize))
+	leveev1.RegisterPeerServiceServer(srv, owner)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
+	r := NewRouter(Config{Self: self, Store: limiter.NewStore(1 << 16), Timeout: 100 * time.Millisecond, BreakerCooldown: 10 * time.Millisecond})
+	defer r.Close()
+	rg := ring.New([]ring.Member{self, {ID: "owner", Addr: lis.Addr().String()}})
+	r.SetRing(rg)
+	l := limiter.Limit{Rate: 1 << 20, Period: time.Hour}
+	// About 40,000 operations: more than the 1 MiB window holds.
+	big := make([]limiter.Request, 40000)
+	for i := range big {
+		big[i] = limiter.Request{Key: uint64(i) + 1, Limit: l, Hits: 1}
+	}
+	res := make([]limiter.Result, len(big))
+	if err := r.Take(context.Background(), time.Now().UnixNano(), big, res); err != nil {
+		t.Fatalf("stuck batch: caller saw %v", err)
+	}
+	key := keyOwnedBy(t, rg, "owner", 1<<30)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fb := r.Stats().Fallbacks.Load()
+		if _, err := take(t, r, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if r.Stats().Fallbacks.Load() == fb {
+			break // decided at the owner, on a new stream
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no operation reached the owner in 5 s after a stuck stream (%d streams opened)", owner.streams.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

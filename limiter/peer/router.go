@@ -643,11 +643,7 @@ func (p *peerConn) receive(ts *takeStream) {
 			// Cancelling first unblocks a Send waiting on flow control, so
 			// that streamMu is free.
 			ts.cancel()
-			p.streamMu.Lock()
-			if p.stream == ts {
-				p.stream = nil
-			}
-			p.streamMu.Unlock()
+			p.dropStream(ts)
 			if errors.Is(err, io.EOF) {
 				err = status.Error(codes.Unavailable, "peer closed the stream")
 			}
@@ -672,12 +668,27 @@ func (p *peerConn) receive(ts *takeStream) {
 	}
 }
 
+// dropStream forgets ts, if it is still the open stream, so that the next
+// batch opens a new one. The caller has cancelled ts, which unblocks a Send
+// holding streamMu.
+func (p *peerConn) dropStream(ts *takeStream) {
+	p.streamMu.Lock()
+	if p.stream == ts {
+		p.stream = nil
+	}
+	p.streamMu.Unlock()
+}
+
 // finish completes flight id with the answer or the error, once: the
 // answer, the timeout and the stream's failure race, and the first wins.
 func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 	p.flightMu.Lock()
 	f := p.flights[id]
 	delete(p.flights, id)
+	var ts *takeStream
+	if f != nil {
+		ts = f.stream
+	}
 	p.flightMu.Unlock()
 	if f == nil {
 		return
@@ -685,6 +696,17 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 	defer p.inflight.Done()
 	f.timer.Stop()
 	r := p.router
+	if err == errPeerTimeout && !f.byCallers && ts != nil {
+		// A peer that let a batch time out gets a fresh stream for the
+		// next one. An owner that stopped reading this stream (a wedged
+		// handler) leaves a send blocked on flow control, holding
+		// streamMu: every later batch would queue behind it and fall back
+		// for as long as the owner's process lives. Cancelling frees the
+		// send; the batches still waiting on the stream fail over now
+		// rather than at their timeouts.
+		ts.cancel()
+		p.dropStream(ts)
+	}
 	if err == nil && len(resp.GetResults()) != f.total {
 		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
 	}
