@@ -275,7 +275,15 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		for l := int(t); l < NumLevels; l++ {
 			if c.recent[l] > 0 {
 				end := Level((l/NumCohorts + 1) * NumCohorts)
-				if end-1 > t {
+				switch {
+				case r.MarginUnfit:
+					// The more important traffic alone overloads the
+					// resource: none of this priority fits. Shed the
+					// rest of it in one raise; partial raises would keep
+					// admitting some of it for seconds while the next
+					// priority up already queues behind the gate.
+					frac = 1
+				case end-1 > t:
 					// Leave the priority's last cohort: a priority is
 					// emptied, and the gate turned on the next one, only
 					// by a raise that finds nothing else of it admitted.

@@ -419,3 +419,41 @@ func TestControllerConcurrentUse(t *testing.T) {
 		t.Fatalf("histogram total %d, admitted %d, raised %v: want traffic recorded and the threshold raised", total, admitted, raised)
 	}
 }
+
+// TestMarginUnfitShedsTheRestOfTheMarginalPriority: an ordinary raise sheds
+// at most MaxRaiseStep and leaves the marginal priority's last cohort; a
+// reading that says the more important traffic alone overloads the
+// resource sheds all that is left of the marginal priority at once — and
+// no more, and never critical without Reading.Critical.
+func TestMarginUnfitShedsTheRestOfTheMarginalPriority(t *testing.T) {
+	demand := [NumPriorities]int{256, 256, 0, 256, 256} // critical, high, low, sheddable
+	now := t0
+	c := mustController(t, ControllerConfig{})
+	offer(c, now, demand, 0)
+	if th := c.Update(now, Reading{Overloaded: true, Excess: 0.9}); th >= LevelOf(Low, 0) {
+		t.Fatalf("an ordinary raise went to %v, past the sheddable band", th)
+	}
+
+	c = mustController(t, ControllerConfig{})
+	offer(c, now, demand, 0)
+	unfit := Reading{Overloaded: true, Excess: 0.01, MarginUnfit: true}
+	if th := c.Update(now, unfit); th != LevelOf(Low, 0) {
+		t.Fatalf("margin unfit from 0: threshold %v, want %v (all of sheddable, nothing of low)", th, LevelOf(Low, 0))
+	}
+	now = now.Add(tick)
+	offer(c, now, demand, 0)
+	// All of low; default, next up, carries no traffic here.
+	if th := c.Update(now, unfit); th != LevelOf(Default, 0) {
+		t.Fatalf("margin unfit in the low band: threshold %v, want %v", th, LevelOf(Default, 0))
+	}
+	now = now.Add(tick)
+	offer(c, now, demand, 0)
+	if th := c.Update(now, unfit); th != CriticalOnly {
+		t.Fatalf("margin unfit in the high band: threshold %v, want %v", th, CriticalOnly)
+	}
+	now = now.Add(tick)
+	offer(c, now, demand, 0)
+	if th := c.Update(now, unfit); th != CriticalOnly {
+		t.Fatalf("without Critical the threshold entered the critical band: %v", th)
+	}
+}

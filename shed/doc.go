@@ -23,7 +23,12 @@
 // percent when none did, a quarter at most per tick), computed from the
 // most recent request levels; one raise sheds at most the rest of the
 // least important priority still admitted, the marginal priority, so the
-// next one up is touched only if the overload outlasts it. When the
+// next one up is touched only if the overload outlasts it. A reading that
+// says the more important traffic alone overloads the resource
+// (Reading.MarginUnfit) sheds all that is left of the marginal priority in
+// one raise, however large a share that is: none of it fits, and partial
+// raises would keep admitting some of it while the next one up already
+// queues behind the gate. When the
 // resource is saturated (at capacity but not past it) the threshold holds;
 // when healthy, and no sooner than a hold period after the last raise, it
 // falls slowly. A raise that follows a failed probe (a lower that brought
@@ -54,7 +59,8 @@
 // randomness alone) and not in the few ticks after a raise, while the queue
 // the surge built drains, and in between they read as saturated. When the
 // traffic the gate does not refuse alone keeps more than twice the limit in
-// flight, that is overload too. Once critical is all that is left, the gate
+// flight, that is overload too, and the marginal priority does not fit
+// (MarginUnfit). Once critical is all that is left, the gate
 // trims critical, and its refusals beyond the tolerance are the evidence
 // that critical demand alone exceeds capacity.
 //

@@ -306,7 +306,9 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {
-			r.Overloaded = true
+			// Still growing: the traffic taken past the gate alone
+			// overloads the resource, so none of the margin fits.
+			r.Overloaded, r.MarginUnfit = true, true
 		} else {
 			r.Saturated = true
 		}

@@ -20,6 +20,12 @@ type Reading struct {
 	// to readmit shed traffic, and no need to shed more. The controller
 	// holds its threshold.
 	Saturated bool
+	// MarginUnfit says the traffic more important than the marginal
+	// priority (the least important one still admitted) alone overloads
+	// the resource: none of the marginal priority fits, so a raise sheds
+	// all that is left of it at once, however large a share of the
+	// traffic that is.
+	MarginUnfit bool
 	// Room is the fraction of the currently admitted traffic that could be
 	// added before the resource reaches its target load, when a signal
 	// measured it beyond its noise (the throughput target); 0 means
@@ -34,6 +40,7 @@ func (r Reading) Or(o Reading) Reading {
 	r.Overloaded = r.Overloaded || o.Overloaded
 	r.Critical = r.Critical || o.Critical
 	r.Saturated = r.Saturated || o.Saturated
+	r.MarginUnfit = r.MarginUnfit || o.MarginUnfit
 	if o.Excess > r.Excess {
 		r.Excess = o.Excess
 	}
