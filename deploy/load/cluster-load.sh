@@ -9,6 +9,11 @@
 #      10,000 keys are spread by the ring, so about two thirds are owned by
 #      the other two nodes and forwarded there in micro-batches.
 #
+# Both setups stay up, and the two loads alternate for ROUNDS rounds
+# (default 3); each round is reported, then the medians. The machine is
+# shared and its noise moves one 12 s phase by ±30%, so a single round
+# says little: compare medians.
+#
 # The load is envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit,
 # domain "bench" (built-in rules: 1,000,000 per second per user, so nothing
 # is refused), one descriptor user=<random of 10,000>, 50 concurrent calls.
@@ -28,6 +33,7 @@ set -euo pipefail
 
 secs=${1:-20}
 conc=${2:-50}
+rounds=${ROUNDS:-3}
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
@@ -118,14 +124,8 @@ load() {
 	echo $((t1 - t0)) >"$out.cpu"
 }
 
-echo "single node: ${secs}s, $conc concurrent..." >&2
 start single --standalone
-single_pid=$pid
-load "$grpc" "$work/single.json" "$single_pid"
-kill "$single_pid"
-wait "$single_pid" 2>/dev/null || true
-
-echo "3-node cluster, load on node 1: ${secs}s, $conc concurrent..." >&2
+single_pid=$pid single_grpc=$grpc
 start n1 --node-id n1 --data-dir "$work/etcd" "${cluster_flags[@]}" \
 	--embedded-etcd-client-url http://127.0.0.1:0 --embedded-etcd-peer-url http://127.0.0.1:0
 n1_pid=$pid n1_grpc=$grpc n1_metrics=$metrics endpoint=$etcd
@@ -143,30 +143,38 @@ for _ in $(seq 300); do
 done
 [ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] || { echo "the cluster did not form" >&2; exit 1; }
 
-# Warm-up, then the measured run with the forwarding counters of node 1 and
-# the CPU of all three read around it.
-"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
-fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
-bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
-fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
-be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
-t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
-r0=$(cpu "$n1_pid")
-"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$work/cluster.json" "$n1_grpc" >/dev/null 2>&1 || true
-t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
-r1=$(cpu "$n1_pid")
-fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
-bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
-fb1=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
-be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+# cluster_round N: warm-up, then the measured run with the forwarding
+# counters of node 1 and the CPU of all three read around it; writes
+# $work/cluster.N.json and $work/cluster.N.vars.
+cluster_round() {
+	local n=$1
+	"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
+	local fwd0 bat0 fb0 be0 t0 r0 fwd1 bat1 fb1 be1 t1 r1
+	fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
+	bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
+	fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
+	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+	t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	r0=$(cpu "$n1_pid")
+	"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
+	t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	r1=$(cpu "$n1_pid")
+	fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
+	bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
+	fb1=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
+	be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)")" >"$work/cluster.$n.vars"
+}
 
-python3 - "$work" "$(getconf CLK_TCK)" "$((t1 - t0))" "$((r1 - r0))" \
-	"$(python3 -c "print($fwd1 - $fwd0)")" "$(python3 -c "print($bat1 - $bat0)")" "$(python3 -c "print($fb1 - $fb0)")" \
-	"$(python3 -c "print($be1 - $be0)")" <<'PY'
-import json, sys
-work, hz = sys.argv[1], int(sys.argv[2])
-cl_ticks, recv_ticks = int(sys.argv[3]), int(sys.argv[4])
-fwd, batches, fallbacks, batch_errors = (float(x) for x in sys.argv[5:9])
+for n in $(seq "$rounds"); do
+	echo "round $n of $rounds: single node, then the 3-node cluster (load on node 1), ${secs}s each, $conc concurrent..." >&2
+	load "$single_grpc" "$work/single.$n.json" "$single_pid"
+	cluster_round "$n"
+done
+
+python3 - "$work" "$(getconf CLK_TCK)" "$rounds" <<'PY'
+import json, statistics, sys
+work, hz, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 def summary(path):
     o = json.load(open(path))
@@ -182,20 +190,41 @@ def summary(path):
     lat = {d["percentage"]: d["latency"] / 1e6 for d in o.get("latencyDistribution") or []}
     return o["rps"], ok, errs, lat.get(50, 0), lat.get(99, 0)
 
-rps1, ok1, err1, p50_1, p99_1 = summary(f"{work}/single.json")
-single_ticks = int(open(f"{work}/single.json.cpu").read())
-c1 = single_ticks / hz / max(ok1, 1) * 1e6
-rps3, ok3, err3, p50_3, p99_3 = summary(f"{work}/cluster.json")
-c3 = cl_ticks / hz / max(ok3, 1) * 1e6
-local = ok3 - fwd
-cfwd = (cl_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
-print(f"single node : rps={rps1:.0f} ok={ok1} errors={err1} p50={p50_1:.2f}ms p99={p99_1:.2f}ms cpu/decision={c1:.1f}us")
-print(f"3-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
-      f"cpu/decision={c3:.1f}us (all 3 nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
-print(f"forwarding  : forwarded={fwd:.0f} ({100 * fwd / max(ok3, 1):.1f}% of decisions) batches={batches:.0f} "
-      f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
-recv_fwd = (recv_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
-owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
-print(f"cpu per forwarded decision = {cfwd:.1f}us  [target <= 40us]: receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
-print(f"3-node vs single: rps x{rps3 / max(rps1, 1):.2f}, p99 x{p99_3 / max(p99_1, 1e-9):.2f}")
+cols = {}
+def keep(**kw):
+    for k, v in kw.items():
+        cols.setdefault(k, []).append(v)
+
+for n in range(1, rounds + 1):
+    rps1, ok1, err1, p50_1, p99_1 = summary(f"{work}/single.{n}.json")
+    single_ticks = int(open(f"{work}/single.{n}.json.cpu").read())
+    c1 = single_ticks / hz / max(ok1, 1) * 1e6
+    rps3, ok3, err3, p50_3, p99_3 = summary(f"{work}/cluster.{n}.json")
+    v = open(f"{work}/cluster.{n}.vars").read().split()
+    cl_ticks, recv_ticks = int(v[0]), int(v[1])
+    fwd, batches, fallbacks, batch_errors = (float(x) for x in v[2:6])
+    c3 = cl_ticks / hz / max(ok3, 1) * 1e6
+    local = ok3 - fwd
+    cfwd = (cl_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
+    recv_fwd = (recv_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
+    owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
+    print(f"round {n}:")
+    print(f"  single node : rps={rps1:.0f} ok={ok1} errors={err1} p50={p50_1:.2f}ms p99={p99_1:.2f}ms cpu/decision={c1:.1f}us")
+    print(f"  3-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
+          f"cpu/decision={c3:.1f}us (all 3 nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
+    print(f"  forwarding  : forwarded={fwd:.0f} ({100 * fwd / max(ok3, 1):.1f}% of decisions) batches={batches:.0f} "
+          f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
+    print(f"  cpu per forwarded decision = {cfwd:.1f}us: receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
+    keep(single_rps=rps1, single_cpu=c1, single_p99=p99_1, cluster_rps=rps3, cluster_p99=p99_3,
+         cfwd=cfwd, recv=recv_fwd, owner=owner_fwd, rpcs=batches / max(fwd, 1),
+         rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks)
+
+m = {k: statistics.median(v) for k, v in cols.items()}
+print(f"medians of {rounds} rounds:")
+print(f"  single node : rps={m['single_rps']:.0f} p99={m['single_p99']:.2f}ms cpu/decision={m['single_cpu']:.1f}us")
+print(f"  3-node      : rps={m['cluster_rps']:.0f} p99={m['cluster_p99']:.2f}ms rpcs/forwarded={m['rpcs']:.4f} "
+      f"(errors, batch errors and fallbacks over all rounds: {sum(cols['errors']):.0f})")
+print(f"  cpu per forwarded decision = {m['cfwd']:.1f}us [target <= 40us] (rounds: "
+      + ", ".join(f"{x:.1f}" for x in cols['cfwd']) + f"): receiving node {m['recv']:.1f}us + owner {m['owner']:.1f}us")
+print(f"  3-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f}")
 PY
