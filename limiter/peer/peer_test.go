@@ -478,10 +478,20 @@ func (p *stuckOnce) Take(s leveev1.PeerService_TakeServer) error {
 }
 
 // TestStuckStreamIsReplaced: a batch too large for the flow-control window
-// of a stream its owner never reads blocks the sender; the peer timeout
-// must give up that stream, or every later batch would queue behind the
-// blocked send and fall back for as long as the owner's process lives.
+// of a stream its owner never reads blocks the sender; once that send has
+// been stuck for a peer timeout it must be given up, or every later batch
+// would queue behind it and fall back for as long as the owner's process
+// lives — also when the callers' own deadlines, shorter than the peer
+// timeout, are what end each batch.
 func TestStuckStreamIsReplaced(t *testing.T) {
+	for _, callerDeadline := range []time.Duration{0, 50 * time.Millisecond} {
+		t.Run(fmt.Sprint("caller deadline ", callerDeadline), func(t *testing.T) {
+			testStuckStreamIsReplaced(t, callerDeadline)
+		})
+	}
+}
+
+func testStuckStreamIsReplaced(t *testing.T, callerDeadline time.Duration) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -497,27 +507,31 @@ func TestStuckStreamIsReplaced(t *testing.T) {
 	rg := ring.New([]ring.Member{self, {ID: "owner", Addr: lis.Addr().String()}})
 	r.SetRing(rg)
 	l := limiter.Limit{Rate: 1 << 20, Period: time.Hour}
+	takeCtx := func(reqs []limiter.Request, res []limiter.Result) error {
+		ctx := context.Background()
+		if callerDeadline > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, callerDeadline)
+			defer cancel()
+		}
+		return r.Take(ctx, time.Now().UnixNano(), reqs, res)
+	}
 	// About 40,000 operations: more than the 1 MiB window holds.
 	big := make([]limiter.Request, 40000)
 	for i := range big {
 		big[i] = limiter.Request{Key: uint64(i) + 1, Limit: l, Hits: 1}
 	}
-	res := make([]limiter.Result, len(big))
-	if err := r.Take(context.Background(), time.Now().UnixNano(), big, res); err != nil {
-		t.Fatalf("stuck batch: caller saw %v", err)
-	}
+	_ = takeCtx(big, make([]limiter.Result, len(big))) // falls back, or ends at the caller's deadline
 	key := keyOwnedBy(t, rg, "owner", 1<<30)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		fb := r.Stats().Fallbacks.Load()
-		if _, err := take(t, r, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil {
-			t.Fatal(err)
-		}
-		if r.Stats().Fallbacks.Load() == fb {
+		err := takeCtx([]limiter.Request{{Key: key, Limit: l, Hits: 1}}, make([]limiter.Result, 1))
+		if err == nil && r.Stats().Fallbacks.Load() == fb {
 			break // decided at the owner, on a new stream
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no operation reached the owner in 5 s after a stuck stream (%d streams opened)", owner.streams.Load())
+			t.Fatalf("no operation reached the owner in 5 s after a stuck stream (%d streams opened; last error %v)", owner.streams.Load(), err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

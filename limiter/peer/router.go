@@ -471,6 +471,9 @@ type peerConn struct {
 	// streamMu serialises opening the Take stream and sending on it.
 	streamMu sync.Mutex
 	stream   *takeStream
+	// blocked is the open or send in progress under streamMu, if any: a
+	// timeout that finds it stuck for a whole peer timeout cancels it.
+	blocked atomic.Pointer[streamOp]
 
 	flightMu sync.Mutex
 	flights  map[uint64]*flight // batches sent, by id
@@ -603,6 +606,47 @@ type flight struct {
 type takeStream struct {
 	s      grpc.BidiStreamingClient[leveev1.TakeRequest, leveev1.TakeResponse]
 	cancel context.CancelFunc
+	// heard is when the stream last answered a batch, or opened (unix
+	// nanoseconds).
+	heard atomic.Int64
+}
+
+// silent says ts, on which a batch just timed out, has answered nothing
+// for a whole peer timeout: an owner whose handler is wedged on this
+// stream (alive, answering other streams, perhaps still accepting data).
+// A stream that answers late but answers is not silent.
+func (p *peerConn) silent(ts *takeStream) bool {
+	return time.Since(time.Unix(0, ts.heard.Load())) >= p.router.cfg.Timeout
+}
+
+// streamOp is an open or a send on the Take stream, with the cancel that
+// ends it.
+type streamOp struct {
+	cancel context.CancelFunc
+	start  time.Time
+}
+
+// watch records an open or a send, which cancel ends, as the operation in
+// progress under streamMu until done is called.
+func (p *peerConn) watch(cancel context.CancelFunc) (done func()) {
+	op := &streamOp{cancel: cancel, start: time.Now()}
+	p.blocked.Store(op)
+	return func() { p.blocked.CompareAndSwap(op, nil) }
+}
+
+// unblock cancels the stream operation in progress if it has been stuck
+// for a whole peer timeout. An owner that stopped reading its stream (a
+// wedged handler) leaves a send blocked on flow control, and a peer that
+// never finishes connecting leaves the open blocked; either holds
+// streamMu, and every later batch would queue behind it and fall back for
+// as long as the owner's process lives. Cancelling fails the blocked
+// operation, which drops the stream; the next batch opens a new one. A
+// stream that merely answers late is left alone: its other batches may
+// still be answered.
+func (p *peerConn) unblock() {
+	if op := p.blocked.Load(); op != nil && time.Since(op.start) >= p.router.cfg.Timeout {
+		op.cancel()
+	}
 }
 
 // transmit sends req on the peer's Take stream, opening one if none is
@@ -612,12 +656,15 @@ func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 	defer p.streamMu.Unlock()
 	if p.stream == nil {
 		ctx, cancel := context.WithCancel(p.router.ctx)
+		done := p.watch(cancel)
 		s, err := p.client.Take(ctx)
+		done()
 		if err != nil {
 			cancel()
 			return err
 		}
 		ts := &takeStream{s: s, cancel: cancel}
+		ts.heard.Store(time.Now().UnixNano())
 		p.stream = ts
 		p.router.wg.Go(func() { p.receive(ts) })
 	}
@@ -625,7 +672,11 @@ func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 	p.flightMu.Lock()
 	f.stream = ts
 	p.flightMu.Unlock()
-	if err := ts.s.Send(req); err != nil {
+
+	done := p.watch(ts.cancel)
+	err := ts.s.Send(req)
+	done()
+	if err != nil {
 		// The receiver sees the stream end too and fails what it carried.
 		ts.cancel()
 		p.stream = nil
@@ -660,6 +711,7 @@ func (p *peerConn) receive(ts *takeStream) {
 			}
 			return
 		}
+		ts.heard.Store(time.Now().UnixNano())
 		var berr error
 		if e := resp.GetError(); e != "" {
 			berr = errors.New(e)
@@ -696,16 +748,13 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 	defer p.inflight.Done()
 	f.timer.Stop()
 	r := p.router
-	if err == errPeerTimeout && !f.byCallers && ts != nil {
-		// A peer that let a batch time out gets a fresh stream for the
-		// next one. An owner that stopped reading this stream (a wedged
-		// handler) leaves a send blocked on flow control, holding
-		// streamMu: every later batch would queue behind it and fall back
-		// for as long as the owner's process lives. Cancelling frees the
-		// send; the batches still waiting on the stream fail over now
-		// rather than at their timeouts.
-		ts.cancel()
-		p.dropStream(ts)
+	if err == errPeerTimeout {
+		// Give up a stream that went silent, or a send or open stuck
+		// behind one; the next batch opens a new stream.
+		if ts != nil && p.silent(ts) {
+			ts.cancel()
+		}
+		p.unblock()
 	}
 	if err == nil && len(resp.GetResults()) != f.total {
 		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
