@@ -276,12 +276,13 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 			if c.recent[l] > 0 {
 				end := Level((l/NumCohorts + 1) * NumCohorts)
 				switch {
-				case r.MarginUnfit:
+				case r.MarginUnfit && Level(l) < CriticalOnly:
 					// The more important traffic alone overloads the
 					// resource: none of this priority fits. Shed the
 					// rest of it in one raise; partial raises would keep
 					// admitting some of it for seconds while the next
 					// priority up already queues behind the gate.
+					// Critical is never emptied in one step.
 					frac = 1
 				case end-1 > t:
 					// Leave the priority's last cohort: a priority is

@@ -457,3 +457,17 @@ func TestMarginUnfitShedsTheRestOfTheMarginalPriority(t *testing.T) {
 		t.Fatalf("without Critical the threshold entered the critical band: %v", th)
 	}
 }
+
+// TestMarginUnfitNeverEmptiesCritical: even with Reading.Critical, a
+// MarginUnfit reading in the critical band raises by the capped step, not
+// to the top of the band.
+func TestMarginUnfitNeverEmptiesCritical(t *testing.T) {
+	c := mustController(t, ControllerConfig{})
+	now := t0
+	demand := [NumPriorities]int{1000, 0, 0, 0, 0}
+	offer(c, now, demand, 0)
+	th := c.Update(now, Reading{Overloaded: true, Excess: 0.9, Critical: true, MarginUnfit: true})
+	if th < CriticalOnly || th > CriticalOnly+NumCohorts/2 {
+		t.Fatalf("threshold %v after one critical raise, want a capped step into the critical band", th)
+	}
+}

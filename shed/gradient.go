@@ -306,9 +306,12 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {
-			// Still growing: the traffic taken past the gate alone
-			// overloads the resource, so none of the margin fits.
-			r.Overloaded, r.MarginUnfit = true, true
+			r.Overloaded = true
+			// Still growing while the traffic taken past the gate alone
+			// arrives faster than the resource completes work: none of
+			// the margin fits. A stall (nothing completing) says nothing
+			// about the mix, and must not empty whole priorities.
+			r.MarginUnfit = r.completed > 0 && dEx > r.completed && in > g.lastIn
 		} else {
 			r.Saturated = true
 		}
