@@ -272,3 +272,86 @@ func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 	}
 	return settles
 }
+
+// TestSimulationStallDoesNotEmptyPriorities drives a Resource in fake time
+// (one FIFO worker, exponential 1 ms service, four priorities at 25% each,
+// 0.8μ offered, 100 ms deadlines, work whose caller gave up is dropped)
+// through a stall: for a second or two the worker completes nothing, then
+// it serves as before. A stall says nothing about which priorities fit:
+// the threshold must never shed critical traffic, and must be back to 0
+// within 3 s of the stall's end.
+func TestSimulationStallDoesNotEmptyPriorities(t *testing.T) {
+	for _, stall := range []time.Duration{time.Second, 2 * time.Second} {
+		t.Run(fmt.Sprint("stall ", stall), func(t *testing.T) {
+			clk := newFakeClock(t0)
+			r := mustResource(t, Config{Clock: clk.Now})
+			rng := rand.New(rand.NewPCG(7, 8))
+			salt := CohortSalter{Seed: 1}.Salt(t0)
+			const mu = 1000.0
+			prios := []Priority{Critical, High, Low, Sheddable}
+			type queued struct {
+				p       Permit
+				arrived time.Time
+			}
+			var (
+				queue    []queued
+				busyTill time.Time
+				serving  *queued
+				nextArr  = t0
+				users    int
+				maxTh    Level
+				zeroAt   time.Duration = -1
+			)
+			stallFrom := 10 * time.Second
+			stallTo := stallFrom + stall
+			end := t0.Add(stallTo + 8*time.Second)
+			ctx := context.Background()
+			for now := t0; now.Before(end); now = now.Add(100 * time.Microsecond) {
+				clk.Set(now)
+				el := now.Sub(t0)
+				for !nextArr.After(now) {
+					p := prios[rng.IntN(len(prios))]
+					users++
+					l := LevelOf(p, Cohort(fmt.Sprintf("u%d", users%20000), salt))
+					if permit, err := r.Acquire(deadlineCtx{ctx, now.Add(100 * time.Millisecond)}, l); err == nil {
+						queue = append(queue, queued{p: permit, arrived: now})
+					}
+					nextArr = nextArr.Add(time.Duration(rng.ExpFloat64() / (0.8 * mu) * float64(time.Second)))
+				}
+				stalled := el >= stallFrom && el < stallTo
+				if serving != nil && !stalled && !busyTill.After(now) {
+					r.Release(serving.p, now.Sub(serving.arrived), OutcomeSuccess)
+					serving = nil
+				}
+				for serving == nil && len(queue) > 0 && !stalled {
+					q := queue[0]
+					queue = queue[1:]
+					if now.Sub(q.arrived) >= 100*time.Millisecond {
+						// The caller gave up: its handler ends at once.
+						r.Release(q.p, now.Sub(q.arrived), OutcomeDropped)
+						continue
+					}
+					serving = &q
+					busyTill = now.Add(time.Duration(rng.ExpFloat64() / mu * float64(time.Second)))
+				}
+				if el%(100*time.Millisecond) == 0 {
+					r.Tick(now)
+					th := r.Status(now).Threshold
+					maxTh = max(maxTh, th)
+					if el >= stallTo && th == 0 && zeroAt < 0 {
+						zeroAt = el - stallTo
+					} else if th != 0 {
+						zeroAt = -1
+					}
+				}
+			}
+			t.Logf("highest threshold %v; back to 0 %v after the stall", maxTh, zeroAt)
+			if maxTh >= CriticalOnly {
+				t.Errorf("a %v stall raised the threshold to %v, into critical", stall, maxTh)
+			}
+			if zeroAt < 0 || zeroAt > 3*time.Second {
+				t.Errorf("threshold back to 0 %v after the stall, want within 3 s", zeroAt)
+			}
+		})
+	}
+}
