@@ -20,7 +20,10 @@
 // admits, closed reports the operation undecidable. After a few consecutive
 // failures a per-peer circuit breaker opens: operations for that peer go
 // straight to their fallback, costing no timeouts, and one probe batch per
-// cool-down tests whether the peer is back. Membership (a lease in etcd)
+// cool-down tests whether the peer is back. A Take stream that answers
+// nothing for a whole peer timeout (an owner's handler wedged while the
+// process lives on), or an open or send stuck on it as long, is cancelled,
+// and the next batch opens a new one. Membership (a lease in etcd)
 // removes a dead node from the ring within its TTL; its keys then have live
 // owners again.
 //
