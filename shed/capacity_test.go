@@ -150,26 +150,12 @@ func TestSimulationStepSettles(t *testing.T) {
 // simulateSteps runs one seed and returns how long the threshold took to
 // settle after each step up.
 func simulateSteps(t *testing.T, seed uint64) []time.Duration {
-	clk := newFakeClock(t0)
-	r := mustResource(t, Config{Clock: clk.Now})
-	rng := rand.New(rand.NewPCG(seed, 4))
-	salt := CohortSalter{Seed: 1}.Salt(t0)
+	sim := newSim(t, seed, 4)
+	r := sim.r
 	const (
-		mu     = 1000.0
+		mu     = simMu
 		phase  = 8 * time.Second
 		phases = 6 // low, high, low, high, low, high
-	)
-	prios := []Priority{Critical, High, Low, Sheddable}
-	type queued struct {
-		p       Permit
-		arrived time.Time
-	}
-	var (
-		queue    []queued
-		busyTill time.Time
-		serving  *queued
-		nextArr  = t0
-		users    int
 	)
 	type sample struct {
 		at        time.Duration
@@ -177,39 +163,19 @@ func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 	}
 	var samples []sample
 	admittedIn := make([]int, phases)
-	ctx := context.Background()
 	end := t0.Add(phases * phase)
 	for now := t0; now.Before(end); now = now.Add(100 * time.Microsecond) {
-		clk.Set(now)
 		el := now.Sub(t0)
 		ph := int(el / phase)
 		rate := 0.7 * mu
 		if ph%2 == 1 {
 			rate = 1.4 * mu
 		}
-		for !nextArr.After(now) {
-			p := prios[rng.IntN(len(prios))]
-			users++
-			l := LevelOf(p, Cohort(fmt.Sprintf("u%d", users%20000), salt))
-			permit, err := r.Acquire(deadlineCtx{ctx, now.Add(100 * time.Millisecond)}, l)
-			if err == nil {
-				queue = append(queue, queued{p: permit, arrived: now})
-				admittedIn[ph]++
-			} else if p == Critical {
-				t.Fatalf("%v: critical refused: %v", el, err)
-			}
-			nextArr = nextArr.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+		admitted, err := sim.step(now, rate, false)
+		if err != nil {
+			t.Fatalf("%v: critical refused: %v", el, err)
 		}
-		if serving != nil && !busyTill.After(now) {
-			r.Release(serving.p, now.Sub(serving.arrived), OutcomeSuccess)
-			serving = nil
-		}
-		if serving == nil && len(queue) > 0 {
-			q := queue[0]
-			queue = queue[1:]
-			serving = &q
-			busyTill = now.Add(time.Duration(rng.ExpFloat64() / mu * float64(time.Second)))
-		}
+		admittedIn[ph] += admitted
 		if el%(100*time.Millisecond) == 0 {
 			r.Tick(now)
 			samples = append(samples, sample{el, r.Status(now).Threshold})
@@ -219,7 +185,7 @@ func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 	// traffic, each cohort 1/128 of it.
 	acc := func(l Level) float64 {
 		shed := 0.0
-		for _, p := range prios {
+		for _, p := range simPrios {
 			lo := LevelOf(p, 0)
 			shed += 0.25 * min(max(float64(l)-float64(lo), 0), NumCohorts) / NumCohorts
 		}
@@ -283,57 +249,19 @@ func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 func TestSimulationStallDoesNotEmptyPriorities(t *testing.T) {
 	for _, stall := range []time.Duration{time.Second, 2 * time.Second} {
 		t.Run(fmt.Sprint("stall ", stall), func(t *testing.T) {
-			clk := newFakeClock(t0)
-			r := mustResource(t, Config{Clock: clk.Now})
-			rng := rand.New(rand.NewPCG(7, 8))
-			salt := CohortSalter{Seed: 1}.Salt(t0)
-			const mu = 1000.0
-			prios := []Priority{Critical, High, Low, Sheddable}
-			type queued struct {
-				p       Permit
-				arrived time.Time
-			}
+			sim := newSim(t, 7, 8)
+			sim.dropExpired = true
+			r := sim.r
 			var (
-				queue    []queued
-				busyTill time.Time
-				serving  *queued
-				nextArr  = t0
-				users    int
-				maxTh    Level
-				zeroAt   time.Duration = -1
+				maxTh  Level
+				zeroAt time.Duration = -1
 			)
 			stallFrom := 10 * time.Second
 			stallTo := stallFrom + stall
 			end := t0.Add(stallTo + 8*time.Second)
-			ctx := context.Background()
 			for now := t0; now.Before(end); now = now.Add(100 * time.Microsecond) {
-				clk.Set(now)
 				el := now.Sub(t0)
-				for !nextArr.After(now) {
-					p := prios[rng.IntN(len(prios))]
-					users++
-					l := LevelOf(p, Cohort(fmt.Sprintf("u%d", users%20000), salt))
-					if permit, err := r.Acquire(deadlineCtx{ctx, now.Add(100 * time.Millisecond)}, l); err == nil {
-						queue = append(queue, queued{p: permit, arrived: now})
-					}
-					nextArr = nextArr.Add(time.Duration(rng.ExpFloat64() / (0.8 * mu) * float64(time.Second)))
-				}
-				stalled := el >= stallFrom && el < stallTo
-				if serving != nil && !stalled && !busyTill.After(now) {
-					r.Release(serving.p, now.Sub(serving.arrived), OutcomeSuccess)
-					serving = nil
-				}
-				for serving == nil && len(queue) > 0 && !stalled {
-					q := queue[0]
-					queue = queue[1:]
-					if now.Sub(q.arrived) >= 100*time.Millisecond {
-						// The caller gave up: its handler ends at once.
-						r.Release(q.p, now.Sub(q.arrived), OutcomeDropped)
-						continue
-					}
-					serving = &q
-					busyTill = now.Add(time.Duration(rng.ExpFloat64() / mu * float64(time.Second)))
-				}
+				sim.step(now, 0.8*simMu, el >= stallFrom && el < stallTo)
 				if el%(100*time.Millisecond) == 0 {
 					r.Tick(now)
 					th := r.Status(now).Threshold
@@ -354,4 +282,84 @@ func TestSimulationStallDoesNotEmptyPriorities(t *testing.T) {
 			}
 		})
 	}
+}
+
+// simMu is the simulated worker's service rate: exponential service with a
+// 1 ms mean.
+const simMu = 1000.0
+
+// simPrios are the simulated priorities, each a quarter of the arrivals.
+var simPrios = []Priority{Critical, High, Low, Sheddable}
+
+// sim drives a Resource in fake time: Poisson arrivals of simPrios (users
+// hashed into cohorts) with 100 ms deadlines, admitted ones queued for one
+// FIFO worker with exponential service at simMu.
+type sim struct {
+	r        *Resource
+	clk      *fakeClock
+	rng      *rand.Rand
+	salt     uint64
+	queue    []simRequest
+	serving  *simRequest
+	busyTill time.Time
+	nextArr  time.Time
+	users    int
+	// dropExpired ends, unserved, queued work whose caller has given up
+	// (its deadline passed), as a gRPC handler would.
+	dropExpired bool
+}
+
+type simRequest struct {
+	p       Permit
+	arrived time.Time
+}
+
+func newSim(t *testing.T, seed1, seed2 uint64) *sim {
+	clk := newFakeClock(t0)
+	return &sim{
+		r:       mustResource(t, Config{Clock: clk.Now}),
+		clk:     clk,
+		rng:     rand.New(rand.NewPCG(seed1, seed2)),
+		salt:    CohortSalter{Seed: 1}.Salt(t0),
+		nextArr: t0,
+	}
+}
+
+// step advances the simulation to now: the arrivals due at rate per second,
+// then the worker, which completes nothing while stalled. It returns how
+// many arrivals were admitted, and the error of a critical one refused.
+func (s *sim) step(now time.Time, rate float64, stalled bool) (admitted int, criticalRefused error) {
+	s.clk.Set(now)
+	for !s.nextArr.After(now) {
+		p := simPrios[s.rng.IntN(len(simPrios))]
+		s.users++
+		l := LevelOf(p, Cohort(fmt.Sprintf("u%d", s.users%20000), s.salt))
+		permit, err := s.r.Acquire(deadlineCtx{context.Background(), now.Add(100 * time.Millisecond)}, l)
+		switch {
+		case err == nil:
+			s.queue = append(s.queue, simRequest{p: permit, arrived: now})
+			admitted++
+		case p == Critical && criticalRefused == nil:
+			criticalRefused = err
+		}
+		s.nextArr = s.nextArr.Add(time.Duration(s.rng.ExpFloat64() / rate * float64(time.Second)))
+	}
+	if stalled {
+		return admitted, criticalRefused
+	}
+	if s.serving != nil && !s.busyTill.After(now) {
+		s.r.Release(s.serving.p, now.Sub(s.serving.arrived), OutcomeSuccess)
+		s.serving = nil
+	}
+	for s.serving == nil && len(s.queue) > 0 {
+		q := s.queue[0]
+		s.queue = s.queue[1:]
+		if s.dropExpired && now.Sub(q.arrived) >= 100*time.Millisecond {
+			s.r.Release(q.p, now.Sub(q.arrived), OutcomeDropped)
+			continue
+		}
+		s.serving = &q
+		s.busyTill = now.Add(time.Duration(s.rng.ExpFloat64() / simMu * float64(time.Second)))
+	}
+	return admitted, criticalRefused
 }
