@@ -68,13 +68,13 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	x := float64(g.completed) / sec
 	switch {
 	case g.pressed && g.completed > 0:
-		if t.capacity == 0 || now.Sub(t.measured) > t.memory {
+		if t.known(now) == 0 {
 			t.capacity = x
 		} else {
 			t.capacity = 0.7*t.capacity + 0.3*x
 		}
 		t.measured = now
-	case g.refused > 0 && t.capacity > 0 && now.Sub(t.measured) <= t.memory && x >= 0.8*t.capacity:
+	case g.refused > 0 && t.known(now) > 0 && x >= 0.8*t.capacity:
 		// Not full all tick, but full enough to refuse, and serving about
 		// what was measured: the measurement still holds. Without this a
 		// long surge that the gate trims, rarely full for a whole tick,
@@ -85,6 +85,15 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	t.exempt = rateDecay*t.exempt + float64(g.exempt)
 	t.dur = rateDecay*t.dur + sec
 	t.ticks++
+}
+
+// known returns the measured capacity while it is trusted (measured
+// within memory), else 0.
+func (t *throughputTarget) known(now time.Time) float64 {
+	if now.Sub(t.measured) > t.memory {
+		return 0
+	}
+	return t.capacity
 }
 
 // reset forgets the admitted rate: after the threshold moved, the traffic
@@ -100,7 +109,7 @@ func (t *throughputTarget) reset() { t.adm, t.exempt, t.dur, t.ticks = 0, 0, 0, 
 // capacity is unknown or forgotten, and holds until minRateTicks ticks were
 // observed since the last reset.
 func (t *throughputTarget) read(now time.Time) Reading {
-	if t.capacity == 0 || now.Sub(t.measured) > t.memory {
+	if t.known(now) == 0 {
 		return Reading{}
 	}
 	if t.ticks < minRateTicks || t.dur == 0 {

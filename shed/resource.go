@@ -579,9 +579,7 @@ func (r *Resource) Status(now time.Time) Status {
 	}
 	r.tickMu.Lock()
 	s.Overloaded = r.last.Overloaded
-	if r.tput.capacity > 0 && now.Sub(r.tput.measured) <= r.tput.memory {
-		s.Capacity = r.tput.capacity
-	}
+	s.Capacity = r.tput.known(now)
 	r.tickMu.Unlock()
 	if r.conc != nil {
 		s.Limit, s.Inflight = r.conc.Limit(), r.conc.Inflight()
