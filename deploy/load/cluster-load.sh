@@ -11,7 +11,7 @@
 #
 # Both setups stay up, and the two loads alternate for ROUNDS rounds
 # (default 3); each round is reported, then the medians. The machine is
-# shared and its noise moves one 12 s phase by ±30%, so a single round
+# shared and its noise moves one measured phase by ±30%, so a single round
 # says little: compare medians.
 #
 # The load is envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit,
@@ -34,6 +34,10 @@ set -euo pipefail
 secs=${1:-20}
 conc=${2:-50}
 rounds=${ROUNDS:-3}
+if ! [[ $rounds =~ ^[1-9][0-9]*$ ]]; then
+	echo "ROUNDS=$rounds: want a whole number of rounds, at least 1" >&2
+	exit 2
+fi
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
