@@ -18,14 +18,28 @@ const rateTolerance = 0.03
 // two seconds of traffic.
 const rateDecay = 0.95
 
+// minFull is the least full time in a tick for the tick to count in the
+// capacity: a shorter one is a request or two.
+const minFull = 5 * time.Millisecond
+
+// minFullDone is how many completions while full (decayed) the capacity
+// must rest on to be trusted: a rate from a few, a gate that filled for a
+// moment, is off by half or more, and read as the capacity it would shed
+// traffic that fits.
+const minFullDone = 100
+
+// fullDecay is the weight of the past in the capacity's sums, per tick
+// that had full time.
+const fullDecay = 0.9
+
 // minRateTicks is how many ticks after a reset (a move of the threshold)
 // the admitted rate is first read; until then a known capacity holds the
 // threshold, so that it moves only on what the last move brought.
 const minRateTicks = 3
 
 // throughputTarget learns the throughput a resource sustains when it is
-// pressed — its concurrency gate full through a whole tick, so that the
-// completions of the tick are what the resource can do, not what it was
+// pressed — the completions while its concurrency gate is full, over the
+// time it was full, which is what the resource can do, not what it was
 // offered — and holds the traffic the threshold lets through to a share of
 // it when the gate cannot.
 //
@@ -48,49 +62,69 @@ type throughputTarget struct {
 	headroom float64
 	memory   time.Duration
 
-	capacity float64   // completions per second while pressed (moving average); 0: unknown
+	capacity float64   // completions per second while the gate is full; 0: unknown
 	measured time.Time // when it was last measured
+	fullDone float64   // completions while the gate was full, decayed per tick that had full time
+	fullSec  float64   // the full time they took, decayed alike
 	adm, dur float64   // arrivals at the gate and seconds since the last reset, decayed per tick
 	exempt   float64   // of the arrivals, those taken past the gate, decayed alike
 	ticks    int       // ticks observed since the last reset
+
+	// The last recentTicks ticks' arrivals and seconds, undecayed: a fall
+	// in demand shows here long before the decayed rate follows it.
+	recentAll, recentSec [recentTicks]float64
 }
+
+// recentTicks is how many of the last ticks the recent rate is taken over.
+const recentTicks = 3
+
+// recentSigmas is how many standard deviations of its Poisson count the
+// recent rate must fall short of the target by to read as room: more than
+// the decayed rate's two, as it is read every tick over a short window.
+const recentSigmas = 3
 
 // observe records one tick of the gate: the requests that came to it (the
 // demand the threshold let through, whether the gate then admitted them or
 // not) and of those the ones more important than the margin, which the gate
-// does not refuse; those that completed; and whether the gate stayed full
-// all through the tick, or refused requests.
+// does not refuse; those that completed; and how long the gate was full and
+// what completed meanwhile.
 func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	sec := g.interval.Seconds()
 	if sec <= 0 {
 		return
 	}
-	x := float64(g.completed) / sec
-	switch {
-	case g.pressed && g.completed > 0:
-		if t.known(now) == 0 {
-			t.capacity = x
-		} else {
-			t.capacity = 0.7*t.capacity + 0.3*x
+	if g.full >= minFull && g.fullDone > 0 {
+		// The completions while the gate was full, over that time: for as
+		// long as it is full the resource works flat out. Summed with a
+		// decay so that the estimate rests on about a second of full
+		// time, and a resource whose capacity changed is followed. A
+		// tick in which nothing completed is a stall, which says nothing
+		// about what the resource does when it works.
+		if now.Sub(t.measured) > t.memory {
+			t.fullDone, t.fullSec = 0, 0 // forgotten: start afresh
 		}
-		t.measured = now
-	case g.refused > 0 && t.known(now) > 0 && x >= 0.8*t.capacity:
-		// Not full all tick, but full enough to refuse, and serving about
-		// what was measured: the measurement still holds. Without this a
-		// long surge that the gate trims, rarely full for a whole tick,
-		// would outlive the capacity it was measured at.
+		t.fullDone = fullDecay*t.fullDone + float64(g.fullDone)
+		t.fullSec = fullDecay*t.fullSec + g.full.Seconds()
+		t.capacity, t.measured = t.fullDone/t.fullSec, now
+	} else if x := float64(g.completed) / sec; g.refused > 0 && t.known(now) > 0 && x >= 0.8*t.capacity {
+		// Hardly full, but full enough to refuse, and serving about what
+		// was measured: the measurement still holds. Without this a long
+		// surge that the gate trims would outlive the capacity it was
+		// measured at.
 		t.measured = now
 	}
 	t.adm = rateDecay*t.adm + float64(g.all)
 	t.exempt = rateDecay*t.exempt + float64(g.exempt)
 	t.dur = rateDecay*t.dur + sec
+	i := t.ticks % recentTicks
+	t.recentAll[i], t.recentSec[i] = float64(g.all), sec
 	t.ticks++
 }
 
 // known returns the measured capacity while it is trusted (measured
-// within memory), else 0.
+// within memory, from at least minFullDone completions), else 0.
 func (t *throughputTarget) known(now time.Time) float64 {
-	if now.Sub(t.measured) > t.memory {
+	if now.Sub(t.measured) > t.memory || t.fullDone < minFullDone {
 		return 0
 	}
 	return t.capacity
@@ -117,12 +151,33 @@ func (t *throughputTarget) read(now time.Time) Reading {
 	}
 	rate, exempt := t.adm/t.dur, t.exempt/t.dur
 	target := (1 - t.headroom) * t.capacity
-	switch {
-	case exempt > target*(1+tolerance(t.exempt)):
+	if exempt > target*(1+tolerance(t.exempt)) {
 		return Reading{Overloaded: true, Excess: 1 - target/rate}
-	case rate >= target*(1-tolerance(t.adm)):
-		return Reading{Saturated: true}
-	case rate == 0:
+	}
+	// The decayed rate has a time constant of about two seconds: when
+	// demand falls (a surge ended) the last few ticks show it long before
+	// it does, and waiting for the decay would keep refusing traffic that
+	// fits. Read over a few ticks only, the rate must fall short by more
+	// standard deviations of its count.
+	var n, sec float64
+	for i := range min(t.ticks, recentTicks) {
+		n += t.recentAll[i]
+		sec += t.recentSec[i]
+	}
+	recent := math.Inf(1)
+	if sec > 0 && n/sec < target*(1-recentSigmas/math.Sqrt(max(n, 1))) {
+		recent = n / sec
+	}
+	if rate < target*(1-tolerance(t.adm)) || recent < math.Inf(1) {
+		return room(min(rate, recent), target)
+	}
+	return Reading{Saturated: true}
+}
+
+// room is the reading for a rate below the target: the share that could be
+// added, at most all of it again.
+func room(rate, target float64) Reading {
+	if rate == 0 {
 		return Reading{Room: 1}
 	}
 	return Reading{Room: min(target/rate-1, 1)}

@@ -14,9 +14,14 @@ func TestThroughputTargetReadings(t *testing.T) {
 	tick := 100 * time.Millisecond
 	tt := throughputTarget{headroom: 0.1, memory: 30 * time.Second}
 	now := t0
+	// pressed: the gate was full all tick.
 	step := func(arrived, exempt, completed uint64, pressed bool) Reading {
 		now = now.Add(tick)
-		tt.observe(now, gateReading{all: arrived, exempt: exempt, completed: completed, pressed: pressed, interval: tick})
+		g := gateReading{all: arrived, exempt: exempt, completed: completed, interval: tick}
+		if pressed {
+			g.full, g.fullDone = tick, completed
+		}
+		tt.observe(now, g)
 		return tt.read(now)
 	}
 	// No capacity measured yet: no opinion, however much arrives.
@@ -31,6 +36,19 @@ func TestThroughputTargetReadings(t *testing.T) {
 	}
 	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
 		t.Fatalf("capacity %v, want 1000", c)
+	}
+	// The capacity is the rate while full, not the tick's: a tick full
+	// for 40 ms in which 40 of 70 completions fell leaves it at 1,000/s.
+	now = now.Add(tick)
+	tt.observe(now, gateReading{all: 70, completed: 70, full: 40 * time.Millisecond, fullDone: 40, interval: tick})
+	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
+		t.Fatalf("after a partly full tick: capacity %v, want 1000", c)
+	}
+	// A tick full for less than minFull says nothing.
+	now = now.Add(tick)
+	tt.observe(now, gateReading{all: 70, completed: 70, full: time.Millisecond, fullDone: 5, interval: tick})
+	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
+		t.Fatalf("after a tick full for 1 ms: capacity %v, want 1000", c)
 	}
 	tt.reset()
 	// Just after a move the threshold holds while the rate is measured.
@@ -69,6 +87,18 @@ func TestThroughputTargetReadings(t *testing.T) {
 	if r.Overloaded || r.Saturated || math.Abs(r.Room-0.5) > 1e-9 {
 		t.Fatalf("at 600/s: %+v, want room 0.5", r)
 	}
+	// Demand falls from the target to 450/s: the decayed rate is still
+	// near the target for seconds (it would say room for ~15%), the last
+	// three ticks say room for all of it again.
+	tt.reset()
+	for range 40 {
+		step(90, 45, 90, false)
+	}
+	step(45, 20, 45, false)
+	step(45, 20, 45, false)
+	if r = step(45, 20, 45, false); r.Overloaded || r.Saturated || math.Abs(r.Room-1) > 1e-9 {
+		t.Fatalf("three ticks after demand fell to half the target: %+v, want room 1", r)
+	}
 	// A gate that refuses while serving about the measured capacity keeps
 	// the measurement alive past the memory; one that does not, does not.
 	for range 400 { // 40 s
@@ -92,7 +122,7 @@ func TestThroughputTargetToleratesNoise(t *testing.T) {
 	tick := 100 * time.Millisecond
 	tt := throughputTarget{headroom: 0.1, memory: time.Hour}
 	now := t0
-	tt.observe(now, gateReading{all: 100, completed: 100, pressed: true, interval: tick}) // capacity 1,000/s
+	tt.observe(now, gateReading{all: 100, completed: 100, full: tick, fullDone: 100, interval: tick}) // capacity 1,000/s
 	moves := 0
 	for range 6000 {
 		now = now.Add(tick)
@@ -125,25 +155,35 @@ func poisson(rng *rand.Rand, m float64) uint64 {
 // TestSimulationStepSettles drives a whole Resource in fake time with the
 // R3 shape: one FIFO worker (exponential service, mean 1 ms, μ = 1,000/s),
 // Poisson arrivals of four priorities at 25% each, 100 ms deadlines, demand
-// stepping from 0.7μ to 1.4μ and back three times, for five seeds (fifteen
+// stepping from 0.7μ to 1.4μ and back three times, for forty seeds (120
 // steps). The threshold settles (the acceptance it implies within ±5 points
-// of its final value for 1 s) within 2 s of at least 12 of the 15 steps and
-// within 3 s of all; while demand is high the worker serves 75–95% of its
-// capacity; after each step down everything is readmitted within 3 s;
-// critical is never refused.
+// of its final value for 1 s) within 2 s of at least 90% of the steps,
+// within 3 s of at least 95%, and within the phase (8 s) of all; while
+// demand is high the worker serves 75–95% of its capacity; after each step
+// down everything is readmitted within 3 s; critical is never refused.
+//
+// The settle times are a distribution: a noisy queue sometimes warrants a
+// late correction of a few points, so a handful of seeds cannot say whether
+// a change made settling faster or slower; forty can.
 func TestSimulationStepSettles(t *testing.T) {
-	within2 := 0
-	for seed := range uint64(5) {
+	const seeds = 40
+	var within2, within3, steps int
+	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			for _, d := range simulateSteps(t, seed) {
+				steps++
 				if d <= 2*time.Second {
 					within2++
+				}
+				if d <= 3*time.Second {
+					within3++
 				}
 			}
 		})
 	}
-	if within2 < 12 {
-		t.Errorf("the threshold settled within 2 s after %d of 15 steps, want at least 12", within2)
+	t.Logf("settled within 2 s after %d of %d steps, within 3 s after %d", within2, steps, within3)
+	if float64(within2) < 0.9*float64(steps) || float64(within3) < 0.95*float64(steps) {
+		t.Errorf("settled within 2 s after %d of %d steps (want 90%%), within 3 s after %d (want 95%%)", within2, steps, within3)
 	}
 }
 
@@ -152,6 +192,7 @@ func TestSimulationStepSettles(t *testing.T) {
 func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 	sim := newSim(t, seed, 4)
 	r := sim.r
+
 	const (
 		mu     = simMu
 		phase  = 8 * time.Second
@@ -221,10 +262,11 @@ func simulateSteps(t *testing.T, seed uint64) []time.Duration {
 			}
 		}
 		t.Logf("step %d: final acceptance %.2f, settled after %v; admitted %.0f/s", ph/2+1, final, settled, float64(admittedIn[ph])/phase.Seconds())
-		settles = append(settles, settled)
-		if settled < 0 || settled > 3*time.Second {
-			t.Errorf("step %d: threshold settled after %v, want within 3 s", ph/2+1, settled)
+		if settled < 0 {
+			t.Errorf("step %d: threshold never settled in the phase", ph/2+1)
+			settled = phase
 		}
+		settles = append(settles, settled)
 		if a := float64(admittedIn[ph]) / phase.Seconds(); a > 0.95*mu || a < 0.75*mu {
 			t.Errorf("step %d: admitted %.0f/s over the phase, want 750–950/s (below capacity, no collapse)", ph/2+1, a)
 		}

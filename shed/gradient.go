@@ -12,8 +12,12 @@ import (
 // GradientConfig tunes a GradientLimit. The zero value gives the defaults.
 type GradientConfig struct {
 	InitialLimit int // starting limit (20)
-	MinLimit     int // floor of the limit (10)
-	MaxLimit     int // cap of the limit (1000)
+	// MinLimit is the floor of the limit (6). It bounds the queue the gate
+	// lets form in front of a service with few workers: a one-worker
+	// service at the floor queues at most about six service times, which
+	// keeps the latency of the traffic that remains close to unloaded.
+	MinLimit int
+	MaxLimit int // cap of the limit (1000)
 	// Tolerance is how much latency above the baseline is accepted before
 	// the limit shrinks (1.25: up to 25% more than the uncongested p90).
 	Tolerance float64
@@ -41,7 +45,7 @@ func (c GradientConfig) withDefaults() (GradientConfig, error) {
 		c.InitialLimit = 20
 	}
 	if c.MinLimit == 0 {
-		c.MinLimit = 10
+		c.MinLimit = 6
 	}
 	if c.MaxLimit == 0 {
 		c.MaxLimit = 1000
@@ -142,7 +146,13 @@ type GradientLimit struct {
 	exempt                             atomic.Uint64 // slots taken past the gate (take)
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
-	lat                                latencyHistogram
+	// The time the gate was full (at least limit−1 in flight) and the
+	// completions in that time: the resource's capacity, measured without
+	// choosing ticks by how fast the service happened to be in them.
+	fullSince atomic.Int64  // UnixNano when the gate last became full; 0 while it is not
+	fullNanos atomic.Int64  // full time closed since the last Read
+	fullDone  atomic.Uint64 // Releases that found the gate full, since the last Read
+	lat       latencyHistogram
 
 	mu                       sync.Mutex // owner state below
 	est, baseline            float64    // limit estimate; baseline p90 in ns
@@ -170,11 +180,11 @@ func NewGradientLimit(cfg GradientConfig) (*GradientLimit, error) {
 	return g, nil
 }
 
-// Acquire asks the gate for a slot at priority p. With force (shadow mode)
-// the slot is taken even when the gate would refuse; the return value says
-// whether it would have admitted. Every successful or forced Acquire must be
-// matched by one Release with the same priority.
-func (g *GradientLimit) Acquire(p Priority, force bool) bool {
+// Acquire asks the gate at now for a slot at priority p. With force
+// (shadow mode) the slot is taken even when the gate would refuse; the
+// return value says whether it would have admitted. Every successful or
+// forced Acquire must be matched by one Release with the same priority.
+func (g *GradientLimit) Acquire(now time.Time, p Priority, force bool) bool {
 	i := p.index()
 	n := g.inflight[i].Add(1)
 	for j := range i {
@@ -182,10 +192,13 @@ func (g *GradientLimit) Acquire(p Priority, force bool) bool {
 	}
 	if n <= g.limit.Load() {
 		g.admitted.Add(1)
+		g.filled(now)
 		return true
 	}
 	if !force {
 		g.inflight[i].Add(-1)
+	} else {
+		g.filled(now)
 	}
 	g.refused.Add(1)
 	if i == 0 {
@@ -194,13 +207,32 @@ func (g *GradientLimit) Acquire(p Priority, force bool) bool {
 	return false
 }
 
-// Release returns a slot taken at priority p. With sample, rtt is recorded
-// as a latency sample (pass false for requests whose latency says nothing
-// about the service: cancelled, failed fast, health checks, streams).
-func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
+// filled starts the gate's full time at now if a slot just taken filled
+// it. Racing Acquires and Releases may blur a boundary by a request; the
+// measurement is a sum over thousands of them.
+func (g *GradientLimit) filled(now time.Time) {
+	if int64(g.Inflight()) >= g.full() && g.fullSince.Load() == 0 {
+		g.fullSince.CompareAndSwap(0, now.UnixNano())
+	}
+}
+
+// full is the number in flight at which the gate counts as full: a full
+// gate drops to one below its limit at each release, until the next
+// admission.
+func (g *GradientLimit) full() int64 { return max(g.limit.Load()-1, 1) }
+
+// Release returns at now a slot taken at priority p. With sample, rtt is
+// recorded as a latency sample (pass false for requests whose latency says
+// nothing about the service: cancelled, failed fast, health checks,
+// streams).
+func (g *GradientLimit) Release(now time.Time, p Priority, rtt time.Duration, sample bool) {
 	i := p.index()
+	total := g.Inflight()
+	full := g.full()
+	if int64(total) >= full {
+		g.fullDone.Add(1)
+	}
 	if sample {
-		total := g.Inflight()
 		g.lat.observe(rtt)
 		for {
 			cur := g.maxInflight.Load()
@@ -211,7 +243,13 @@ func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 	}
 	g.inflight[i].Add(-1)
 	g.completed.Add(1)
-	if left := int64(g.Inflight()); left < g.minInflight.Load() {
+	left := int64(g.Inflight())
+	if left < full {
+		if since := g.fullSince.Swap(0); since != 0 {
+			g.fullNanos.Add(now.UnixNano() - since)
+		}
+	}
+	if left < g.minInflight.Load() {
 		for {
 			cur := g.minInflight.Load()
 			if left >= cur || g.minInflight.CompareAndSwap(cur, left) {
@@ -264,11 +302,12 @@ func (g *GradientLimit) Read(now time.Time) Reading {
 // gateReading is a Read with the details Resource needs.
 type gateReading struct {
 	Reading
-	all, refused uint64 // requests that came to the gate (taken or not), and those it refused
-	standing     bool   // more than twice the limit stayed in flight all interval
-	exempt       uint64 // slots taken past the gate (more important than the margin)
-	completed    uint64 // releases
-	pressed      bool   // the gate stayed full all interval, or refused and stayed half full
+	all, refused uint64        // requests that came to the gate (taken or not), and those it refused
+	standing     bool          // more than twice the limit stayed in flight all interval
+	exempt       uint64        // slots taken past the gate (more important than the margin)
+	completed    uint64        // releases
+	full         time.Duration // how long the gate was full (at least limit−1 in flight)
+	fullDone     uint64        // releases while it was
 	interval     time.Duration
 }
 
@@ -295,14 +334,12 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	in := int64(g.Inflight())
 	minIn := g.minInflight.Swap(in)
 	limit := g.limit.Load()
-	// Pressed: the gate stayed full all interval (a full gate drops to
-	// one below its limit at each release, until the next admission), or
-	// it refused requests and never fell below half full: either way the
-	// completions of the interval are what the resource can do. (A gate
-	// that trims a flood is rarely full for a whole interval.)
-	full, half := max(limit-1, 1), max(limit/2, 1)
-	r.pressed = !g.lastRead.IsZero() &&
-		(minIn >= full && g.lastIn >= full || dRef > 0 && minIn >= half && g.lastIn >= half)
+	// The full time so far, with a period still open closed at now and
+	// reopened.
+	if since := g.fullSince.Load(); since != 0 && g.fullSince.CompareAndSwap(since, now.UnixNano()) {
+		g.fullNanos.Add(now.UnixNano() - since)
+	}
+	r.full, r.fullDone = time.Duration(g.fullNanos.Swap(0)), g.fullDone.Swap(0)
 	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {
@@ -325,9 +362,10 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 // admits priorities more important than the one it is shedding this way,
 // so that they are never refused while less important traffic is still
 // admitted. The slot is released with Release as usual.
-func (g *GradientLimit) take(p Priority) {
+func (g *GradientLimit) take(now time.Time, p Priority) {
 	g.inflight[p.index()].Add(1)
 	g.exempt.Add(1)
+	g.filled(now)
 }
 
 // closeWindow closes the measurement window when it is due and moves the
