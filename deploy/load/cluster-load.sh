@@ -38,6 +38,17 @@ if ! [[ $rounds =~ ^[1-9][0-9]*$ ]]; then
 	echo "ROUNDS=$rounds: want a whole number of rounds, at least 1" >&2
 	exit 2
 fi
+# RATE=N offers N calls per second (ghz -r) instead of as many as 50
+# concurrent callers can push: an open-loop load at the same rate on both
+# setups, so the single-node CPU per decision the formula charges local
+# decisions at is measured at the same load, on a machine not saturated.
+rate=${RATE:-}
+if [ -n "$rate" ] && ! [[ $rate =~ ^[1-9][0-9]*$ ]]; then
+	echo "RATE=$rate: want calls per second, a whole number" >&2
+	exit 2
+fi
+rate_flags=()
+if [ -n "$rate" ]; then rate_flags=(-r "$rate"); fi
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
@@ -120,10 +131,10 @@ call=envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit
 load() {
 	local addr=$1 out=$2
 	shift 2
-	"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
+	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
 	local t0 t1
 	t0=$(cpu "$@")
-	"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
+	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
 	t1=$(cpu "$@")
 	echo $((t1 - t0)) >"$out.cpu"
 }
@@ -152,7 +163,7 @@ done
 # $work/cluster.N.json and $work/cluster.N.vars.
 cluster_round() {
 	local n=$1
-	"$ghz" --insecure --call "$call" -c "$conc" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
+	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
 	local fwd0 bat0 fb0 be0 t0 r0 fwd1 bat1 fb1 be1 t1 r1
 	fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
 	bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
@@ -160,7 +171,7 @@ cluster_round() {
 	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
 	t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
 	r0=$(cpu "$n1_pid")
-	"$ghz" --insecure --call "$call" -c "$conc" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
+	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
 	t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
 	r1=$(cpu "$n1_pid")
 	fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
@@ -171,7 +182,7 @@ cluster_round() {
 }
 
 for n in $(seq "$rounds"); do
-	echo "round $n of $rounds: single node, then the 3-node cluster (load on node 1), ${secs}s each, $conc concurrent..." >&2
+	echo "round $n of $rounds: single node, then the 3-node cluster (load on node 1), ${secs}s each, $conc concurrent${rate:+, $rate calls/s}..." >&2
 	load "$single_grpc" "$work/single.$n.json" "$single_pid"
 	cluster_round "$n"
 done
