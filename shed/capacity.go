@@ -22,14 +22,15 @@ const rateDecay = 0.95
 // capacity: a shorter one is a request or two.
 const minFull = 5 * time.Millisecond
 
-// minFullDone is how many completions while full (decayed) the capacity
-// must rest on to be trusted: a rate from a few, a gate that filled for a
-// moment, is off by half or more, and read as the capacity it would shed
-// traffic that fits.
+// minFullDone is how many requests served while the gate was full the
+// capacity must rest on to be trusted (counted since it was last
+// forgotten, without decay, so that a slow resource gets there too): a
+// rate from a few, a gate that filled for a moment, is off by half or
+// more, and read as the capacity it would shed traffic that fits.
 const minFullDone = 100
 
 // fullDecay is the weight of the past in the capacity's sums, per tick
-// that had full time.
+// that had full time: the capacity rests on the last ten or so of them.
 const fullDecay = 0.9
 
 // minRateTicks is how many ticks after a reset (a move of the threshold)
@@ -64,8 +65,9 @@ type throughputTarget struct {
 
 	capacity float64   // completions per second while the gate is full; 0: unknown
 	measured time.Time // when it was last measured
-	fullDone float64   // completions while the gate was full, decayed per tick that had full time
+	fullDone float64   // requests served while the gate was full, decayed per tick that had full time
 	fullSec  float64   // the full time they took, decayed alike
+	fullSeen uint64    // requests served while full since the capacity was last forgotten
 	adm, dur float64   // arrivals at the gate and seconds since the last reset, decayed per tick
 	exempt   float64   // of the arrivals, those taken past the gate, decayed alike
 	ticks    int       // ticks observed since the last reset
@@ -78,10 +80,17 @@ type throughputTarget struct {
 // recentTicks is how many of the last ticks the recent rate is taken over.
 const recentTicks = 3
 
-// recentSigmas is how many standard deviations of its Poisson count the
-// recent rate must fall short of the target by to read as room: more than
-// the decayed rate's two, as it is read every tick over a short window.
+// recentSigmas is how many standard deviations of the count expected at
+// the target the recent count must fall short by to read as room: more
+// than the decayed rate's two, as it is read every tick over a short
+// window.
 const recentSigmas = 3
+
+// recentFall is the least share by which the recent rate must fall short
+// of the target as well: the recent rate is there for the end of a surge,
+// a fall by a third or more, and real traffic varies from tick to tick by
+// more than a Poisson count does.
+const recentFall = 0.3
 
 // observe records one tick of the gate: the requests that came to it (the
 // demand the threshold let through, whether the gate then admitted them or
@@ -93,18 +102,21 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	if sec <= 0 {
 		return
 	}
-	if g.full >= minFull && g.fullDone > 0 {
-		// The completions while the gate was full, over that time: for as
-		// long as it is full the resource works flat out. Summed with a
-		// decay so that the estimate rests on about a second of full
-		// time, and a resource whose capacity changed is followed. A
-		// tick in which nothing completed is a stall, which says nothing
-		// about what the resource does when it works.
+	// The full time cannot exceed the tick; a clock that stepped could
+	// make it seem to.
+	full := min(g.full, g.interval)
+	if full >= minFull && g.fullDone > 0 {
+		// The requests served while the gate was full, over that time:
+		// for as long as it is full the resource works flat out. Summed
+		// with a decay, so that a resource whose capacity changed is
+		// followed. A tick in which nothing completed is a stall, which
+		// says nothing about what the resource does when it works.
 		if now.Sub(t.measured) > t.memory {
-			t.fullDone, t.fullSec = 0, 0 // forgotten: start afresh
+			t.fullDone, t.fullSec, t.fullSeen = 0, 0, 0 // forgotten: start afresh
 		}
 		t.fullDone = fullDecay*t.fullDone + float64(g.fullDone)
-		t.fullSec = fullDecay*t.fullSec + g.full.Seconds()
+		t.fullSec = fullDecay*t.fullSec + full.Seconds()
+		t.fullSeen += g.fullDone
 		t.capacity, t.measured = t.fullDone/t.fullSec, now
 	} else if x := float64(g.completed) / sec; g.refused > 0 && t.known(now) > 0 && x >= 0.8*t.capacity {
 		// Hardly full, but full enough to refuse, and serving about what
@@ -122,9 +134,9 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 }
 
 // known returns the measured capacity while it is trusted (measured
-// within memory, from at least minFullDone completions), else 0.
+// within memory, from at least minFullDone requests), else 0.
 func (t *throughputTarget) known(now time.Time) float64 {
-	if now.Sub(t.measured) > t.memory || t.fullDone < minFullDone {
+	if now.Sub(t.measured) > t.memory || t.fullSeen < minFullDone {
 		return 0
 	}
 	return t.capacity
@@ -157,15 +169,15 @@ func (t *throughputTarget) read(now time.Time) Reading {
 	// The decayed rate has a time constant of about two seconds: when
 	// demand falls (a surge ended) the last few ticks show it long before
 	// it does, and waiting for the decay would keep refusing traffic that
-	// fits. Read over a few ticks only, the rate must fall short by more
-	// standard deviations of its count.
+	// fits. Read over a few ticks only, the count must fall short of what
+	// the target would bring by more standard deviations, and by a third.
 	var n, sec float64
 	for i := range min(t.ticks, recentTicks) {
 		n += t.recentAll[i]
 		sec += t.recentSec[i]
 	}
 	recent := math.Inf(1)
-	if sec > 0 && n/sec < target*(1-recentSigmas/math.Sqrt(max(n, 1))) {
+	if expect := target * sec; sec > 0 && n < expect-recentSigmas*math.Sqrt(expect) && n < (1-recentFall)*expect {
 		recent = n / sec
 	}
 	if rate < target*(1-tolerance(t.adm)) || recent < math.Inf(1) {

@@ -99,6 +99,27 @@ func TestThroughputTargetReadings(t *testing.T) {
 	if r = step(45, 20, 45, false); r.Overloaded || r.Saturated || math.Abs(r.Room-1) > 1e-9 {
 		t.Fatalf("three ticks after demand fell to half the target: %+v, want room 1", r)
 	}
+	// ... and when it stops altogether.
+	tt.reset()
+	for range 40 {
+		step(90, 45, 90, false)
+	}
+	step(0, 0, 0, false)
+	step(0, 0, 0, false)
+	if r = step(0, 0, 0, false); r.Room != 1 {
+		t.Fatalf("three ticks after demand stopped: %+v, want room 1", r)
+	}
+	// A fall by less than a third is left to the decayed rate.
+	tt.reset()
+	for range 40 {
+		step(90, 45, 90, false)
+	}
+	for range 3 {
+		r = step(72, 36, 72, false)
+	}
+	if r.Room > 0.2 {
+		t.Fatalf("three ticks after demand fell by a fifth: %+v, want at most the decayed rate's room", r)
+	}
 	// A gate that refuses while serving about the measured capacity keeps
 	// the measurement alive past the memory; one that does not, does not.
 	for range 400 { // 40 s
@@ -116,26 +137,63 @@ func TestThroughputTargetReadings(t *testing.T) {
 }
 
 func TestThroughputTargetToleratesNoise(t *testing.T) {
-	// Poisson arrivals at the target itself, read every tick for 10
-	// minutes: noise alone must almost never read as overload or room.
-	rng := rand.New(rand.NewPCG(1, 2))
+	// Arrivals at the target, all of them exempt from the gate, and just
+	// over it with half of them exempt (the gate's to trim: a hold), read
+	// every tick for 10 minutes: Poisson, and Poisson around a mean that
+	// itself varies by ±10% from tick to tick (real traffic is burstier
+	// than Poisson). Noise alone must almost never read as overload or
+	// room.
+	for _, c := range []struct {
+		name              string
+		load, swing, part float64
+	}{{"poisson at the target", 1, 0, 1}, {"bursty at the target", 1, 0.1, 1}, {"bursty at 1.05 of it", 1.05, 0.1, 0.5}} {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, 2))
+			tick := 100 * time.Millisecond
+			tt := throughputTarget{headroom: 0.1, memory: time.Hour}
+			now := t0
+			tt.observe(now, gateReading{all: 100, completed: 100, full: tick, fullDone: 100, interval: tick}) // capacity 1,000/s
+			moves := 0
+			for range 6000 {
+				now = now.Add(tick)
+				n := poisson(rng, 90*c.load*(1+c.swing*(2*rng.Float64()-1)))
+				tt.observe(now, gateReading{all: n, exempt: uint64(c.part * float64(n)), completed: 90, interval: tick})
+				if r := tt.read(now); r.Overloaded || r.Room > 0 {
+					moves++
+					tt.reset() // a move starts the count afresh, as Resource does
+				}
+			}
+			t.Logf("%d moves in 10 minutes", moves)
+			if moves > 30 { // at most one move every 20 s
+				t.Fatalf("%d moves in 10 minutes of steady load", moves)
+			}
+		})
+	}
+}
+
+func TestThroughputTargetMeasuresSlowResources(t *testing.T) {
+	// A resource that serves 30 requests a second, its gate always full:
+	// the capacity is trusted once 100 requests were served while full,
+	// however slowly they came.
 	tick := 100 * time.Millisecond
-	tt := throughputTarget{headroom: 0.1, memory: time.Hour}
+	tt := throughputTarget{headroom: 0.1, memory: 30 * time.Second}
 	now := t0
-	tt.observe(now, gateReading{all: 100, completed: 100, full: tick, fullDone: 100, interval: tick}) // capacity 1,000/s
-	moves := 0
-	for range 6000 {
+	for i := range 60 {
 		now = now.Add(tick)
-		n := poisson(rng, 90)
-		tt.observe(now, gateReading{all: n, exempt: n, completed: 90, interval: tick})
-		if r := tt.read(now); r.Overloaded || r.Room > 0 {
-			moves++
-			tt.reset() // a move starts the count afresh, as Resource does
+		tt.observe(now, gateReading{all: 3, completed: 3, full: tick, fullDone: 3, interval: tick})
+		if known := tt.known(now) > 0; known != (i >= 33) {
+			t.Fatalf("after %d served while full: trusted %v, want %v", 3*(i+1), known, i >= 33)
 		}
 	}
-	t.Logf("%d moves in 10 minutes", moves)
-	if moves > 30 { // at most one move every 20 s
-		t.Fatalf("%d moves in 10 minutes of steady load at the target", moves)
+	if c := tt.known(now); math.Abs(c-30) > 1e-9 {
+		t.Fatalf("capacity %v, want 30", c)
+	}
+	// A full time longer than the tick (a clock that stepped) counts as
+	// the tick.
+	now = now.Add(tick)
+	tt.observe(now, gateReading{all: 3, completed: 3, full: time.Hour, fullDone: 3, interval: tick})
+	if c := tt.known(now); math.Abs(c-30) > 1e-9 {
+		t.Fatalf("after a tick claiming an hour of full time: capacity %v, want 30", c)
 	}
 }
 

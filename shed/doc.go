@@ -67,23 +67,23 @@
 // # Throughput target
 //
 // With the gate on, a Resource also learns the throughput it sustains: the
-// completions while the gate is full (at least limit − 1 in flight), over
-// the time it is full, which is what the resource can do, not what it was
-// offered. (Counting only ticks the gate stayed full throughout picks the
-// ticks whose service happened to be slow, and under-measures by 5–20%.)
-// It steers what the threshold lets through to (1 − Headroom) × that
-// throughput, 90% by default. When the
-// traffic the gate does not refuse alone passes the target beyond the
-// noise of its count, the threshold sheds the measured excess in one move,
-// rather than creeping up while the queue stands; when what it lets
-// through falls short of the target beyond the noise, it readmits most of
-// the measured room at once, without waiting out its hold; the last three
-// ticks alone can show that (with a wider tolerance), so the end of a
-// surge is not waited out for the two seconds the decayed count takes. Between the
-// two it holds, so it settles instead of probing. Each move restarts the
-// count, and the next one waits for three ticks of it. A capacity not
-// measured for CapacityMemory (30 s) is forgotten, and the threshold
-// probes upward as before.
+// requests that leave while the gate is full (at least limit − 1 in
+// flight), over the time it is full — what the resource can do, not what
+// it was offered, and not only the ticks that stayed full throughout,
+// which are the ticks whose service happened to be slow. The measure is
+// trusted once 100 requests left a full gate. It steers what the
+// threshold lets through to (1 − Headroom) × that throughput, 90% by
+// default. When the traffic the gate does not refuse alone passes the
+// target beyond the noise of its count, the threshold sheds the measured
+// excess in one move, rather than creeping up while the queue stands;
+// when what it lets through falls short of the target beyond the noise,
+// it readmits most of the measured room at once, without waiting out its
+// hold. A fall by a third or more shows in the last three ticks alone, so
+// the end of a surge is not waited out for the two seconds the decayed
+// count takes. Between the two it holds, so it settles instead of probing.
+// Each move restarts the count, and the next one waits for three ticks of
+// it. A capacity not measured for CapacityMemory (30 s) is forgotten, and
+// the threshold probes upward as before.
 //
 // # Composition
 //

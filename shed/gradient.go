@@ -13,9 +13,11 @@ import (
 type GradientConfig struct {
 	InitialLimit int // starting limit (20)
 	// MinLimit is the floor of the limit (6). It bounds the queue the gate
-	// lets form in front of a service with few workers: a one-worker
-	// service at the floor queues at most about six service times, which
-	// keeps the latency of the traffic that remains close to unloaded.
+	// lets the marginal priority build in front of a service with few
+	// workers: at the floor, a one-worker service queues about six service
+	// times of it (slots taken past the gate by more important traffic come
+	// on top until the threshold sheds into that traffic), which keeps the
+	// latency of what remains close to unloaded.
 	MinLimit int
 	MaxLimit int // cap of the limit (1000)
 	// Tolerance is how much latency above the baseline is accepted before
@@ -147,11 +149,15 @@ type GradientLimit struct {
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
 	// The time the gate was full (at least limit−1 in flight) and the
-	// completions in that time: the resource's capacity, measured without
-	// choosing ticks by how fast the service happened to be in them.
-	fullSince atomic.Int64  // UnixNano when the gate last became full; 0 while it is not
-	fullNanos atomic.Int64  // full time closed since the last Read
-	fullDone  atomic.Uint64 // Releases that found the gate full, since the last Read
+	// requests that left it in that time, served or timed out (Releases
+	// with a latency sample): the resource's capacity, measured without
+	// choosing ticks by how fast the service happened to be in them. The
+	// clock is read only when the gate fills or stops being full.
+	clock     func() time.Time
+	base      time.Time    // clock() at construction: stamps are offsets from it, on the monotonic clock
+	fullSince atomic.Int64 // stamp when the gate last became full; 0 while it is not
+	fullNanos atomic.Int64 // full time closed since the last Read
+	fullDone  atomic.Uint64
 	lat       latencyHistogram
 
 	mu                       sync.Mutex // owner state below
@@ -173,6 +179,7 @@ func NewGradientLimit(cfg GradientConfig) (*GradientLimit, error) {
 		return nil, err
 	}
 	g := &GradientLimit{cfg: cfg, est: float64(cfg.InitialLimit)}
+	g.setClock(time.Now)
 	g.limit.Store(int64(cfg.InitialLimit))
 	if cfg.CorrelationWindows > 0 {
 		g.corr = newCorrRing(cfg.CorrelationWindows)
@@ -180,11 +187,11 @@ func NewGradientLimit(cfg GradientConfig) (*GradientLimit, error) {
 	return g, nil
 }
 
-// Acquire asks the gate at now for a slot at priority p. With force
-// (shadow mode) the slot is taken even when the gate would refuse; the
-// return value says whether it would have admitted. Every successful or
-// forced Acquire must be matched by one Release with the same priority.
-func (g *GradientLimit) Acquire(now time.Time, p Priority, force bool) bool {
+// Acquire asks the gate for a slot at priority p. With force (shadow mode)
+// the slot is taken even when the gate would refuse; the return value says
+// whether it would have admitted. Every successful or forced Acquire must be
+// matched by one Release with the same priority.
+func (g *GradientLimit) Acquire(p Priority, force bool) bool {
 	i := p.index()
 	n := g.inflight[i].Add(1)
 	for j := range i {
@@ -192,13 +199,13 @@ func (g *GradientLimit) Acquire(now time.Time, p Priority, force bool) bool {
 	}
 	if n <= g.limit.Load() {
 		g.admitted.Add(1)
-		g.filled(now)
+		g.filled()
 		return true
 	}
 	if !force {
 		g.inflight[i].Add(-1)
 	} else {
-		g.filled(now)
+		g.filled()
 	}
 	g.refused.Add(1)
 	if i == 0 {
@@ -207,12 +214,26 @@ func (g *GradientLimit) Acquire(now time.Time, p Priority, force bool) bool {
 	return false
 }
 
-// filled starts the gate's full time at now if a slot just taken filled
-// it. Racing Acquires and Releases may blur a boundary by a request; the
+// setClock sets the clock the full time is measured with.
+func (g *GradientLimit) setClock(clock func() time.Time) {
+	g.clock, g.base = clock, clock()
+}
+
+// stamp is the clock's reading as an offset from base, never 0 (which
+// means "not full").
+func (g *GradientLimit) stamp() int64 {
+	if s := int64(g.clock().Sub(g.base)); s != 0 {
+		return s
+	}
+	return 1
+}
+
+// filled starts the gate's full time if a slot just taken filled it.
+// Racing Acquires and Releases may blur a boundary by a request; the
 // measurement is a sum over thousands of them.
-func (g *GradientLimit) filled(now time.Time) {
-	if int64(g.Inflight()) >= g.full() && g.fullSince.Load() == 0 {
-		g.fullSince.CompareAndSwap(0, now.UnixNano())
+func (g *GradientLimit) filled() {
+	if g.fullSince.Load() == 0 && int64(g.Inflight()) >= g.full() {
+		g.fullSince.CompareAndSwap(0, g.stamp())
 	}
 }
 
@@ -221,18 +242,17 @@ func (g *GradientLimit) filled(now time.Time) {
 // admission.
 func (g *GradientLimit) full() int64 { return max(g.limit.Load()-1, 1) }
 
-// Release returns at now a slot taken at priority p. With sample, rtt is
-// recorded as a latency sample (pass false for requests whose latency says
-// nothing about the service: cancelled, failed fast, health checks,
-// streams).
-func (g *GradientLimit) Release(now time.Time, p Priority, rtt time.Duration, sample bool) {
+// Release returns a slot taken at priority p. With sample, rtt is recorded
+// as a latency sample (pass false for requests whose latency says nothing
+// about the service: cancelled, failed fast, health checks, streams); only
+// such requests count towards the capacity while the gate is full.
+func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 	i := p.index()
-	total := g.Inflight()
-	full := g.full()
-	if int64(total) >= full {
+	if sample && g.fullSince.Load() != 0 {
 		g.fullDone.Add(1)
 	}
 	if sample {
+		total := g.Inflight()
 		g.lat.observe(rtt)
 		for {
 			cur := g.maxInflight.Load()
@@ -244,9 +264,9 @@ func (g *GradientLimit) Release(now time.Time, p Priority, rtt time.Duration, sa
 	g.inflight[i].Add(-1)
 	g.completed.Add(1)
 	left := int64(g.Inflight())
-	if left < full {
+	if left < g.full() && g.fullSince.Load() != 0 {
 		if since := g.fullSince.Swap(0); since != 0 {
-			g.fullNanos.Add(now.UnixNano() - since)
+			g.fullNanos.Add(g.stamp() - since)
 		}
 	}
 	if left < g.minInflight.Load() {
@@ -307,7 +327,7 @@ type gateReading struct {
 	exempt       uint64        // slots taken past the gate (more important than the margin)
 	completed    uint64        // releases
 	full         time.Duration // how long the gate was full (at least limit−1 in flight)
-	fullDone     uint64        // releases while it was
+	fullDone     uint64        // sampled releases while it was
 	interval     time.Duration
 }
 
@@ -334,10 +354,12 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	in := int64(g.Inflight())
 	minIn := g.minInflight.Swap(in)
 	limit := g.limit.Load()
-	// The full time so far, with a period still open closed at now and
-	// reopened.
-	if since := g.fullSince.Load(); since != 0 && g.fullSince.CompareAndSwap(since, now.UnixNano()) {
-		g.fullNanos.Add(now.UnixNano() - since)
+	// The full time so far, with a period still open closed and reopened
+	// (on the gate's own clock, the one its periods were stamped with).
+	if since := g.fullSince.Load(); since != 0 {
+		if t := g.stamp(); g.fullSince.CompareAndSwap(since, t) {
+			g.fullNanos.Add(t - since)
+		}
 	}
 	r.full, r.fullDone = time.Duration(g.fullNanos.Swap(0)), g.fullDone.Swap(0)
 	if minIn > 2*limit && !g.lastRead.IsZero() {
@@ -362,10 +384,10 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 // admits priorities more important than the one it is shedding this way,
 // so that they are never refused while less important traffic is still
 // admitted. The slot is released with Release as usual.
-func (g *GradientLimit) take(now time.Time, p Priority) {
+func (g *GradientLimit) take(p Priority) {
 	g.inflight[p.index()].Add(1)
 	g.exempt.Add(1)
-	g.filled(now)
+	g.filled()
 }
 
 // closeWindow closes the measurement window when it is due and moves the

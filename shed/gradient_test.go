@@ -29,7 +29,7 @@ type server struct {
 
 // window runs one 100 ms window against g and reads it at now.
 func (s *server) window(g *GradientLimit, now time.Time) Reading {
-	for s.held < s.demand && g.Acquire(now, Default, false) {
+	for s.held < s.demand && g.Acquire(Default, false) {
 		s.held++
 	}
 	lat := s.s0 * time.Duration(max(s.k, s.held)) / time.Duration(s.k)
@@ -37,9 +37,9 @@ func (s *server) window(g *GradientLimit, now time.Time) Reading {
 	for range n {
 		s.seq++
 		jitter := time.Duration(s.seq%21) - 10 // ±10%, deterministic
-		g.Release(now, Default, lat+lat*jitter/100, true)
+		g.Release(Default, lat+lat*jitter/100, true)
 		s.held--
-		if s.held < s.demand && g.Acquire(now, Default, false) {
+		if s.held < s.demand && g.Acquire(Default, false) {
 			s.held++
 		}
 	}
@@ -145,12 +145,12 @@ func TestGradientLatencyCeiling(t *testing.T) {
 	g.Read(now)
 	for range 3 {
 		for range 50 {
-			if !g.Acquire(t0, Default, false) {
+			if !g.Acquire(Default, false) {
 				t.Fatal("gate refused below the limit")
 			}
 		}
 		for range 50 {
-			g.Release(t0, Default, 80*time.Millisecond, true) // the first window sets the baseline at 80 ms
+			g.Release(Default, 80*time.Millisecond, true) // the first window sets the baseline at 80 ms
 		}
 		now = now.Add(100 * time.Millisecond)
 		g.Read(now)
@@ -163,20 +163,20 @@ func TestGradientLatencyCeiling(t *testing.T) {
 func TestGradientGateIsPriorityAware(t *testing.T) {
 	g := mustGradient(t, GradientConfig{InitialLimit: 20})
 	for i := range 20 {
-		if !g.Acquire(t0, Sheddable, false) {
+		if !g.Acquire(Sheddable, false) {
 			t.Fatalf("sheddable %d refused below the limit", i)
 		}
 	}
-	if g.Acquire(t0, Sheddable, false) {
+	if g.Acquire(Sheddable, false) {
 		t.Fatal("gate admitted sheddable beyond the limit")
 	}
 	// Sheddable traffic filling the limit blocks nothing more important.
-	if !g.Acquire(t0, Low, false) {
+	if !g.Acquire(Low, false) {
 		t.Fatal("sheddable traffic filling the limit blocked low")
 	}
-	g.Release(t0, Low, 0, false)
+	g.Release(Low, 0, false)
 	for i := range 20 {
-		if !g.Acquire(t0, Critical, false) {
+		if !g.Acquire(Critical, false) {
 			t.Fatalf("critical %d refused while critical alone holds %d < 20 slots", i, i)
 		}
 	}
@@ -189,7 +189,7 @@ func TestGradientGateIsPriorityAware(t *testing.T) {
 	}
 	// Critical is refused only once critical alone fills the limit, and
 	// then everything less important is refused too.
-	if g.Acquire(t0, Critical, false) || g.Acquire(t0, High, false) || g.Acquire(t0, Low, false) {
+	if g.Acquire(Critical, false) || g.Acquire(High, false) || g.Acquire(Low, false) {
 		t.Fatal("gate admitted critical, high or low beyond 20 critical in flight")
 	}
 	if r := g.Read(t0); !r.Critical {
@@ -199,16 +199,16 @@ func TestGradientGateIsPriorityAware(t *testing.T) {
 		t.Fatalf("inflight %d, want 40", got)
 	}
 	// Forced (shadow) acquires take the slot but report the refusal.
-	if g.Acquire(t0, Low, true) {
+	if g.Acquire(Low, true) {
 		t.Fatal("forced acquire reported admission beyond the limit")
 	}
 	if got := g.Inflight(); got != 41 {
 		t.Fatalf("inflight after a forced acquire %d, want 41", got)
 	}
-	g.Release(t0, Low, 0, false)
+	g.Release(Low, 0, false)
 	for range 20 {
-		g.Release(t0, Critical, 0, false)
-		g.Release(t0, Sheddable, 0, false)
+		g.Release(Critical, 0, false)
+		g.Release(Sheddable, 0, false)
 	}
 	if got := g.Inflight(); got != 0 {
 		t.Fatalf("inflight after releasing all %d, want 0", got)
@@ -229,7 +229,7 @@ func TestGradientOrderingProperty(t *testing.T) {
 				}
 				refused := false
 				for p := Critical; p <= Sheddable; p++ {
-					ok := g.Acquire(t0, p, false)
+					ok := g.Acquire(p, false)
 					if ok {
 						g.inflight[p.index()].Add(-1)
 					}
@@ -409,29 +409,56 @@ func TestLatencyHistogramQuantiles(t *testing.T) {
 }
 
 // TestGradientMeasuresFullTime checks the gate's account of the time it was
-// full (at least limit−1 in flight) and the completions in it, the
-// throughput target's capacity.
+// full (at least limit−1 in flight, over all priorities) and the sampled
+// releases in it, the throughput target's capacity.
 func TestGradientMeasuresFullTime(t *testing.T) {
 	g := mustGradient(t, GradientConfig{InitialLimit: 4, MinLimit: 1})
+	clk := newFakeClock(t0)
+	g.setClock(clk.Now)
+	at := func(ms int) { clk.Set(t0.Add(time.Duration(ms) * time.Millisecond)) }
 	g.Read(t0)
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	g.Acquire(at(0), Default, false)
-	g.Acquire(at(0), Default, false)  // 2 in flight: not full
-	g.Acquire(at(10), Default, false) // 3 = limit−1: full from 10 ms
-	g.Acquire(at(12), Default, false)
-	g.Release(at(20), Default, time.Millisecond, true) // 4 → 3: still full, one done
-	g.Release(at(30), Default, time.Millisecond, true) // 3 → 2: done, full until 30 ms
-	g.Release(at(40), Default, time.Millisecond, true) // not full: not counted
-	g.Acquire(at(50), Default, false)
-	g.Acquire(at(60), Critical, false) // full again from 60 ms
-	r := g.read(at(100))
-	if r.full != 60*time.Millisecond || r.fullDone != 2 {
-		t.Fatalf("full %v with %d done, want 60ms (10–30 ms and 60–100 ms) with 2", r.full, r.fullDone)
+	g.Acquire(Default, false)
+	g.Acquire(Default, false) // 2 in flight: not full
+	at(10)
+	g.take(High) // 3 = limit−1, a slot taken past the gate: full from 10 ms
+	at(12)
+	g.Acquire(Critical, false)
+	at(20)
+	g.Release(Default, time.Millisecond, true) // 4 → 3: still full, one served
+	at(25)
+	g.Release(Default, 0, false) // 3 → 2: full until 25 ms; no sample, not counted
+	at(40)
+	g.Release(High, time.Millisecond, true) // not full: not counted
+	at(50)
+	g.Acquire(Default, false)
+	at(60)
+	g.Acquire(Default, true) // full again from 60 ms
+	at(100)
+	r := g.read(t0.Add(time.Hour)) // the Tick's time is not the gate's clock
+	if r.full != 55*time.Millisecond || r.fullDone != 1 {
+		t.Fatalf("full %v with %d served, want 55ms (10–25 ms and 60–100 ms) with 1", r.full, r.fullDone)
 	}
 	// A period still open at a Read is counted up to it and goes on.
-	g.Release(at(150), Critical, time.Millisecond, true)
-	r = g.read(at(200))
+	at(150)
+	g.Release(Critical, time.Millisecond, true)
+	at(200)
+	r = g.read(t0.Add(time.Hour))
 	if r.full != 50*time.Millisecond || r.fullDone != 1 {
-		t.Fatalf("full %v with %d done, want 50ms with 1", r.full, r.fullDone)
+		t.Fatalf("full %v with %d served, want 50ms with 1", r.full, r.fullDone)
+	}
+	// Releases while no period is open are not counted: with 6 in flight
+	// under a limit of 10 the gate is not full, and when the limit falls
+	// to 4 nothing is admitted to open a period.
+	g.limit.Store(10)
+	for range 4 {
+		g.Acquire(Default, false)
+	}
+	g.limit.Store(4)
+	at(300)
+	for range 3 {
+		g.Release(Default, time.Millisecond, true) // 6 → 3, at or over the full line of 3
+	}
+	if r = g.read(t0); r.full != 0 || r.fullDone != 0 {
+		t.Fatalf("after releases with no full period open: full %v with %d served, want none", r.full, r.fullDone)
 	}
 }

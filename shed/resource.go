@@ -251,6 +251,7 @@ func New(name string, cfg Config) (*Resource, error) {
 		if r.conc, err = NewGradientLimit(cfg.Concurrency); err != nil {
 			return nil, fmt.Errorf("resource %q: %w", name, err)
 		}
+		r.conc.setClock(r.clock)
 	}
 	if !cfg.NoDeadline {
 		if r.dl, err = NewDeadlineGate(cfg.Deadline); err != nil {
@@ -304,16 +305,13 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		}
 	}
 	if r.conc != nil {
-		if now.IsZero() {
-			now = r.clock()
-		}
 		if p < r.ctrl.Marginal() && !shadow {
 			// More important than the priority being shed at the margin:
 			// the gate takes its slot but does not refuse it, so a
 			// priority never loses a request to the gate while less
 			// important traffic is still admitted.
-			r.conc.take(now, p)
-		} else if !r.conc.Acquire(now, p, shadow) && reason == ReasonNone {
+			r.conc.take(p)
+		} else if !r.conc.Acquire(p, shadow) && reason == ReasonNone {
 			reason = ReasonConcurrency
 			if !shadow {
 				return r.refuse(st, reason)
@@ -362,7 +360,7 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	}
 	sample := o == OutcomeSuccess || o == OutcomeDropped
 	if r.conc != nil {
-		r.conc.Release(r.clock(), p.prio, latency, sample)
+		r.conc.Release(p.prio, latency, sample)
 	} else {
 		r.inflight.Add(-1)
 	}
@@ -379,7 +377,6 @@ func (r *Resource) ObserveQueueDelay(d time.Duration) { r.codel.Observe(d) }
 // owner: it reads every signal, moves the threshold, refreshes the expected
 // service time and the suggested retry delays, and returns the combined
 // reading.
-
 func (r *Resource) Tick(now time.Time) Reading {
 	r.tickMu.Lock()
 	defer r.tickMu.Unlock()
