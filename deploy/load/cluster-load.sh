@@ -49,6 +49,9 @@ if [ -n "$rate" ] && ! [[ $rate =~ ^[1-9][0-9]*$ ]]; then
 fi
 rate_flags=()
 if [ -n "$rate" ]; then rate_flags=(-r "$rate"); fi
+# LEVEE_PROCS=N runs every levee process (not ghz) with GOMAXPROCS=N.
+procs_env=()
+if [ -n "${LEVEE_PROCS:-}" ]; then procs_env=("GOMAXPROCS=$LEVEE_PROCS"); fi
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
@@ -79,7 +82,7 @@ fi
 start() {
 	local name=$1
 	shift
-	"$work/levee" serve --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
+	env "${procs_env[@]}" "$work/levee" serve --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
 		--log-format json "$@" 2>"$work/$name.log" &
 	pid=$!
 	pids+=("$pid")
