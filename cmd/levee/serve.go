@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
+	"github.com/levee-dev/levee/cmd/levee/internal/procs"
 )
 
 // defaultGCPercent is the garbage collector's target (GOGC) of `levee
@@ -30,6 +34,7 @@ func serveCommand() *cobra.Command {
 		etcdTLS    tlsFiles
 		logLevel   string
 		logFormat  string
+		procsFlag  string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -72,6 +77,22 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			tuned, err := setProcs(procsFlag)
+			if err != nil {
+				return err
+			}
+			if tuned {
+				t := procs.NewTuner(runtime.GOMAXPROCS(0), procs.DefaultCalm)
+				tctx, cancel := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					if err := procs.Run(tctx, t, 250*time.Millisecond, log); err != nil && tctx.Err() == nil {
+						log.Warn("GOMAXPROCS left at its default", "err", err)
+					}
+				}()
+				defer func() { cancel(); <-done }()
+			}
 			return node.Run(ctx, cfg, nil)
 		},
 	}
@@ -105,11 +126,27 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&cfg.Admin.TLSKeyFile, "admin-tls-key", "", "admin API server key")
 	f.StringVar(&cfg.Admin.ClientCAFile, "admin-client-ca", "", "CA that signs admin clients' certificates (mTLS)")
 	f.StringSliceVar(&cfg.Admin.AllowedClients, "admin-allowed-clients", nil, "client certificate names allowed to call the admin API")
+	f.StringVar(&procsFlag, "procs", "auto", "Go scheduler threads (GOMAXPROCS): a number, or auto to follow the CPU the node uses, from 1 up to the machine's cores (GOMAXPROCS in the environment wins)")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-addr")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	envUsage(f)
 	return cmd
+}
+
+// setProcs applies --procs: a number sets GOMAXPROCS; auto reports that a
+// tuner should follow the load (unless GOMAXPROCS is set in the
+// environment, which wins).
+func setProcs(v string) (tuned bool, err error) {
+	if v == "auto" {
+		return os.Getenv("GOMAXPROCS") == "", nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return false, fmt.Errorf("--procs %q: want auto or a number of threads, at least 1", v)
+	}
+	runtime.GOMAXPROCS(n)
+	return false, nil
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
