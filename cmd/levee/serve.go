@@ -77,13 +77,19 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			most := runtime.GOMAXPROCS(0)
+			cfg.MaxProcs = most
 			tuned, err := setProcs(procsFlag)
 			if err != nil {
 				return err
 			}
-			if tuned {
-				t := procs.NewTuner(runtime.GOMAXPROCS(0), procs.DefaultCalm)
-				tctx, cancel := context.WithCancel(ctx)
+			if tuned && most > 1 {
+				log.Info("GOMAXPROCS follows the load", "from", 1, "up_to", most)
+				t := procs.NewTuner(most, procs.DefaultCalm)
+				// The tuner outlives the signal: a node draining its calls
+				// and handing its buckets off may need its Ps. It stops
+				// when the node has stopped.
+				tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 				done := make(chan struct{})
 				go func() {
 					defer close(done)
@@ -126,7 +132,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&cfg.Admin.TLSKeyFile, "admin-tls-key", "", "admin API server key")
 	f.StringVar(&cfg.Admin.ClientCAFile, "admin-client-ca", "", "CA that signs admin clients' certificates (mTLS)")
 	f.StringSliceVar(&cfg.Admin.AllowedClients, "admin-allowed-clients", nil, "client certificate names allowed to call the admin API")
-	f.StringVar(&procsFlag, "procs", "auto", "Go scheduler threads (GOMAXPROCS): a number, or auto to follow the CPU the node uses, from 1 up to the machine's cores (GOMAXPROCS in the environment wins)")
+	f.StringVar(&procsFlag, "procs", "auto", "GOMAXPROCS: auto follows the CPU the node uses, from 1 up to Go's default (a positive GOMAXPROCS in the environment wins); default leaves Go's default (which tracks the container's CPU limit); or a number")
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-addr")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
@@ -134,16 +140,21 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	return cmd
 }
 
-// setProcs applies --procs: a number sets GOMAXPROCS; auto reports that a
-// tuner should follow the load (unless GOMAXPROCS is set in the
-// environment, which wins).
+// setProcs applies --procs: a number sets GOMAXPROCS, default leaves Go's
+// own, and auto reports that a tuner should follow the load, unless a
+// positive GOMAXPROCS in the environment (which Go has applied) says
+// otherwise.
 func setProcs(v string) (tuned bool, err error) {
-	if v == "auto" {
-		return os.Getenv("GOMAXPROCS") == "", nil
+	switch v {
+	case "auto":
+		n, err := strconv.Atoi(os.Getenv("GOMAXPROCS"))
+		return err != nil || n < 1, nil
+	case "default":
+		return false, nil
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
-		return false, fmt.Errorf("--procs %q: want auto or a number of threads, at least 1", v)
+		return false, fmt.Errorf("--procs (LEVEE_PROCS) %q: want auto, default or a number, at least 1", v)
 	}
 	runtime.GOMAXPROCS(n)
 	return false, nil

@@ -49,9 +49,10 @@ if [ -n "$rate" ] && ! [[ $rate =~ ^[1-9][0-9]*$ ]]; then
 fi
 rate_flags=()
 if [ -n "$rate" ]; then rate_flags=(-r "$rate"); fi
-# LEVEE_PROCS=N runs every levee process (not ghz) with GOMAXPROCS=N.
+# NODE_PROCS=N runs every levee process (not ghz) with GOMAXPROCS=N; by
+# default `levee serve --procs auto` sizes it to the load.
 procs_env=()
-if [ -n "${LEVEE_PROCS:-}" ]; then procs_env=("GOMAXPROCS=$LEVEE_PROCS"); fi
+if [ -n "${NODE_PROCS:-}" ]; then procs_env=("GOMAXPROCS=$NODE_PROCS"); fi
 # Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).

@@ -62,6 +62,10 @@ type Config struct {
 	ShedPolicyPath string
 	// Pprof serves net/http/pprof under /debug/pprof/ on MetricsAddr.
 	Pprof bool
+	// MaxProcs is the most GOMAXPROCS the node will run with, which sizes
+	// its pool of gRPC stream workers (0: GOMAXPROCS now). A node whose
+	// GOMAXPROCS follows the load starts low and must not size it then.
+	MaxProcs int
 	// MaxKeys bounds the number of buckets held.
 	MaxKeys int
 	// ShutdownGrace bounds a graceful stop: in-flight calls get this long.
@@ -214,7 +218,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		// worker per core, 50 concurrent calls still started a goroutine
 		// for most of them, and copying their stacks was 13% of a node's
 		// CPU in a profile; with 64 workers, 0.7%.
-		grpc.NumStreamWorkers(uint32(max(64, 16*runtime.GOMAXPROCS(0)))),
+		grpc.NumStreamWorkers(uint32(max(64, 16*cfg.maxProcs()))),
 		// Fixed flow-control windows turn off gRPC's bandwidth estimation,
 		// which answers incoming data with a ping: for messages this small
 		// that is a write, a read and a wake-up more per call.
@@ -424,3 +428,11 @@ type telemetry struct {
 }
 
 type methodCode struct{ method, code string }
+
+// maxProcs is MaxProcs, or GOMAXPROCS now.
+func (c Config) maxProcs() int {
+	if c.MaxProcs > 0 {
+		return c.MaxProcs
+	}
+	return runtime.GOMAXPROCS(0)
+}

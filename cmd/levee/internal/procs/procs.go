@@ -17,10 +17,15 @@
 //
 // A node that needs more than a core must have more Ps, so the count
 // follows the load: [Tuner] starts at one, doubles as soon as the process
-// uses more than 80% of its Ps over a tick, and halves once it has used
-// less than 30% of them for a calm period (10 s), never going above the
-// runtime's own default. Tuner is a pure state machine fed the process's
-// CPU time; [Run] feeds it and applies its answer.
+// uses more than 80% of its Ps over a tick, or when its goroutines wait
+// for a P (more than 2% of them waited over a millisecond in a tick while
+// it did some work: a node whose one thread the machine keeps preempting
+// is short of Ps even though it gets little CPU), and halves once it has
+// used less than 30% of them, without waiting, for a calm period (at least
+// 10 s). It never goes above the runtime's own default at start, so a
+// container whose CPU limit changes needs a restart to be sized anew.
+// Tuner is a pure state machine fed the process's CPU time and scheduling
+// latencies; [Run] feeds it and applies its answer.
 package procs
 
 import (
@@ -28,6 +33,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/metrics"
 	"time"
 )
 
@@ -42,7 +48,20 @@ const (
 	// DefaultCalm is how long the process must stay under lowerBelow
 	// before the count halves.
 	DefaultCalm = 10 * time.Second
+	// waitedAbove is the share of goroutine scheduling latencies over
+	// slowWait in a tick above which the process is short of Ps, and
+	// busyAbove the share of its Ps it must use for that to count (an
+	// idle node on a busy machine waits too, and more Ps would not help).
+	waitedAbove = 0.02
+	slowWait    = time.Millisecond
+	busyAbove   = 0.3
 )
+
+// Reading is one tick's measure of the process.
+type Reading struct {
+	CPU    time.Duration // cumulative CPU time, user and system
+	Waited float64       // share of the goroutines made runnable since the last reading that waited over slowWait for a P
+}
 
 // Tuner decides how many Ps the process should run from its CPU time. The
 // zero value is not usable; use NewTuner.
@@ -65,24 +84,26 @@ func NewTuner(most int, calm time.Duration) *Tuner {
 // Procs returns the count the tuner asks for now.
 func (t *Tuner) Procs() int { return t.procs }
 
-// Observe takes the process's cumulative CPU time (user and system) at now
-// and returns the count of Ps to run from now on.
-func (t *Tuner) Observe(now time.Time, cpu time.Duration) int {
+// Observe takes a reading of the process at now and returns the count of
+// Ps to run from now on.
+func (t *Tuner) Observe(now time.Time, r Reading) int {
 	if !t.started {
-		t.started, t.last, t.lastCPU = true, now, cpu
+		t.started, t.last, t.lastCPU = true, now, r.CPU
 		return t.procs
 	}
 	el := now.Sub(t.last)
 	if el <= 0 {
 		return t.procs
 	}
-	used := float64(cpu-t.lastCPU) / float64(el) // cores
-	t.last, t.lastCPU = now, cpu
+	used := float64(r.CPU-t.lastCPU) / float64(el) // cores
+	t.last, t.lastCPU = now, r.CPU
+	p := float64(t.procs)
+	waiting := r.Waited > waitedAbove && used > busyAbove*p
 	switch {
-	case used > raiseAbove*float64(t.procs):
+	case used > raiseAbove*p || waiting:
 		t.procs = min(2*t.procs, t.max)
 		t.lowSince = time.Time{}
-	case used < lowerBelow*float64(t.procs) && t.procs > 1:
+	case used < lowerBelow*p && t.procs > 1 && r.Waited <= waitedAbove:
 		if t.lowSince.IsZero() {
 			t.lowSince = now
 		} else if now.Sub(t.lowSince) >= t.calm {
@@ -96,20 +117,25 @@ func (t *Tuner) Observe(now time.Time, cpu time.Duration) int {
 }
 
 // Run sets GOMAXPROCS to the tuner's count and then, every interval until
-// ctx is done, feeds the tuner the process's CPU time and applies its
+// ctx is done, feeds the tuner a reading of the process and applies its
 // answer. It returns ctx's error, or at once an error when the process's
 // CPU time cannot be read on this system (GOMAXPROCS is then left as it
 // was).
 func Run(ctx context.Context, t *Tuner, interval time.Duration, log *slog.Logger) error {
-	return run(ctx, t, interval, processCPU, func(n int) { runtime.GOMAXPROCS(n) }, log)
+	var w waits
+	read := func() (Reading, error) {
+		c, err := processCPU()
+		return Reading{CPU: c, Waited: w.read()}, err
+	}
+	return run(ctx, t, interval, read, func(n int) { runtime.GOMAXPROCS(n) }, log)
 }
 
-func run(ctx context.Context, t *Tuner, interval time.Duration, cpu func() (time.Duration, error), set func(int), log *slog.Logger) error {
-	c, err := cpu()
+func run(ctx context.Context, t *Tuner, interval time.Duration, read func() (Reading, error), set func(int), log *slog.Logger) error {
+	r, err := read()
 	if err != nil {
 		return fmt.Errorf("procs: reading the process's CPU time: %w", err)
 	}
-	cur := t.Observe(time.Now(), c)
+	cur := t.Observe(time.Now(), r)
 	set(cur)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -117,16 +143,53 @@ func run(ctx context.Context, t *Tuner, interval time.Duration, cpu func() (time
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case now := <-tick.C:
-			c, err := cpu()
+		case <-tick.C:
+			r, err := read()
 			if err != nil {
 				continue // keep the count; a read that failed once says nothing
 			}
-			if n := t.Observe(now, c); n != cur {
-				log.Debug("GOMAXPROCS changed", "from", cur, "to", n)
+			// The time of the reading, not the tick's: with one P busy the
+			// reading may come late, and the tick's time would count the
+			// delay's CPU as used in the tick.
+			if n := t.Observe(time.Now(), r); n != cur {
+				log.Info("GOMAXPROCS changed", "from", cur, "to", n)
 				set(n)
 				cur = n
 			}
 		}
 	}
+}
+
+// waits reads the share of goroutine scheduling latencies over slowWait
+// since its last read, from the runtime's histogram.
+type waits struct {
+	sample []metrics.Sample
+	last   []uint64
+}
+
+func (w *waits) read() float64 {
+	if w.sample == nil {
+		w.sample = []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	}
+	metrics.Read(w.sample)
+	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := w.sample[0].Value.Float64Histogram()
+	if len(w.last) != len(h.Counts) {
+		w.last = make([]uint64, len(h.Counts))
+	}
+	var all, slow uint64
+	for i, c := range h.Counts {
+		d := c - w.last[i]
+		w.last[i] = c
+		all += d
+		if h.Buckets[i] >= slowWait.Seconds() { // the bucket's lower bound
+			slow += d
+		}
+	}
+	if all == 0 {
+		return 0
+	}
+	return float64(slow) / float64(all)
 }

@@ -12,8 +12,7 @@ import (
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
-// feed drives a tuner with a process using cores CPU cores for each of the
-// given ticks and returns the count after each.
+// feed drives a tuner in 250 ms ticks.
 type feed struct {
 	tu  *Tuner
 	now time.Time
@@ -22,17 +21,22 @@ type feed struct {
 
 func newFeed(most int) *feed {
 	f := &feed{tu: NewTuner(most, 10*time.Second), now: t0}
-	f.tu.Observe(f.now, 0)
+	f.tu.Observe(f.now, Reading{})
 	return f
 }
 
-func (f *feed) run(cores float64, d time.Duration) int {
+// run feeds ticks of a process using cores CPU cores for d and returns the
+// count after the last.
+func (f *feed) run(cores float64, d time.Duration) int { return f.runWaiting(cores, 0, d) }
+
+// runWaiting is run with a share of scheduling latencies over 1 ms.
+func (f *feed) runWaiting(cores, waited float64, d time.Duration) int {
 	tick := 250 * time.Millisecond
 	n := f.tu.Procs()
 	for el := time.Duration(0); el < d; el += tick {
 		f.now = f.now.Add(tick)
 		f.cpu += time.Duration(cores * float64(tick))
-		n = f.tu.Observe(f.now, f.cpu)
+		n = f.tu.Observe(f.now, Reading{CPU: f.cpu, Waited: waited})
 	}
 	return n
 }
@@ -80,10 +84,32 @@ func TestTunerFollowsTheLoad(t *testing.T) {
 		t.Fatalf("idle for a minute: %d Ps, want 1", n)
 	}
 	// A clock that did not move, or went back, changes nothing.
-	n := f.tu.Observe(f.now, f.cpu+time.Hour)
-	n = f.tu.Observe(f.now.Add(-time.Second), f.cpu+2*time.Hour)
-	if n != 1 {
-		t.Fatalf("after readings without elapsed time: %d Ps, want 1", n)
+	for _, at := range []time.Time{f.now, f.now.Add(-time.Second)} {
+		if n := f.tu.Observe(at, Reading{CPU: f.cpu + time.Hour}); n != 1 {
+			t.Fatalf("after a reading without elapsed time: %d Ps, want 1", n)
+		}
+	}
+}
+
+func TestTunerRaisesWhenGoroutinesWaitForAP(t *testing.T) {
+	f := newFeed(4)
+	// A node whose one thread the machine keeps preempting: it gets 0.6
+	// of a core, and 5% of its goroutines wait over a millisecond.
+	if n := f.runWaiting(0.6, 0.05, 250*time.Millisecond); n != 2 {
+		t.Fatalf("0.6 cores with 5%% waiting: %d Ps, want 2", n)
+	}
+	// Waiting keeps it from halving, however little it uses of two Ps...
+	if n := f.runWaiting(0.5, 0.05, time.Minute); n != 2 {
+		t.Fatalf("a minute at 0.5 of 2 cores, waiting: %d Ps, want 2", n)
+	}
+	// ... without raising it further while it uses little of them.
+	if n := f.runWaiting(0.5, 0.05, time.Second); n != 2 {
+		t.Fatalf("0.5 of 2 cores, waiting: %d Ps, want 2 held", n)
+	}
+	// An idle node on a busy machine waits too; more Ps would not help.
+	g := newFeed(4)
+	if n := g.runWaiting(0.1, 0.5, time.Minute); n != 1 {
+		t.Fatalf("idle with half its goroutines waiting: %d Ps, want 1", n)
 	}
 }
 
@@ -104,13 +130,13 @@ func TestRunAppliesTheCount(t *testing.T) {
 		start  = time.Now()
 		counts []int
 	)
-	busy := func() (time.Duration, error) {
+	busy := func() (Reading, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		// A process using 1.9 cores whatever its Ps: the count climbs
 		// from 1 to 2 to the most allowed, 4.
 		cpu = time.Duration(1.9 * float64(time.Since(start)))
-		return cpu, nil
+		return Reading{CPU: cpu}, nil
 	}
 	set := func(n int) {
 		mu.Lock()
@@ -151,7 +177,7 @@ func TestRunAppliesTheCount(t *testing.T) {
 
 func TestRunWithoutCPUTime(t *testing.T) {
 	set := func(int) { t.Fatal("GOMAXPROCS set although the CPU time cannot be read") }
-	broken := func() (time.Duration, error) { return 0, errors.New("no rusage here") }
+	broken := func() (Reading, error) { return Reading{}, errors.New("no rusage here") }
 	err := run(context.Background(), NewTuner(4, time.Second), time.Millisecond, broken, set, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil {
 		t.Fatal("run with no CPU time returned nil, want an error")
