@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -73,9 +72,7 @@ func usageErr(cmd *cobra.Command, format string, args ...any) error {
 type ctlOptions struct {
 	addr       string
 	tokenFile  string
-	caFile     string
-	certFile   string
-	keyFile    string
+	tls        tlsfiles.Files
 	serverName string
 	output     string
 	timeout    time.Duration
@@ -125,9 +122,9 @@ LEVEE_<FLAG>, e.g. LEVEE_ADDR and LEVEE_TOKEN_FILE.
 	pf = cmd.PersistentFlags()
 	pf.StringVar(&o.addr, "addr", "127.0.0.1:9091", "admin API address (levee serve --admin-addr)")
 	pf.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token (the token alone, as issued; not the server's name:token file)")
-	pf.StringVar(&o.caFile, "ca-file", "", "CA certificate to verify the admin API's TLS certificate (enables TLS)")
-	pf.StringVar(&o.certFile, "cert-file", "", "client certificate for mTLS (enables TLS)")
-	pf.StringVar(&o.keyFile, "key-file", "", "client key for mTLS")
+	pf.StringVar(&o.tls.CA, "ca-file", "", "CA certificate to verify the admin API's TLS certificate (enables TLS)")
+	pf.StringVar(&o.tls.Cert, "cert-file", "", "client certificate for mTLS (enables TLS)")
+	pf.StringVar(&o.tls.Key, "key-file", "", "client key for mTLS")
 	pf.StringVar(&o.serverName, "server-name", "", "name to verify the server certificate against (default: the host of --addr)")
 	pf.StringVarP(&o.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the admin API")
@@ -189,33 +186,16 @@ func (o *ctlOptions) connect() (*ctlClient, error) {
 		}
 	}
 	creds := insecure.NewCredentials()
-	if o.caFile != "" || o.certFile != "" {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
+	if !o.tls.IsZero() {
+		cfg, err := o.tls.Client()
+		if err != nil {
+			return nil, fmt.Errorf("TLS (--ca-file, --cert-file, --key-file): %w", err)
+		}
+		cfg.ServerName = o.serverName
 		if cfg.ServerName == "" {
 			if host, _, err := net.SplitHostPort(o.addr); err == nil {
 				cfg.ServerName = host
 			}
-		}
-		if o.caFile != "" {
-			pem, err := os.ReadFile(o.caFile)
-			if err != nil {
-				return nil, fmt.Errorf("--ca-file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", o.caFile)
-			}
-			cfg.RootCAs = pool
-		}
-		if (o.certFile == "") != (o.keyFile == "") {
-			return nil, errors.New("give both --cert-file and --key-file, or neither")
-		}
-		if o.certFile != "" {
-			cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
-			if err != nil {
-				return nil, fmt.Errorf("client certificate: %w", err)
-			}
-			cfg.Certificates = []tls.Certificate{cert}
 		}
 		creds = credentials.NewTLS(cfg)
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
 	"github.com/levee-dev/levee/cmd/levee/internal/procs"
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
 )
 
 // defaultGCPercent is the garbage collector's target (GOGC) of `levee
@@ -31,7 +34,9 @@ func serveCommand() *cobra.Command {
 		cl         node.ClusterConfig
 		standalone bool
 		dataDir    string
-		etcdTLS    tlsFiles
+		etcdTLS    tlsfiles.Files
+		grpcTLS    tlsfiles.Files
+		peerCA     string
 		logLevel   string
 		logFormat  string
 		procsFlag  string
@@ -63,12 +68,26 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 				// decision). GOGC and GOMEMLIMIT still apply when set.
 				debug.SetGCPercent(defaultGCPercent)
 			}
+			if cfg.TLS, err = grpcTLS.Server(); err != nil {
+				return fmt.Errorf("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca): %w", err)
+			}
+			if peerCA != "" && (standalone || cfg.TLS == nil) {
+				return errors.New("--peer-ca verifies peers' TLS certificates: it needs a cluster node serving TLS (--tls-cert, --tls-key)")
+			}
 			if !standalone {
+				if cfg.TLS != nil {
+					// A node dials its peers with its own certificate: one
+					// certificate per node, for serving and as a client.
+					peerFiles := tlsfiles.Files{CA: cmp.Or(peerCA, grpcTLS.CA), Cert: grpcTLS.Cert, Key: grpcTLS.Key}
+					if cl.PeerTLS, err = peerFiles.Client(); err != nil {
+						return fmt.Errorf("peer TLS (--peer-ca, --tls-cert, --tls-key): %w", err)
+					}
+				}
 				if cl.Embedded.Dir == "" {
 					cl.Embedded.Dir = dataDir
 				}
-				if cl.EtcdTLS, err = etcdTLS.config(); err != nil {
-					return err
+				if cl.EtcdTLS, err = etcdTLS.Client(); err != nil {
+					return fmt.Errorf("etcd TLS (--etcd-ca-file, --etcd-cert-file, --etcd-key-file): %w", err)
 				}
 				if cl.EtcdPassword == "" {
 					cl.EtcdPassword = os.Getenv("LEVEE_ETCD_PASSWORD")
@@ -104,6 +123,10 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate limit service, levee.v1, health, reflection)")
+	f.StringVar(&grpcTLS.Cert, "tls-cert", "", "certificate of the gRPC listener (enables TLS); in a cluster also this node's client certificate towards its peers")
+	f.StringVar(&grpcTLS.Key, "tls-key", "", "key of --tls-cert")
+	f.StringVar(&grpcTLS.CA, "tls-client-ca", "", "CA that signs the cluster's node certificates: the peer API answers only clients presenting one (required in a cluster with TLS)")
+	f.StringVar(&peerCA, "peer-ca", "", "CA that verifies peers' --tls-cert (default: --tls-client-ca)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics and /healthz (empty: off)")
 	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files, watched for changes (empty: built-in examples)")
 	f.StringVar(&cfg.ShedPolicyPath, "shed-policy", "", "shedding policy file: the resources the ShedService protects (empty: built-in example)")
@@ -119,9 +142,9 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&dataDir, "data-dir", filepath.Join(os.TempDir(), "levee-etcd"), "data directory of the embedded etcd")
 	f.StringVar(&cl.Embedded.ClientURL, "embedded-etcd-client-url", "http://127.0.0.1:2379", "client URL of the embedded etcd; other nodes join with --etcd-endpoints set to it")
 	f.StringVar(&cl.Embedded.PeerURL, "embedded-etcd-peer-url", "http://127.0.0.1:2380", "raft peer URL of the embedded etcd")
-	f.StringVar(&etcdTLS.ca, "etcd-ca-file", "", "CA bundle to verify etcd's certificate")
-	f.StringVar(&etcdTLS.cert, "etcd-cert-file", "", "client certificate for etcd (mTLS)")
-	f.StringVar(&etcdTLS.key, "etcd-key-file", "", "client key for etcd (mTLS)")
+	f.StringVar(&etcdTLS.CA, "etcd-ca-file", "", "CA bundle to verify etcd's certificate")
+	f.StringVar(&etcdTLS.Cert, "etcd-cert-file", "", "client certificate for etcd (mTLS)")
+	f.StringVar(&etcdTLS.Key, "etcd-key-file", "", "client key for etcd (mTLS)")
 	f.StringVar(&cl.EtcdUsername, "etcd-username", "", "etcd user (password in $LEVEE_ETCD_PASSWORD)")
 	f.DurationVar(&cl.BatchWindow, "batch-window", 500*time.Microsecond, "how long forwarded checks wait to share a peer RPC")
 	f.IntVar(&cl.BatchMax, "batch-max", 512, "most forwarded checks in one peer RPC")

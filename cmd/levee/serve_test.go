@@ -1,9 +1,15 @@
 package main
 
 import (
+	"context"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
 )
 
 func TestSetProcs(t *testing.T) {
@@ -30,6 +36,34 @@ func TestSetProcs(t *testing.T) {
 	for _, bad := range []string{"0", "-1", "x", "Auto2"} {
 		if _, err := setProcs(bad); err == nil || !strings.Contains(err.Error(), "--procs") {
 			t.Errorf("--procs %q: err %v, want an error naming --procs", bad, err)
+		}
+	}
+}
+
+// TestServeTLSFlagErrors: TLS flags that cannot work are refused at start
+// with the flags named, before anything listens.
+func TestServeTLSFlagErrors(t *testing.T) {
+	ca := tlstest.NewCA(t, "levee cluster")
+	cert, key := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
+	base := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--admin-addr", "", "--procs", "default"}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--standalone", "--tls-cert", cert}, "--tls-key"},
+		{[]string{"--standalone", "--tls-client-ca", ca.File}, "needs its own certificate and key"},
+		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--peer-ca", ca.File}, "--peer-ca"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--etcd-endpoints", "http://127.0.0.1:1"}, "needs a client CA (--tls-client-ca)"},
+		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
+	} {
+		root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}
+		root.AddCommand(serveCommand())
+		root.SetArgs(append(base, c.args...))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := root.ExecuteContext(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("levee serve %v: %v; want an error with %q", c.args, err, c.want)
 		}
 	}
 }

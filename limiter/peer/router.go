@@ -46,6 +46,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -59,8 +60,12 @@ type Config struct {
 	// Self is this node; operations it owns are decided on Store.
 	Self  ring.Member
 	Store *limiter.Store
-	// Dial opens a connection to a peer (nil: plaintext gRPC).
+	// Dial opens a connection to a peer (nil: gRPC with Creds).
 	Dial func(addr string) (*grpc.ClientConn, error)
+	// Creds secure the connections the default Dial opens (nil:
+	// plaintext), e.g. TLS with a client certificate the peers' servers
+	// verify.
+	Creds credentials.TransportCredentials
 	// BatchWindow is how long a batch stays open (default 500 µs).
 	BatchWindow time.Duration
 	// BatchMax is the most operations in one batch (default 512).
@@ -152,9 +157,12 @@ func NewRouter(cfg Config) *Router {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Creds == nil {
+		cfg.Creds = insecure.NewCredentials()
+	}
 	if cfg.Dial == nil {
 		cfg.Dial = func(addr string) (*grpc.ClientConn, error) {
-			return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			return grpc.NewClient(addr, grpc.WithTransportCredentials(cfg.Creds),
 				// Fixed flow-control windows turn off gRPC's bandwidth
 				// estimation, which answers data with a ping: for small
 				// batches that was a write, a read and a wake-up more per

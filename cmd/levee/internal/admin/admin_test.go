@@ -2,14 +2,6 @@ package admin
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/limiter/configstore"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
@@ -284,110 +277,26 @@ func TestOverridesAndStatus(t *testing.T) {
 	}
 }
 
-// pki is a test CA with the files a server needs.
-type pki struct {
-	ca    *x509.Certificate
-	key   *ecdsa.PrivateKey
-	caPEM string
-	dir   string
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "levee test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &pki{ca: ca, key: key, dir: t.TempDir()}
-	p.caPEM = filepath.Join(p.dir, "ca.pem")
-	if err := os.WriteFile(p.caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// issue writes a certificate and key for cn and returns their paths.
-func (p *pki) issue(t *testing.T, cn string, server bool) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(p.dir, cn+".pem"), filepath.Join(p.dir, cn+"-key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
-func (p *pki) clientCreds(t *testing.T, cn string) credentials.TransportCredentials {
-	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca)
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if cn != "" {
-		cf, kf := p.issue(t, cn, false)
-		cert, err := tls.LoadX509KeyPair(cf, kf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return credentials.NewTLS(cfg)
-}
-
 func TestMTLSBeyondLoopback(t *testing.T) {
-	p := newPKI(t)
-	cert, key := p.issue(t, "levee-admin", true)
+	p := tlstest.NewCA(t, "levee test")
+	cert, key := p.Issue(t, "levee-admin", tlstest.Server)
 	// Listen on every interface: beyond loopback, so reads need
 	// credentials too. The test connects through 127.0.0.1.
 	addr := start(t, Config{Addr: "0.0.0.0:0", Store: newStore(t), TLSCertFile: cert, TLSKeyFile: key,
-		ClientCAFile: p.caPEM, AllowedClients: []string{"alice-cli"}, TokenFile: tokenFile(t)})
+		ClientCAFile: p.File, AllowedClients: []string{"alice-cli"}, TokenFile: tokenFile(t)})
 	_, port, _ := net.SplitHostPort(addr)
 	local := "127.0.0.1:" + port
 
-	alice := dial(t, local, p.clientCreds(t, "alice-cli"))
+	alice := dial(t, local, credentials.NewTLS(p.ClientTLS(t, "alice-cli")))
 	resp, err := alice.ApplyConfig(withToken(""), &leveev1.ApplyConfigRequest{Bundle: rulesBundle("5"), Reason: "mtls"})
 	if err != nil || resp.GetVersion().GetAuthor() != "alice-cli" {
 		t.Fatalf("apply with an allowed client certificate = %v, %v", resp, err)
 	}
-	mallory := dial(t, local, p.clientCreds(t, "mallory"))
+	mallory := dial(t, local, credentials.NewTLS(p.ClientTLS(t, "mallory")))
 	if _, err := mallory.GetConfig(withToken(""), &leveev1.GetConfigRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("read with a certificate not on the list: %v; want PermissionDenied", err)
 	}
-	anon := dial(t, local, p.clientCreds(t, ""))
+	anon := dial(t, local, credentials.NewTLS(p.ClientTLS(t, "")))
 	if _, err := anon.GetConfig(withToken(""), &leveev1.GetConfigRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("read beyond loopback without credentials: %v; want Unauthenticated", err)
 	}
@@ -399,15 +308,15 @@ func TestMTLSBeyondLoopback(t *testing.T) {
 
 func TestTLSConfigErrors(t *testing.T) {
 	store := newStore(t)
-	p := newPKI(t)
-	cert, key := p.issue(t, "srv", true)
+	p := tlstest.NewCA(t, "levee test")
+	cert, key := p.Issue(t, "srv", tlstest.Server)
 	for _, tc := range []struct {
 		cfg  Config
 		want string
 	}{
 		{Config{TLSCertFile: cert}, "both --admin-tls-cert and --admin-tls-key"},
-		{Config{ClientCAFile: p.caPEM, AllowedClients: []string{"a"}}, "needs the server's own certificate"},
-		{Config{TLSCertFile: cert, TLSKeyFile: key, ClientCAFile: p.caPEM}, "needs --admin-allowed-clients"},
+		{Config{ClientCAFile: p.File, AllowedClients: []string{"a"}}, "needs the server's own certificate"},
+		{Config{TLSCertFile: cert, TLSKeyFile: key, ClientCAFile: p.File}, "needs --admin-allowed-clients"},
 		{Config{AllowedClients: []string{"a"}}, "needs --admin-client-ca"},
 		{Config{TokenFile: writeFile(t, "t", "alice:short\n")}, "shorter than 16"},
 		{Config{TokenFile: writeFile(t, "t", "# nothing\n")}, "holds no tokens"},

@@ -13,11 +13,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -126,17 +125,14 @@ func Identity(ctx context.Context) string {
 // an error for credentials that are wrong.
 func (a *authenticator) identify(ctx context.Context) (string, error) {
 	if a.allowed != nil {
-		if p, ok := peer.FromContext(ctx); ok {
-			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
-				leaf := ti.State.VerifiedChains[0][0]
-				for _, n := range certNames(leaf) {
-					if a.allowed[n] {
-						return n, nil
-					}
+		if leaf := tlsfiles.VerifiedClient(ctx); leaf != nil {
+			for _, n := range certNames(leaf) {
+				if a.allowed[n] {
+					return n, nil
 				}
-				return "", status.Errorf(codes.PermissionDenied,
-					"client certificate %q is not on the allowed client list (--admin-allowed-clients)", leaf.Subject.CommonName)
 			}
+			return "", status.Errorf(codes.PermissionDenied,
+				"client certificate %q is not on the allowed client list (--admin-allowed-clients)", leaf.Subject.CommonName)
 		}
 	}
 	if len(a.tokens) > 0 {

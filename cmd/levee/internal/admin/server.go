@@ -19,7 +19,6 @@ package admin
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
 	"github.com/levee-dev/levee/limiter/configstore"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
@@ -203,25 +203,13 @@ func serverTLS(cfg Config) (*tls.Config, error) {
 	if cfg.TLSCertFile == "" {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	t, err := tlsfiles.Files{CA: cfg.ClientCAFile, Cert: cfg.TLSCertFile, Key: cfg.TLSKeyFile}.Server()
 	if err != nil {
-		return nil, fmt.Errorf("admin: TLS certificate: %w", err)
+		return nil, fmt.Errorf("admin: TLS (--admin-tls-cert, --admin-tls-key, --admin-client-ca): %w", err)
 	}
-	t := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if cfg.ClientCAFile != "" {
-		pem, err := os.ReadFile(cfg.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("admin: client CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("admin: client CA %s holds no PEM certificate", cfg.ClientCAFile)
-		}
-		t.ClientCAs = pool
-		// Verify a certificate when one is given; callers with a bearer
-		// token, or reading on loopback, need none. The interceptor decides.
-		t.ClientAuth = tls.VerifyClientCertIfGiven
-	}
+	// With a client CA, a certificate is verified when one is given;
+	// callers with a bearer token, or reading on loopback, need none. The
+	// interceptor decides.
 	return t, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/cluster"
@@ -69,8 +70,13 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 			return nil, fmt.Errorf("advertise address %s is not reachable by peers: set --advertise-addr", cn.self.Addr)
 		}
 	}
+	var creds credentials.TransportCredentials
+	if cfg.PeerTLS != nil {
+		creds = credentials.NewTLS(cfg.PeerTLS)
+	}
 	cn.router = peer.NewRouter(peer.Config{
 		Self:        cn.self,
+		Creds:       creds,
 		Store:       store,
 		BatchWindow: cfg.BatchWindow,
 		BatchMax:    cfg.BatchMax,

@@ -16,6 +16,7 @@ package node
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math"
 	"net/http"
@@ -33,6 +34,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -68,6 +70,17 @@ type member struct {
 // the test ends (or stop). rulesDir may be empty (built-in rules).
 func startMember(t *testing.T, endpoints []string, id, rulesDir string) *member {
 	t.Helper()
+	return startMemberTLS(t, endpoints, id, rulesDir, memberTLS{})
+}
+
+// memberTLS serves a test node over TLS: server is its listener's
+// configuration, peer how it dials its peers, client how the test's
+// clients dial it. The zero value is plaintext.
+type memberTLS struct{ server, peer, client *tls.Config }
+
+// startMemberTLS is startMember with TLS.
+func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc memberTLS) *member {
+	t.Helper()
 	m := &member{id: id, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -75,6 +88,7 @@ func startMember(t *testing.T, endpoints []string, id, rulesDir string) *member 
 	go func() {
 		m.done <- Run(ctx, Config{
 			GRPCAddr:      "127.0.0.1:0",
+			TLS:           tc.server,
 			MetricsAddr:   "127.0.0.1:0",
 			RulesPath:     rulesDir,
 			RulesPoll:     time.Hour,
@@ -83,6 +97,7 @@ func startMember(t *testing.T, endpoints []string, id, rulesDir string) *member 
 				EtcdEndpoints: endpoints,
 				MemberTTL:     memberTTL,
 				NodeID:        id,
+				PeerTLS:       tc.peer,
 				// Generous: a forwarded batch that timed out would be
 				// decided by its fallback, and the tests count exactly.
 				PeerTimeout: 5 * time.Second,
@@ -98,7 +113,11 @@ func startMember(t *testing.T, endpoints []string, id, rulesDir string) *member 
 		cancel()
 		t.Fatalf("node %s did not become ready", id)
 	}
-	conn, err := grpc.NewClient(m.addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if tc.client != nil {
+		creds = credentials.NewTLS(tc.client)
+	}
+	conn, err := grpc.NewClient(m.addrs.GRPC, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatalf("grpc.NewClient(%s): %v", m.addrs.GRPC, err)
 	}

@@ -27,6 +27,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -49,6 +50,12 @@ import (
 type Config struct {
 	// GRPCAddr is the gRPC listen address (both APIs, health, reflection).
 	GRPCAddr string
+	// TLS serves the gRPC listener over TLS (nil: plaintext). With
+	// ClientCAs set, the peer API needs a client certificate they verify,
+	// so that only other nodes can take from this node's buckets or hand
+	// buckets to it; Envoy and services need none. A clustered node with
+	// TLS must set ClientCAs.
+	TLS *tls.Config
 	// MetricsAddr is the HTTP listen address for /metrics and /healthz;
 	// empty disables it.
 	MetricsAddr string
@@ -102,6 +109,10 @@ type ClusterConfig struct {
 	// AdvertiseAddr is the gRPC address peers dial (default: the bound
 	// gRPC address).
 	AdvertiseAddr string
+	// PeerTLS is how the node dials its peers (nil: plaintext): the CA
+	// that verifies their listeners, and the client certificate their
+	// peer API asks for.
+	PeerTLS *tls.Config
 	// BatchWindow, BatchMax and PeerTimeout tune forwarding (peer.Config).
 	BatchWindow time.Duration
 	BatchMax    int
@@ -130,6 +141,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 10 * time.Second
+	}
+
+	if cfg.Cluster != nil && cfg.TLS != nil && cfg.TLS.ClientCAs == nil {
+		return errors.New("a clustered node serving TLS needs a client CA (--tls-client-ca): its peer API must only answer other nodes")
 	}
 
 	initial, err := loadRules(cfg.RulesPath)
@@ -208,7 +223,10 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 			return fmt.Errorf("metrics: %w", err)
 		}
 	}
-	srv := grpc.NewServer(
+	if cl != nil && cfg.TLS == nil && !isLoopback(lis.Addr()) {
+		log.Warn("the peer API is served in plain text beyond loopback: anyone who reaches the gRPC address can take tokens and hand buckets over; give --tls-cert, --tls-key and --tls-client-ca", "grpc", lis.Addr().String())
+	}
+	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newVTCodec()),
 		// A fixed pool of stream workers keeps handler goroutines (and their
 		// grown stacks) instead of starting one per call: without it about
@@ -227,7 +245,14 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		if cfg.TLS.ClientCAs != nil {
+			opts = append(opts, grpc.ChainUnaryInterceptor(peersOnlyUnary), grpc.ChainStreamInterceptor(peersOnlyStream))
+		}
+	}
+	srv := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

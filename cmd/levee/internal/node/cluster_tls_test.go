@@ -1,0 +1,137 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
+	"github.com/levee-dev/levee/limiter/cluster/clustertest"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+// TestClusterPeerTLS runs two nodes serving TLS whose peer API answers only
+// client certificates the cluster's CA signs. A key owned by one node and
+// taken through the other is still one bucket: the forwarding runs over
+// mutual TLS. A caller without a node certificate reaches the public APIs
+// but not the peer API; one with another CA's certificate, or in plain
+// text, reaches nothing.
+func TestClusterPeerTLS(t *testing.T) {
+	e := clustertest.StartEtcd(t)
+	ca := tlstest.NewCA(t, "levee cluster")
+	ids := []string{"t1", "t2"}
+	var ms []*member
+	for _, id := range ids {
+		cert, key := ca.Issue(t, id, tlstest.Server|tlstest.Client)
+		files := tlsfiles.Files{CA: ca.File, Cert: cert, Key: key}
+		srv, err := files.Server()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peerTLS, err := files.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The test's clients trust the CA and present no certificate, as
+		// Envoy or a service would.
+		ms = append(ms, startMemberTLS(t, e.Endpoints(), id, "", memberTLS{server: srv, peer: peerTLS, client: ca.ClientTLS(t, "")}))
+	}
+	waitRing(t, 2, ms...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), clusterWait)
+	defer cancel()
+	key := keyOwned(t, "tls", "t2", ids, "")
+	for range 3 {
+		st, err := ms[0].checkInline(ctx, inlineItem(key, 10, time.Minute, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st[0].Code != leveev1.Code_CODE_OK {
+			t.Fatalf("take through t1: %v; want OK", st[0])
+		}
+	}
+	if got := ms[1].remaining(t, key, 10, time.Minute); got != 7 {
+		t.Errorf("remaining at the owner t2 after 3 taken through t1: %d; want 7 (one bucket)", got)
+	}
+	g, err := ms[0].gauges()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g["levee_peer_forwarded_total"] < 3 || g["levee_peer_fallbacks_total"] != 0 || g["levee_peer_batch_errors_total"] != 0 {
+		t.Errorf("t1: forwarded %v, fallbacks %v, batch errors %v; want >= 3 forwarded over TLS and no failures",
+			g["levee_peer_forwarded_total"], g["levee_peer_fallbacks_total"], g["levee_peer_batch_errors_total"])
+	}
+
+	// A caller without a client certificate: Envoy's API answers, the
+	// peer API refuses every method.
+	if resp, err := ms[1].envoy.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{
+		Domain: "example", Descriptors: []*ratelimitv3.RateLimitDescriptor{{Entries: []*ratelimitv3.RateLimitDescriptor_Entry{{Key: "user", Value: "alice"}}}},
+	}); err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK {
+		t.Errorf("ShouldRateLimit over TLS without a client certificate = %v, %v; want OK", resp, err)
+	}
+	anon := leveev1.NewPeerServiceClient(ms[1].conn)
+	if _, err := anon.Handoff(ctx, &leveev1.HandoffRequest{From: "mallory"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Handoff without a client certificate: %v; want Unauthenticated", err)
+	}
+	if _, err := anon.Lease(ctx, &leveev1.LeaseRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Lease without a client certificate: %v; want Unauthenticated", err)
+	}
+	stream, err := anon.Take(ctx)
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Take without a client certificate: %v; want Unauthenticated", err)
+	}
+
+	dial := func(creds credentials.TransportCredentials) leveev1.PeerServiceClient {
+		conn, err := grpc.NewClient(ms[1].addrs.GRPC, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return leveev1.NewPeerServiceClient(conn)
+	}
+	// A certificate the cluster's CA signs is a node.
+	if resp, err := dial(credentials.NewTLS(ca.ClientTLS(t, "t3"))).Handoff(ctx, &leveev1.HandoffRequest{From: "t3"}); err != nil || resp.Adopted != 0 {
+		t.Errorf("empty Handoff with a node certificate = %v, %v; want 0 adopted", resp, err)
+	}
+	// Another CA's certificate, sent although the server asks for its own
+	// CA's, fails the handshake.
+	foreign := ca.ClientTLS(t, "")
+	mallory := tlstest.NewCA(t, "other").ClientTLS(t, "mallory").Certificates[0]
+	foreign.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &mallory, nil }
+	if _, err := dial(credentials.NewTLS(foreign)).Handoff(ctx, &leveev1.HandoffRequest{From: "mallory"}); status.Code(err) != codes.Unavailable {
+		t.Errorf("Handoff with another CA's certificate: %v; want Unavailable (handshake refused)", err)
+	}
+	// Plain text reaches nothing.
+	if _, err := dial(insecure.NewCredentials()).Handoff(ctx, &leveev1.HandoffRequest{From: "plain"}); status.Code(err) != codes.Unavailable {
+		t.Errorf("Handoff in plain text to a TLS listener: %v; want Unavailable", err)
+	}
+}
+
+// TestClusterTLSNeedsClientCA: a clustered node serving TLS without a
+// client CA would answer its peer API to anyone; it refuses to start.
+func TestClusterTLSNeedsClientCA(t *testing.T) {
+	ca := tlstest.NewCA(t, "levee cluster")
+	cert, key := ca.Issue(t, "n", tlstest.Server|tlstest.Client)
+	srv, err := tlsfiles.Files{Cert: cert, Key: key}.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Run(context.Background(), Config{GRPCAddr: "127.0.0.1:0", TLS: srv, Cluster: &ClusterConfig{EtcdEndpoints: []string{"http://127.0.0.1:1"}}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "--tls-client-ca") {
+		t.Fatalf("Run with TLS and no client CA in a cluster: %v; want an error naming --tls-client-ca", err)
+	}
+}

@@ -1,0 +1,121 @@
+// Package tlsfiles loads the PEM files that levee's TLS flags name into
+// crypto/tls configurations: the node's gRPC listener and its connections
+// to peers, the admin API, etcd, and levee ctl all load them the same way.
+package tlsfiles
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// Files names the PEM files of one end of a TLS connection.
+type Files struct {
+	// CA holds the certificates that verify the other end: servers for a
+	// client, clients for a server.
+	CA string
+	// Cert and Key are this end's certificate chain and private key.
+	Cert, Key string
+}
+
+// IsZero reports whether no file is named.
+func (f Files) IsZero() bool { return f == Files{} }
+
+// Client returns the configuration of a client dialing with f: the server
+// is verified against CA (the system's roots when CA is empty), and Cert
+// and Key, when given, are presented to servers that ask for a client
+// certificate. With no file named it returns nil: plaintext.
+func (f Files) Client() (*tls.Config, error) {
+	if f.IsZero() {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.CA != "" {
+		pool, err := Pool(f.CA)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+	}
+	if f.Cert != "" || f.Key != "" {
+		c, err := f.keyPair()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg, nil
+}
+
+// Server returns the configuration of a server listening with f: Cert and
+// Key are required. With CA, a client certificate is verified against it
+// when the client presents one (tls.VerifyClientCertIfGiven): whether a
+// call needs one is the service's decision, see [VerifiedClient]. With no file
+// named it returns nil: plaintext.
+func (f Files) Server() (*tls.Config, error) {
+	if f.IsZero() {
+		return nil, nil
+	}
+	if f.Cert == "" && f.Key == "" {
+		return nil, errors.New("a TLS server needs its own certificate and key")
+	}
+	c, err := f.keyPair()
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
+	if f.CA != "" {
+		pool, err := Pool(f.CA)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
+}
+
+func (f Files) keyPair() (tls.Certificate, error) {
+	if f.Cert == "" || f.Key == "" {
+		return tls.Certificate{}, errors.New("a certificate needs both its cert file and its key file")
+	}
+	c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("certificate %s with key %s: %w", f.Cert, f.Key, err)
+	}
+	return c, nil
+}
+
+// Pool reads a file of PEM certificates into a pool.
+func Pool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// VerifiedClient returns the client certificate that the TLS connection
+// of a gRPC call verified, or nil when the client presented none or the
+// connection is not TLS.
+func VerifiedClient(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return ti.State.VerifiedChains[0][0]
+}

@@ -1,0 +1,86 @@
+package tlsfiles_test
+
+import (
+	"context"
+	"crypto/tls"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
+	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
+)
+
+func TestNoFilesIsPlaintext(t *testing.T) {
+	for name, f := range map[string]func() (*tls.Config, error){
+		"Client": tlsfiles.Files{}.Client,
+		"Server": tlsfiles.Files{}.Server,
+	} {
+		if cfg, err := f(); cfg != nil || err != nil {
+			t.Errorf("%s with no files = %v, %v; want nil, nil (plaintext)", name, cfg, err)
+		}
+	}
+}
+
+func TestLoads(t *testing.T) {
+	ca := tlstest.NewCA(t, "test")
+	cert, key := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
+
+	srv, err := tlsfiles.Files{CA: ca.File, Cert: cert, Key: key}.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(srv.Certificates) != 1 || srv.ClientCAs == nil || srv.ClientAuth != tls.VerifyClientCertIfGiven {
+		t.Errorf("Server: %d certificates, client CAs %v, client auth %v; want 1, a pool, VerifyClientCertIfGiven",
+			len(srv.Certificates), srv.ClientCAs != nil, srv.ClientAuth)
+	}
+	srv, err = tlsfiles.Files{Cert: cert, Key: key}.Server()
+	if err != nil || srv.ClientAuth != tls.NoClientCert {
+		t.Errorf("Server without a CA: %v, %v; want no client certificates asked for", srv, err)
+	}
+
+	cl, err := tlsfiles.Files{CA: ca.File, Cert: cert, Key: key}.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cl.Certificates) != 1 || cl.RootCAs == nil {
+		t.Errorf("Client: %d certificates, root CAs %v; want 1 and a pool", len(cl.Certificates), cl.RootCAs != nil)
+	}
+	cl, err = tlsfiles.Files{CA: ca.File}.Client()
+	if err != nil || len(cl.Certificates) != 0 || cl.RootCAs == nil {
+		t.Errorf("Client with a CA only = %v, %v; want the CA and no certificate", cl, err)
+	}
+}
+
+func TestErrorsNameTheFile(t *testing.T) {
+	ca := tlstest.NewCA(t, "test")
+	cert, key := ca.Issue(t, "node", tlstest.Server)
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	for _, c := range []struct {
+		name string
+		load func() (*tls.Config, error)
+		want string
+	}{
+		{"server without a key", tlsfiles.Files{Cert: cert}.Server, "both its cert file and its key file"},
+		{"server with only a CA", tlsfiles.Files{CA: ca.File}.Server, "its own certificate and key"},
+		{"client without a cert", tlsfiles.Files{Key: key}.Client, "both its cert file and its key file"},
+		{"CA that is not PEM", tlsfiles.Files{CA: notPEM, Cert: cert, Key: key}.Server, notPEM + " holds no PEM certificate"},
+		{"missing CA", tlsfiles.Files{CA: missing}.Client, "missing.pem"},
+		{"key of another certificate", tlsfiles.Files{Cert: cert, Key: ca.File}.Server, "certificate " + cert},
+	} {
+		if cfg, err := c.load(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, %v; want an error with %q", c.name, cfg, err, c.want)
+		}
+	}
+}
+
+func TestVerifiedClientOutsideTLS(t *testing.T) {
+	if c := tlsfiles.VerifiedClient(context.Background()); c != nil {
+		t.Errorf("VerifiedClient of a context with no peer = %v; want nil", c)
+	}
+}
