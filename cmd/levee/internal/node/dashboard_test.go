@@ -1,0 +1,151 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/levee-dev/levee/limiter/cluster/clustertest"
+)
+
+// dashboardFile is the Grafana dashboard shipped in deploy/grafana.
+const dashboardFile = "../../../../deploy/grafana/levee.json"
+
+var (
+	metricRE = regexp.MustCompile(`\blevee_[a-z0-9_]+`)
+	// byRE and matcherRE find the label names a PromQL expression groups
+	// by or selects on.
+	byRE      = regexp.MustCompile(`\b(?:by|without)\s*\(([^)]*)\)`)
+	matcherRE = regexp.MustCompile(`([a-z_]+)\s*(?:=~|!~|!=|=)\s*"`)
+	labelVals = regexp.MustCompile(`label_values\((levee_[a-z0-9_]+),\s*([a-z_]+)\)`)
+)
+
+// TestDashboardQueriesExportedMetrics reads every query of the Grafana
+// dashboard and checks it against what a clustered node that has served
+// calls exports: each metric exists, and each label a query groups by or
+// selects on is one that metric carries. A renamed metric or label breaks
+// this test, not a dashboard on the night it is needed.
+func TestDashboardQueriesExportedMetrics(t *testing.T) {
+	data, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Name       string `json:"name"`
+				Definition string `json:"definition"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("%s: %v", dashboardFile, err)
+	}
+
+	e := clustertest.StartEtcd(t)
+	m := startMember(t, e.Endpoints(), "dash", "")
+	ctx, cancel := context.WithTimeout(context.Background(), clusterWait)
+	defer cancel()
+	for range 3 {
+		if _, err := m.envoy.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{Domain: "example", Descriptors: []*ratelimitv3.RateLimitDescriptor{
+			{Entries: []*ratelimitv3.RateLimitDescriptor_Entry{{Key: "user", Value: "alice"}}},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.Get("http://" + m.addrs.Metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	// labels[name] holds the label names of a series name as queries
+	// write it (a histogram's _bucket, _count and _sum included).
+	labels := map[string]map[string]bool{}
+	for name, f := range families {
+		names := []string{name}
+		if f.GetType().String() == "HISTOGRAM" {
+			names = []string{name + "_bucket", name + "_count", name + "_sum"}
+		}
+		set := map[string]bool{}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				set[l.GetName()] = true
+			}
+		}
+		for _, n := range names {
+			labels[n] = set
+		}
+	}
+	// Prometheus adds these at scrape or query time.
+	implicit := map[string]bool{"instance": true, "job": true, "le": true}
+
+	var queries int
+	check := func(where, expr string) {
+		queries++
+		metrics := slices.Compact(slices.Sorted(slices.Values(metricRE.FindAllString(expr, -1))))
+		if len(metrics) == 0 {
+			t.Errorf("%s: %q queries no levee metric", where, expr)
+			return
+		}
+		for _, name := range metrics {
+			if labels[name] == nil {
+				t.Errorf("%s: %s is not exported (query %q)", where, name, expr)
+			}
+		}
+		var used []string
+		for _, g := range byRE.FindAllStringSubmatch(expr, -1) {
+			for _, l := range strings.Split(g[1], ",") {
+				used = append(used, strings.TrimSpace(l))
+			}
+		}
+		for _, mm := range matcherRE.FindAllStringSubmatch(expr, -1) {
+			used = append(used, mm[1])
+		}
+		for _, l := range used {
+			if implicit[l] {
+				continue
+			}
+			found := false
+			for _, name := range metrics {
+				found = found || labels[name][l]
+			}
+			if !found {
+				t.Errorf("%s: no metric of %q carries the label %q", where, expr, l)
+			}
+		}
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			check("panel "+p.Title, tg.Expr)
+		}
+	}
+	for _, v := range dash.Templating.List {
+		if lv := labelVals.FindStringSubmatch(v.Definition); lv != nil {
+			check("variable "+v.Name, lv[1]+`{`+lv[2]+`="x"}`)
+		}
+	}
+	if queries < 20 {
+		t.Errorf("%d queries checked; the dashboard has more", queries)
+	}
+}
