@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -65,8 +66,8 @@ type PolicyRun struct {
 	arrivals []arrival
 	calls    []callResult
 	stats    []statSample
-	lag      []time.Duration // send time minus scheduled time
-	sidecar  [3][]time.Duration
+	lag      []time.Duration    // send time minus scheduled time
+	sidecar  [4][]time.Duration // Admit, Release, both, and a health check (the floor)
 }
 
 // loadConfig is what a run needs besides the schedule.
@@ -254,15 +255,19 @@ func pollStats(ctx context.Context, cc *grpc.ClientConn, timeout time.Duration) 
 	return s, nil
 }
 
-// probeSidecar measures the sidecar's Admit and Release round trips, and
-// the pair, 200 times a second until ctx ends.
-func probeSidecar(ctx context.Context, cc *grpc.ClientConn) (rtt [3][]time.Duration) {
+// probeSidecar measures the sidecar's Admit and Release round trips and
+// the pair, and, on alternate ticks, a gRPC health check of the same
+// server: a call that does nothing, made after the same idle time as an
+// Admit, so the floor under the other three. 100 of each a second until
+// ctx ends.
+func probeSidecar(ctx context.Context, cc *grpc.ClientConn) (rtt [4][]time.Duration) {
 	cl := leveev1.NewShedServiceClient(cc)
+	hc := healthpb.NewHealthClient(cc)
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	req := &leveev1.AdmitRequest{Resource: SidecarResource, Priority: leveev1.Priority_PRIORITY_DEFAULT,
 		User: "probe", Timeout: durationpb.New(100 * time.Millisecond)}
-	for {
+	for floor := false; ; floor = !floor {
 		select {
 		case <-ctx.Done():
 			return rtt
@@ -270,6 +275,13 @@ func probeSidecar(ctx context.Context, cc *grpc.ClientConn) (rtt [3][]time.Durat
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		t0 := time.Now()
+		if floor {
+			if _, err := hc.Check(cctx, &healthpb.HealthCheckRequest{}); err == nil {
+				rtt[3] = append(rtt[3], time.Since(t0))
+			}
+			cancel()
+			continue
+		}
 		resp, err := cl.Admit(cctx, req)
 		t1 := time.Now()
 		if err == nil && resp.GetAdmitted() {

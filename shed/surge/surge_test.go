@@ -381,3 +381,26 @@ func TestCalibrationMeasuresCapacity(t *testing.T) {
 		t.Errorf("C %.0f/s, want between 0.6 and 0.9 of μ %.0f/s", cal.C, cal.ServiceRate)
 	}
 }
+
+// TestProbeSidecarMeasuresItsFloor: the sidecar probe times Admit, Release
+// and the pair, and on alternate ticks a health check of the same server,
+// the floor it reports beside them.
+func TestProbeSidecarMeasuresItsFloor(t *testing.T) {
+	cc := startBackend(t, BackendConfig{Policy: PolicyLevee, Capacity: 1000, Sidecar: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	rtt := probeSidecar(ctx, cc)
+	for i, name := range []string{"Admit", "Release", "both", "health check"} {
+		if len(rtt[i]) < 5 {
+			t.Errorf("%s: %d round trips timed in 300 ms of 5 ms ticks; want several", name, len(rtt[i]))
+		}
+	}
+	if d := len(rtt[0]) - len(rtt[3]); d < -1 || d > 1 {
+		t.Errorf("%d Admits and %d health checks; want them on alternate ticks", len(rtt[0]), len(rtt[3]))
+	}
+	for i := range rtt[0] {
+		if rtt[2][i] < rtt[0][i] || rtt[2][i] < rtt[1][i] {
+			t.Fatalf("probe %d: both %v shorter than Admit %v or Release %v", i, rtt[2][i], rtt[0][i], rtt[1][i])
+		}
+	}
+}
