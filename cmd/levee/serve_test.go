@@ -45,15 +45,22 @@ func TestSetProcs(t *testing.T) {
 func TestServeTLSFlagErrors(t *testing.T) {
 	ca := tlstest.NewCA(t, "levee cluster")
 	cert, key := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
+	serverOnly, serverOnlyKey := ca.Issue(t, "server-only", tlstest.Server)
 	base := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--admin-addr", "", "--procs", "default"}
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--standalone", "--tls-cert", cert}, "--tls-key"},
+		{[]string{"--standalone", "--tls-cert", cert}, "a cert file without its key"},
+		{[]string{"--standalone", "--tls-key", key}, "a key file without its certificate"},
 		{[]string{"--standalone", "--tls-client-ca", ca.File}, "needs its own certificate and key"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--peer-ca", ca.File}, "--peer-ca"},
 		{[]string{"--tls-cert", cert, "--tls-key", key, "--etcd-endpoints", "http://127.0.0.1:1"}, "needs a client CA (--tls-client-ca)"},
+		{[]string{"--peer-names", "n1", "--etcd-endpoints", "http://127.0.0.1:1"}, "--peer-names needs TLS"},
+		// A server-only certificate cannot call peers; one for another
+		// host cannot serve them.
+		{[]string{"--tls-cert", serverOnly, "--tls-key", serverOnlyKey, "--tls-client-ca", ca.File, "--etcd-endpoints", "http://127.0.0.1:1"}, "as a client"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "levee-0.example"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
 	} {
 		root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}

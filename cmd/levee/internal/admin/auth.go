@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"strings"
@@ -126,7 +125,7 @@ func Identity(ctx context.Context) string {
 func (a *authenticator) identify(ctx context.Context) (string, error) {
 	if a.allowed != nil {
 		if leaf := tlsfiles.VerifiedClient(ctx); leaf != nil {
-			for _, n := range certNames(leaf) {
+			for _, n := range tlsfiles.Names(leaf) {
 				if a.allowed[n] {
 					return n, nil
 				}
@@ -160,15 +159,6 @@ func (a *authenticator) identify(ctx context.Context) (string, error) {
 		return a.tokens[match].name, nil
 	}
 	return "", nil
-}
-
-// certNames lists the names a client certificate can be allowed by.
-func certNames(c *x509.Certificate) []string {
-	names := make([]string, 0, 1+len(c.DNSNames))
-	if c.Subject.CommonName != "" {
-		names = append(names, c.Subject.CommonName)
-	}
-	return append(names, c.DNSNames...)
 }
 
 // authorize returns ctx with the caller's identity, or the error to answer

@@ -75,8 +75,12 @@ func startMember(t *testing.T, endpoints []string, id, rulesDir string) *member 
 
 // memberTLS serves a test node over TLS: server is its listener's
 // configuration, peer how it dials its peers, client how the test's
-// clients dial it. The zero value is plaintext.
-type memberTLS struct{ server, peer, client *tls.Config }
+// clients dial it, names the node certificates its peer API answers. The
+// zero value is plaintext.
+type memberTLS struct {
+	server, peer, client *tls.Config
+	names                []string // the peer API's allow-list
+}
 
 // startMemberTLS is startMember with TLS.
 func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc memberTLS) *member {
@@ -98,6 +102,7 @@ func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc me
 				MemberTTL:     memberTTL,
 				NodeID:        id,
 				PeerTLS:       tc.peer,
+				PeerNames:     tc.names,
 				// Generous: a forwarded batch that timed out would be
 				// decided by its fallback, and the tests count exactly.
 				PeerTimeout: 5 * time.Second,

@@ -22,11 +22,12 @@ import (
 )
 
 // TestClusterPeerTLS runs two nodes serving TLS whose peer API answers only
-// client certificates the cluster's CA signs. A key owned by one node and
-// taken through the other is still one bucket: the forwarding runs over
-// mutual TLS. A caller without a node certificate reaches the public APIs
-// but not the peer API; one with another CA's certificate, or in plain
-// text, reaches nothing.
+// client certificates the cluster's CA signs for the two nodes' names. A
+// key owned by one node and taken through the other is still one bucket:
+// the forwarding runs over mutual TLS. A caller without a certificate
+// reaches the public APIs but not the peer API; one with a certificate
+// for another name is refused; one with another CA's certificate, or in
+// plain text, reaches nothing.
 func TestClusterPeerTLS(t *testing.T) {
 	e := clustertest.StartEtcd(t)
 	ca := tlstest.NewCA(t, "levee cluster")
@@ -45,7 +46,7 @@ func TestClusterPeerTLS(t *testing.T) {
 		}
 		// The test's clients trust the CA and present no certificate, as
 		// Envoy or a service would.
-		ms = append(ms, startMemberTLS(t, e.Endpoints(), id, "", memberTLS{server: srv, peer: peerTLS, client: ca.ClientTLS(t, "")}))
+		ms = append(ms, startMemberTLS(t, e.Endpoints(), id, "", memberTLS{server: srv, peer: peerTLS, client: ca.ClientTLS(t, ""), names: ids}))
 	}
 	waitRing(t, 2, ms...)
 
@@ -103,9 +104,13 @@ func TestClusterPeerTLS(t *testing.T) {
 		t.Cleanup(func() { _ = conn.Close() })
 		return leveev1.NewPeerServiceClient(conn)
 	}
-	// A certificate the cluster's CA signs is a node.
-	if resp, err := dial(credentials.NewTLS(ca.ClientTLS(t, "t3"))).Handoff(ctx, &leveev1.HandoffRequest{From: "t3"}); err != nil || resp.Adopted != 0 {
+	// A certificate the cluster's CA signs for a node's name is a node;
+	// for another name, it is not.
+	if resp, err := dial(credentials.NewTLS(ca.ClientTLS(t, "t1"))).Handoff(ctx, &leveev1.HandoffRequest{From: "t1"}); err != nil || resp.Adopted != 0 {
 		t.Errorf("empty Handoff with a node certificate = %v, %v; want 0 adopted", resp, err)
+	}
+	if _, err := dial(credentials.NewTLS(ca.ClientTLS(t, "t3"))).Handoff(ctx, &leveev1.HandoffRequest{From: "t3"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Handoff with a certificate for a name not in --peer-names: %v; want PermissionDenied", err)
 	}
 	// Another CA's certificate, sent although the server asks for its own
 	// CA's, fails the handshake.
@@ -121,17 +126,42 @@ func TestClusterPeerTLS(t *testing.T) {
 	}
 }
 
-// TestClusterTLSNeedsClientCA: a clustered node serving TLS without a
-// client CA would answer its peer API to anyone; it refuses to start.
-func TestClusterTLSNeedsClientCA(t *testing.T) {
+// TestCheckPeerTLS: TLS settings under which nodes could not reach each
+// other, or anyone could reach the peer API, stop a node at start.
+func TestCheckPeerTLS(t *testing.T) {
 	ca := tlstest.NewCA(t, "levee cluster")
 	cert, key := ca.Issue(t, "n", tlstest.Server|tlstest.Client)
-	srv, err := tlsfiles.Files{Cert: cert, Key: key}.Server()
-	if err != nil {
-		t.Fatal(err)
+	load := func(f func() (*tls.Config, error)) *tls.Config {
+		c, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	err = Run(context.Background(), Config{GRPCAddr: "127.0.0.1:0", TLS: srv, Cluster: &ClusterConfig{EtcdEndpoints: []string{"http://127.0.0.1:1"}}}, nil)
-	if err == nil || !strings.Contains(err.Error(), "--tls-client-ca") {
-		t.Fatalf("Run with TLS and no client CA in a cluster: %v; want an error naming --tls-client-ca", err)
+	files := tlsfiles.Files{CA: ca.File, Cert: cert, Key: key}
+	srv, peerTLS := load(files.Server), load(files.Client)
+	noCA := load(tlsfiles.Files{Cert: cert, Key: key}.Server)
+	for _, c := range []struct {
+		name      string
+		tls, peer *tls.Config
+		names     []string
+		want      string // "" for no error
+	}{
+		{"plain text", nil, nil, nil, ""},
+		{"mutual TLS", srv, peerTLS, nil, ""},
+		{"mutual TLS with names", srv, peerTLS, []string{"n"}, ""},
+		{"serving TLS, dialing plain text", srv, nil, nil, "dial its peers over TLS too"},
+		{"serving plain text, dialing TLS", nil, peerTLS, nil, "must serve TLS itself"},
+		{"no client CA", noCA, peerTLS, nil, "--tls-client-ca"},
+		{"names without TLS", nil, nil, []string{"n"}, "--peer-names needs TLS"},
+	} {
+		err := checkPeerTLS(Config{GRPCAddr: "127.0.0.1:0", TLS: c.tls, Cluster: &ClusterConfig{PeerTLS: c.peer, PeerNames: c.names}})
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
+	}
+	// A standalone node has no peers: TLS without a client CA is fine.
+	if err := checkPeerTLS(Config{TLS: noCA}); err != nil {
+		t.Errorf("standalone with TLS and no client CA: %v", err)
 	}
 }

@@ -51,10 +51,10 @@ type Config struct {
 	// GRPCAddr is the gRPC listen address (both APIs, health, reflection).
 	GRPCAddr string
 	// TLS serves the gRPC listener over TLS (nil: plaintext). With
-	// ClientCAs set, the peer API needs a client certificate they verify,
-	// so that only other nodes can take from this node's buckets or hand
-	// buckets to it; Envoy and services need none. A clustered node with
-	// TLS must set ClientCAs.
+	// a Cluster, ClientCAs must be set and the peer API needs a client
+	// certificate they verify, so that only other nodes can take from
+	// this node's buckets or hand buckets to it; Envoy and services need
+	// none.
 	TLS *tls.Config
 	// MetricsAddr is the HTTP listen address for /metrics and /healthz;
 	// empty disables it.
@@ -111,8 +111,12 @@ type ClusterConfig struct {
 	AdvertiseAddr string
 	// PeerTLS is how the node dials its peers (nil: plaintext): the CA
 	// that verifies their listeners, and the client certificate their
-	// peer API asks for.
+	// peer API asks for. It is set exactly when Config.TLS is.
 	PeerTLS *tls.Config
+	// PeerNames, when not empty, are the only certificate names (common
+	// name or DNS name) the peer API answers, so that not every
+	// certificate the client CA signs is a node.
+	PeerNames []string
 	// BatchWindow, BatchMax and PeerTimeout tune forwarding (peer.Config).
 	BatchWindow time.Duration
 	BatchMax    int
@@ -143,8 +147,8 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		cfg.ShutdownGrace = 10 * time.Second
 	}
 
-	if cfg.Cluster != nil && cfg.TLS != nil && cfg.TLS.ClientCAs == nil {
-		return errors.New("a clustered node serving TLS needs a client CA (--tls-client-ca): its peer API must only answer other nodes")
+	if err := checkPeerTLS(cfg); err != nil {
+		return err
 	}
 
 	initial, err := loadRules(cfg.RulesPath)
@@ -248,8 +252,9 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
-		if cfg.TLS.ClientCAs != nil {
-			opts = append(opts, grpc.ChainUnaryInterceptor(peersOnlyUnary), grpc.ChainStreamInterceptor(peersOnlyStream))
+		if cl != nil {
+			g := newPeerGuard(cfg.Cluster.PeerNames)
+			opts = append(opts, grpc.ChainUnaryInterceptor(g.unary), grpc.ChainStreamInterceptor(g.stream))
 		}
 	}
 	srv := grpc.NewServer(opts...)
@@ -258,7 +263,11 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	reflection.Register(srv)
 	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(eng, cfg.Now))
 	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(eng, cfg.Now))
-	leveev1.RegisterPeerServiceServer(srv, peer.NewServer(store, cfg.Now))
+	if cl != nil {
+		// Only a cluster has peers: a standalone node must not let
+		// anyone take from or hand over its buckets.
+		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(store, cfg.Now))
+	}
 	leveev1.RegisterShedServiceServer(srv, sidecarSrv)
 
 	var httpSrv *http.Server

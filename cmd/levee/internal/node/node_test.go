@@ -86,6 +86,7 @@ type testNode struct {
 	addrs  node.Addrs
 	envoy  rlsv3.RateLimitServiceClient
 	native leveev1.RateLimitServiceClient
+	peer   leveev1.PeerServiceClient
 }
 
 // startNode writes files (name -> YAML) into a fresh rules directory and
@@ -135,6 +136,7 @@ func startNode(t *testing.T, files map[string]string) *testNode {
 	t.Cleanup(func() { _ = conn.Close() }) // runs before the node stops
 	n.envoy = rlsv3.NewRateLimitServiceClient(conn)
 	n.native = leveev1.NewRateLimitServiceClient(conn)
+	n.peer = leveev1.NewPeerServiceClient(conn)
 	return n
 }
 
@@ -1496,4 +1498,17 @@ func TestNativeHugeKey(t *testing.T) {
 	}
 	expectNative(t, check(t, n, items(rule("app", "user=a"))), cOK,
 		nativeStatus(cOK, 2, time.Minute, 1, 30*time.Second, -1, "per_user"))
+}
+
+// TestStandaloneServesNoPeerAPI: a standalone node has no peers, so nobody
+// may take from or hand buckets to it through the peer API.
+func TestStandaloneServesNoPeerAPI(t *testing.T) {
+	n := startNode(t, nil)
+	ctx := callCtx(t)
+	if _, err := n.peer.Handoff(ctx, &leveev1.HandoffRequest{From: "mallory"}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("Handoff to a standalone node: %v; want Unimplemented", err)
+	}
+	if _, err := n.peer.Lease(ctx, &leveev1.LeaseRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("Lease from a standalone node: %v; want Unimplemented", err)
+	}
 }

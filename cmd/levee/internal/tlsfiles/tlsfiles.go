@@ -82,8 +82,11 @@ func (f Files) Server() (*tls.Config, error) {
 }
 
 func (f Files) keyPair() (tls.Certificate, error) {
-	if f.Cert == "" || f.Key == "" {
-		return tls.Certificate{}, errors.New("a certificate needs both its cert file and its key file")
+	if f.Cert == "" {
+		return tls.Certificate{}, errors.New("a key file without its certificate: give both the cert file and the key file")
+	}
+	if f.Key == "" {
+		return tls.Certificate{}, errors.New("a cert file without its key: give both the cert file and the key file")
 	}
 	c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
@@ -118,4 +121,57 @@ func VerifiedClient(ctx context.Context) *x509.Certificate {
 		return nil
 	}
 	return ti.State.VerifiedChains[0][0]
+}
+
+// Names lists the names a certificate can be allowed by: its common name
+// and its DNS names.
+func Names(c *x509.Certificate) []string {
+	names := make([]string, 0, 1+len(c.DNSNames))
+	if c.Subject.CommonName != "" {
+		names = append(names, c.Subject.CommonName)
+	}
+	return append(names, c.DNSNames...)
+}
+
+// CheckUsable verifies the first certificate of cfg as the other end of a
+// connection would: against roots (the system's when nil), for host when
+// it is not empty, and for each of usages. A node's certificate that its
+// peers would refuse is better refused at start than found by the first
+// forwarded check.
+func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x509.ExtKeyUsage) error {
+	if len(cfg.Certificates) == 0 || len(cfg.Certificates[0].Certificate) == 0 {
+		return errors.New("no certificate")
+	}
+	chain := cfg.Certificates[0].Certificate
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return fmt.Errorf("parsing the certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range chain[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("parsing the certificate chain: %w", err)
+		}
+		inter.AddCert(c)
+	}
+	for _, u := range usages {
+		// A chain passes when it allows any of the usages asked for, so
+		// each is checked on its own.
+		opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host, KeyUsages: []x509.ExtKeyUsage{u}}
+		if _, err := leaf.Verify(opts); err != nil {
+			return fmt.Errorf("certificate %q for %s: %w", leaf.Subject.CommonName, usageName(u), err)
+		}
+	}
+	return nil
+}
+
+func usageName(u x509.ExtKeyUsage) string {
+	switch u {
+	case x509.ExtKeyUsageServerAuth:
+		return "server use"
+	case x509.ExtKeyUsageClientAuth:
+		return "client use"
+	}
+	return fmt.Sprintf("usage %d", u)
 }

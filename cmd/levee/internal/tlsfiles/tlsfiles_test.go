@@ -3,6 +3,7 @@ package tlsfiles_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,9 +67,9 @@ func TestErrorsNameTheFile(t *testing.T) {
 		load func() (*tls.Config, error)
 		want string
 	}{
-		{"server without a key", tlsfiles.Files{Cert: cert}.Server, "both its cert file and its key file"},
+		{"server without a key", tlsfiles.Files{Cert: cert}.Server, "a cert file without its key"},
 		{"server with only a CA", tlsfiles.Files{CA: ca.File}.Server, "its own certificate and key"},
-		{"client without a cert", tlsfiles.Files{Key: key}.Client, "both its cert file and its key file"},
+		{"client without a cert", tlsfiles.Files{Key: key}.Client, "a key file without its certificate"},
 		{"CA that is not PEM", tlsfiles.Files{CA: notPEM, Cert: cert, Key: key}.Server, notPEM + " holds no PEM certificate"},
 		{"missing CA", tlsfiles.Files{CA: missing}.Client, "missing.pem"},
 		{"key of another certificate", tlsfiles.Files{Cert: cert, Key: ca.File}.Server, "certificate " + cert},
@@ -82,5 +83,46 @@ func TestErrorsNameTheFile(t *testing.T) {
 func TestVerifiedClientOutsideTLS(t *testing.T) {
 	if c := tlsfiles.VerifiedClient(context.Background()); c != nil {
 		t.Errorf("VerifiedClient of a context with no peer = %v; want nil", c)
+	}
+}
+
+func TestCheckUsable(t *testing.T) {
+	ca := tlstest.NewCA(t, "test")
+	node, nodeKey := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
+	srvOnly, srvOnlyKey := ca.Issue(t, "server-only", tlstest.Server)
+	roots, err := tlsfiles.Pool(ca.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := tlsfiles.Pool(tlstest.NewCA(t, "other").File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(cert, key string) *tls.Config {
+		c, err := tlsfiles.Files{Cert: cert, Key: key}.Server()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	for _, c := range []struct {
+		name  string
+		cfg   *tls.Config
+		roots *x509.CertPool
+		host  string
+		want  string // "" for no error
+	}{
+		{"node certificate", load(node, nodeKey), roots, "127.0.0.1", ""},
+		{"any host", load(node, nodeKey), roots, "", ""},
+		{"server-only certificate", load(srvOnly, srvOnlyKey), roots, "", "for client use"},
+		{"another host", load(node, nodeKey), roots, "levee-0.example", "levee-0.example"},
+		{"another CA", load(node, nodeKey), other, "", "unknown authority"},
+		{"no certificate", &tls.Config{}, roots, "", "no certificate"},
+	} {
+		err := tlsfiles.CheckUsable(c.cfg, c.roots, c.host, both...)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
 	}
 }
