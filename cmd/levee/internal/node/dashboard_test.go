@@ -12,6 +12,7 @@ import (
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -28,25 +29,32 @@ var (
 	byRE      = regexp.MustCompile(`\b(?:by|without)\s*\(([^)]*)\)`)
 	matcherRE = regexp.MustCompile(`([a-z_]+)\s*(?:=~|!~|!=|=)\s*"`)
 	labelVals = regexp.MustCompile(`label_values\((levee_[a-z0-9_]+),\s*([a-z_]+)\)`)
+	// rateRE finds what rate() and increase() are taken of.
+	rateRE = regexp.MustCompile(`\b(rate|increase|irate)\(\s*(levee_[a-z0-9_]+)`)
 )
+
+// dashPanel is a Grafana panel or row, as far as the test reads it.
+type dashPanel struct {
+	Title   string `json:"title"`
+	Targets []struct {
+		Expr string `json:"expr"`
+	} `json:"targets"`
+	Panels []dashPanel `json:"panels"`
+}
 
 // TestDashboardQueriesExportedMetrics reads every query of the Grafana
 // dashboard and checks it against what a clustered node that has served
 // calls exports: each metric exists, and each label a query groups by or
-// selects on is one that metric carries. A renamed metric or label breaks
-// this test, not a dashboard on the night it is needed.
+// selects on is one that metric carries, and rate() and increase() are
+// only taken of counters. A renamed metric or label breaks this test, not
+// a dashboard on the night it is needed.
 func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	data, err := os.ReadFile(dashboardFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
+		Panels     []dashPanel `json:"panels"`
 		Templating struct {
 			List []struct {
 				Name       string `json:"name"`
@@ -74,6 +82,9 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
@@ -82,10 +93,19 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	// labels[name] holds the label names of a series name as queries
 	// write it (a histogram's _bucket, _count and _sum included).
 	labels := map[string]map[string]bool{}
+	// counters holds the series names rate() and increase() may take:
+	// counters and a histogram's series.
+	counters := map[string]bool{}
 	for name, f := range families {
 		names := []string{name}
-		if f.GetType().String() == "HISTOGRAM" {
+		switch f.GetType() {
+		case dto.MetricType_HISTOGRAM:
 			names = []string{name + "_bucket", name + "_count", name + "_sum"}
+			for _, n := range names {
+				counters[n] = true
+			}
+		case dto.MetricType_COUNTER:
+			counters[name] = true
 		}
 		set := map[string]bool{}
 		for _, s := range f.GetMetric() {
@@ -113,6 +133,11 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 				t.Errorf("%s: %s is not exported (query %q)", where, name, expr)
 			}
 		}
+		for _, r := range rateRE.FindAllStringSubmatch(expr, -1) {
+			if !counters[r[2]] {
+				t.Errorf("%s: %s of %s, which is not a counter (query %q)", where, r[1], r[2], expr)
+			}
+		}
 		var used []string
 		for _, g := range byRE.FindAllStringSubmatch(expr, -1) {
 			for _, l := range strings.Split(g[1], ",") {
@@ -135,11 +160,16 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range dash.Panels {
-		for _, tg := range p.Targets {
-			check("panel "+p.Title, tg.Expr)
+	var walk func([]dashPanel)
+	walk = func(ps []dashPanel) {
+		for _, p := range ps {
+			for _, tg := range p.Targets {
+				check("panel "+p.Title, tg.Expr)
+			}
+			walk(p.Panels) // a collapsed row holds its panels
 		}
 	}
+	walk(dash.Panels)
 	for _, v := range dash.Templating.List {
 		if lv := labelVals.FindStringSubmatch(v.Definition); lv != nil {
 			check("variable "+v.Name, lv[1]+`{`+lv[2]+`="x"}`)
