@@ -57,6 +57,11 @@ if [ -n "${NODE_PROCS:-}" ]; then procs_env=("GOMAXPROCS=$NODE_PROCS"); fi
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
 read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
+# CLUSTER_CACERT=FILE: the cluster nodes serve TLS (their CLUSTER_FLAGS give
+# --tls-cert, --tls-key and --tls-client-ca for 127.0.0.1); the load on node
+# 1 then dials TLS, verifying it with FILE. The single node stays plain.
+cluster_tls=(--insecure)
+if [ -n "${CLUSTER_CACERT:-}" ]; then cluster_tls=(--cacert "$CLUSTER_CACERT"); fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 pids=()
@@ -167,7 +172,7 @@ done
 # $work/cluster.N.json and $work/cluster.N.vars.
 cluster_round() {
 	local n=$1
-	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
+	"$ghz" "${cluster_tls[@]}" --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
 	local fwd0 bat0 fb0 be0 t0 r0 fwd1 bat1 fb1 be1 t1 r1
 	fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
 	bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
@@ -175,7 +180,7 @@ cluster_round() {
 	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
 	t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
 	r0=$(cpu "$n1_pid")
-	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
+	"$ghz" "${cluster_tls[@]}" --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
 	t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
 	r1=$(cpu "$n1_pid")
 	fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
@@ -192,17 +197,29 @@ for n in $(seq "$rounds"); do
 done
 
 python3 - "$work" "$(getconf CLK_TCK)" "$rounds" <<'PY'
-import json, statistics, sys
+import datetime, json, statistics, sys
 work, hz, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 def summary(path):
     o = json.load(open(path))
     ok = (o.get("statusCodeDistribution") or {}).get("OK", 0)
     codes = o.get("statusCodeDistribution") or {}
-    # ghz cancels the calls in flight when the duration ends, and some end
-    # on its own closed connection; those are not levee's errors.
-    artefacts = sum(v for k, v in (o.get("errorDistribution") or {}).items()
-                    if "use of closed network connection" in k or "Canceled" in k)
+    # ghz cancels the calls in flight when the duration ends: they end as
+    # Canceled, on its own closed connection, or (over TLS) as an EOF read
+    # from the server. Those within the last half second of the run are
+    # not levee's errors; the same error earlier is.
+    def artefact(msg):
+        return ("use of closed network connection" in msg or "Canceled" in msg
+                or "error reading from server: EOF" in msg)
+    details = o.get("details") or []
+    if details:
+        def ts(x):
+            return datetime.datetime.fromisoformat(x["timestamp"][:26].rstrip("Z"))
+        end = max(ts(x) for x in details)
+        artefacts = sum(1 for x in details if x.get("error") and artefact(x["error"])
+                        and (end - ts(x)).total_seconds() <= 0.5)
+    else:
+        artefacts = sum(v for k, v in (o.get("errorDistribution") or {}).items() if artefact(k))
     errs = sum(v for k, v in codes.items() if k != "OK") - artefacts
     if errs:
         print(f"{path}: status codes {codes}, errors {o.get('errorDistribution')}", file=sys.stderr)
