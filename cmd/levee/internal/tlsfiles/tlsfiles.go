@@ -1,6 +1,9 @@
 // Package tlsfiles loads the PEM files that levee's TLS flags name into
 // crypto/tls configurations: the node's gRPC listener and its connections
 // to peers, the admin API, etcd, and levee ctl all load them the same way.
+// A certificate and key are read again when their files change (looked at
+// once a second at most, on a handshake), so rotating them needs no
+// restart; CA files are read once.
 package tlsfiles
 
 import (
@@ -10,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -44,11 +49,11 @@ func (f Files) Client() (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	if f.Cert != "" || f.Key != "" {
-		c, err := f.keyPair()
+		kp, err := f.keyPair()
 		if err != nil {
 			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{c}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get(), nil }
 	}
 	return cfg, nil
 }
@@ -65,11 +70,16 @@ func (f Files) Server() (*tls.Config, error) {
 	if f.Cert == "" && f.Key == "" {
 		return nil, errors.New("a TLS server needs its own certificate and key")
 	}
-	c, err := f.keyPair()
+	kp, err := f.keyPair()
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
+	// Certificates stays empty: crypto/tls asks GetCertificate only then
+	// (or when the client names a server).
+	cfg := &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.get(), nil },
+		MinVersion:     tls.VersionTLS12,
+	}
 	if f.CA != "" {
 		pool, err := Pool(f.CA)
 		if err != nil {
@@ -81,18 +91,76 @@ func (f Files) Server() (*tls.Config, error) {
 	return cfg, nil
 }
 
-func (f Files) keyPair() (tls.Certificate, error) {
+func (f Files) keyPair() (*keyPair, error) {
 	if f.Cert == "" {
-		return tls.Certificate{}, errors.New("a key file without its certificate: give both the cert file and the key file")
+		return nil, errors.New("a key file without its certificate: give both the cert file and the key file")
 	}
 	if f.Key == "" {
-		return tls.Certificate{}, errors.New("a cert file without its key: give both the cert file and the key file")
+		return nil, errors.New("a cert file without its key: give both the cert file and the key file")
 	}
-	c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	kp := &keyPair{cert: f.Cert, key: f.Key}
+	if err := kp.load(); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
+
+// reloadEvery is how often a certificate's files are looked at again.
+var reloadEvery = time.Second
+
+// keyPair is a certificate and key read from files, and read again when
+// the files change, so that a rotated certificate (cert-manager, a
+// short-lived CA) is served from the next handshake on without a restart.
+// A pair that does not load (files caught half-written, a key that does
+// not match) leaves the last good pair in use, and is tried again later.
+type keyPair struct {
+	cert, key string
+
+	mu      sync.Mutex
+	pair    *tls.Certificate
+	stamp   [2]fileStamp // the files as they were when pair was read
+	checked time.Time
+}
+
+type fileStamp struct{ mod, size int64 }
+
+func stampOf(paths ...string) ([2]fileStamp, error) {
+	var st [2]fileStamp
+	for i, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return st, err
+		}
+		st[i] = fileStamp{fi.ModTime().UnixNano(), fi.Size()}
+	}
+	return st, nil
+}
+
+// load reads the pair.
+func (k *keyPair) load() error {
+	st, err := stampOf(k.cert, k.key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certificate %s with key %s: %w", f.Cert, f.Key, err)
+		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
 	}
-	return c, nil
+	c, err := tls.LoadX509KeyPair(k.cert, k.key)
+	if err != nil {
+		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
+	}
+	k.pair, k.stamp = &c, st
+	return nil
+}
+
+// get returns the pair, read again first if the files changed since.
+func (k *keyPair) get() *tls.Certificate {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if now := time.Now(); now.Sub(k.checked) >= reloadEvery {
+		k.checked = now
+		if st, err := stampOf(k.cert, k.key); err == nil && st != k.stamp {
+			_ = k.load() // on failure the last good pair stays
+		}
+	}
+	return k.pair
 }
 
 // Pool reads a file of PEM certificates into a pool.
@@ -133,16 +201,29 @@ func Names(c *x509.Certificate) []string {
 	return append(names, c.DNSNames...)
 }
 
-// CheckUsable verifies the first certificate of cfg as the other end of a
+// CheckUsable verifies the certificate cfg presents as the other end of a
 // connection would: against roots (the system's when nil), for host when
 // it is not empty, and for each of usages. A node's certificate that its
 // peers would refuse is better refused at start than found by the first
 // forwarded check.
 func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x509.ExtKeyUsage) error {
-	if len(cfg.Certificates) == 0 || len(cfg.Certificates[0].Certificate) == 0 {
+	var cert *tls.Certificate
+	var err error
+	switch {
+	case len(cfg.Certificates) > 0:
+		cert = &cfg.Certificates[0]
+	case cfg.GetCertificate != nil:
+		cert, err = cfg.GetCertificate(&tls.ClientHelloInfo{})
+	case cfg.GetClientCertificate != nil:
+		cert, err = cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
+	}
+	if err != nil {
+		return err
+	}
+	if cert == nil || len(cert.Certificate) == 0 {
 		return errors.New("no certificate")
 	}
-	chain := cfg.Certificates[0].Certificate
+	chain := cert.Certificate
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
 		return fmt.Errorf("parsing the certificate: %w", err)

@@ -32,9 +32,9 @@ func TestLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(srv.Certificates) != 1 || srv.ClientCAs == nil || srv.ClientAuth != tls.VerifyClientCertIfGiven {
-		t.Errorf("Server: %d certificates, client CAs %v, client auth %v; want 1, a pool, VerifyClientCertIfGiven",
-			len(srv.Certificates), srv.ClientCAs != nil, srv.ClientAuth)
+	if c, err := srv.GetCertificate(&tls.ClientHelloInfo{}); err != nil || c == nil || srv.ClientCAs == nil || srv.ClientAuth != tls.VerifyClientCertIfGiven {
+		t.Errorf("Server: certificate %v (%v), client CAs %v, client auth %v; want one, a pool, VerifyClientCertIfGiven",
+			c != nil, err, srv.ClientCAs != nil, srv.ClientAuth)
 	}
 	srv, err = tlsfiles.Files{Cert: cert, Key: key}.Server()
 	if err != nil || srv.ClientAuth != tls.NoClientCert {
@@ -45,11 +45,11 @@ func TestLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cl.Certificates) != 1 || cl.RootCAs == nil {
-		t.Errorf("Client: %d certificates, root CAs %v; want 1 and a pool", len(cl.Certificates), cl.RootCAs != nil)
+	if cl.GetClientCertificate == nil || cl.RootCAs == nil {
+		t.Errorf("Client: certificate %v, root CAs %v; want one and a pool", cl.GetClientCertificate != nil, cl.RootCAs != nil)
 	}
 	cl, err = tlsfiles.Files{CA: ca.File}.Client()
-	if err != nil || len(cl.Certificates) != 0 || cl.RootCAs == nil {
+	if err != nil || cl.GetClientCertificate != nil || len(cl.Certificates) != 0 || cl.RootCAs == nil {
 		t.Errorf("Client with a CA only = %v, %v; want the CA and no certificate", cl, err)
 	}
 }
