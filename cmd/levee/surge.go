@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/levee-dev/levee/shed/surge"
+	"github.com/levee-dev/levee/cmd/levee/internal/surge"
 )
 
 func surgeCommand() *cobra.Command {
