@@ -1,6 +1,7 @@
 package surge
 
 import (
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -260,3 +261,90 @@ func levelOf(a arrival, salt uint64) shed.Level {
 }
 
 func userID(u uint32) string { return "u" + strconv.Itoa(int(u)) }
+
+// settleTime is how long after hs the acceptance implied by levee's
+// threshold took to come within ±0.05 of its final value (the median over
+// the last 3 s before he) and hold there for 1 s; he - hs if it never did.
+func settleTime(r *PolicyRun, hs, he time.Duration, salt uint64) time.Duration {
+	acc := r.acceptance(hs, he, salt)
+	var tail []float64
+	for i, s := range r.stats {
+		if s.at >= he-3*time.Second && s.at < he {
+			tail = append(tail, acc[i])
+		}
+	}
+	if len(tail) == 0 {
+		return he - hs
+	}
+	slices.Sort(tail)
+	final := tail[len(tail)/2]
+	var since time.Duration = -1
+	for i, s := range r.stats {
+		if s.at < hs || s.at >= he {
+			continue
+		}
+		if d := acc[i] - final; d > 0.05 || d < -0.05 {
+			since = -1
+			continue
+		}
+		if since < 0 {
+			since = s.at
+		}
+		if s.at-since >= time.Second {
+			return since - hs
+		}
+	}
+	return he - hs
+}
+
+// acceptanceSettle is the stricter convergence time, read from the calls
+// rather than the threshold: how long after hs the share of offered calls
+// that were admitted (not refused), in 250 ms bins, came within ±5% of its
+// final value (the median over the last 3 s before he) with the admitted
+// calls' p99 at most 50 ms, and held so for 1 s (he - hs if it never did).
+// It also returns the largest relative swing of the acceptance from its
+// final value after that.
+func acceptanceSettle(r *PolicyRun, hs, he time.Duration) (time.Duration, float64) {
+	const w = 250 * time.Millisecond
+	type bin struct {
+		at  time.Duration
+		acc float64
+		p99 time.Duration
+	}
+	var bins []bin
+	for t := hs; t+w <= he; t += w {
+		a := r.Agg(t, t+w, allPriorities)
+		if a.Offered > 0 {
+			bins = append(bins, bin{t, 1 - float64(a.Refused+a.Throttled)/float64(a.Offered), a.P99})
+		}
+	}
+	var tail []float64
+	for _, b := range bins {
+		if b.at >= he-3*time.Second {
+			tail = append(tail, b.acc)
+		}
+	}
+	if len(tail) == 0 {
+		return he - hs, 0
+	}
+	slices.Sort(tail)
+	final := tail[len(tail)/2]
+	ok := func(b bin) bool {
+		d := b.acc - final
+		return d <= 0.05*final && d >= -0.05*final && b.p99 <= 50*time.Millisecond
+	}
+	for i := range bins {
+		n := 0
+		for n < int(time.Second/w) && i+n < len(bins) && ok(bins[i+n]) {
+			n++
+		}
+		if n == int(time.Second/w) {
+			osc := 0.0
+			for _, b := range bins[i:] {
+				osc = max(osc, math.Abs(b.acc-final)/final)
+			}
+			return bins[i].at - hs, osc
+		}
+	}
+	return he - hs, 0
+}

@@ -42,8 +42,14 @@
 // (2C with clients that retry: a naive three-attempt client against the
 // baselines, levee's throttling client against levee) and calm (0.5C, plus
 // the sidecar's admit/release round trip and an in-process benchmark of
-// the refusal path). Each scenario's figures are checked against the
-// targets of issue 4 and written as a markdown table, a CSV with one row
-// per second, policy and priority, and an SVG of goodput, p99, goroutines
-// and levee's threshold over time.
+// the refusal path).
+//
+// # Report
+//
+// Each scenario's levee run is held to its targets, one table of
+// (scenario, metric, comparison, bound) rows that the report walks
+// (targets.go), with the other policies' figures beside them. Every
+// scenario is written as a markdown table, a CSV with one row per second,
+// policy and priority, and an SVG of goodput, p99, goroutines and levee's
+// threshold over time.
 package surge

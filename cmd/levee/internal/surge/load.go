@@ -91,6 +91,19 @@ func (s *Scenario) PhaseStart(i int) time.Duration {
 	return d
 }
 
+// steady returns the part of phase i after its first seconds of
+// transient: the window steady-state figures are read from.
+func steady(sc *Scenario, i int) (from, to time.Duration) {
+	from = sc.PhaseStart(i)
+	d := sc.Phases[i].Duration
+	return from + min(2*time.Second, d/5), from + d
+}
+
+func phaseRange(sc *Scenario, i int) (from, to time.Duration) {
+	from = sc.PhaseStart(i)
+	return from, from + sc.Phases[i].Duration
+}
+
 // Scenario names, in the order "all" runs them.
 var ScenarioNames = []string{"flood", "ramp", "step", "retry", "calm"}
 
