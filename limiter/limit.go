@@ -34,7 +34,8 @@ import (
 //
 // A Limit with Rate 0 refuses every non-zero request (a block list). Burst 0
 // means "the same as Rate", as envoyproxy/ratelimit users expect: a limit of
-// 100 per minute admits 100 at once, then one every 600 ms.
+// 100 per minute admits 100 at once, then one every 600 ms. Capacity applies
+// that default; read the bucket's size through it, never from Burst.
 type Limit struct {
 	Rate   uint64
 	Period time.Duration
@@ -65,8 +66,9 @@ const Never time.Duration = -1
 // same epoch, since bucket state moves between nodes.
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 
-// burst returns the bucket capacity.
-func (l Limit) burst() uint64 {
+// Capacity returns the most tokens the bucket holds: Burst, or Rate when
+// Burst is 0.
+func (l Limit) Capacity() uint64 {
 	if l.Burst == 0 {
 		return l.Rate
 	}
@@ -77,7 +79,7 @@ func (l Limit) burst() uint64 {
 // of at most MaxRate, and at most MaxTokensPerSecond, so that token time
 // fits in an int64 until the 2090s.
 func (l Limit) Valid() bool {
-	if l.Period <= 0 || l.Rate > MaxRate || l.burst() > MaxRate {
+	if l.Period <= 0 || l.Rate > MaxRate || l.Capacity() > MaxRate {
 		return false
 	}
 	hi, lo := bits.Mul64(l.Rate, uint64(time.Second))
@@ -167,7 +169,7 @@ func (l Limit) TakeReserve(tat int64, hits, reserve uint64, now int64) (int64, R
 		return tat, Result{RetryAfter: Never}
 	}
 	now = max(now, epoch) // token time starts at the epoch
-	burst := int64(l.burst())
+	burst := int64(l.Capacity())
 	nowT := l.tokensAt(now)
 	t := max(tat, nowT)
 	available := burst - (t - nowT)

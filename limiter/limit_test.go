@@ -87,7 +87,7 @@ func TestExactOverLongRuns(t *testing.T) {
 	} {
 		var tat int64
 		now := t0 + rng.Int64N(int64(time.Second)) // start off the token grid
-		tokens, last := l.burst(), tokenTime(l, now)
+		tokens, last := l.Capacity(), tokenTime(l, now)
 		for i := range 200_000 {
 			now += rng.Int64N(int64(l.Period)/int64(l.Rate)*3 + 2)
 			if now > t0+100*365*24*int64(time.Hour) {
@@ -96,10 +96,10 @@ func TestExactOverLongRuns(t *testing.T) {
 			tt := tokenTime(l, now)
 			earned := new(big.Int).Sub(tt, last)
 			last = tt
-			if earned.Cmp(new(big.Int).SetUint64(l.burst())) >= 0 {
-				tokens = l.burst()
+			if earned.Cmp(new(big.Int).SetUint64(l.Capacity())) >= 0 {
+				tokens = l.Capacity()
 			} else {
-				tokens = min(l.burst(), tokens+earned.Uint64())
+				tokens = min(l.Capacity(), tokens+earned.Uint64())
 			}
 			want := tokens > 0
 			if want {
@@ -125,8 +125,8 @@ func TestRetryAfterIsTight(t *testing.T) {
 		l := Limit{Rate: 1 + rng.Uint64N(1000), Period: time.Duration(1+rng.Int64N(3600)) * time.Second}
 		l.Burst = 1 + rng.Uint64N(l.Rate*2)
 		now := t0 + rng.Int64N(int64(time.Hour))
-		tat, _ := l.Take(0, l.burst(), now)
-		hits := 1 + rng.Uint64N(l.burst())
+		tat, _ := l.Take(0, l.Capacity(), now)
+		hits := 1 + rng.Uint64N(l.Capacity())
 		_, r := l.Take(tat, hits, now)
 		if r.Allowed {
 			t.Fatalf("%+v: empty bucket admitted %d", l, hits)
@@ -222,5 +222,27 @@ func TestValidBoundsTokensPerSecond(t *testing.T) {
 	tat, _ := l.Take(0, 2, far)
 	if _, r := l.Take(tat, 1, far+int64(time.Microsecond)); !r.Allowed {
 		t.Fatalf("no refill in 2090: %+v", r)
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	for _, tc := range []struct {
+		l    Limit
+		want uint64
+	}{
+		{Limit{Rate: 100, Period: time.Minute}, 100},         // Burst 0: the rate
+		{Limit{Rate: 2, Period: time.Minute, Burst: 10}, 10}, // an explicit burst
+		{Limit{Rate: 50, Period: time.Minute, Burst: 1}, 1},  // smaller than the rate
+		{Limit{Rate: 0, Period: time.Minute}, 0},             // a block list holds nothing
+	} {
+		if got := tc.l.Capacity(); got != tc.want {
+			t.Errorf("%+v.Capacity() = %d, want %d", tc.l, got, tc.want)
+		}
+		// A fresh bucket admits exactly its capacity at once.
+		if tc.want > 0 {
+			if _, r := tc.l.Take(0, tc.want, epoch); !r.Allowed || r.Remaining != 0 {
+				t.Errorf("%+v: a fresh bucket refused its capacity: %+v", tc.l, r)
+			}
+		}
 	}
 }

@@ -65,7 +65,7 @@ func NewStore(maxKeys int) *Store {
 // fingerprint identifies a Limit, so a bucket stored under one limit is
 // converted rather than misread when its rule changes.
 func (l Limit) fingerprint() uint32 {
-	h := l.Rate*0x9E3779B97F4A7C15 ^ uint64(l.Period)*0xC2B2AE3D27D4EB4F ^ l.burst()*0x165667B19E3779F9
+	h := l.Rate*0x9E3779B97F4A7C15 ^ uint64(l.Period)*0xC2B2AE3D27D4EB4F ^ l.Capacity()*0x165667B19E3779F9
 	h ^= h >> 29
 	return uint32(h) ^ uint32(h>>32)
 }

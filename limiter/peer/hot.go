@@ -1,20 +1,22 @@
 package peer
 
 import (
-	"context"
 	"sync"
 	"time"
 
 	"github.com/levee-dev/levee/limiter"
-	"github.com/levee-dev/levee/limiter/ring"
-	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
-// Hot keys.
-//
-// One key can take a large share of all traffic (a global capacity budget, a
-// viral account). Forwarding every check for it would pin its owner, so a
-// node that forwards one key often does two things instead:
+// hotShards spreads hot-key state over independently locked maps.
+const hotShards = 64
+
+// maxHotPerShard bounds the hot-key table (64 × 1024 keys).
+const maxHotPerShard = 1024
+
+// hotKeys is what this node knows of the remote keys it forwards. One key
+// can take a large share of all traffic (a global capacity budget, a viral
+// account). Forwarding every check for it would pin its owner, so a node
+// that forwards one key often does two things instead:
 //
 //   - Refusal cache. When the owner refuses a one-token check because its
 //     bucket is empty, it also says when the next token arrives; until then
@@ -25,23 +27,22 @@ import (
 //
 //   - Leases (as Google's Doorman does). The node asks the owner for a batch
 //     of tokens — about what it forwarded in the last lease period, at most
-//     burst ÷ (4 × nodes) — and admits from it locally for the lease period
-//     (100 ms by default), giving unused tokens back with its next request.
-//     Leased tokens leave the owner's bucket when granted, so no token is
-//     ever admitted twice; the error is only in *when* a token is used.
-//     Over any time window the cluster admits at most what one exact bucket
-//     would, plus the tokens leased out at the window's start: at most
-//     burst ÷ 4 per key across the cluster, and in steady state about one
-//     lease period of the key's traffic. Tokens leased but never used (the
-//     traffic stops before the lease ends) are given back on the next lease
-//     or lapse, which errs toward refusing, never toward admitting.
-
-// hotShards spreads hot-key state over independently locked maps.
-const hotShards = 64
-
-// maxHotPerShard bounds the hot-key table (64 × 1024 keys).
-const maxHotPerShard = 1024
-
+//     capacity ÷ (4 × nodes) — and admits from it locally for the lease
+//     period (100 ms by default), giving unused tokens back with its next
+//     request. Leased tokens leave the owner's bucket when granted, so no
+//     token is ever admitted twice; the error is only in *when* a token is
+//     used. Over any time window the cluster admits at most what one exact
+//     bucket would, plus the tokens leased out at the window's start: at
+//     most capacity ÷ 4 per key across the cluster, and in steady state
+//     about one lease period of the key's traffic. Tokens leased but never
+//     used (the traffic stops before the lease ends) are given back on the
+//     next lease or lapse, which errs toward refusing, never toward
+//     admitting.
+//
+// A key's state is a small state machine: keyState.decide takes a check
+// and says whether it is answered here and whether to ask for a lease;
+// keyState.settle takes the owner's answer to that lease. Neither does
+// I/O: the router sends the lease once the shard's lock is released.
 type hotKeys struct {
 	shards [hotShards]hotShard
 }
@@ -65,7 +66,91 @@ type keyState struct {
 	lease      uint64 // leased tokens left
 	leaseUntil int64
 	remaining  uint64 // owner's bucket after the last grant
-	renewing   bool
+	renewing   bool   // a lease was asked for and is not settled yet
+}
+
+// hotPolicy is the router's hot-key configuration.
+type hotPolicy struct {
+	threshold uint64 // tokens forwarded within two periods that make a key hot
+	period    int64  // lease period, nanoseconds
+}
+
+// leaseAsk is a lease the hot-key decision asks for: want tokens from the
+// key's owner, giving back returned unused ones. The zero leaseAsk asks for
+// nothing.
+type leaseAsk struct {
+	want, returned uint64
+}
+
+// leaseGrant is an owner's answer to a lease request.
+type leaseGrant struct {
+	granted    uint64        // tokens granted, already taken from the owner's bucket
+	remaining  uint64        // tokens left in the owner's bucket
+	resetAfter time.Duration // until the owner's bucket is full again
+	retryAfter time.Duration // when nothing was granted: until one token is available
+}
+
+// decide decides req at now for the key st describes, nodes being the
+// ring's size. A cached refusal or the lease may answer it here (decided).
+// Otherwise it counts towards the key's hotness, and once the key is hot
+// and no lease is outstanding decide gives up the unused lease and asks
+// for a new one; the caller forwards req and sends ask to the owner.
+func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPolicy) (res limiter.Result, decided bool, ask leaseAsk) {
+	if now < st.denyUntil && req.Hits == 1 {
+		return limiter.Result{RetryAfter: time.Duration(st.denyUntil - now), ResetAfter: until(st.resetAt, now)}, true, leaseAsk{}
+	}
+	if req.Reserve > 0 {
+		// Leases do not know reserves; a capacity budget's lower priorities
+		// are always decided by the owner.
+		return limiter.Result{}, false, leaseAsk{}
+	}
+	if now < st.leaseUntil && st.lease >= req.Hits {
+		st.lease -= req.Hits
+		return limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}, true, leaseAsk{}
+	}
+	if gap := now - st.window; gap >= pol.period {
+		st.last, st.count, st.window = st.count, 0, now
+		if gap >= 2*pol.period {
+			st.last = 0 // the previous window was empty
+		}
+	}
+	st.count += req.Hits
+	if st.count+st.last >= pol.threshold && !st.renewing {
+		ask = leaseAsk{
+			want:     min(max(st.count, st.last), max(1, req.Limit.Capacity()/uint64(4*max(nodes, 1)))),
+			returned: st.lease,
+		}
+		st.lease, st.leaseUntil = 0, 0
+		st.renewing = true
+	}
+	return limiter.Result{}, false, ask
+}
+
+// settle records at now the outcome of the lease st asked for: the owner's
+// grant, or err when the request failed or was never sent (then the key
+// asks again on its next forwarded check). It returns the tokens granted.
+func (st *keyState) settle(g leaseGrant, err error, now int64, pol hotPolicy) uint64 {
+	st.renewing = false
+	if err != nil {
+		return 0
+	}
+	st.resetAt = now + int64(g.resetAfter)
+	st.remaining = g.remaining
+	if g.granted == 0 {
+		if g.retryAfter > 0 {
+			st.denyUntil = now + int64(g.retryAfter)
+		}
+		return 0
+	}
+	st.lease += g.granted
+	st.leaseUntil = now + pol.period
+	return g.granted
+}
+
+// refused records an owner's refusal of a one-token check at now.
+func (st *keyState) refused(res limiter.Result, now int64) {
+	st.denyUntil = now + int64(res.RetryAfter)
+	st.resetAt = now + int64(res.ResetAfter)
 }
 
 func (h *hotKeys) shard(key uint64) *hotShard { return &h.shards[key%hotShards] }
@@ -104,55 +189,29 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 	return st
 }
 
-// local decides req on this node if its key's state allows (a cached
-// refusal or a lease), and otherwise counts it towards hotness and starts a
-// lease request when the key is hot.
-func (r *Router) local(req *limiter.Request, owner ring.Member, nodes int, now int64) (limiter.Result, bool) {
+func (r *Router) hotPolicy() hotPolicy {
+	return hotPolicy{threshold: uint64(r.cfg.HotThreshold), period: int64(r.cfg.LeasePeriod)}
+}
+
+// local decides req, whose key another node owns, here if its key's state
+// allows (a cached refusal or a lease). Otherwise req is forwarded, and
+// ask, when not zero, is a lease to send its owner along with it. local
+// only takes the shard's lock and decides; it does no I/O.
+func (r *Router) local(req *limiter.Request, nodes int, now int64) (res limiter.Result, decided bool, ask leaseAsk) {
 	if r.cfg.HotThreshold < 0 || req.Hits == 0 || req.Refund {
-		return limiter.Result{}, false
+		return limiter.Result{}, false, leaseAsk{}
 	}
-	period := int64(r.cfg.LeasePeriod)
+	pol := r.hotPolicy()
 	sh := r.hot.shard(req.Key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	st := sh.state(req.Key, req.Limit, now, period)
-	if st == nil {
-		return limiter.Result{}, false
+	if st := sh.state(req.Key, req.Limit, now, pol.period); st != nil {
+		res, decided, ask = st.decide(req, now, nodes, pol)
 	}
-	if now < st.denyUntil && req.Hits == 1 {
-		return limiter.Result{RetryAfter: time.Duration(st.denyUntil - now), ResetAfter: until(st.resetAt, now)}, true
-	}
-	if req.Reserve > 0 {
-		// Leases do not know reserves; a capacity budget's lower priorities
-		// are always decided by the owner.
-		return limiter.Result{}, false
-	}
-	if now < st.leaseUntil && st.lease >= req.Hits {
-		st.lease -= req.Hits
-		return limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}, true
-	}
-	if gap := now - st.window; gap >= period {
-		st.last, st.count, st.window = st.count, 0, now
-		if gap >= 2*period {
-			st.last = 0 // the previous window was empty
-		}
-	}
-	st.count += req.Hits
-	if st.count+st.last >= uint64(r.cfg.HotThreshold) && !st.renewing {
-		returned := st.lease
-		st.lease, st.leaseUntil = 0, 0
-		st.renewing = true
-		want := max(st.count, st.last)
-		burst := req.Limit.Burst
-		if burst == 0 {
-			burst = req.Limit.Rate
-		}
-		want = min(want, max(1, burst/uint64(4*max(nodes, 1))))
-		key, l := req.Key, req.Limit
+	sh.mu.Unlock()
+	if ask.want > 0 {
 		r.stats.Leases.Add(1)
-		r.wg.Go(func() { r.renew(owner, key, l, want, returned) })
 	}
-	return limiter.Result{}, false
+	return res, decided, ask
 }
 
 // ownerFullAt returns when the owner last said key's bucket under l would
@@ -177,57 +236,22 @@ func (r *Router) refused(req *limiter.Request, res limiter.Result, now int64) {
 	sh := r.hot.shard(req.Key)
 	sh.mu.Lock()
 	if st := sh.state(req.Key, req.Limit, now, int64(r.cfg.LeasePeriod)); st != nil {
-		st.denyUntil = now + int64(res.RetryAfter)
-		st.resetAt = now + int64(res.ResetAfter)
+		st.refused(res, now)
 	}
 	sh.mu.Unlock()
 }
 
-// renew asks owner for a lease on key and records the grant.
-func (r *Router) renew(owner ring.Member, key uint64, l limiter.Limit, want, returned uint64) {
-	p := r.peer(owner)
-	var resp *leveev1.LeaseResponse
-	err := errBreakerOpen
-	if p.acquire() {
-		defer p.release()
-	} else {
-		p = nil
-	}
-	if p != nil && p.breaker.allow(r.cfg.Now()) {
-		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timeout)
-		resp, err = p.client.Lease(ctx, &leveev1.LeaseRequest{
-			Key:      key,
-			Limit:    &leveev1.BucketLimit{Rate: l.Rate, PeriodNanos: int64(l.Period), Burst: l.Burst},
-			Tokens:   want,
-			Returned: returned,
-			From:     r.cfg.Self.ID,
-		})
-		cancel()
-		p.breaker.record(err == nil, r.cfg.Now())
-	}
+// settle records the outcome of lease l: the owner's grant, or err.
+func (r *Router) settle(l *lease, g leaseGrant, err error) {
 	now := r.cfg.Now().UnixNano()
-	sh := r.hot.shard(key)
+	sh := r.hot.shard(l.key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	st := sh.m[key]
-	if st == nil || st.limit != l {
-		return // evicted or re-limited meanwhile; the grant lapses
-	}
-	st.renewing = false
-	if err != nil {
-		return
-	}
-	r.stats.Leased.Add(resp.GetGranted())
-	st.resetAt = now + resp.GetResetAfterNanos()
-	st.remaining = resp.GetRemaining()
-	if resp.GetGranted() == 0 {
-		if d := resp.GetRetryAfterNanos(); d > 0 {
-			st.denyUntil = now + d
-		}
-		return
-	}
-	st.lease += resp.GetGranted()
-	st.leaseUntil = now + int64(r.cfg.LeasePeriod)
+	var granted uint64
+	if st := sh.m[l.key]; st != nil && st.limit == l.limit {
+		granted = st.settle(g, err, now, r.hotPolicy())
+	} // else evicted or re-limited meanwhile: the grant lapses
+	sh.mu.Unlock()
+	r.stats.Leased.Add(granted)
 }
 
 func until(at, now int64) time.Duration {

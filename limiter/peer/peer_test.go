@@ -347,13 +347,12 @@ func TestAloneInAnotherNodesRing(t *testing.T) {
 func TestOldTrafficDoesNotMakeAKeyHot(t *testing.T) {
 	nodes := startNodes(t, 2, func(c *Config) { c.HotThreshold = 64 })
 	r := nodes[0].router
-	owner := nodes[1].member
 	req := limiter.Request{Key: 99, Limit: limiter.Limit{Rate: 1000, Period: time.Hour}, Hits: 1}
 	now := time.Now().UnixNano()
 	for range 63 {
-		r.local(&req, owner, 2, now)
+		r.local(&req, 2, now)
 	}
-	r.local(&req, owner, 2, now+int64(time.Hour))
+	r.local(&req, 2, now+int64(time.Hour))
 	if n := r.Stats().Leases.Load(); n != 0 {
 		t.Fatalf("%d leases for a key forwarded 63 times an hour ago and once now", n)
 	}

@@ -24,29 +24,16 @@
 //     table to build, and a lookup at 20 members touches 160 bytes of seeds.
 //
 // The cost is O(N) per lookup: one multiply-xorshift chain per member, with
-// no dependency between members, so the CPU overlaps them. Measured on the
-// development machine (AMD EPYC, 2 shared cores, Go 1.26; BenchmarkOwner):
+// no dependency between members, so the CPU overlaps them. That is far
+// below the cost of one forwarded RPC even for a few hundred nodes
+// (BenchmarkOwner; the README has the figures). A much larger fleet would
+// want a lookup table (for instance rendezvous evaluated once per 2^16
+// buckets of the hash space, which keeps minimal movement).
 //
-//	members   Owner ns/op   B/op  allocs/op
-//	      3        4-5        0      0
-//	     10         11        0      0
-//	     20      26-29        0      0
-//	    100    140-170        0      0
-//
-// That is far below the cost of one forwarded RPC even for a few hundred
-// nodes. A much larger fleet would want a lookup table (for instance
-// rendezvous evaluated once per 2^16 buckets of the hash space, which keeps
-// minimal movement).
-//
-// Balance and movement, measured with 1,000,000 random keys and random
-// member IDs for every N from 3 to 20 (TestBalance, TestMovement): the
-// most-loaded member owns at most 1.014 x the mean share, which is the
-// sampling noise of a million keys; adding or removing one member moves
-// 1/N of the keys to within 0.03 percentage points, all of them to or from
-// the changed member. For comparison, a virtual-node ring on random IDs of
-// the same shapes (exact arc lengths, 360 member sets) reached a worst max/mean of 1.38 with
-// 100 points per node, 1.25 with 160 and 1.16 with 500; only 1000 points per
-// node (20,000 points to search at N=20) kept every set under 1.15.
+// TestBalance and TestMovement hold the ring to both properties with a
+// million random keys for every N from 3 to 20: the most-loaded member owns
+// at most 1.15 × the mean share, and adding or removing one member moves at
+// most 1/N + 2% of the keys, every one of them to or from that member.
 //
 // # Determinism
 //
@@ -138,8 +125,6 @@ func (r *Ring) Owner(key uint64) (Member, bool) {
 	best, bestScore := 0, mix(key^seeds[0])
 	for i := 1; i < len(seeds); i++ {
 		// Strictly greater: on a tie the earlier (smaller) ID keeps the key.
-		// (A branch-free version with SETcc/CMOV measured no faster: the
-		// winner changes only about ln(N) times per lookup.)
 		if s := mix(key ^ seeds[i]); s > bestScore {
 			best, bestScore = i, s
 		}

@@ -1,0 +1,467 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/ring"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+)
+
+// call is one Take call's operations for one peer, waiting in a batch.
+type call struct {
+	reqs     []limiter.Request
+	index    []int // positions in the caller's request
+	deadline time.Time
+	results  []limiter.Result
+	err      error
+	done     chan struct{}
+
+	// leases are the hot-key leases the same Take call asks of this peer.
+	// They go out with the batch, after its checks, and the caller does
+	// not wait for them: their answers go to the hot-key state.
+	leases []lease
+}
+
+// lease is a lease request for one key, waiting in a batch.
+type lease struct {
+	key   uint64
+	limit limiter.Limit
+	leaseAsk
+}
+
+// abandon completes c with err without sending it, and gives its leases up
+// so that their keys may ask again.
+func (r *Router) abandon(c *call, err error) {
+	for i := range c.leases {
+		r.settle(&c.leases[i], leaseGrant{}, err)
+	}
+	c.err = err
+	close(c.done)
+}
+
+// peerConn is the connection and the open batch for one peer.
+type peerConn struct {
+	router  *Router
+	member  ring.Member
+	conn    *grpc.ClientConn
+	client  leveev1.PeerServiceClient
+	dialErr error
+	breaker breaker
+
+	mu     sync.Mutex
+	batch  []*call
+	size   int
+	timer  *time.Timer
+	closed bool
+
+	// inflight counts batches and calls using conn, so close can wait for
+	// them.
+	inflight sync.WaitGroup
+
+	// streamMu serialises opening the Take stream and sending on it.
+	streamMu sync.Mutex
+	stream   *takeStream
+	// blocked is the open or send in progress under streamMu, if any: a
+	// timeout that finds it stuck for a whole peer timeout cancels it.
+	blocked atomic.Pointer[streamOp]
+
+	flightMu sync.Mutex
+	flights  map[uint64]*flight // batches sent, by id
+	nextID   uint64
+}
+
+func (p *peerConn) enqueue(c *call) {
+	p.mu.Lock()
+	if p.closed || p.client == nil {
+		p.mu.Unlock()
+		p.router.abandon(c, errors.Join(errors.New("peer connection closed"), p.dialErr))
+		return
+	}
+	p.batch = append(p.batch, c)
+	p.size += len(c.reqs)
+	if p.size >= p.router.cfg.BatchMax {
+		b := p.takeBatch()
+		p.inflight.Add(1)
+		p.mu.Unlock()
+		p.router.wg.Go(func() { p.send(b) })
+		return
+	}
+	if len(p.batch) == 1 {
+		p.timer = time.AfterFunc(p.router.cfg.BatchWindow, p.flush)
+	}
+	p.mu.Unlock()
+}
+
+// acquire registers a use of the connection outside a batch (a hand-off);
+// it fails once the peer is closed. release ends it.
+func (p *peerConn) acquire() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.client == nil {
+		return false
+	}
+	p.inflight.Add(1)
+	return true
+}
+
+func (p *peerConn) release() { p.inflight.Done() }
+
+// takeBatch detaches the open batch. The caller holds p.mu.
+func (p *peerConn) takeBatch() []*call {
+	b := p.batch
+	p.batch, p.size = nil, 0
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	return b
+}
+
+// flush sends the open batch when its window ends.
+func (p *peerConn) flush() {
+	p.mu.Lock()
+	b := p.takeBatch()
+	if len(b) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	p.inflight.Add(1)
+	p.mu.Unlock()
+	// The timer already runs flush in a goroutine of its own: sending from
+	// it saves starting (and growing the stack of) another per batch. The
+	// router's WaitGroup counts it through inflight, which close waits on.
+	p.send(b)
+}
+
+// send sends one batch: its checks on the peer's Take stream, then its
+// leases. The caller has counted the batch in p.inflight.
+func (p *peerConn) send(b []*call) {
+	var leases []lease
+	for _, c := range b {
+		leases = append(leases, c.leases...)
+	}
+	if len(leases) == 0 {
+		p.forward(b)
+		return
+	}
+	// The checks' count ends when they are answered, perhaps before the
+	// leases are: the leases hold a count of their own.
+	p.inflight.Add(1)
+	defer p.inflight.Done()
+	p.forward(b)
+	p.askLeases(leases)
+}
+
+// forward sends a batch's checks on the peer's Take stream. The answer (or
+// the batch's timeout, or the stream's failure) completes them.
+func (p *peerConn) forward(b []*call) {
+	r := p.router
+	total := 0
+	// The batch lives as long as its most patient caller (so one caller's
+	// short deadline does not fail the others), and never past the peer
+	// timeout. Each caller stops waiting at its own deadline. Wall clock:
+	// this bounds I/O and meets the callers' context deadlines.
+	limit := time.Now().Add(r.cfg.Timeout)
+	var latest time.Time
+	for _, c := range b {
+		total += len(c.reqs)
+		if c.deadline.IsZero() || c.deadline.After(limit) {
+			latest = limit
+		} else if c.deadline.After(latest) {
+			latest = c.deadline
+		}
+	}
+	req := &leveev1.TakeRequest{From: r.cfg.Self.ID, Takes: make([]*leveev1.BucketTake, 0, total)}
+	takes := make([]leveev1.BucketTake, total)
+	limits := make([]leveev1.BucketLimit, total)
+	k := 0
+	for _, c := range b {
+		for _, q := range c.reqs {
+			limits[k] = leveev1.BucketLimit{Rate: q.Limit.Rate, PeriodNanos: int64(q.Limit.Period), Burst: q.Limit.Burst}
+			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits, Reserve: q.Reserve, Refund: q.Refund}
+			req.Takes = append(req.Takes, &takes[k])
+			k++
+		}
+	}
+	f := &flight{calls: b, total: total, byCallers: latest.Before(limit)}
+	p.flightMu.Lock()
+	p.nextID++
+	req.Id = p.nextID
+	if p.flights == nil {
+		p.flights = make(map[uint64]*flight)
+	}
+	p.flights[req.Id] = f
+	id := req.Id
+	f.timer = time.AfterFunc(time.Until(latest), func() { p.finish(id, nil, errPeerTimeout) })
+	p.flightMu.Unlock()
+	r.stats.Batches.Add(1)
+	if err := p.transmit(req, f); err != nil {
+		p.finish(id, nil, err)
+	}
+}
+
+// askLeases asks the peer for a batch's leases, one call after another under
+// one peer timeout, and settles each. The first failure fails the rest
+// unsent, like a failed batch, and the batch counts once on the breaker.
+// Lease is a unary call, so calls in parallel would each need a goroutine;
+// a key asks at most once per lease period, so a batch holds few.
+func (p *peerConn) askLeases(ls []lease) {
+	r := p.router
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timeout)
+	defer cancel()
+	var err error
+	for i := range ls {
+		l := &ls[i]
+		var g leaseGrant
+		if err == nil {
+			var resp *leveev1.LeaseResponse
+			resp, err = p.client.Lease(ctx, &leveev1.LeaseRequest{
+				Key:      l.key,
+				Limit:    &leveev1.BucketLimit{Rate: l.limit.Rate, PeriodNanos: int64(l.limit.Period), Burst: l.limit.Burst},
+				Tokens:   l.want,
+				Returned: l.returned,
+				From:     r.cfg.Self.ID,
+			})
+			g = leaseGrant{
+				granted:    resp.GetGranted(),
+				remaining:  resp.GetRemaining(),
+				resetAfter: time.Duration(resp.GetResetAfterNanos()),
+				retryAfter: time.Duration(resp.GetRetryAfterNanos()),
+			}
+		}
+		r.settle(l, g, err)
+	}
+	p.breaker.record(err == nil, r.cfg.Now())
+	if err != nil {
+		r.cfg.Logger.Debug("lease request failed", "peer", p.member.ID, "leases", len(ls), "err", err)
+	}
+}
+
+var errPeerTimeout = status.Error(codes.DeadlineExceeded, "peer did not answer the batch in time")
+
+// flight is a batch sent and waiting for its answer.
+type flight struct {
+	calls     []*call
+	total     int
+	stream    *takeStream // the stream it went out on; under flightMu
+	timer     *time.Timer
+	byCallers bool // the timeout is the callers' deadline, not the peer timeout
+}
+
+// takeStream is an open Take stream to a peer.
+type takeStream struct {
+	s      grpc.BidiStreamingClient[leveev1.TakeRequest, leveev1.TakeResponse]
+	cancel context.CancelFunc
+	// heard is when the stream last answered a batch, or opened (unix
+	// nanoseconds).
+	heard atomic.Int64
+}
+
+// silent says ts, on which a batch just timed out, has answered nothing
+// for timeout up to now: an owner whose handler is wedged on this stream
+// (alive, answering other streams, perhaps still accepting data). A stream
+// that answers late but answers is not silent.
+func (ts *takeStream) silent(now time.Time, timeout time.Duration) bool {
+	return now.Sub(time.Unix(0, ts.heard.Load())) >= timeout
+}
+
+// streamOp is an open or a send on the Take stream, with the cancel that
+// ends it.
+type streamOp struct {
+	cancel context.CancelFunc
+	start  time.Time
+}
+
+// watch records an open or a send, which cancel ends, as the operation in
+// progress under streamMu until done is called.
+func (p *peerConn) watch(cancel context.CancelFunc) (done func()) {
+	op := &streamOp{cancel: cancel, start: time.Now()}
+	p.blocked.Store(op)
+	return func() { p.blocked.CompareAndSwap(op, nil) }
+}
+
+// unblock cancels the stream operation in progress if at now it has been
+// stuck for a whole peer timeout. An owner that stopped reading its stream (a
+// wedged handler) leaves a send blocked on flow control, and a peer that
+// never finishes connecting leaves the open blocked; either holds
+// streamMu, and every later batch would queue behind it and fall back for
+// as long as the owner's process lives. Cancelling fails the blocked
+// operation, which drops the stream; the next batch opens a new one. A
+// stream that merely answers late is left alone: its other batches may
+// still be answered.
+func (p *peerConn) unblock(now time.Time) {
+	if op := p.blocked.Load(); op != nil && now.Sub(op.start) >= p.router.cfg.Timeout {
+		op.cancel()
+	}
+}
+
+// transmit sends req on the peer's Take stream, opening one if none is
+// open.
+func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
+	p.streamMu.Lock()
+	defer p.streamMu.Unlock()
+	if p.stream == nil {
+		ctx, cancel := context.WithCancel(p.router.ctx)
+		done := p.watch(cancel)
+		s, err := p.client.Take(ctx)
+		done()
+		if err != nil {
+			cancel()
+			return err
+		}
+		ts := &takeStream{s: s, cancel: cancel}
+		ts.heard.Store(time.Now().UnixNano())
+		p.stream = ts
+		p.router.wg.Go(func() { p.receive(ts) })
+	}
+	ts := p.stream
+	p.flightMu.Lock()
+	f.stream = ts
+	p.flightMu.Unlock()
+
+	done := p.watch(ts.cancel)
+	err := ts.s.Send(req)
+	done()
+	if err != nil {
+		// The receiver sees the stream end too and fails what it carried.
+		ts.cancel()
+		p.stream = nil
+		return err
+	}
+	return nil
+}
+
+// receive completes the batches answered on ts until the stream ends, then
+// fails the ones still waiting on it.
+func (p *peerConn) receive(ts *takeStream) {
+	for {
+		resp, err := ts.s.Recv()
+		if err != nil {
+			// Cancelling first unblocks a Send waiting on flow control, so
+			// that streamMu is free.
+			ts.cancel()
+			p.dropStream(ts)
+			if errors.Is(err, io.EOF) {
+				err = status.Error(codes.Unavailable, "peer closed the stream")
+			}
+			p.flightMu.Lock()
+			var lost []uint64
+			for id, f := range p.flights {
+				if f.stream == ts {
+					lost = append(lost, id)
+				}
+			}
+			p.flightMu.Unlock()
+			for _, id := range lost {
+				p.finish(id, nil, err)
+			}
+			return
+		}
+		ts.heard.Store(time.Now().UnixNano())
+		var berr error
+		if e := resp.GetError(); e != "" {
+			berr = errors.New(e)
+		}
+		p.finish(resp.GetId(), resp, berr)
+	}
+}
+
+// dropStream forgets ts, if it is still the open stream, so that the next
+// batch opens a new one. The caller has cancelled ts, which unblocks a Send
+// holding streamMu.
+func (p *peerConn) dropStream(ts *takeStream) {
+	p.streamMu.Lock()
+	if p.stream == ts {
+		p.stream = nil
+	}
+	p.streamMu.Unlock()
+}
+
+// finish completes flight id with the answer or the error, once: the
+// answer, the timeout and the stream's failure race, and the first wins.
+func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
+	p.flightMu.Lock()
+	f := p.flights[id]
+	delete(p.flights, id)
+	var ts *takeStream
+	if f != nil {
+		ts = f.stream
+	}
+	p.flightMu.Unlock()
+	if f == nil {
+		return
+	}
+	defer p.inflight.Done()
+	f.timer.Stop()
+	r := p.router
+	if err == errPeerTimeout {
+		// Give up a stream that went silent, or a send or open stuck
+		// behind one; the next batch opens a new stream. The watchdog
+		// judges I/O progress: wall clock.
+		wall := time.Now()
+		if ts != nil && ts.silent(wall, r.cfg.Timeout) {
+			ts.cancel()
+		}
+		p.unblock(wall)
+	}
+	if err == nil && len(resp.GetResults()) != f.total {
+		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
+	}
+	// A batch cut short by its callers' own deadlines says nothing about
+	// the peer's health.
+	if err == nil || !f.byCallers || err != errPeerTimeout {
+		p.breaker.record(err == nil, r.cfg.Now())
+	}
+	if err != nil {
+		r.stats.BatchErrors.Add(1)
+		r.cfg.Logger.Debug("forwarded batch failed", "peer", p.member.ID, "takes", f.total, "err", err)
+	}
+	k := 0
+	for _, c := range f.calls {
+		if err != nil {
+			c.err = err
+		} else {
+			c.results = make([]limiter.Result, len(c.reqs))
+			for j := range c.results {
+				w := resp.Results[k+j]
+				c.results[j] = limiter.Result{
+					Allowed:    w.GetAllowed(),
+					Remaining:  w.GetRemaining(),
+					ResetAfter: time.Duration(w.GetResetAfterNanos()),
+					RetryAfter: time.Duration(w.GetRetryAfterNanos()),
+				}
+			}
+		}
+		k += len(c.reqs)
+		close(c.done)
+	}
+}
+
+// close fails the open batch over to its fallbacks and closes the
+// connection once no batch can use it.
+func (p *peerConn) close() {
+	p.mu.Lock()
+	p.closed = true
+	b := p.takeBatch()
+	p.mu.Unlock()
+	for _, c := range b {
+		p.router.abandon(c, errors.New("peer left the ring"))
+	}
+	if p.conn != nil {
+		// In-flight sends finish (or time out) on their own; close after.
+		p.router.wg.Go(func() {
+			p.inflight.Wait()
+			p.conn.Close()
+		})
+	}
+}
