@@ -17,7 +17,6 @@ package engine
 
 import (
 	"context"
-	"encoding/binary"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -150,7 +149,7 @@ const inlineSeed = 0x1eeec0de
 // InlineKeyHash returns the bucket key of an inline limit's key.
 func InlineKeyHash(key string) uint64 {
 	d := xxhash.NewWithSeed(inlineSeed)
-	writeField(d, key)
+	rules.WriteField(d, key)
 	return d.Sum64()
 }
 
@@ -161,20 +160,12 @@ const overrideSeed = 0x0e1e1de
 // domain and every entry's key and value.
 func descriptorHash(domain string, entries []rules.Entry) uint64 {
 	d := xxhash.NewWithSeed(overrideSeed)
-	writeField(d, domain)
+	rules.WriteField(d, domain)
 	for _, e := range entries {
-		writeField(d, e.Key)
-		writeField(d, e.Value)
+		rules.WriteField(d, e.Key)
+		rules.WriteField(d, e.Value)
 	}
 	return d.Sum64()
-}
-
-// writeField writes s with its length, so field boundaries are unambiguous.
-func writeField(d *xxhash.Digest, s string) {
-	var n [8]byte
-	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
-	_, _ = d.Write(n[:])
-	_, _ = d.WriteString(s)
 }
 
 // Check decides items at now (Unix nanoseconds) and writes statuses[i] for
@@ -282,10 +273,7 @@ func priorityOf(it *Item, r *rules.Rule) shed.Priority {
 			}
 		}
 	}
-	if p, err := shed.ParsePriority(r.Priority); err == nil {
-		return p
-	}
-	return shed.Default
+	return r.Priority.Normalize()
 }
 
 // fallbackOf maps a rule's failure_mode to the bucket layer's fallback.

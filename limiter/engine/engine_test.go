@@ -36,9 +36,10 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 1}
 `
 
-func newEngine(t testing.TB, b Buckets) *Engine {
+// mustConfig parses one rule file into a Config.
+func mustConfig(t testing.TB, file, yaml string) *rules.Config {
 	t.Helper()
-	d, err := rules.Parse("test.yaml", []byte(testRules))
+	d, err := rules.Parse(file, []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +47,12 @@ func newEngine(t testing.TB, b Buckets) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+func newEngine(t testing.TB, b Buckets) *Engine {
+	t.Helper()
+	cfg := mustConfig(t, "test.yaml", testRules)
 	if b == nil {
 		b = LocalBuckets{Store: limiter.NewStore(1000)}
 	}
@@ -219,7 +226,7 @@ func BenchmarkCheck(b *testing.B) {
 }
 
 func TestCapacityBudgetReserves(t *testing.T) {
-	d, err := rules.Parse("budget.yaml", []byte(`
+	cfg := mustConfig(t, "budget.yaml", `
 domain: capacity
 descriptors:
   - key: resource
@@ -232,14 +239,7 @@ descriptors:
           unit: hour
           requests_per_unit: 10
           reserve: {default: 20%, sheddable: 0.5}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := rules.NewConfig(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	e := New(LocalBuckets{Store: limiter.NewStore(100)}, cfg, nil)
 	at := func(p string) Item {
 		return Item{Domain: "capacity", Entries: []rules.Entry{{Key: "resource", Value: "timeline"}, {Key: "priority", Value: p}}, Hits: 1}
@@ -271,6 +271,46 @@ descriptors:
 	}
 }
 
+// A rule's own priority, parsed when the rule loads, picks the reserve for
+// items that name none; an item's priority still wins over it.
+func TestRulePriorityPicksReserve(t *testing.T) {
+	cfg := mustConfig(t, "prio.yaml", `
+domain: capacity
+descriptors:
+  - key: batch
+    priority: sheddable
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+      reserve: {sheddable: 50%}
+  - key: plain
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+      reserve: {sheddable: 50%}
+`)
+	e := New(LocalBuckets{Store: limiter.NewStore(100)}, cfg, nil)
+	admitted := func(key string, p shed.Priority) int {
+		n := 0
+		for range 10 {
+			it := Item{Domain: "capacity", Entries: []rules.Entry{{Key: key, Value: "x"}}, Hits: 1, Priority: p}
+			if _, sts := check(t, e, it); sts[0].Code == OK {
+				n++
+			}
+		}
+		return n
+	}
+	if n := admitted("batch", shed.Unspecified); n != 5 {
+		t.Errorf("sheddable rule admitted %d, want 5 (half kept back)", n)
+	}
+	if n := admitted("batch", shed.High); n != 5 {
+		t.Errorf("high item on the sheddable rule admitted %d of the 5 left, want 5", n)
+	}
+	if n := admitted("plain", shed.Unspecified); n != 10 {
+		t.Errorf("rule without a priority admitted %d, want 10 (default keeps nothing)", n)
+	}
+}
+
 func TestOverrideIsAPlainLimit(t *testing.T) {
 	e := newEngine(t, nil)
 	// An override on a named rule is not dropped by that name's replacer,
@@ -291,17 +331,13 @@ func TestOverrideIsAPlainLimit(t *testing.T) {
 }
 
 func TestUnlimitedRuleStillReplaces(t *testing.T) {
-	d, err := rules.Parse("u.yaml", []byte(`domain: d
+	cfg := mustConfig(t, "u.yaml", `domain: d
 descriptors:
   - key: vip
     rate_limit: {unlimited: true, replaces: [{name: plain}]}
   - key: user
     rate_limit: {unit: hour, requests_per_unit: 1, name: plain}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := rules.NewConfig(d)
+`)
 	e := New(LocalBuckets{Store: limiter.NewStore(10)}, cfg, nil)
 	for range 3 {
 		if code, sts := check(t, e, item("vip", "1"), item("user", "2")); code != OK || !sts[1].Replaced {

@@ -37,8 +37,11 @@ func NewServer(e *engine.Engine, now func() time.Time) *Server {
 	return s
 }
 
-// MaxCohort is the largest cohort a request may carry.
-const MaxCohort = 127
+// MaxCohort is the largest cohort a request may carry. Check validates the
+// cohort but does not use it (see CheckRequest.cohort in ratelimit.proto):
+// it is accepted so that callers can send the labels they send to the shed
+// service, and kept to shed's range so that it means the same there.
+const MaxCohort = shed.NumCohorts - 1
 
 var fields = engine.Fields{Items: "items", Domain: ".descriptor.domain", Descriptor: ".descriptor", Inline: ".inline", Hits: ".hits"}
 

@@ -32,6 +32,11 @@
 // returns its Rule with HasLimit false so that the caller can still count it.
 // An unknown domain matches nothing.
 //
+// Trace takes the same walk and also reports it: how each entry matched,
+// the descriptor it reached, why the walk stopped and what lay below. It is
+// what explains a decision to an operator, and since Match and Trace share
+// one walk, an explanation cannot differ from what is enforced.
+//
 // A wildcard value contains one or more '*', each matching any run of
 // characters, including none; there is no other syntax. Patterns are split
 // once at load time and matched without allocating.

@@ -59,6 +59,10 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, en := range requests {
 			m := c.Match(d.Name, en)
+			if tr := c.Trace(d.Name, en); tr.Match != m || (m.Rule == nil) != (tr.Stop != StopMatched) ||
+				(len(en) > 0 && (len(tr.Steps) == 0 || len(tr.Steps) > len(en))) {
+				t.Fatalf("Trace(%v) = %+v, Match %+v", en, tr, m)
+			}
 			if !m.DomainFound {
 				t.Fatal("own domain not found")
 			}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/levee-dev/levee/shed"
 )
 
 func writeFile(t *testing.T, path, data string) {
@@ -66,7 +68,7 @@ func TestLoadTestdata(t *testing.T) {
 		}
 	}
 	login := c.Match("api", e("path=/api/login")).Rule
-	if login.Priority != "critical" || login.FailureMode != FailureClosed || login.Name != "login" {
+	if login.Priority != shed.Critical || login.FailureMode != FailureClosed || login.Name != "login" {
 		t.Errorf("login rule: %+v", login)
 	}
 	ip := c.Match("api", e("remote_address=1.2.3.4")).Rule

@@ -232,6 +232,9 @@ func TestMatch(t *testing.T) {
 			if m.Rule != nil && m.Rule.RequestsPerUnit != tt.rpu {
 				t.Errorf("requests_per_unit = %d, want %d", m.Rule.RequestsPerUnit, tt.rpu)
 			}
+			if tr := c.Trace(tt.domain, tt.entries); tr.Match != m {
+				t.Errorf("Trace gives %+v, Match %+v", tr.Match, m)
+			}
 		})
 	}
 
@@ -286,11 +289,114 @@ func TestPattern(t *testing.T) {
 		{"[a]*", "a1", false},
 		{"[a]*", "[a]1", true},
 		{"ä*ö", "äüö", true},
+		{"*c", "abc", true},
+		{"a*c", "ac", true},
+		{"a*b*c", "axbyc", true},
+		{"ab*ba", "aba", false},
 	}
 	for _, tt := range tests {
 		if got := newPattern(tt.pat).match(tt.in); got != tt.want {
 			t.Errorf("%q matches %q = %v, want %v", tt.pat, tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestTrace(t *testing.T) {
+	c := mustConfig(t, precedence, `
+domain: collide
+descriptors:
+  - key: a
+    value: b_c
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: x
+    value: "y*"
+    rate_limit: {unit: second, requests_per_unit: 2}
+`)
+	tests := []struct {
+		name    string
+		domain  string
+		entries []Entry
+		kinds   []MatchKind
+		rules   []string // the ID each step matched, "" for none
+		stop    Stop
+		below   []string // the IDs under where the walk ended
+	}{
+		{"exact", "prec", e("k=abc"), []MatchKind{MatchExact}, []string{"prec.k_abc"}, StopMatched, nil},
+		{"wildcard", "prec", e("k=abd"), []MatchKind{MatchWildcard}, []string{"prec.k_a*"}, StopMatched, nil},
+		{"literal pattern", "prec", e("k=ab*"), []MatchKind{MatchExact}, []string{"prec.k_ab*"}, StopMatched, nil},
+		{"star matches empty value", "prec", e("k="), []MatchKind{MatchWildcard}, []string{"prec.k_*"}, StopMatched, nil},
+		{"default then default", "prec", e("parent=p", "child=c"), []MatchKind{MatchDefault, MatchDefault},
+			[]string{"prec.parent", "prec.parent.child"}, StopMatched, []string{"prec.parent.child.grandchild_g*"}},
+		{"no match below", "prec", e("parent=p", "child=c", "grandchild=x"), []MatchKind{MatchDefault, MatchDefault, MatchNone},
+			[]string{"prec.parent", "prec.parent.child", ""}, StopNoMatch, []string{"prec.parent.child.grandchild_g*"}},
+		{"no match at the top", "prec", e("nope=x"), []MatchKind{MatchNone}, []string{""}, StopNoMatch,
+			[]string{"prec.k", "prec.k_a*", "prec.k_ab*", "prec.k_abc", "prec.k_*", "prec.other_x*", "prec.parent", "prec.allow_me", "prec.mid"}},
+		{"leaf with entries left", "prec", e("allow=me", "x=y"), []MatchKind{MatchExact}, []string{"prec.allow_me"}, StopLeaf, nil},
+		{"deeper than the tree", "prec", e("parent=p", "child=c", "grandchild=g1", "leaf=l", "more=x", "again=y"),
+			[]MatchKind{MatchDefault, MatchDefault, MatchWildcard, MatchDefault},
+			[]string{"prec.parent", "prec.parent.child", "prec.parent.child.grandchild_g*", "prec.parent.child.grandchild_g*.leaf"}, StopLeaf, nil},
+		{"no limit of its own", "prec", e("mid=m"), []MatchKind{MatchDefault}, []string{"prec.mid"}, StopNoLimit, []string{"prec.mid.end"}},
+		{"allow-list leaf", "prec", e("mid=m", "end=e"), []MatchKind{MatchDefault, MatchDefault}, []string{"prec.mid", "prec.mid.end"}, StopMatched, nil},
+		// Keys and values are compared apart: entry a_b=c is not the rule
+		// for key a and value b_c, though envoyproxy/ratelimit's
+		// concatenated form "a_b_c" is the same.
+		{"key and value do not run together", "collide", e("a_b=c"), []MatchKind{MatchNone}, []string{""}, StopNoMatch,
+			[]string{"collide.a_b_c", "collide.x_y*"}},
+		{"the rule's own entry", "collide", e("a=b_c"), []MatchKind{MatchExact}, []string{"collide.a_b_c"}, StopMatched, nil},
+		{"a wildcard needs its key", "collide", e("x_y=z"), []MatchKind{MatchNone}, []string{""}, StopNoMatch,
+			[]string{"collide.a_b_c", "collide.x_y*"}},
+		{"no entries", "prec", nil, nil, nil, StopNoEntries, nil},
+		{"unknown domain", "nope", e("k=a"), nil, nil, StopNoDomain, nil},
+	}
+	ids := func(rs []*Rule) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := c.Trace(tt.domain, tt.entries)
+			if m := c.Match(tt.domain, tt.entries); tr.Match != m {
+				t.Errorf("Trace gives %+v, Match %+v", tr.Match, m)
+			}
+			if (tr.Rule != nil) != (tt.stop == StopMatched) {
+				t.Errorf("rule %v with stop %d", tr.Rule, tr.Stop)
+			}
+			if tr.Stop != tt.stop {
+				t.Errorf("stop = %d, want %d", tr.Stop, tt.stop)
+			}
+			var kinds []MatchKind
+			var got []string
+			for _, st := range tr.Steps {
+				kinds = append(kinds, st.Kind)
+				id := ""
+				if st.Rule != nil {
+					id = st.Rule.ID
+				}
+				got = append(got, id)
+			}
+			if fmt.Sprint(kinds) != fmt.Sprint(tt.kinds) || fmt.Sprint(got) != fmt.Sprint(tt.rules) {
+				t.Errorf("steps %v %q, want %v %q", kinds, got, tt.kinds, tt.rules)
+			}
+			for i, st := range tr.Steps {
+				if st.Entry != tt.entries[i] {
+					t.Errorf("step %d entry %v, want %v", i, st.Entry, tt.entries[i])
+				}
+			}
+			if fmt.Sprint(ids(tr.Below)) != fmt.Sprint(tt.below) {
+				t.Errorf("below = %q, want %q", ids(tr.Below), tt.below)
+			}
+		})
+	}
+	r := c.Match("collide", e("a=b_c")).Rule
+	if r.Key() != "a" || r.Value() != "b_c" {
+		t.Errorf("Key, Value = %q, %q", r.Key(), r.Value())
+	}
+	r = c.Match("prec", e("parent=p", "child=c")).Rule
+	if r.Key() != "child" || r.Value() != "" {
+		t.Errorf("Key, Value = %q, %q", r.Key(), r.Value())
 	}
 }
 

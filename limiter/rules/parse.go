@@ -481,8 +481,8 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 		case "priority":
 			var s string
 			if s, err = p.str(v, pr.key); err == nil && s != "" {
-				if r.Priority, err = parsePriority(s); err != nil {
-					err = p.errorf(v, pr.key, "%v", err)
+				if r.Priority, err = shed.ParsePriority(s); err != nil {
+					err = p.errorf(v, pr.key, "invalid priority '%s' (want critical, high, default, low or sheddable)", s)
 				}
 			}
 		case "failure_mode":
@@ -561,6 +561,7 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 			kc.wild = append(kc.wild, wildChild{pat: newPattern(value), n: n})
 		}
 	}
+	parent.children = append(parent.children, r)
 	d.Rules = append(d.Rules, r)
 	d.depth = max(d.depth, len(r.levels))
 	return p.descriptors(d, n, children, r.ID, r.levels, depth+1)

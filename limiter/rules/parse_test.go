@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/shed"
 )
 
 // TestParseErrors checks every refusal: envoyproxy/ratelimit's own (with its
@@ -312,7 +313,7 @@ descriptors:
 
 	r := ruleByID(t, d, "api.remote_address")
 	if !r.HasLimit || r.Unit != UnitSecond || r.RequestsPerUnit != 10 || r.Line != 4 || r.Domain != "api" ||
-		r.Limit != (limiter.Limit{Rate: 10, Period: time.Second, Burst: 25}) || r.FailureMode != FailureLocal || r.Priority != "" {
+		r.Limit != (limiter.Limit{Rate: 10, Period: time.Second, Burst: 25}) || r.FailureMode != FailureLocal || r.Priority != shed.Unspecified {
 		t.Errorf("remote_address: %+v", r)
 	}
 	r = ruleByID(t, d, "api.remote_address_50.0.0.5")
@@ -321,7 +322,7 @@ descriptors:
 		t.Errorf("block list: %+v", r)
 	}
 	r = ruleByID(t, d, "api.path_/api/*")
-	if !r.ShareThreshold || !r.ValueToMetric || r.DetailedMetric || r.Priority != "critical" || r.FailureMode != FailureClosed ||
+	if !r.ShareThreshold || !r.ValueToMetric || r.DetailedMetric || r.Priority != shed.Critical || r.FailureMode != FailureClosed ||
 		r.Name != "paths" || strings.Join(r.Replaces, ",") != "other,third" || r.Unit != UnitWeek ||
 		r.Limit != (limiter.Limit{Rate: 7, Period: 7 * 24 * time.Hour, Burst: 7}) {
 		t.Errorf("path: %+v", r)
@@ -347,7 +348,7 @@ descriptors:
 		t.Errorf("rate_limit: null should mean no limit, as in envoyproxy/ratelimit: %+v", r)
 	}
 	r = ruleByID(t, d, "api.number_123")
-	if r.Priority != "sheddable" || r.HasLimit {
+	if r.Priority != shed.Sheddable || r.HasLimit {
 		t.Errorf("number: %+v", r)
 	}
 }

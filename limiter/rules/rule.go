@@ -62,9 +62,9 @@ type Rule struct {
 	// pattern share one counter (see KeyHash).
 	ShareThreshold bool
 
-	// Priority is the levee priority of traffic matching this rule
-	// ("critical", "high", "default", "low", "sheddable"), or "" if unset.
-	Priority string
+	// Priority is the levee priority of traffic matching this rule, or
+	// shed.Unspecified when the file gives none.
+	Priority shed.Priority
 	// FailureMode says how to decide when the counter's owner is unreachable.
 	FailureMode FailureMode
 	// Metadata is the descriptor's free-form metadata map, or nil.
@@ -99,6 +99,14 @@ type level struct {
 // matches this rule.
 func (r *Rule) Depth() int { return len(r.levels) }
 
+// Key returns the key of the rule's own descriptor, the last level of its
+// path.
+func (r *Rule) Key() string { return r.levels[len(r.levels)-1].key }
+
+// Value returns the value or wildcard pattern of the rule's own descriptor,
+// or "" for a key's default.
+func (r *Rule) Value() string { return r.levels[len(r.levels)-1].value }
+
 // KeyHash returns the counter key for a request descriptor that matched r:
 // an xxhash of the domain and of every entry's key and value, each
 // length-prefixed so that no two descriptors run together. At a wildcard
@@ -108,19 +116,22 @@ func (r *Rule) Depth() int { return len(r.levels) }
 func (r *Rule) KeyHash(domain string, entries []Entry) uint64 {
 	var d xxhash.Digest
 	d.Reset()
-	writeField(&d, domain)
+	WriteField(&d, domain)
 	for i := range entries {
 		v := entries[i].Value
 		if i < len(r.levels) && r.levels[i].share {
 			v = r.levels[i].value
 		}
-		writeField(&d, entries[i].Key)
-		writeField(&d, v)
+		WriteField(&d, entries[i].Key)
+		WriteField(&d, v)
 	}
 	return d.Sum64()
 }
 
-func writeField(d *xxhash.Digest, s string) {
+// WriteField writes s to d after its length, so that consecutive fields
+// never run together: ("ab", "c") and ("a", "bc") hash differently. Every
+// bucket key levee hashes from strings is built from such fields.
+func WriteField(d *xxhash.Digest, s string) {
 	var n [4]byte
 	binary.LittleEndian.PutUint32(n[:], uint32(len(s)))
 	_, _ = d.Write(n[:])
@@ -189,80 +200,4 @@ type Domain struct {
 
 	root  node
 	depth int // the deepest level, so deeper requests stop at once
-}
-
-// node is one level of the matching tree. Its children are grouped by key
-// and then by value, so a lookup hashes the request's strings as they are
-// and never joins them.
-type node struct {
-	rule *Rule
-	keys map[string]*keyChildren
-	leaf bool
-}
-
-// keyChildren are the children of a node that share one key.
-type keyChildren struct {
-	// exact holds children by value. Wildcard children are in it too, under
-	// their literal pattern, as envoyproxy/ratelimit looks them up.
-	exact map[string]*node
-	// wild holds the wildcard children in file order.
-	wild []wildChild
-	// def is the child with the key and no value, if any.
-	def *node
-}
-
-type wildChild struct {
-	pat pattern
-	n   *node
-}
-
-// child picks the child for one entry: exact, then the first matching
-// wildcard, then the key's default.
-func (n *node) child(e Entry) *node {
-	k := n.keys[e.Key]
-	if k == nil {
-		return nil
-	}
-	if c := k.exact[e.Value]; c != nil {
-		return c
-	}
-	for i := range k.wild {
-		if k.wild[i].pat.match(e.Value) {
-			return k.wild[i].n
-		}
-	}
-	return k.def
-}
-
-// pattern is a wildcard value split at its '*'s: parts[0] is a prefix, the
-// last part a suffix and the parts between must appear in order.
-type pattern struct {
-	parts []string
-}
-
-func newPattern(s string) pattern {
-	return pattern{parts: strings.Split(s, "*")}
-}
-
-// match reports whether s matches the pattern. Taking each middle part at
-// its leftmost position is enough: a later position can only leave less of
-// s for the parts after it.
-func (p pattern) match(s string) bool {
-	parts := p.parts
-	if len(parts) == 1 {
-		return s == parts[0]
-	}
-	first, last := parts[0], parts[len(parts)-1]
-	if len(s) < len(first)+len(last) || !strings.HasPrefix(s, first) || !strings.HasSuffix(s, last) {
-		return false
-	}
-	s = s[len(first) : len(s)-len(last)]
-	for _, part := range parts[1 : len(parts)-1] {
-		i := strings.Index(s, part)
-		if i < 0 {
-			return false
-		}
-		s = s[i+len(part):]
-	}
-	return true
 }

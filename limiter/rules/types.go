@@ -123,20 +123,6 @@ func (m FailureMode) String() string {
 	return "local"
 }
 
-// priorities lists the valid values of a descriptor's priority field, most
-// important first.
-var priorities = []string{"critical", "high", "default", "low", "sheddable"}
-
-func parsePriority(s string) (string, error) {
-	p := strings.ToLower(s)
-	for _, v := range priorities {
-		if p == v {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("invalid priority '%s' (want critical, high, default, low or sheddable)", s)
-}
-
 // Entry is one (key, value) pair of a request descriptor.
 type Entry struct {
 	Key, Value string

@@ -120,7 +120,7 @@ func fingerprint(files []sourceFile) uint64 {
 	var d xxhash.Digest
 	d.Reset()
 	for _, f := range files {
-		writeField(&d, f.name)
+		WriteField(&d, f.name)
 		var b [24]byte
 		binary.LittleEndian.PutUint64(b[0:], uint64(len(f.data)))
 		binary.LittleEndian.PutUint64(b[8:], uint64(f.modTime.UnixNano()))

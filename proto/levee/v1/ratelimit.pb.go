@@ -150,11 +150,16 @@ type CheckRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Items to decide, at most 1,000.
 	Items []*CheckItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
-	// Priority of the work being checked. It selects the rules' priority
-	// reserves and load-shedding order; unspecified is default.
+	// Priority of the work being checked. It selects the reserve a rule with
+	// rate_limit.reserve keeps back from less important work; unspecified is
+	// default.
 	Priority Priority `protobuf:"varint,2,opt,name=priority,proto3,enum=levee.v1.Priority" json:"priority,omitempty"`
-	// Cohort of the caller within its priority (0-127), for shedding whole
-	// cohorts together; usually derived from a user id hash.
+	// Cohort of the caller within its priority (0-127), usually derived from a
+	// user id hash. Check validates it but does not use it: reserves are per
+	// priority, and shedding whole cohorts together is the work of
+	// ShedService.Admit. It is accepted so that a service can send one set of
+	// labels to both services, and values above 127 are refused so that the
+	// field keeps the meaning it has in AdmitRequest.
 	Cohort        uint32 `protobuf:"varint,3,opt,name=cohort,proto3" json:"cohort,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

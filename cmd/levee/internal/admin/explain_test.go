@@ -47,7 +47,13 @@ descriptors:
 
 func explainCfg(t *testing.T) *rules.Config {
 	t.Helper()
-	d, err := rules.Parse("example.yaml", []byte(explainRules))
+	return configOf(t, "example.yaml", explainRules)
+}
+
+// configOf parses one rule file into a Config.
+func configOf(t *testing.T, file, yaml string) *rules.Config {
+	t.Helper()
+	d, err := rules.Parse(file, []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,29 +78,29 @@ func TestExplain(t *testing.T) {
 		name    string
 		domain  string
 		entries []rules.Entry
-		kinds   []MatchKind
+		kinds   []rules.MatchKind
 		ruleID  string // "" for no match
 		summary string
 	}{
-		{"default then exact", "example", entries("user", "u1", "action", "post"), []MatchKind{MatchDefault, MatchExact},
+		{"default then exact", "example", entries("user", "u1", "action", "post"), []rules.MatchKind{rules.MatchDefault, rules.MatchExact},
 			"example.user.action_post", "example.yaml:8): 60 per hour, burst 5"},
-		{"default only", "example", entries("user", "u1"), []MatchKind{MatchDefault},
+		{"default only", "example", entries("user", "u1"), []rules.MatchKind{rules.MatchDefault},
 			"example.user", "10 per second"},
-		{"wildcard beats default", "example", entries("remote_address", "203.0.113.7"), []MatchKind{MatchWildcard},
+		{"wildcard beats default", "example", entries("remote_address", "203.0.113.7"), []rules.MatchKind{rules.MatchWildcard},
 			"example.remote_address_203.0.113.*", "every request refused"},
-		{"default when the wildcard does not match", "example", entries("remote_address", "198.51.100.1"), []MatchKind{MatchDefault},
+		{"default when the wildcard does not match", "example", entries("remote_address", "198.51.100.1"), []rules.MatchKind{rules.MatchDefault},
 			"example.remote_address", "5 per minute"},
-		{"allow-list leaf", "example", entries("client", "batch-exporter"), []MatchKind{MatchExact},
+		{"allow-list leaf", "example", entries("client", "batch-exporter"), []rules.MatchKind{rules.MatchExact},
 			"example.client_batch-exporter", "allow-list entry"},
-		{"unknown key", "example", entries("colour", "red"), []MatchKind{MatchNone},
+		{"unknown key", "example", entries("colour", "red"), []rules.MatchKind{rules.MatchNone},
 			"", "no descriptor at the top of domain example matches colour=red"},
-		{"unknown value of a key with no default", "example", entries("client", "other"), []MatchKind{MatchNone},
+		{"unknown value of a key with no default", "example", entries("client", "other"), []rules.MatchKind{rules.MatchNone},
 			"", "matches client=other"},
-		{"deeper than a leaf", "example", entries("remote_address", "1.2.3.4", "x", "y"), []MatchKind{MatchDefault},
+		{"deeper than a leaf", "example", entries("remote_address", "1.2.3.4", "x", "y"), []rules.MatchKind{rules.MatchDefault},
 			"", "is a leaf at level 1"},
-		{"stops at a node without a limit", "example", entries("tenant", "t1"), []MatchKind{MatchDefault},
+		{"stops at a node without a limit", "example", entries("tenant", "t1"), []rules.MatchKind{rules.MatchDefault},
 			"", "example.tenant has no rate_limit of its own; only its children (route) have limits"},
-		{"underscore in a key", "example", entries("key_with_underscore", "v"), []MatchKind{MatchExact},
+		{"underscore in a key", "example", entries("key_with_underscore", "v"), []rules.MatchKind{rules.MatchExact},
 			"example.key_with_underscore_v", "7 per day"},
 		{"unknown domain", "nope", entries("user", "u"), nil, "", `domain "nope" is not in the configuration (domains: example)`},
 		{"no entries", "example", nil, nil, "", "no entries"},
@@ -111,7 +117,7 @@ func TestExplain(t *testing.T) {
 			if gotID != tc.ruleID {
 				t.Errorf("rule = %q, want %q", gotID, tc.ruleID)
 			}
-			var kinds []MatchKind
+			var kinds []rules.MatchKind
 			for _, s := range ex.Steps {
 				kinds = append(kinds, s.Kind)
 			}
@@ -135,17 +141,34 @@ func TestExplain(t *testing.T) {
 	}
 }
 
-func TestWildcard(t *testing.T) {
-	for _, tc := range []struct {
-		p, s string
-		ok   bool
-	}{
-		{"a*", "abc", true}, {"a*", "a", true}, {"a*", "ba", false},
-		{"*c", "abc", true}, {"a*c", "ac", true}, {"a*b*c", "axbyc", true}, {"a*b*c", "acb", false},
-		{"*", "", true}, {"ab*ba", "aba", false},
-	} {
-		if got := wildcard(tc.p, tc.s); got != tc.ok {
-			t.Errorf("wildcard(%q, %q) = %v", tc.p, tc.s, got)
-		}
+// An entry whose key and value run together into a rule's "key_value" form
+// does not match that rule: matching compares keys and values apart, and
+// Explain reports the walk Match takes.
+func TestExplainKeyValueCollision(t *testing.T) {
+	cfg := configOf(t, "collide.yaml", `domain: collide
+descriptors:
+  - key: a
+    value: b_c
+    rate_limit:
+      unit: second
+      requests_per_unit: 1
+`)
+	ex := Explain(cfg, "collide", entries("a_b", "c"))
+	if ex.Rule != nil || cfg.Match("collide", entries("a_b", "c")).Rule != nil {
+		t.Fatalf("a_b=c matched %v", ex.Rule)
+	}
+	if len(ex.Steps) != 1 || ex.Steps[0].Kind != rules.MatchNone || ex.Steps[0].Rule != nil {
+		t.Fatalf("steps %+v, want one step matching nothing", ex.Steps)
+	}
+	if want := "no descriptor at the top of domain collide matches a_b=c"; !strings.Contains(ex.Summary, want) {
+		t.Errorf("summary %q does not contain %q", ex.Summary, want)
+	}
+	if want := "available here: a_b_c"; ex.Steps[0].Note != want {
+		t.Errorf("note %q, want %q", ex.Steps[0].Note, want)
+	}
+	// The rule's own entry matches it exactly.
+	ex = Explain(cfg, "collide", entries("a", "b_c"))
+	if ex.Rule == nil || ex.Rule.ID != "collide.a_b_c" || len(ex.Steps) != 1 || ex.Steps[0].Kind != rules.MatchExact {
+		t.Fatalf("a=b_c: rule %v, steps %+v", ex.Rule, ex.Steps)
 	}
 }

@@ -377,7 +377,7 @@ func ruleToProto(r *rules.Rule) *leveev1.ExplainedRule {
 		HasLimit: r.HasLimit, Unlimited: r.Unlimited,
 		Unit: unitName(r), RequestsPerUnit: r.RequestsPerUnit, Burst: r.Limit.Burst,
 		ShadowMode: r.ShadowMode, QuotaMode: r.QuotaMode,
-		Priority: priorityEnum(r.Priority), FailureMode: r.FailureMode.String(),
+		Priority: priorityEnum(r.Priority.String()), FailureMode: r.FailureMode.String(),
 		Replaces: r.Replaces,
 	}
 }
@@ -389,13 +389,13 @@ func unitName(r *rules.Rule) string {
 	return r.Unit.String()
 }
 
-func matchKindToProto(k MatchKind) leveev1.MatchKind {
+func matchKindToProto(k rules.MatchKind) leveev1.MatchKind {
 	switch k {
-	case MatchExact:
+	case rules.MatchExact:
 		return leveev1.MatchKind_MATCH_KIND_EXACT
-	case MatchWildcard:
+	case rules.MatchWildcard:
 		return leveev1.MatchKind_MATCH_KIND_WILDCARD
-	case MatchDefault:
+	case rules.MatchDefault:
 		return leveev1.MatchKind_MATCH_KIND_DEFAULT
 	}
 	return leveev1.MatchKind_MATCH_KIND_NONE
