@@ -97,10 +97,6 @@ func parsePriority(field, s string) (Priority, error) {
 // NumCohorts is the number of cohorts within one priority.
 const NumCohorts = 128
 
-// ParseCohort parses a decimal cohort 0–127; errors are *FieldError naming
-// the field "cohort".
-func ParseCohort(s string) (uint8, error) { return parseCohort("cohort", s) }
-
 func parseCohort(field, s string) (uint8, error) {
 	n, err := strconv.ParseUint(s, 10, 8)
 	if err != nil || n >= NumCohorts {

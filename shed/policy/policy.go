@@ -1,5 +1,7 @@
-// Package policy reads levee's shedding policy: the protected resources a
-// node sheds load for, and how. It is a small YAML file:
+// Package policy is levee's shedding policy: the protected resources a node
+// sheds load for, and how. A [Set] holds the resources a policy describes
+// and keeps them across policy changes; the policy itself is a small YAML
+// file:
 //
 //	resources:
 //	  - name: timeline          # required, unique
@@ -15,10 +17,13 @@
 //
 // Every field but name is optional; the defaults are shed.Config's. Errors
 // name the file, line and field, like the rule files'.
+//
+// The owner of a Set drives it: Apply with each new policy, Pin with the
+// operators' overrides, and Run (or Tick) for the resources' control loop.
+// Adapters such as the sidecar only look resources up.
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -239,19 +244,4 @@ func duration(n *yaml.Node, field string, f errorf) (time.Duration, error) {
 		return 0, f(n, field, "must be a duration such as 250ms or 1s")
 	}
 	return d, nil
-}
-
-// Build creates the resources of p, checking each configuration.
-func (p *Policy) Build() ([]*shed.Resource, error) {
-	var out []*shed.Resource
-	var errs []error
-	for _, r := range p.Resources {
-		res, err := shed.New(r.Name, r.Config())
-		if err != nil {
-			errs = append(errs, fmt.Errorf("resource %q (line %d): %w", r.Name, r.Line, err))
-			continue
-		}
-		out = append(out, res)
-	}
-	return out, errors.Join(errs...)
 }

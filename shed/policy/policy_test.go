@@ -27,9 +27,11 @@ func TestParseExample(t *testing.T) {
 	if !p.Resources[1].Shadow {
 		t.Fatal("search is not in shadow mode")
 	}
-	rs, err := p.Build()
-	if err != nil || len(rs) != 2 || !rs[1].Shadow() {
-		t.Fatalf("Build: %v %v", rs, err)
+	set := NewSet(nil, nil)
+	err = set.Apply(p)
+	rs := set.Resources() // sorted by name: search, timeline
+	if err != nil || len(rs) != 2 || !rs[0].Shadow() || rs[0].Name() != "search" {
+		t.Fatalf("Apply: %v %v", rs, err)
 	}
 }
 
@@ -71,7 +73,7 @@ func TestHeadroom(t *testing.T) {
 			t.Errorf("resource %s: headroom %v, want %v", p.Resources[i].Name, got, want)
 		}
 	}
-	if _, err := p.Build(); err != nil {
+	if err := NewSet(nil, nil).Apply(p); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -89,6 +91,6 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		_, _ = p.Build()
+		_ = NewSet(nil, nil).Apply(p)
 	})
 }

@@ -3,13 +3,15 @@
 // starts work on a protected resource and calls Release when the work ends;
 // the permits in between let the shedder see in-flight work and latency as
 // the in-process middleware does. Permits that are never released expire.
+//
+// The resources and their permits belong to a policy.Set, whose owner keeps
+// it current and ticks it; this package only adapts the wire.
 package sidecar
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -18,6 +20,7 @@ import (
 
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/policy"
 )
 
 // DefaultPermitTTL is how long a permit lives when the caller gives none.
@@ -26,92 +29,40 @@ const DefaultPermitTTL = 30 * time.Second
 // MaxPermitTTL bounds a caller's permit lifetime.
 const MaxPermitTTL = 10 * time.Minute
 
-// Server implements leveev1.ShedServiceServer.
+// Server implements leveev1.ShedServiceServer over a policy.Set. It only
+// translates: the Set's owner applies the policy and drives the control
+// loop, which also expires unreleased permits.
 type Server struct {
 	leveev1.UnimplementedShedServiceServer
-	resources atomic.Pointer[map[string]*Resource]
-	salter    shed.CohortSalter
-	now       func() time.Time
+	set    *policy.Set
+	salter shed.CohortSalter
+	now    func() time.Time
 }
 
-// Resource is a protected resource with the permit table of its sidecar
-// callers.
-type Resource struct {
-	*shed.Resource
-	Permits *shed.PermitTable
-}
-
-// NewServer returns a Server over resources. now is the clock (nil:
-// time.Now); salter turns user ids into cohorts.
-func NewServer(resources []*shed.Resource, salter shed.CohortSalter, now func() time.Time) *Server {
+// NewServer returns a Server over the resources of set. now is the clock
+// (nil: time.Now); salter turns user ids into cohorts.
+func NewServer(set *policy.Set, salter shed.CohortSalter, now func() time.Time) *Server {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Server{salter: salter, now: now}
-	s.SetResources(resources)
-	return s
+	return &Server{set: set, salter: salter, now: now}
 }
 
-// SetResources replaces the protected resources. Resources that keep their
-// name keep their state and permits.
-func (s *Server) SetResources(resources []*shed.Resource) {
-	old := s.Resources()
-	m := make(map[string]*Resource, len(resources))
-	for _, r := range resources {
-		if prev, ok := old[r.Name()]; ok && prev.Resource == r {
-			m[r.Name()] = prev
-			continue
-		}
-		m[r.Name()] = &Resource{Resource: r, Permits: shed.NewPermitTable(r)}
-	}
-	s.resources.Store(&m)
-}
-
-// Resources returns the resources by name.
-func (s *Server) Resources() map[string]*Resource {
-	if m := s.resources.Load(); m != nil {
-		return *m
-	}
-	return nil
-}
-
-// Tick runs every resource's control step and expires unreleased permits;
-// the owner calls it every 100 ms or so.
-func (s *Server) Tick(now time.Time) {
-	for _, r := range s.Resources() {
-		r.Tick(now)
-		r.Permits.Sweep(now)
-	}
-}
-
-// Run calls Tick every interval until ctx is done.
-func (s *Server) Run(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case now := <-t.C:
-			s.Tick(now)
-		}
-	}
-}
-
-func (s *Server) resource(name string) (*Resource, error) {
+// permits returns the permit table of the named resource.
+func (s *Server) permits(name string) (*shed.PermitTable, error) {
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "resource: must not be empty")
 	}
-	r, ok := s.Resources()[name]
-	if !ok {
+	t := s.set.Permits(name)
+	if t == nil {
 		return nil, status.Errorf(codes.NotFound, "resource: %q is not in the shedding policy", name)
 	}
-	return r, nil
+	return t, nil
 }
 
 // Admit implements leveev1.ShedServiceServer.
 func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1.AdmitResponse, error) {
-	r, err := s.resource(req.GetResource())
+	permits, err := s.permits(req.GetResource())
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +100,7 @@ func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1
 	} else {
 		actx = context.WithoutCancel(ctx)
 	}
-	id, err := r.Permits.Acquire(actx, shed.LevelOf(shed.Priority(p), cohort), now, ttl)
+	id, err := permits.Acquire(actx, shed.LevelOf(shed.Priority(p), cohort), now, ttl)
 	if err != nil {
 		var ref *shed.Refusal
 		if !errors.As(err, &ref) {
@@ -166,7 +117,7 @@ func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1
 
 // Release implements leveev1.ShedServiceServer.
 func (s *Server) Release(_ context.Context, req *leveev1.ReleaseRequest) (*leveev1.ReleaseResponse, error) {
-	r, err := s.resource(req.GetResource())
+	permits, err := s.permits(req.GetResource())
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +131,7 @@ func (s *Server) Release(_ context.Context, req *leveev1.ReleaseRequest) (*levee
 	if err != nil {
 		return nil, err
 	}
-	if err := r.Permits.Release(req.GetPermit(), latency, o); err != nil {
+	if err := permits.Release(req.GetPermit(), latency, o); err != nil {
 		if errors.Is(err, shed.ErrUnknownPermit) {
 			return nil, status.Errorf(codes.NotFound, "permit: %d is unknown, already released or expired", req.GetPermit())
 		}

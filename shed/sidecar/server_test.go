@@ -16,6 +16,7 @@ import (
 
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/policy"
 )
 
 type clock struct {
@@ -30,9 +31,19 @@ func (c *clock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func start(t testing.TB, now func() time.Time, resources ...*shed.Resource) (*Server, leveev1.ShedServiceClient) {
+// start serves the resources of a Set built from the policy file text,
+// with clock now (nil: time.Now).
+func start(t testing.TB, now func() time.Time, policyYAML string) (*policy.Set, leveev1.ShedServiceClient) {
 	t.Helper()
-	s := NewServer(resources, shed.CohortSalter{}, now)
+	p, err := policy.Parse("p.yaml", []byte(policyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := policy.NewSet(now, nil)
+	if err := set.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(set, shed.CohortSalter{}, now)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -46,21 +57,14 @@ func start(t testing.TB, now func() time.Time, resources ...*shed.Resource) (*Se
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return s, leveev1.NewShedServiceClient(conn)
+	return set, leveev1.NewShedServiceClient(conn)
 }
 
-func resource(t testing.TB, name string, cfg shed.Config) *shed.Resource {
-	t.Helper()
-	r, err := shed.New(name, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
+const timeline = "resources:\n  - name: timeline\n"
 
 func TestAdmitReleaseRoundTrip(t *testing.T) {
-	r := resource(t, "timeline", shed.Config{})
-	_, c := start(t, nil, r)
+	set, c := start(t, nil, timeline)
+	r := set.Resources()[0]
 	ctx := context.Background()
 	resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", Priority: leveev1.Priority_PRIORITY_HIGH, User: "alice", Timeout: durationpb.New(time.Second)})
 	if err != nil || !resp.Admitted || resp.Permit == 0 {
@@ -83,7 +87,7 @@ func TestAdmitReleaseRoundTrip(t *testing.T) {
 }
 
 func TestBadInputNamesTheField(t *testing.T) {
-	_, c := start(t, nil, resource(t, "timeline", shed.Config{}))
+	_, c := start(t, nil, timeline)
 	ctx := context.Background()
 	cohort := uint32(200)
 	for _, tc := range []struct {
@@ -112,9 +116,8 @@ func TestBadInputNamesTheField(t *testing.T) {
 
 func TestPinnedResourceRefusesWithReason(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
-	r := resource(t, "timeline", shed.Config{Clock: clk.Now})
-	_, c := start(t, clk.Now, r)
-	if err := r.Pin(shed.CriticalOnly, clk.Now().Add(time.Minute)); err != nil {
+	set, c := start(t, clk.Now, timeline)
+	if err := set.Pin([]policy.Pin{{Resource: "timeline", Level: shed.CriticalOnly, Until: clk.Now().Add(time.Minute)}}); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -130,8 +133,8 @@ func TestPinnedResourceRefusesWithReason(t *testing.T) {
 
 func TestUnreleasedPermitsExpire(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
-	r := resource(t, "timeline", shed.Config{Clock: clk.Now})
-	s, c := start(t, clk.Now, r)
+	s, c := start(t, clk.Now, timeline)
+	r := s.Resources()[0]
 	for range 3 {
 		if resp, err := c.Admit(context.Background(), &leveev1.AdmitRequest{Resource: "timeline", PermitTtl: durationpb.New(2 * time.Second)}); err != nil || !resp.Admitted {
 			t.Fatalf("admit: %v %v", resp, err)
@@ -152,7 +155,7 @@ func TestUnreleasedPermitsExpire(t *testing.T) {
 // TestRoundTripLatency reports the admit+release round trip on loopback;
 // the figure is logged, not asserted (shared machine).
 func TestRoundTripLatency(t *testing.T) {
-	_, c := start(t, nil, resource(t, "timeline", shed.Config{}))
+	_, c := start(t, nil, timeline)
 	ctx := context.Background()
 	var lat []time.Duration
 	for range 2000 {
@@ -168,4 +171,35 @@ func TestRoundTripLatency(t *testing.T) {
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	t.Logf("admit+release round trip: p50 %v p99 %v", lat[len(lat)/2], lat[len(lat)*99/100])
+}
+
+// TestFollowsTheSet checks that the server serves whatever the Set holds
+// now: a permit outlives a policy change that keeps its resource, and a
+// dropped resource is not found.
+func TestFollowsTheSet(t *testing.T) {
+	set, c := start(t, nil, timeline)
+	ctx := context.Background()
+	resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline"})
+	if err != nil || !resp.Admitted {
+		t.Fatalf("admit: %v %v", resp, err)
+	}
+	p, err := policy.Parse("p.yaml", []byte(timeline+"  - name: search\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Apply(p); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "search"}); err != nil || !resp.Admitted {
+		t.Fatalf("admit on an added resource: %v %v", resp, err)
+	}
+	if _, err := c.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: resp.Permit}); err != nil {
+		t.Fatalf("release across a policy change: %v", err)
+	}
+	if err := set.Apply(&policy.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("admit on a dropped resource: %v", err)
+	}
 }

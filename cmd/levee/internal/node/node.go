@@ -206,8 +206,8 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	shedding := newShedSet(sm, cfg.Now, log)
-	defer shedding.close()
-	if err := shedding.apply(initialPolicy); err != nil {
+	defer shedding.Close()
+	if err := shedding.Apply(initialPolicy); err != nil {
 		return fmt.Errorf("shedding policy: %w", err)
 	}
 	sidecarSrv := shedding.sidecar
@@ -325,7 +325,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		})
 	}
 	wg.Go(func() { sweep(ctx, store, cfg.Now) })
-	wg.Go(func() { _ = sidecarSrv.Run(ctx, 100*time.Millisecond) })
+	wg.Go(func() { _ = shedding.Run(ctx, 100*time.Millisecond) })
 	if cl != nil {
 		cl.start()
 	}
@@ -338,7 +338,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if rt != nil && rt.admin != nil {
 		addrs.Admin = rt.admin.Addr()
 	}
-	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(shedding.resources()), "max_keys", cfg.MaxKeys)
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(shedding.Resources()), "max_keys", cfg.MaxKeys)
 	if ready != nil {
 		ready(addrs)
 	}

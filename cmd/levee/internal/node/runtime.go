@@ -156,7 +156,7 @@ func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
 func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configstore.Bundle) {
 	pol, err := parseShedPolicy(configstore.ShedName, b.Shed)
 	if err == nil {
-		err = rt.shed.apply(pol)
+		err = rt.shed.Apply(pol)
 	}
 	if err != nil {
 		rt.refuse(m.Version, err)
@@ -249,7 +249,7 @@ type rateSample struct {
 
 func (rt *runtimeConfig) sample() rateSample {
 	s := rateSample{at: rt.now(), decided: rt.eng.Decided()}
-	for _, r := range rt.shed.resources() {
+	for _, r := range rt.shed.Resources() {
 		for p := shed.Critical; p <= shed.Sheddable; p++ {
 			c := r.Counts(p)
 			for _, n := range c.Refused {
@@ -276,7 +276,7 @@ func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 			st.RefusalsPerSecond[p.String()] = float64(cur.refusals[p]-prev.refusals[p]) / secs
 		}
 	}
-	for _, r := range rt.shed.resources() {
+	for _, r := range rt.shed.Resources() {
 		s := r.Status(cur.at)
 		st.Thresholds = append(st.Thresholds, admin.Threshold{
 			Resource:    s.Name,

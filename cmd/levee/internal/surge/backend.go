@@ -28,6 +28,7 @@ import (
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
 	"github.com/levee-dev/levee/shed/middleware"
+	"github.com/levee-dev/levee/shed/policy"
 	"github.com/levee-dev/levee/shed/sidecar"
 )
 
@@ -185,7 +186,7 @@ type Backend struct {
 	pending atomic.Int64 // requests given to the worker and not finished
 	res     *shed.Resource
 	qdelay  *shed.CoDel
-	side    *sidecar.Server
+	side    *policy.Set // the sidecar's resources
 	static  *staticLimit
 
 	done, skipped atomic.Uint64
@@ -242,12 +243,11 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 	b.srv = grpc.NewServer(opts...)
 	b.srv.RegisterService(&serviceDesc, b)
 	if cfg.Sidecar {
-		probe, err := shed.New(SidecarResource, shed.Config{})
-		if err != nil {
+		b.side = policy.NewSet(nil, nil)
+		if err := b.side.Apply(&policy.Policy{Resources: []policy.Resource{{Name: SidecarResource}}}); err != nil {
 			return nil, err
 		}
-		b.side = sidecar.NewServer([]*shed.Resource{probe}, salter, nil)
-		leveev1.RegisterShedServiceServer(b.srv, b.side)
+		leveev1.RegisterShedServiceServer(b.srv, sidecar.NewServer(b.side, salter, nil))
 		// The floor the sidecar's round trips stand on: a call that does
 		// nothing, on the same server and connection.
 		healthpb.RegisterHealthServer(b.srv, health.NewServer())
