@@ -33,10 +33,10 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/cluster"
-	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/native"

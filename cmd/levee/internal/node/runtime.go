@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
-	"github.com/levee-dev/levee/limiter/configstore"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/rules"
 	"github.com/levee-dev/levee/shed"
