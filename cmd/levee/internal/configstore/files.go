@@ -4,82 +4,33 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
-	"path/filepath"
-	"strings"
+
+	"github.com/levee-dev/levee/limiter/rules"
 )
 
-// maxDirDepth bounds how deep ReadRules descends, which also stops
-// symbolic-link loops.
-const maxDirDepth = 32
-
-// ReadRules reads rule files for a Bundle from each path: a file, named by
-// its base name, or a directory tree, each file named by its slash-separated
-// path below the directory. Like rules.Load, it follows symbolic links and
-// skips names starting with '.', so a Kubernetes ConfigMap directory is read
-// once through its visible links. It checks nothing about the content
-// (Validate does) except that no file is larger than MaxBundleSize. Two
-// files with the same name are an error.
+// ReadRules reads rule files for a Bundle from each path with
+// rules.ReadFiles: a file is named by its base name, a directory tree's
+// files by their slash-separated paths below the directory. It checks
+// nothing about the content (Validate does) except that no file is larger
+// than MaxBundleSize. Two files with the same name are an error.
 func ReadRules(paths ...string) (map[string][]byte, error) {
 	files := map[string][]byte{}
 	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, fmt.Errorf("configstore: %w", err)
-		}
-		if fi.IsDir() {
-			err = readDir(files, p, "", 0)
-		} else {
-			err = readRuleFile(files, filepath.Base(p), p)
-		}
+		read, err := rules.ReadFiles(p)
 		if err != nil {
 			return nil, err
 		}
+		for _, f := range read {
+			if _, dup := files[f.Name]; dup {
+				return nil, fmt.Errorf("configstore: two rule files are both named %q (the second is %s); rename one", f.Name, f.Path)
+			}
+			if len(f.Data) > MaxBundleSize {
+				return nil, tooLarge(f.Path)
+			}
+			files[f.Name] = f.Data
+		}
 	}
 	return files, nil
-}
-
-func readDir(files map[string][]byte, dir, rel string, depth int) error {
-	if depth > maxDirDepth {
-		return fmt.Errorf("configstore: %s: directories nested deeper than %d (a symbolic link loop?)", dir, maxDirDepth)
-	}
-	entries, err := os.ReadDir(dir) // sorted by name
-	if err != nil {
-		return fmt.Errorf("configstore: %w", err)
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
-		fi, err := os.Stat(p) // follows symbolic links
-		if err != nil {
-			return fmt.Errorf("configstore: %w", err)
-		}
-		name := path.Join(rel, e.Name())
-		switch {
-		case fi.IsDir():
-			err = readDir(files, p, name, depth+1)
-		case fi.Mode().IsRegular():
-			err = readRuleFile(files, name, p)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func readRuleFile(files map[string][]byte, name, p string) error {
-	if _, dup := files[name]; dup {
-		return fmt.Errorf("configstore: two rule files are both named %q (the second is %s); rename one", name, p)
-	}
-	data, err := ReadFile(p)
-	if err != nil {
-		return err
-	}
-	files[name] = data
-	return nil
 }
 
 // ReadFile reads one file of a bundle (a rule file or a shedding policy),
@@ -95,7 +46,11 @@ func ReadFile(p string) ([]byte, error) {
 		return nil, fmt.Errorf("configstore: reading %s: %w", p, err)
 	}
 	if len(data) > MaxBundleSize {
-		return nil, fmt.Errorf("configstore: %s is larger than the %d bytes a whole configuration may hold", p, MaxBundleSize)
+		return nil, tooLarge(p)
 	}
 	return data, nil
+}
+
+func tooLarge(p string) error {
+	return fmt.Errorf("configstore: %s is larger than the %d bytes a whole configuration may hold", p, MaxBundleSize)
 }
