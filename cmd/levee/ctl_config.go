@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/levee-dev/levee/limiter/configstore"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 

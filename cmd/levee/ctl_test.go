@@ -17,8 +17,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
-	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/shed/policy"
 )
 

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
 	"github.com/levee-dev/levee/cmd/levee/internal/procs"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
@@ -136,7 +137,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
 	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
 	f.StringSliceVar(&cl.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated (empty: start an embedded single-node etcd for development)")
-	f.StringVar(&cl.Prefix, "etcd-prefix", "/levee/", "etcd key prefix of the cluster")
+	f.StringVar(&cl.Prefix, "etcd-prefix", configstore.DefaultPrefix, "etcd key prefix of the cluster")
 	f.DurationVar(&cl.MemberTTL, "member-ttl", 3*time.Second, "membership lease TTL: a node that stops renewing is dropped after this")
 	f.StringVar(&cl.NodeID, "node-id", "", "this node's ID in the ring (default: host name and gRPC port)")
 	f.StringVar(&cl.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial (default: --grpc-addr)")

@@ -3,13 +3,16 @@
 //
 // # Membership
 //
-// Every node writes <prefix>members/<id> = {"id":…,"addr":…} under a lease
-// with a TTL of a few seconds and keeps the lease alive. Every node watches
-// <prefix>members/ and rebuilds its [ring.Ring] on each change, so all nodes
-// that saw the same events hold Equal rings. A crashed or partitioned node
-// stops renewing its lease and etcd deletes its key after the TTL; a node that
-// stops gracefully deletes its key and revokes its lease itself, so the others
-// drop it at once.
+// The members of a cluster are the keys directly under one etcd key prefix
+// (Config.KeyPrefix), one per node; where that prefix sits among the
+// cluster's other keys is the caller's layout. Every node writes
+// <KeyPrefix><id> = {"id":…,"addr":…} under a lease with a TTL of a few
+// seconds and keeps the lease alive. Every node watches KeyPrefix and
+// rebuilds its [ring.Ring] on each change, so all nodes that saw the same
+// events hold Equal rings. A crashed or partitioned node stops renewing its
+// lease and etcd deletes its key after the TTL; a node that stops gracefully
+// deletes its key and revokes its lease itself, so the others drop it at
+// once.
 //
 // [Membership.Run] is one loop of sessions. A session registers (it renews
 // the previous lease if etcd still has it, else grants a new one, then writes
@@ -36,7 +39,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,23 +51,19 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultPrefix   = "/levee/"
 	DefaultTTL      = 3 * time.Second
 	DefaultRetryMin = 100 * time.Millisecond
 	DefaultRetryMax = 2 * time.Second
 )
 
-// membersDir is the sub-directory of the prefix that holds member keys.
-const membersDir = "members/"
-
 // Config configures a Membership.
 type Config struct {
 	// Client is the etcd client. Membership does not close it.
 	Client *clientv3.Client
-	// Prefix is the etcd key prefix of the cluster; members live under
-	// Prefix + "members/". A missing trailing slash is added. Default
-	// DefaultPrefix.
-	Prefix string
+	// KeyPrefix is the etcd key prefix of the member keys: this node
+	// registers at KeyPrefix + Self.ID, and every key directly under it is
+	// a member. It is required and must end in '/'.
+	KeyPrefix string
 	// Self is this node. Self.ID must be non-empty and contain no '/';
 	// Self.Addr must be non-empty (peers dial it).
 	Self ring.Member
@@ -90,7 +88,7 @@ type Config struct {
 // members. Create it with New and drive it with Run.
 type Membership struct {
 	client    *clientv3.Client
-	prefix    string // <Prefix>members/
+	prefix    string // Config.KeyPrefix
 	self      ring.Member
 	key       string
 	value     string
@@ -104,11 +102,8 @@ type Membership struct {
 	wait    func(ctx context.Context, d time.Duration) error
 	backoff backoff
 
-	ring      atomic.Pointer[ring.Ring]
-	synced    atomic.Bool
-	running   atomic.Bool
-	ready     chan struct{}
-	readyOnce sync.Once
+	ring    atomic.Pointer[ring.Ring]
+	running atomic.Bool
 
 	// lease is the lease of the current or last registration, 0 if none.
 	// Only Run's goroutine touches it.
@@ -121,22 +116,6 @@ type memberRecord struct {
 	Addr string `json:"addr"`
 }
 
-// MemberKey returns the etcd key under which the member id registers for the
-// given cluster prefix (normalised as in Config.Prefix).
-func MemberKey(prefix, id string) string {
-	return normPrefix(prefix) + membersDir + id
-}
-
-func normPrefix(p string) string {
-	if p == "" {
-		return DefaultPrefix
-	}
-	if !strings.HasSuffix(p, "/") {
-		p += "/"
-	}
-	return p
-}
-
 // New checks cfg and returns a Membership that has not contacted etcd yet.
 // Until its first session completes, Ring returns a ring holding only Self,
 // so a node that cannot reach etcd at start-up owns every key and decides
@@ -145,6 +124,8 @@ func New(cfg Config) (*Membership, error) {
 	switch {
 	case cfg.Client == nil:
 		return nil, errors.New("cluster: Config.Client is nil")
+	case !strings.HasSuffix(cfg.KeyPrefix, "/"):
+		return nil, fmt.Errorf("cluster: Config.KeyPrefix %q does not end in '/'", cfg.KeyPrefix)
 	case cfg.Self.ID == "":
 		return nil, errors.New("cluster: Config.Self.ID is empty")
 	case strings.Contains(cfg.Self.ID, "/"):
@@ -180,9 +161,9 @@ func New(cfg Config) (*Membership, error) {
 	}
 	m := &Membership{
 		client: cfg.Client,
-		prefix: normPrefix(cfg.Prefix) + membersDir,
+		prefix: cfg.KeyPrefix,
 		self:   cfg.Self,
-		key:    MemberKey(cfg.Prefix, cfg.Self.ID),
+		key:    cfg.KeyPrefix + cfg.Self.ID,
 		value:  string(value),
 		ttl:    int64(math.Ceil(ttl.Seconds())),
 		// One etcd round trip should take milliseconds; waiting a whole
@@ -193,7 +174,6 @@ func New(cfg Config) (*Membership, error) {
 		onChange:  cfg.OnChange,
 		wait:      sleepCtx,
 		backoff:   backoff{min: retryMin, max: retryMax},
-		ready:     make(chan struct{}),
 	}
 	m.ring.Store(ring.New([]ring.Member{cfg.Self}))
 	return m, nil
@@ -202,15 +182,6 @@ func New(cfg Config) (*Membership, error) {
 // Ring returns the current ring. It never returns nil and is safe to call
 // from any goroutine.
 func (m *Membership) Ring() *ring.Ring { return m.ring.Load() }
-
-// Ready is closed once this node has registered and read the member list
-// for the first time.
-func (m *Membership) Ready() <-chan struct{} { return m.ready }
-
-// Synced reports whether a session is live: registered, and following the
-// member list. It is false before the first session and while etcd is
-// unreachable, when Ring is the last membership seen.
-func (m *Membership) Synced() bool { return m.synced.Load() }
 
 // Run registers this node and keeps the ring up to date until ctx is
 // cancelled. It then deregisters: it deletes the member key and revokes the
@@ -227,7 +198,6 @@ func (m *Membership) Run(ctx context.Context) error {
 	}
 	for {
 		err := m.session(ctx)
-		m.synced.Store(false)
 		if ctx.Err() != nil {
 			return m.deregister(ctx)
 		}
@@ -277,9 +247,7 @@ func (m *Membership) session(ctx context.Context) error {
 		}
 	}
 	m.publish(members)
-	m.synced.Store(true)
 	m.backoff.reset()
-	m.readyOnce.Do(func() { close(m.ready) })
 	m.log.Info("etcd membership synced", "members", len(members), "revision", resp.Header.Revision)
 
 	// WithRequireLeader: an etcd member cut off from its leader cancels the

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +17,9 @@ import (
 	"github.com/levee-dev/levee/limiter/ring"
 )
 
-const prefix = "/test/"
+// prefix holds the member keys, as configstore.Layout.Members does for a
+// levee cluster.
+const prefix = "/test/members/"
 
 // waitLimit bounds every poll. It is far above what any step needs on an
 // idle machine; tests never assert how fast something happened, only that
@@ -35,18 +38,47 @@ type node struct {
 
 	mu       sync.Mutex
 	onChange []*ring.Ring
+	logs     *logCounter
 }
+
+// logCounter counts a node's log records by message: a session that ends
+// says so in the log and nowhere else.
+type logCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *logCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (c *logCounter) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *logCounter) WithGroup(string) slog.Handler            { return c }
+
+func (c *logCounter) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	c.n[r.Message]++
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *logCounter) count(msg string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[msg]
+}
+
+// sessionEnded is what Membership logs when a session ends.
+const sessionEnded = "etcd membership session ended; keeping the last ring"
 
 func startNode(t *testing.T, endpoints []string, id string, ttl time.Duration) *node {
 	t.Helper()
-	n := &node{id: id, client: clustertest.Client(t, endpoints), done: make(chan error, 1)}
+	n := &node{id: id, client: clustertest.Client(t, endpoints), done: make(chan error, 1), logs: &logCounter{n: map[string]int{}}}
 	m, err := cluster.New(cluster.Config{
-		Client:   n.client,
-		Prefix:   prefix,
-		Self:     ring.Member{ID: id, Addr: id + ".test:7001"},
-		TTL:      ttl,
-		RetryMin: 50 * time.Millisecond,
-		RetryMax: 500 * time.Millisecond,
+		Client:    n.client,
+		KeyPrefix: prefix,
+		Logger:    slog.New(n.logs),
+		Self:      ring.Member{ID: id, Addr: id + ".test:7001"},
+		TTL:       ttl,
+		RetryMin:  50 * time.Millisecond,
+		RetryMax:  500 * time.Millisecond,
 		OnChange: func(r *ring.Ring) {
 			n.mu.Lock()
 			n.onChange = append(n.onChange, r)
@@ -139,26 +171,46 @@ func agree(want *ring.Ring, nodes ...*node) func() string {
 	}
 }
 
-func waitReady(t *testing.T, nodes ...*node) {
-	t.Helper()
-	for _, n := range nodes {
-		select {
-		case <-n.m.Ready():
-		case <-time.After(waitLimit):
-			t.Fatalf("%s: not Ready after %v", n.id, waitLimit)
+// noticed returns a cond that holds when every node has ended a session
+// since the counts in before were taken.
+func noticed(before map[*node]int, nodes ...*node) func() string {
+	return func() string {
+		for _, n := range nodes {
+			if n.logs.count(sessionEnded) <= before[n] {
+				return n.id + " has not ended its session"
+			}
 		}
+		return ""
 	}
+}
+
+func sessionsEnded(nodes ...*node) map[*node]int {
+	out := map[*node]int{}
+	for _, n := range nodes {
+		out[n] = n.logs.count(sessionEnded)
+	}
+	return out
 }
 
 func keyExists(t *testing.T, c *clientv3.Client, id string) bool {
 	t.Helper()
+	return keyRevision(t, c, id) != 0
+}
+
+// keyRevision returns the revision at which id's member key was last
+// written, or 0 if there is none.
+func keyRevision(t *testing.T, c *clientv3.Client, id string) int64 {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
-	resp, err := c.Get(ctx, cluster.MemberKey(prefix, id))
+	resp, err := c.Get(ctx, prefix+id)
 	if err != nil {
 		t.Fatalf("Get %s: %v", id, err)
 	}
-	return len(resp.Kvs) == 1
+	if len(resp.Kvs) != 1 {
+		return 0
+	}
+	return resp.Kvs[0].ModRevision
 }
 
 // TestJoinAndGracefulLeave checks that three nodes agree on the ring after
@@ -171,13 +223,12 @@ func TestJoinAndGracefulLeave(t *testing.T) {
 	a := startNode(t, e.Endpoints(), "a", ttl)
 	b := startNode(t, e.Endpoints(), "b", ttl)
 	c := startNode(t, e.Endpoints(), "c", ttl)
-	waitReady(t, a, b, c)
 
 	all := ring.New(members("a", "b", "c"))
 	eventually(t, "all three agree", agree(all, a, b, c))
 	for _, n := range []*node{a, b, c} {
-		if !n.m.Synced() {
-			t.Errorf("%s: Synced() = false with etcd up", n.id)
+		if !keyExists(t, a.client, n.id) {
+			t.Errorf("%s: no member key with etcd up", n.id)
 		}
 		if r := n.lastOnChange(); !r.Equal(n.m.Ring()) {
 			t.Errorf("%s: last OnChange ring %v differs from Ring() %v", n.id, ids(r), ids(n.m.Ring()))
@@ -210,10 +261,10 @@ func TestKeepaliveStopDropsMember(t *testing.T) {
 	a := startNode(t, e.Endpoints(), "a", ttl)
 	b := startNode(t, e.Endpoints(), "b", ttl)
 	c := startNode(t, e.Endpoints(), "c", ttl)
-	waitReady(t, a, b, c)
 	all := ring.New(members("a", "b", "c"))
 	eventually(t, "all three agree", agree(all, a, b, c))
 
+	before := sessionsEnded(c)
 	if err := c.client.Close(); err != nil {
 		t.Fatalf("closing c's client: %v", err)
 	}
@@ -224,12 +275,7 @@ func TestKeepaliveStopDropsMember(t *testing.T) {
 	if !c.m.Ring().Equal(all) {
 		t.Errorf("c, cut off from etcd, has ring %v, want its last ring %v", ids(c.m.Ring()), ids(all))
 	}
-	eventually(t, "c notices it is cut off", func() string {
-		if c.m.Synced() {
-			return "c.Synced() is still true"
-		}
-		return ""
-	})
+	eventually(t, "c notices it is cut off", noticed(before, c))
 	if err := c.stop(t); err == nil {
 		t.Errorf("Run of c returned nil; want an error, it could not deregister with a closed client")
 	}
@@ -244,21 +290,23 @@ func TestEtcdOutage(t *testing.T) {
 	a := startNode(t, e.Endpoints(), "a", ttl)
 	b := startNode(t, e.Endpoints(), "b", ttl)
 	c := startNode(t, e.Endpoints(), "c", ttl)
-	waitReady(t, a, b, c)
 	all := ring.New(members("a", "b", "c"))
 	eventually(t, "all three agree", agree(all, a, b, c))
 	before := []*ring.Ring{a.m.Ring(), b.m.Ring(), c.m.Ring()}
+	// A member key written above etcd's revision now was registered
+	// after the outage.
+	rctx, rcancel := context.WithTimeout(context.Background(), waitLimit)
+	resp, err := a.client.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	rcancel()
+	if err != nil {
+		t.Fatalf("reading the revision: %v", err)
+	}
+	lastRev := resp.Header.Revision
+	ended := sessionsEnded(a, b, c)
 
 	cfg := e.Config()
 	e.Close()
-	eventually(t, "nodes notice the outage", func() string {
-		for _, n := range []*node{a, b, c} {
-			if n.m.Synced() {
-				return n.id + " still Synced"
-			}
-		}
-		return ""
-	})
+	eventually(t, "nodes notice the outage", noticed(ended, a, b, c))
 	// Watch the rings through a few retry rounds (RetryMax is 500 ms).
 	for end := time.Now().Add(3 * ttl); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		for i, n := range []*node{a, b, c} {
@@ -271,11 +319,10 @@ func TestEtcdOutage(t *testing.T) {
 	e2 := clustertest.StartEtcdWith(t, cfg)
 	eventually(t, "nodes re-register and resync", func() string {
 		for _, n := range []*node{a, b, c} {
-			if !n.m.Synced() {
-				return n.id + " not Synced"
-			}
-			if !keyExists(t, a.client, n.id) {
+			if rev := keyRevision(t, a.client, n.id); rev == 0 {
 				return n.id + " has no key"
+			} else if rev <= lastRev {
+				return n.id + " has not registered again"
 			}
 		}
 		return agree(all, a, b, c)()
@@ -297,13 +344,12 @@ func TestKeyDeletedReRegisters(t *testing.T) {
 	e := clustertest.StartEtcd(t)
 	a := startNode(t, e.Endpoints(), "a", 60*time.Second)
 	b := startNode(t, e.Endpoints(), "b", 60*time.Second)
-	waitReady(t, a, b)
 	both := ring.New(members("a", "b"))
 	eventually(t, "both agree", agree(both, a, b))
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
-	if _, err := b.client.Delete(ctx, cluster.MemberKey(prefix, "a")); err != nil {
+	if _, err := b.client.Delete(ctx, prefix+"a"); err != nil {
 		t.Fatalf("deleting a's key: %v", err)
 	}
 	eventually(t, "a re-registers", func() string {
@@ -328,20 +374,19 @@ func TestForeignKeys(t *testing.T) {
 		"noaddr":      `{"id":"noaddr"}`,
 		"nested/deep": "10.0.0.8:7001",
 	} {
-		if _, err := c.Put(ctx, cluster.MemberKey(prefix, k), v); err != nil {
+		if _, err := c.Put(ctx, prefix+k, v); err != nil {
 			t.Fatalf("Put %s: %v", k, err)
 		}
 	}
 	a := startNode(t, e.Endpoints(), "a", 60*time.Second)
-	waitReady(t, a)
 	want := ring.New(append(members("a"), ring.Member{ID: "bare", Addr: "10.0.0.9:7001"}))
 	eventually(t, "a reads the initial list", agree(want, a))
 
 	// The same rules apply to keys that arrive through the watch.
-	if _, err := c.Put(ctx, cluster.MemberKey(prefix, "late"), "10.0.0.7:7001"); err != nil {
+	if _, err := c.Put(ctx, prefix+"late", "10.0.0.7:7001"); err != nil {
 		t.Fatalf("Put late: %v", err)
 	}
-	if _, err := c.Put(ctx, cluster.MemberKey(prefix, "late/x"), "10.0.0.6:7001"); err != nil {
+	if _, err := c.Put(ctx, prefix+"late/x", "10.0.0.6:7001"); err != nil {
 		t.Fatalf("Put late/x: %v", err)
 	}
 	want = ring.New(append(want.Members(), ring.Member{ID: "late", Addr: "10.0.0.7:7001"}))
@@ -361,13 +406,15 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	defer client.Close()
 	self := ring.Member{ID: "a", Addr: "a:1"}
 	for name, cfg := range map[string]cluster.Config{
-		"nil client":     {Self: self},
-		"empty id":       {Client: client, Self: ring.Member{Addr: "a:1"}},
-		"slash in id":    {Client: client, Self: ring.Member{ID: "a/b", Addr: "a:1"}},
-		"empty addr":     {Client: client, Self: ring.Member{ID: "a"}},
-		"negative ttl":   {Client: client, Self: self, TTL: -time.Second},
-		"negative retry": {Client: client, Self: self, RetryMin: -1},
-		"max below min":  {Client: client, Self: self, RetryMin: time.Second, RetryMax: time.Millisecond},
+		"nil client":       {KeyPrefix: prefix, Self: self},
+		"no key prefix":    {Client: client, Self: self},
+		"prefix not a dir": {Client: client, KeyPrefix: "/test/members", Self: self},
+		"empty id":         {Client: client, KeyPrefix: prefix, Self: ring.Member{Addr: "a:1"}},
+		"slash in id":      {Client: client, KeyPrefix: prefix, Self: ring.Member{ID: "a/b", Addr: "a:1"}},
+		"empty addr":       {Client: client, KeyPrefix: prefix, Self: ring.Member{ID: "a"}},
+		"negative ttl":     {Client: client, KeyPrefix: prefix, Self: self, TTL: -time.Second},
+		"negative retry":   {Client: client, KeyPrefix: prefix, Self: self, RetryMin: -1},
+		"max below min":    {Client: client, KeyPrefix: prefix, Self: self, RetryMin: time.Second, RetryMax: time.Millisecond},
 	} {
 		if _, err := cluster.New(cfg); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
@@ -376,7 +423,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 
-	m, err := cluster.New(cluster.Config{Client: client, Self: self})
+	m, err := cluster.New(cluster.Config{Client: client, KeyPrefix: prefix, Self: self})
 	if err != nil {
 		t.Fatalf("New with a valid config: %v", err)
 	}
@@ -396,11 +443,5 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run that never registered returned %v after cancel, want nil", err)
-	}
-	if got := cluster.MemberKey("/x", "id"); got != "/x/members/id" {
-		t.Errorf("MemberKey = %q", got)
-	}
-	if got := cluster.MemberKey("", "id"); got != cluster.DefaultPrefix+"members/id" {
-		t.Errorf("MemberKey with default prefix = %q", got)
 	}
 }

@@ -92,6 +92,31 @@ func TestLoadTestdata(t *testing.T) {
 	}
 }
 
+// TestReadFilesNames checks the two names of a file read: Name below the
+// directory (what a configuration bundle stores) and Path (what errors
+// show).
+func TestReadFilesNames(t *testing.T) {
+	files, err := ReadFiles("testdata/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range files {
+		got = append(got, f.Name+"@"+filepath.ToSlash(f.Path))
+		if len(f.Data) == 0 || f.ModTime.IsZero() {
+			t.Errorf("%s: no data or no modification time", f.Name)
+		}
+	}
+	want := "messaging.yaml@testdata/config/messaging.yaml,mongo_cps.yaml@testdata/config/mongo_cps.yaml,nested/api.yaml@testdata/config/nested/api.yaml"
+	if strings.Join(got, ",") != want {
+		t.Errorf("ReadFiles = %s, want %s", strings.Join(got, ","), want)
+	}
+	one, err := ReadFiles("testdata/config/nested/api.yaml")
+	if err != nil || len(one) != 1 || one[0].Name != "api.yaml" {
+		t.Errorf("ReadFiles(file) = %+v, %v; want one file named api.yaml", one, err)
+	}
+}
+
 func TestLoadDuplicateDomain(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "a.yaml"), "domain: d\n")

@@ -67,7 +67,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(*Config)) error {
 // poll reloads if the files' fingerprint differs from last and returns the
 // new fingerprint. A persistent failure is reported once, not at every poll.
 func (w *Watcher) poll(last uint64, first bool, apply func(*Config)) uint64 {
-	files, err := readTree(w.path)
+	files, err := ReadFiles(w.path)
 	var fp uint64
 	if err != nil {
 		fp = xxhash.Sum64String("error\x00" + err.Error())
@@ -116,15 +116,15 @@ func (w *Watcher) report(err error) {
 	}
 }
 
-func fingerprint(files []sourceFile) uint64 {
+func fingerprint(files []File) uint64 {
 	var d xxhash.Digest
 	d.Reset()
 	for _, f := range files {
-		WriteField(&d, f.name)
+		WriteField(&d, f.Path)
 		var b [24]byte
-		binary.LittleEndian.PutUint64(b[0:], uint64(len(f.data)))
-		binary.LittleEndian.PutUint64(b[8:], uint64(f.modTime.UnixNano()))
-		binary.LittleEndian.PutUint64(b[16:], xxhash.Sum64(f.data))
+		binary.LittleEndian.PutUint64(b[0:], uint64(len(f.Data)))
+		binary.LittleEndian.PutUint64(b[8:], uint64(f.ModTime.UnixNano()))
+		binary.LittleEndian.PutUint64(b[16:], xxhash.Sum64(f.Data))
 		_, _ = d.Write(b[:])
 	}
 	return d.Sum64()

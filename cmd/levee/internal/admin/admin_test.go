@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
-	"github.com/levee-dev/levee/limiter/configstore"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 

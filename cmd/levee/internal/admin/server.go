@@ -31,8 +31,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
-	"github.com/levee-dev/levee/limiter/configstore"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 

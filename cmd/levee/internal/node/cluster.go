@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/peer"
@@ -26,13 +27,14 @@ type clusterNode struct {
 	membership *cluster.Membership
 	router     *peer.Router
 	self       ring.Member
+	keys       configstore.Layout
 
 	stopMembership context.CancelFunc
 	membershipDone chan error
 }
 
 func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store *limiter.Store, now func() time.Time, log *slog.Logger) (*clusterNode, error) {
-	cn := &clusterNode{log: log}
+	cn := &clusterNode{log: log, keys: configstore.NewLayout(cfg.Prefix)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -85,11 +87,11 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 		Logger:      log,
 	})
 	cn.membership, err = cluster.New(cluster.Config{
-		Client: client,
-		Prefix: cfg.Prefix,
-		Self:   cn.self,
-		TTL:    cfg.MemberTTL,
-		Logger: log,
+		Client:    client,
+		KeyPrefix: cn.keys.Members(),
+		Self:      cn.self,
+		TTL:       cfg.MemberTTL,
+		Logger:    log,
 		OnChange: func(r *ring.Ring) {
 			cn.router.SetRing(r)
 			log.Info("ring changed", "members", r.Len())

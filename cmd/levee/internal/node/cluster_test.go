@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/limiter/engine"
@@ -259,7 +260,7 @@ func etcdMembers(t *testing.T, c *clientv3.Client) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), clusterWait)
 	defer cancel()
-	dir := cluster.MemberKey("", "")
+	dir := configstore.NewLayout("").Members()
 	resp, err := c.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatalf("listing %s: %v", dir, err)

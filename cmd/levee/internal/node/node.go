@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
-	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -33,10 +32,10 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/cluster"
-	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/native"
@@ -44,6 +43,7 @@ import (
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/policy"
 )
 
 // Config is a node's configuration; `levee serve` fills it from flags.
@@ -133,103 +133,174 @@ type Addrs struct {
 // initial rules do not load: a node must not start without knowing its
 // limits.
 func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.MaxKeys <= 0 {
-		cfg.MaxKeys = 1_000_000
-	}
-	if cfg.ShutdownGrace <= 0 {
-		cfg.ShutdownGrace = 10 * time.Second
-	}
-
-	if err := checkPeerTLS(cfg); err != nil {
+	n, err := build(ctx, cfg.withDefaults())
+	if err != nil {
 		return err
 	}
+	defer n.close()
+	return n.serve(ctx, ready)
+}
 
-	initial, err := loadRules(cfg.RulesPath)
-	if err != nil {
-		return fmt.Errorf("loading rules: %w", err)
+// withDefaults fills the fields left zero.
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	var policyData []byte
-	if cfg.ShedPolicyPath != "" {
-		if policyData, err = configstore.ReadFile(cfg.ShedPolicyPath); err != nil {
-			return fmt.Errorf("loading shedding policy: %w", err)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.MaxKeys <= 0 {
+		c.MaxKeys = 1_000_000
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	return c
+}
+
+// node is one levee node: build assembles it, serve runs it and stops it,
+// close releases what build acquired.
+type node struct {
+	cfg Config
+	log *slog.Logger
+
+	store    *limiter.Store
+	cl       *clusterNode // nil for a standalone node
+	eng      *engine.Engine
+	tel      *telemetry
+	shedding *shedSet
+	rt       *runtimeConfig // nil for a standalone node
+
+	lis     net.Listener // gRPC
+	srv     *grpc.Server
+	health  *health.Server
+	httpLis net.Listener // nil without a MetricsAddr
+	httpSrv *http.Server
+
+	// closers release what build acquired; close runs them last first.
+	closers []func()
+}
+
+func (n *node) onClose(f func()) { n.closers = append(n.closers, f) }
+
+func (n *node) close() {
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		n.closers[i]()
+	}
+	n.closers = nil
+}
+
+// build loads the bootstrap rules and shedding policy, binds the listeners,
+// joins etcd when clustered and assembles the engine and the servers. Nothing
+// is served yet. If it fails, it releases what it acquired.
+func build(ctx context.Context, cfg Config) (*node, error) {
+	n := &node{cfg: cfg, log: cfg.Logger}
+	ok := false
+	defer func() {
+		if !ok {
+			n.close()
 		}
-	}
-	initialPolicy, err := parseShedPolicy(cfg.ShedPolicyPath, policyData)
-	if err != nil {
-		return fmt.Errorf("loading shedding policy: %w", err)
-	}
+	}()
+	log := n.log
 
+	if err := checkPeerTLS(cfg); err != nil {
+		return nil, err
+	}
+	initial, policyData, initialPolicy, err := loadBootstrap(cfg)
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
 	if err != nil {
-		return fmt.Errorf("metrics exporter: %w", err)
+		return nil, fmt.Errorf("metrics exporter: %w", err)
 	}
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
-	defer func() { _ = provider.Shutdown(context.Background()) }()
+	n.onClose(func() { _ = provider.Shutdown(context.Background()) })
 	meter := provider.Meter("github.com/levee-dev/levee")
 
-	lis, err := net.Listen("tcp", cfg.GRPCAddr)
-	if err != nil {
-		return fmt.Errorf("grpc listener: %w", err)
+	if n.lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
-	defer lis.Close()
+	n.onClose(func() { _ = n.lis.Close() })
 
-	store := limiter.NewStore(cfg.MaxKeys)
-	var buckets engine.Buckets = engine.LocalBuckets{Store: store}
-	var cl *clusterNode
+	n.store = limiter.NewStore(cfg.MaxKeys)
+	var buckets engine.Buckets = engine.LocalBuckets{Store: n.store}
 	if cfg.Cluster != nil {
-		cl, err = startCluster(ctx, *cfg.Cluster, lis.Addr().String(), store, cfg.Now, log)
-		if err != nil {
-			return err
+		if n.cl, err = startCluster(ctx, *cfg.Cluster, n.lis.Addr().String(), n.store, cfg.Now, log); err != nil {
+			return nil, err
 		}
-		defer cl.close()
-		buckets = cl.router
+		n.onClose(n.cl.close)
+		buckets = n.cl.router
 	}
 	em, err := engine.NewMetrics(meter)
 	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	eng := engine.New(buckets, initial, em)
-	tel, err := newTelemetry(meter, store, cl)
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+	n.eng = engine.New(buckets, initial, em)
+	if n.tel, err = newTelemetry(meter, n.store, n.cl); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	sm, err := shed.NewMetrics(meter)
 	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	shedding := newShedSet(sm, cfg.Now, log)
-	defer shedding.Close()
-	if err := shedding.Apply(initialPolicy); err != nil {
-		return fmt.Errorf("shedding policy: %w", err)
+	n.shedding = newShedSet(sm, cfg.Now, log)
+	n.onClose(n.shedding.Close)
+	if err := n.shedding.Apply(initialPolicy); err != nil {
+		return nil, fmt.Errorf("shedding policy: %w", err)
 	}
-	sidecarSrv := shedding.sidecar
-	var rt *runtimeConfig
-	if cl != nil {
+	if n.cl != nil {
 		seed, err := bootstrapBundle(cfg, policyData)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if rt, err = startRuntime(ctx, cfg, cl, eng, shedding, tel, seed, log); err != nil {
-			return err
+		if n.rt, err = startRuntime(ctx, cfg, n.cl, n.eng, n.shedding, n.tel, seed, log); err != nil {
+			return nil, err
 		}
-		if rt.admin != nil {
-			defer rt.admin.Close() // frees the port if a later step fails; a no-op after Run
+		if n.rt.admin != nil {
+			n.onClose(n.rt.admin.Close) // frees the port if a later step fails; a no-op after serve
 		}
-		if err := configMetrics(meter, rt); err != nil {
-			return fmt.Errorf("metrics: %w", err)
+		if err := configMetrics(meter, n.rt); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
 		}
 	}
-	if cl != nil && cfg.TLS == nil && !isLoopback(lis.Addr()) {
-		log.Warn("the peer API is served in plain text beyond loopback: anyone who reaches the gRPC address can take tokens and hand buckets over; give --tls-cert, --tls-key and --tls-client-ca", "grpc", lis.Addr().String())
+	if n.cl != nil && cfg.TLS == nil && !isLoopback(n.lis.Addr()) {
+		log.Warn("the peer API is served in plain text beyond loopback: anyone who reaches the gRPC address can take tokens and hand buckets over; give --tls-cert, --tls-key and --tls-client-ca", "grpc", n.lis.Addr().String())
 	}
+	n.newGRPCServer()
+	if cfg.MetricsAddr != "" {
+		if err := n.newMetricsServer(reg); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return n, nil
+}
+
+// loadBootstrap reads the rules and the shedding policy the node starts
+// with, from their files or the built-in examples; policyData is the policy
+// file's content, nil for the example.
+func loadBootstrap(cfg Config) (initial *rules.Config, policyData []byte, pol *policy.Policy, err error) {
+	if initial, err = loadRules(cfg.RulesPath); err != nil {
+		return nil, nil, nil, fmt.Errorf("loading rules: %w", err)
+	}
+	if cfg.ShedPolicyPath != "" {
+		if policyData, err = configstore.ReadFile(cfg.ShedPolicyPath); err != nil {
+			return nil, nil, nil, fmt.Errorf("loading shedding policy: %w", err)
+		}
+	}
+	if pol, err = parseShedPolicy(cfg.ShedPolicyPath, policyData); err != nil {
+		return nil, nil, nil, fmt.Errorf("loading shedding policy: %w", err)
+	}
+	return initial, policyData, pol, nil
+}
+
+// newGRPCServer builds the gRPC server with its services: both rate limit
+// APIs, the ShedService, health and reflection, and the peer API in a
+// cluster.
+func (n *node) newGRPCServer() {
+	cfg := n.cfg
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newVTCodec()),
 		// A fixed pool of stream workers keeps handler goroutines (and their
@@ -245,100 +316,100 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		// which answers incoming data with a ping: for messages this small
 		// that is a write, a read and a wake-up more per call.
 		grpc.InitialWindowSize(peer.WindowSize), grpc.InitialConnWindowSize(peer.WindowSize),
-		grpc.ChainUnaryInterceptor(tel.unaryInterceptor),
+		grpc.ChainUnaryInterceptor(n.tel.unaryInterceptor),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
-		if cl != nil {
+		if n.cl != nil {
 			g := newPeerGuard(cfg.Cluster.PeerNames)
 			opts = append(opts, grpc.ChainUnaryInterceptor(g.unary), grpc.ChainStreamInterceptor(g.stream))
 		}
 	}
 	srv := grpc.NewServer(opts...)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(srv, n.health)
 	reflection.Register(srv)
-	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(eng, cfg.Now))
-	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(eng, cfg.Now))
-	if cl != nil {
+	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(n.eng, cfg.Now))
+	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(n.eng, cfg.Now))
+	if n.cl != nil {
 		// Only a cluster has peers: a standalone node must not let
 		// anyone take from or hand over its buckets.
-		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(store, cfg.Now))
+		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now))
 	}
-	leveev1.RegisterShedServiceServer(srv, sidecarSrv)
+	leveev1.RegisterShedServiceServer(srv, n.shedding.sidecar)
+	n.srv = srv
+}
 
-	var httpSrv *http.Server
-	var httpLis net.Listener
-	if cfg.MetricsAddr != "" {
-		httpLis, err = net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		if cfg.Pprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		}
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			fmt.Fprintln(w, "ok")
-		})
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+// newMetricsServer binds the HTTP listener for /metrics, /healthz and,
+// if asked, pprof.
+func (n *node) newMetricsServer(reg *prometheus.Registry) error {
+	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
 	}
+	n.httpLis = lis
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if n.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return nil
+}
 
+// serve starts the servers and the node's background work, joins the
+// cluster, reports ready, and runs until ctx is done or a server fails;
+// then it stops the node (see shutdown) and waits for every goroutine it
+// started.
+func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
+	cfg, log := n.cfg, n.log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
-		if err := srv.Serve(lis); err != nil {
+		if err := n.srv.Serve(n.lis); err != nil {
 			errc <- fmt.Errorf("grpc server: %w", err)
 		}
 	})
-	if httpSrv != nil {
+	if n.httpSrv != nil {
 		wg.Go(func() {
-			if err := httpSrv.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := n.httpSrv.Serve(n.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("metrics server: %w", err)
 			}
 		})
 	}
-	if rt != nil {
+	if n.rt != nil {
 		// etcd holds the configuration; the files only seeded it.
-		rt.run(ctx, &wg)
+		n.rt.run(ctx, &wg)
 	} else if cfg.RulesPath != "" {
-		w := rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
-		w.OnError = func(error) { tel.reloads.Add(context.Background(), 1, tel.reloadFailed) }
-		wg.Go(func() {
-			_ = w.Run(ctx, func(c *rules.Config) {
-				if c != eng.Rules() {
-					eng.SetRules(c)
-					tel.reloads.Add(context.Background(), 1, tel.reloadOK)
-					log.Info("rules loaded", "path", cfg.RulesPath, "domains", len(c.Domains()))
-				}
-			})
-		})
+		n.watchRules(ctx, &wg)
 	}
-	wg.Go(func() { sweep(ctx, store, cfg.Now) })
-	wg.Go(func() { _ = shedding.Run(ctx, 100*time.Millisecond) })
-	if cl != nil {
-		cl.start()
+	wg.Go(func() { sweep(ctx, n.store, cfg.Now) })
+	wg.Go(func() { _ = n.shedding.Run(ctx, 100*time.Millisecond) })
+	if n.cl != nil {
+		n.cl.start()
 	}
 
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	addrs := Addrs{GRPC: lis.Addr().String()}
-	if httpLis != nil {
-		addrs.Metrics = httpLis.Addr().String()
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	addrs := Addrs{GRPC: n.lis.Addr().String()}
+	if n.httpLis != nil {
+		addrs.Metrics = n.httpLis.Addr().String()
 	}
-	if rt != nil && rt.admin != nil {
-		addrs.Admin = rt.admin.Addr()
+	if n.rt != nil && n.rt.admin != nil {
+		addrs.Admin = n.rt.admin.Addr()
 	}
-	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(shedding.Resources()), "max_keys", cfg.MaxKeys)
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(n.shedding.Resources()), "max_keys", cfg.MaxKeys)
 	if ready != nil {
 		ready(addrs)
 	}
@@ -348,31 +419,54 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	log.Info("levee stopping")
-	// Report NOT_SERVING first so that load balancers send new traffic
-	// elsewhere; then leave the ring, so peers stop forwarding here, and
-	// hand the buckets to their new owners while still answering.
-	hs.Shutdown()
-	if cl != nil {
-		cl.leave(cfg.ShutdownGrace)
+	n.shutdown(cancel)
+	wg.Wait()
+	return runErr
+}
+
+// watchRules follows the rule files of a standalone node.
+func (n *node) watchRules(ctx context.Context, wg *sync.WaitGroup) {
+	cfg, log, tel, eng := n.cfg, n.log, n.tel, n.eng
+	w := rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
+	w.OnError = func(error) { tel.reloads.Add(context.Background(), 1, tel.reloadFailed) }
+	wg.Go(func() {
+		_ = w.Run(ctx, func(c *rules.Config) {
+			if c != eng.Rules() {
+				eng.SetRules(c)
+				tel.reloads.Add(context.Background(), 1, tel.reloadOK)
+				log.Info("rules loaded", "path", cfg.RulesPath, "domains", len(c.Domains()))
+			}
+		})
+	})
+}
+
+// shutdown stops a serving node within the grace period: it reports
+// NOT_SERVING first so that load balancers send new traffic elsewhere;
+// then leaves the ring, so peers stop forwarding here, and hands the
+// buckets to their new owners while still answering; then stops the
+// background work (cancel) and the servers.
+func (n *node) shutdown(cancel context.CancelFunc) {
+	grace := n.cfg.ShutdownGrace
+	n.log.Info("levee stopping")
+	n.health.Shutdown()
+	if n.cl != nil {
+		n.cl.leave(grace)
 	}
 	cancel()
 	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
+	go func() { n.srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(cfg.ShutdownGrace):
-		log.Warn("graceful stop timed out; closing connections", "grace", cfg.ShutdownGrace)
-		srv.Stop()
+	case <-time.After(grace):
+		n.log.Warn("graceful stop timed out; closing connections", "grace", grace)
+		n.srv.Stop()
 		<-stopped
 	}
-	if httpSrv != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
-		_ = httpSrv.Shutdown(sctx)
+	if n.httpSrv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), grace)
+		_ = n.httpSrv.Shutdown(sctx)
 		scancel()
 	}
-	wg.Wait()
-	return runErr
 }
 
 // sweep gives the memory of refilled buckets back every few seconds.
@@ -450,18 +544,6 @@ func bootstrapBundle(cfg Config, policyData []byte) (configstore.Bundle, error) 
 	}
 	return b, nil
 }
-
-// telemetry holds the node-level instruments.
-type telemetry struct {
-	latency      metric.Float64Histogram
-	reloads      metric.Int64Counter
-	reloadOK     metric.AddOption
-	reloadFailed metric.AddOption
-	mu           sync.RWMutex
-	methods      map[methodCode]metric.RecordOption
-}
-
-type methodCode struct{ method, code string }
 
 // maxProcs is MaxProcs, or GOMAXPROCS now.
 func (c Config) maxProcs() int {

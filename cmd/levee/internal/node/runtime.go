@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
-	"github.com/levee-dev/levee/limiter/configstore"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/rules"
 	"github.com/levee-dev/levee/shed"
@@ -38,7 +37,6 @@ type runtimeConfig struct {
 	log    *slog.Logger
 	store  *configstore.Store
 	client *clientv3.Client
-	prefix string
 	cl     *clusterNode
 	eng    *engine.Engine
 	shed   *shedSet
@@ -64,10 +62,9 @@ func (rt *runtimeConfig) publishSoon() {
 // startRuntime seeds etcd from the bootstrap files when it holds no
 // configuration yet, and opens the admin listener. Run starts the watches.
 func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.Engine, sh *shedSet, tel *telemetry, seed configstore.Bundle, log *slog.Logger) (*runtimeConfig, error) {
-	prefix := cfg.Cluster.Prefix
 	store, err := configstore.New(configstore.Options{
 		Client:       cl.client,
-		Prefix:       prefix,
+		Prefix:       cl.keys.Prefix(),
 		ValidateShed: validateShedPolicy,
 		Logger:       log,
 		Now:          cfg.Now,
@@ -75,7 +72,7 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	if err != nil {
 		return nil, fmt.Errorf("config store: %w", err)
 	}
-	rt := &runtimeConfig{log: log, store: store, client: cl.client, prefix: prefix, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, kick: make(chan struct{}, 1)}
+	rt := &runtimeConfig{log: log, store: store, client: cl.client, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, kick: make(chan struct{}, 1)}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	res, seeded, err := store.Seed(sctx, seed, cl.self.ID, "seeded from "+seedSource(cfg))
@@ -191,11 +188,6 @@ func (rt *runtimeConfig) configErr() string {
 	return rt.lastErr
 }
 
-// statusKey is where a node publishes its figures.
-func (rt *runtimeConfig) statusKey(id string) string {
-	return strings.TrimSuffix(rt.prefix, "/") + "/status/" + id
-}
-
 // statusTTL is how long a published status outlives its node.
 const statusTTL = 10
 
@@ -215,7 +207,7 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 		if data, err := json.Marshal(st); err == nil {
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if g, err := rt.client.Grant(pctx, statusTTL); err == nil {
-				if _, err := rt.client.Put(pctx, rt.statusKey(rt.cl.self.ID), string(data), clientv3.WithLease(g.ID)); err == nil {
+				if _, err := rt.client.Put(pctx, rt.cl.keys.StatusOf(rt.cl.self.ID), string(data), clientv3.WithLease(g.ID)); err == nil {
 					if lease != 0 {
 						_, _ = rt.client.Revoke(pctx, lease)
 					}
@@ -294,7 +286,7 @@ func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus, error) {
 	out := admin.ClusterStatus{Self: rt.cl.self.ID}
 	published := map[string]admin.MemberStatus{}
-	resp, err := rt.client.Get(ctx, strings.TrimSuffix(rt.prefix, "/")+"/status/", clientv3.WithPrefix())
+	resp, err := rt.client.Get(ctx, rt.cl.keys.Status(), clientv3.WithPrefix())
 	if err == nil {
 		for _, kv := range resp.Kvs {
 			var m admin.MemberStatus

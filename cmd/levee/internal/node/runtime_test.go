@@ -18,9 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/levee-dev/levee/limiter/cluster"
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
-	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
@@ -54,7 +53,7 @@ func TestConfigPropagatesToEveryNode(t *testing.T) {
 		startMember(t, etcd.Endpoints(), "n2", dir),
 		startMember(t, etcd.Endpoints(), "n3", dir),
 	}
-	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: cluster.DefaultPrefix, ValidateShed: validateShedPolicy})
+	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: configstore.DefaultPrefix, ValidateShed: validateShedPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +109,7 @@ func TestOverrideExpiresOnEveryNode(t *testing.T) {
 		startMember(t, etcd.Endpoints(), "n1", ""),
 		startMember(t, etcd.Endpoints(), "n2", ""),
 	}
-	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: cluster.DefaultPrefix, ValidateShed: validateShedPolicy})
+	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: configstore.DefaultPrefix, ValidateShed: validateShedPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/deploy/examples"
-	"github.com/levee-dev/levee/limiter/configstore"
 	"github.com/levee-dev/levee/shed"
 	"github.com/levee-dev/levee/shed/policy"
 	"github.com/levee-dev/levee/shed/sidecar"

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -12,6 +13,18 @@ import (
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/peer"
 )
+
+// telemetry holds the node-level instruments.
+type telemetry struct {
+	latency      metric.Float64Histogram
+	reloads      metric.Int64Counter
+	reloadOK     metric.AddOption
+	reloadFailed metric.AddOption
+	mu           sync.RWMutex
+	methods      map[methodCode]metric.RecordOption
+}
+
+type methodCode struct{ method, code string }
 
 func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode) (*telemetry, error) {
 	t := &telemetry{methods: make(map[methodCode]metric.RecordOption)}

@@ -64,10 +64,10 @@ type configWatch struct {
 func (w *configWatch) session(ctx context.Context) error {
 	s := w.s
 	gctx, cancel := context.WithTimeout(ctx, opTimeout)
-	resp, err := s.c.Get(gctx, s.currentKey)
+	resp, err := s.c.Get(gctx, s.keys.configCurrent())
 	cancel()
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", s.currentKey, err)
+		return fmt.Errorf("reading %s: %w", s.keys.configCurrent(), err)
 	}
 	if len(resp.Kvs) > 0 {
 		if err := w.deliver(ctx, resp.Kvs[0], nil); err != nil {
@@ -78,22 +78,22 @@ func (w *configWatch) session(ctx context.Context) error {
 	defer wcancel()
 	// One watch covers the current key and the history, so that a new
 	// version's content arrives in the same response as its current key.
-	wch := s.c.Watch(wctx, s.currentKey, clientv3.WithRange(s.watchEnd), clientv3.WithRev(resp.Header.Revision+1))
+	wch := s.c.Watch(wctx, s.keys.configCurrent(), clientv3.WithRange(s.keys.configHistoryEnd()), clientv3.WithRev(resp.Header.Revision+1))
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watching %s: %w", s.currentKey, err)
+			return fmt.Errorf("watching %s: %w", s.keys.configCurrent(), err)
 		}
 		if wr.Canceled {
-			return fmt.Errorf("watching %s: cancelled by the server", s.currentKey)
+			return fmt.Errorf("watching %s: cancelled by the server", s.keys.configCurrent())
 		}
 		records := make(map[string]*mvccpb.KeyValue)
 		for _, ev := range wr.Events {
-			if ev.Type == mvccpb.PUT && string(ev.Kv.Key) != s.currentKey {
+			if ev.Type == mvccpb.PUT && string(ev.Kv.Key) != s.keys.configCurrent() {
 				records[string(ev.Kv.Key)] = ev.Kv
 			}
 		}
 		for _, ev := range wr.Events {
-			if string(ev.Kv.Key) != s.currentKey {
+			if string(ev.Kv.Key) != s.keys.configCurrent() {
 				continue
 			}
 			if ev.Type == mvccpb.DELETE {
@@ -109,7 +109,7 @@ func (w *configWatch) session(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("watching %s: channel closed", s.currentKey)
+	return fmt.Errorf("watching %s: channel closed", s.keys.configCurrent())
 }
 
 // deliver loads the version that the current key kv names and hands it to
@@ -120,13 +120,13 @@ func (w *configWatch) deliver(ctx context.Context, kv *mvccpb.KeyValue, records 
 	s := w.s
 	var m Meta
 	if err := json.Unmarshal(kv.Value, &m); err != nil {
-		w.refuse(0, fmt.Errorf("%s holds a malformed value: %w", s.currentKey, err))
+		w.refuse(0, fmt.Errorf("%s holds a malformed value: %w", s.keys.configCurrent(), err))
 		return nil
 	}
 	if m.Version == w.last {
 		return nil
 	}
-	hk := s.historyKey(m.Version)
+	hk := s.keys.historyKey(m.Version)
 	var value []byte
 	if r, ok := records[hk]; ok {
 		value = r.Value

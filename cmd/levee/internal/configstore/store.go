@@ -12,7 +12,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
@@ -30,9 +29,8 @@ const maxAuditDiff = 64 << 10
 type Options struct {
 	// Client is the etcd client. The Store does not close it.
 	Client *clientv3.Client
-	// Prefix is the cluster's etcd key prefix, as in cluster.Config; the
-	// configuration lives under Prefix + "config/". Default
-	// cluster.DefaultPrefix.
+	// Prefix is the cluster's etcd key prefix (see NewLayout); the
+	// configuration lives under Prefix + "config/". Default DefaultPrefix.
 	Prefix string
 	// ValidateShed checks a shedding policy (Bundle.Shed, possibly empty)
 	// and returns the names of the resources it defines. It is called on
@@ -69,10 +67,7 @@ type Store struct {
 	// and the transaction; tests use it to change the store in between.
 	beforeCommit func()
 
-	currentKey     string
-	historyPrefix  string
-	overridePrefix string
-	watchEnd       string // end of the range holding current and history
+	keys Layout
 }
 
 // New returns a Store for the cluster under opts.Prefix.
@@ -83,26 +78,14 @@ func New(opts Options) (*Store, error) {
 	if opts.HistoryKeep < 0 || opts.MaxOverride < 0 {
 		return nil, fmt.Errorf("configstore: negative HistoryKeep (%d) or MaxOverride (%v)", opts.HistoryKeep, opts.MaxOverride)
 	}
-	p := opts.Prefix
-	if p == "" {
-		p = cluster.DefaultPrefix
-	}
-	if !strings.HasSuffix(p, "/") {
-		p += "/"
-	}
 	s := &Store{
-		c:              opts.Client,
-		validateShed:   opts.ValidateShed,
-		keep:           int64(opts.HistoryKeep),
-		maxOverride:    opts.MaxOverride,
-		log:            opts.Logger,
-		now:            opts.Now,
-		currentKey:     p + "config/current",
-		historyPrefix:  p + "config/history/",
-		overridePrefix: p + "config/overrides/",
-		// '0' follows '/', so [current, history0) holds current and every
-		// history key and nothing else the store writes.
-		watchEnd: p + "config/history0",
+		c:            opts.Client,
+		validateShed: opts.ValidateShed,
+		keep:         int64(opts.HistoryKeep),
+		maxOverride:  opts.MaxOverride,
+		log:          opts.Logger,
+		now:          opts.Now,
+		keys:         NewLayout(opts.Prefix),
 	}
 	if s.keep == 0 {
 		s.keep = DefaultHistoryKeep
@@ -172,11 +155,6 @@ func decodeRecord(data []byte) (Record, error) {
 	return r, nil
 }
 
-// historyKey zero-pads the version so that keys sort in version order.
-func (s *Store) historyKey(v int64) string {
-	return fmt.Sprintf("%s%020d", s.historyPrefix, v)
-}
-
 // Validate checks b with the code the nodes use to load it (rules.Parse and
 // rules.NewConfig on every rule file, then Options.ValidateShed) and returns
 // the rules it defines. A bad bundle gives a *ValidationError listing every
@@ -196,20 +174,20 @@ func (s *Store) Get(ctx context.Context) (Record, error) {
 // current reads the current version and the mod revision of the current
 // key (0 if there is none), on which a write makes its compare-and-swap.
 func (s *Store) current(ctx context.Context) (Record, int64, error) {
-	resp, err := s.c.Get(ctx, s.currentKey)
+	resp, err := s.c.Get(ctx, s.keys.configCurrent())
 	if err != nil {
-		return Record{}, 0, fmt.Errorf("configstore: reading %s: %w", s.currentKey, err)
+		return Record{}, 0, fmt.Errorf("configstore: reading %s: %w", s.keys.configCurrent(), err)
 	}
 	if len(resp.Kvs) == 0 {
 		return Record{}, 0, nil
 	}
 	var m Meta
 	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return Record{}, 0, fmt.Errorf("configstore: %s holds a malformed value: %w", s.currentKey, err)
+		return Record{}, 0, fmt.Errorf("configstore: %s holds a malformed value: %w", s.keys.configCurrent(), err)
 	}
 	rec, err := s.Version(ctx, m.Version)
 	if err != nil {
-		return Record{}, 0, fmt.Errorf("configstore: %s names version %d: %w", s.currentKey, m.Version, err)
+		return Record{}, 0, fmt.Errorf("configstore: %s names version %d: %w", s.keys.configCurrent(), m.Version, err)
 	}
 	return rec, resp.Kvs[0].ModRevision, nil
 }
@@ -224,7 +202,7 @@ func (s *Store) Version(ctx context.Context, v int64) (Record, error) {
 	if v < 0 {
 		return Record{}, fmt.Errorf("configstore: version %d: %w", v, ErrNotFound)
 	}
-	resp, err := s.c.Get(ctx, s.historyKey(v))
+	resp, err := s.c.Get(ctx, s.keys.historyKey(v))
 	if err != nil {
 		return Record{}, fmt.Errorf("configstore: reading version %d: %w", v, err)
 	}
@@ -251,7 +229,7 @@ func (s *Store) Version(ctx context.Context, v int64) (Record, error) {
 // zeros if it is empty.
 func (s *Store) historyBounds(ctx context.Context) (oldest, newest int64, err error) {
 	for _, order := range []clientv3.SortOrder{clientv3.SortAscend, clientv3.SortDescend} {
-		resp, err := s.c.Get(ctx, s.historyPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		resp, err := s.c.Get(ctx, s.keys.configHistory(), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 			clientv3.WithSort(clientv3.SortByKey, order), clientv3.WithLimit(1))
 		if err != nil {
 			return 0, 0, fmt.Errorf("configstore: reading the history: %w", err)
@@ -259,7 +237,7 @@ func (s *Store) historyBounds(ctx context.Context) (oldest, newest int64, err er
 		if len(resp.Kvs) == 0 {
 			return 0, 0, nil
 		}
-		v, err := strconv.ParseInt(strings.TrimPrefix(string(resp.Kvs[0].Key), s.historyPrefix), 10, 64)
+		v, err := strconv.ParseInt(strings.TrimPrefix(string(resp.Kvs[0].Key), s.keys.configHistory()), 10, 64)
 		if err != nil {
 			return 0, 0, fmt.Errorf("configstore: malformed history key %q", resp.Kvs[0].Key)
 		}
@@ -281,7 +259,7 @@ func (s *Store) History(ctx context.Context, limit int) ([]Meta, error) {
 	if limit > 0 {
 		opts = append(opts, clientv3.WithLimit(int64(limit)))
 	}
-	resp, err := s.c.Get(ctx, s.historyPrefix, opts...)
+	resp, err := s.c.Get(ctx, s.keys.configHistory(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("configstore: reading the history: %w", err)
 	}
@@ -430,21 +408,21 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 		return ApplyResult{}, fmt.Errorf("configstore: encoding version %d: %w", next, err)
 	}
 	ops := []clientv3.Op{
-		clientv3.OpPut(s.currentKey, string(mv)),
-		clientv3.OpPut(s.historyKey(next), string(rv)),
+		clientv3.OpPut(s.keys.configCurrent(), string(mv)),
+		clientv3.OpPut(s.keys.historyKey(next), string(rv)),
 	}
 	if drop := next - s.keep; drop >= 1 {
 		// Versions up to drop fall out of the history.
-		ops = append(ops, clientv3.OpDelete(s.historyKey(0), clientv3.WithRange(s.historyKey(drop+1))))
+		ops = append(ops, clientv3.OpDelete(s.keys.historyKey(0), clientv3.WithRange(s.keys.historyKey(drop+1))))
 	}
 	if s.beforeCommit != nil {
 		s.beforeCommit()
 	}
 	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(s.currentKey), "=", modRev),
-			clientv3.Compare(clientv3.CreateRevision(s.historyKey(next)), "=", 0)).
+		If(clientv3.Compare(clientv3.ModRevision(s.keys.configCurrent()), "=", modRev),
+			clientv3.Compare(clientv3.CreateRevision(s.keys.historyKey(next)), "=", 0)).
 		Then(ops...).
-		Else(clientv3.OpGet(s.currentKey)).
+		Else(clientv3.OpGet(s.keys.configCurrent())).
 		Commit()
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("configstore: storing version %d: %w", next, err)
@@ -454,7 +432,7 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
 			var m Meta
 			if err := json.Unmarshal(kvs[0].Value, &m); err != nil {
-				return ApplyResult{}, fmt.Errorf("configstore: %s holds a malformed value: %w", s.currentKey, err)
+				return ApplyResult{}, fmt.Errorf("configstore: %s holds a malformed value: %w", s.keys.configCurrent(), err)
 			}
 			now = m.Version
 		}

@@ -130,7 +130,7 @@ func (s *Store) SetOverride(ctx context.Context, o Override) (Override, *Overrid
 	if err != nil {
 		return Override{}, nil, fmt.Errorf("configstore: granting a %ds lease for the override on %q: %w", ttl, o.Resource, err)
 	}
-	resp, err := s.c.Put(ctx, s.overridePrefix+o.Resource, string(value), clientv3.WithLease(lease.ID), clientv3.WithPrevKV())
+	resp, err := s.c.Put(ctx, s.keys.overrides()+o.Resource, string(value), clientv3.WithLease(lease.ID), clientv3.WithPrevKV())
 	if err != nil {
 		s.revoke(ctx, clientv3.LeaseID(lease.ID))
 		return Override{}, nil, fmt.Errorf("configstore: storing the override on %q: %w", o.Resource, err)
@@ -165,7 +165,7 @@ func (s *Store) ClearOverride(ctx context.Context, resource, author, reason stri
 	if len(problems) > 0 {
 		return Override{}, &ValidationError{Problems: problems}
 	}
-	resp, err := s.c.Delete(ctx, s.overridePrefix+resource, clientv3.WithPrevKV())
+	resp, err := s.c.Delete(ctx, s.keys.overrides()+resource, clientv3.WithPrevKV())
 	if err != nil {
 		return Override{}, fmt.Errorf("configstore: clearing the override on %q: %w", resource, err)
 	}
@@ -209,7 +209,7 @@ func decodeOverride(kv *mvccpb.KeyValue) (Override, error) {
 
 // ListOverrides returns the overrides in force, sorted by resource.
 func (s *Store) ListOverrides(ctx context.Context) ([]Override, error) {
-	resp, err := s.c.Get(ctx, s.overridePrefix, clientv3.WithPrefix())
+	resp, err := s.c.Get(ctx, s.keys.overrides(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("configstore: reading overrides: %w", err)
 	}
@@ -227,7 +227,7 @@ func (s *Store) putOverride(m map[string]Override, kv *mvccpb.KeyValue) {
 		s.log.Warn("ignoring a malformed override", "key", string(kv.Key), "err", err)
 		return
 	}
-	m[strings.TrimPrefix(string(kv.Key), s.overridePrefix)] = o
+	m[strings.TrimPrefix(string(kv.Key), s.keys.overrides())] = o
 }
 
 // active returns the overrides of m in force now, sorted by resource.
@@ -257,7 +257,7 @@ func (s *Store) WatchOverrides(ctx context.Context, fn func([]Override)) error {
 	}
 	return retry(ctx, s.log, "overrides", func(ctx context.Context) error {
 		gctx, cancel := context.WithTimeout(ctx, opTimeout)
-		resp, err := s.c.Get(gctx, s.overridePrefix, clientv3.WithPrefix())
+		resp, err := s.c.Get(gctx, s.keys.overrides(), clientv3.WithPrefix())
 		cancel()
 		if err != nil {
 			return fmt.Errorf("reading overrides: %w", err)
@@ -269,7 +269,7 @@ func (s *Store) WatchOverrides(ctx context.Context, fn func([]Override)) error {
 		fn(s.active(m))
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		defer wcancel()
-		wch := s.c.Watch(wctx, s.overridePrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		wch := s.c.Watch(wctx, s.keys.overrides(), clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 		for wr := range wch {
 			if err := wr.Err(); err != nil {
 				return fmt.Errorf("watching overrides: %w", err)
@@ -279,7 +279,7 @@ func (s *Store) WatchOverrides(ctx context.Context, fn func([]Override)) error {
 			}
 			for _, ev := range wr.Events {
 				if ev.Type == mvccpb.DELETE {
-					delete(m, strings.TrimPrefix(string(ev.Kv.Key), s.overridePrefix))
+					delete(m, strings.TrimPrefix(string(ev.Kv.Key), s.keys.overrides()))
 				} else {
 					s.putOverride(m, ev.Kv)
 				}

@@ -1,14 +1,26 @@
-// Package configstore keeps a levee cluster's runtime configuration in etcd:
-// the rule files and the shedding policy as one versioned Bundle, its
-// history, and operator overrides of shedding thresholds.
+// Package configstore holds a levee cluster's state in etcd: it defines the
+// whole key layout, and it keeps the runtime configuration there (the rule
+// files and the shedding policy as one versioned Bundle, its history, and
+// operator overrides of shedding thresholds).
 //
 // # Layout
 //
-// Under the cluster prefix (cluster.Config.Prefix, "/levee/" by default):
+// Every key of a cluster lies under its prefix ("/levee/" by default, the
+// --etcd-prefix flag); Layout names them, and NewLayout is the only place a
+// prefix is normalised:
 //
+//	members/<id>                {"id":…,"addr":…} under the node's lease
+//	status/<id>                 the node's figures for `levee ctl status`, under a lease
 //	config/current              {"version":7,"author":…,"reason":…,"time":…}
 //	config/history/<version>    the version's metadata and its whole bundle
 //	config/overrides/<resource> an Override, under a lease of its duration
+//
+// members/ is written and watched by each node's cluster.Membership, which
+// is given Layout.Members as its key prefix and knows nothing else of the
+// layout; a node's key disappears when it leaves or its lease expires.
+// status/ holds each node's admin.MemberStatus as JSON, rewritten every few
+// seconds under a short lease so that a dead node's figures disappear. The
+// config/ keys are written by the Store alone.
 //
 // History keys are the version zero-padded to 20 digits, so that they sort
 // in version order. Each is written once, so the history is complete after

@@ -386,7 +386,7 @@ func TestNumberingContinuesAfterCurrentDeleted(t *testing.T) {
 	ctx := ctxT(t)
 	mustApply(t, s, bundle(1), 0, "a")
 	mustApply(t, s, bundle(2), 1, "b")
-	if _, err := c.Delete(ctx, s.currentKey); err != nil {
+	if _, err := c.Delete(ctx, s.keys.configCurrent()); err != nil {
 		t.Fatal(err)
 	}
 	res := mustApply(t, s, bundle(3), 0, "c")
@@ -517,7 +517,7 @@ func TestOverrideExpiresByItself(t *testing.T) {
 	}
 	// Poll the key itself: etcd must delete it when the lease runs out,
 	// with nobody clearing it.
-	key := s.overridePrefix + "timeline"
+	key := s.keys.overrides() + "timeline"
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err := c.Get(ctx, key)
