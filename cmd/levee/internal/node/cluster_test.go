@@ -439,7 +439,14 @@ func TestClusterHandoff(t *testing.T) {
 	all := []string{"n1", "n2", "n3"}
 	// k1 moves to n2 when n2 joins n1; k2 moves to n3 when n3 joins, and
 	// back to n1 when n3 leaves.
-	k1 := keyOwned(t, "k1", "n2", []string{"n1", "n2"}, "")
+	// k1 must also stay on n2 when n3 joins, so that n3 holds k2 alone.
+	var k1 string
+	for i := 0; k1 == ""; i++ {
+		k := keyOwned(t, fmt.Sprintf("k1-%d", i), "n2", []string{"n1", "n2"}, "")
+		if ownerOf(k, all...) == "n2" {
+			k1 = k
+		}
+	}
 	k2 := keyOwned(t, "k2", "n3", all, "n1")
 
 	take := func(m *member, key string, n int) {
