@@ -3,6 +3,7 @@ package manifests
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -274,7 +275,7 @@ func (c Checker) settings(p *problems, b *build, w workload, ct corev1.Container
 			p.add(id, "envFrom: ConfigMap %s is not in the build", ef.ConfigMapRef.Name)
 			continue
 		}
-		for _, k := range slices.Sorted(mapKeys(cm.Data)) {
+		for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
 			n := ef.Prefix + k
 			env[n] = cm.Data[k]
 			levee(n, cm.Data[k], "ConfigMap "+cm.Name+" key "+k)
@@ -349,16 +350,6 @@ func (c Checker) settings(p *problems, b *build, w workload, ct corev1.Container
 		set[f] = setting{v, "--" + f}
 	}
 	return set
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // get returns a flag's value: as set, or its default.
