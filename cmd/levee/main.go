@@ -1,7 +1,7 @@
 // Command levee is a distributed rate limiter and load shedder, run as a
 // gRPC sidecar. `levee serve` runs a node, `levee ctl` tunes a running
-// cluster, `levee surge` runs the load-shedding surge test, and `levee
-// version` prints the build.
+// cluster, `levee surge` runs the load-shedding surge test, `levee probe`
+// checks a node's health, and `levee version` prints the build.
 package main
 
 import (
@@ -19,12 +19,17 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), ctlCommand(), surgeCommand(), versionCommand())
+	root.AddCommand(serveCommand(), ctlCommand(), surgeCommand(), probeCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "levee:", err)
 		os.Exit(ctlExitCode(err))
 	}
 }
+
+// version is the release levee reports, stamped when building with
+// -ldflags "-X main.version=..." (deploy/docker/build.sh does); when it is
+// empty, levee version reports the module's build information.
+var version string
 
 func versionCommand() *cobra.Command {
 	return &cobra.Command{
@@ -32,6 +37,10 @@ func versionCommand() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
+			if version != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), "levee", version)
+				return
+			}
 			v := "(devel)"
 			if bi, ok := debug.ReadBuildInfo(); ok {
 				v = bi.Main.Version

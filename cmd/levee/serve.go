@@ -20,6 +20,7 @@ import (
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
+	"github.com/levee-dev/levee/cmd/levee/internal/memlimit"
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
 	"github.com/levee-dev/levee/cmd/levee/internal/procs"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
@@ -41,6 +42,7 @@ func serveCommand() *cobra.Command {
 		logLevel   string
 		logFormat  string
 		procsFlag  string
+		memLimit   string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -68,6 +70,9 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 				// MB more (measured: about a quarter less CPU per forwarded
 				// decision). GOGC and GOMEMLIMIT still apply when set.
 				debug.SetGCPercent(defaultGCPercent)
+			}
+			if err := memlimit.Apply(memLimit, log); err != nil {
+				return err
 			}
 			if cfg.TLS, err = grpcTLS.Server(); err != nil {
 				return fmt.Errorf("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca): %w", err)
@@ -158,6 +163,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&cfg.Admin.ClientCAFile, "admin-client-ca", "", "CA that signs admin clients' certificates (mTLS)")
 	f.StringSliceVar(&cfg.Admin.AllowedClients, "admin-allowed-clients", nil, "client certificate names allowed to call the admin API")
 	f.StringVar(&procsFlag, "procs", "auto", "GOMAXPROCS: auto follows the CPU the node uses, from 1 up to Go's default (a positive GOMAXPROCS in the environment wins); default leaves Go's default (which tracks the container's CPU limit); or a number")
+	f.StringVar(&memLimit, "memory-limit", "auto", memlimit.FlagUsage)
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on --metrics-addr")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
