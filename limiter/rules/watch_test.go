@@ -140,8 +140,8 @@ func TestWatcher(t *testing.T) {
 		t.Fatalf("after fix requests_per_unit = %d", got)
 	}
 
-	// An edit that keeps the size and the modification time is still seen,
-	// thanks to the content hash.
+	// An edit that keeps the size and the modification time is still seen:
+	// the file renamed into place is another file.
 	fi, err := os.Stat(file)
 	if err != nil {
 		t.Fatal(err)
