@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -186,12 +187,23 @@ func writeBundle(dir string, b *leveev1.ConfigBundle) error {
 func readLimited(p string) ([]byte, error) {
 	data, err := configstore.ReadFile(p)
 	if err != nil {
-		return nil, &ctlError{code: ctlExitInvalid, err: err}
+		return nil, invalidErr(err)
 	}
 	if !utf8.Valid(data) {
 		return nil, &ctlError{code: ctlExitInvalid, err: fmt.Errorf("%s is not valid UTF-8", p)}
 	}
 	return data, nil
+}
+
+// invalidErr gives a configuration refused before it is sent (a file or
+// the whole too large) the exit code of one the server refuses; other
+// errors, such as a file that cannot be read, keep theirs.
+func invalidErr(err error) error {
+	var ve *configstore.ValidationError
+	if errors.As(err, &ve) {
+		return &ctlError{code: ctlExitInvalid, err: err}
+	}
+	return err
 }
 
 // bundleFlags are the flags that give a proposed configuration.
@@ -222,7 +234,7 @@ func (f *bundleFlags) build(cmd *cobra.Command, base *leveev1.ConfigBundle) (*le
 		}
 		files, err := configstore.ReadRules(f.files...)
 		if err != nil {
-			return nil, fmt.Errorf("-f: %w", err)
+			return nil, invalidErr(fmt.Errorf("-f: %w", err))
 		}
 		names := make([]string, 0, len(files))
 		for n := range files {
@@ -243,6 +255,15 @@ func (f *bundleFlags) build(cmd *cobra.Command, base *leveev1.ConfigBundle) (*le
 			return nil, fmt.Errorf("--shed: %w", err)
 		}
 		b.ShedPolicy = string(data)
+	}
+	// Refuse a bundle too large to store before sending it: past a point
+	// the admin API would refuse the message itself, with a transport error.
+	cb := configstore.Bundle{Rules: make(map[string][]byte, len(b.RuleFiles)), Shed: []byte(b.ShedPolicy)}
+	for _, rf := range b.RuleFiles {
+		cb.Rules[rf.GetName()] = []byte(rf.GetContent())
+	}
+	if err := cb.CheckSize(); err != nil {
+		return nil, invalidErr(err)
 	}
 	return b, nil
 }
@@ -268,7 +289,9 @@ kept from the current version.
 The change is made against the version read just before (or
 --expected-version N): if the configuration changed in between, nothing is
 stored and apply exits with 3. An invalid configuration is refused with
-file:line: reason for each problem, nothing is stored, and apply exits with 4.
+file:line: reason for each problem, nothing is stored, and apply exits with 4;
+so is one larger than 1 MiB in all (rule files and policy: one version is
+stored as one etcd value).
 
   levee ctl apply -f rules/ --reason "raise login limit to 20/s (INC-123)"
   levee ctl apply -f rules/ --dry-run

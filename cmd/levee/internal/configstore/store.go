@@ -394,10 +394,8 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 		Diff:     DiffBundles(cur.Bundle, b, versionLabel(cur.Version), versionLabel(next)),
 		Warnings: warnings(cfg),
 	}
-	if !res.Changed || dryRun {
-		return res, nil
-	}
-
+	// Encode before the dry run returns, so that it too refuses what etcd
+	// would.
 	meta := Meta{Version: next, Author: author, Reason: reason, Time: s.now().UTC(), RollbackOf: rollbackOf}
 	mv, err := json.Marshal(meta)
 	if err != nil {
@@ -406,6 +404,12 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 	rv, err := encodeRecord(Record{Meta: meta, Bundle: b})
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("configstore: encoding version %d: %w", next, err)
+	}
+	if len(rv) > maxRecordSize {
+		return ApplyResult{}, invalid("the configuration takes %d bytes stored (as JSON, with escapes), more than the %d one etcd request may carry; make it smaller", len(rv), maxRecordSize)
+	}
+	if !res.Changed || dryRun {
+		return res, nil
 	}
 	ops := []clientv3.Op{
 		clientv3.OpPut(s.keys.configCurrent(), string(mv)),
