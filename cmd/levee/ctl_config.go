@@ -69,9 +69,19 @@ type ctlChange struct {
 	DryRun   bool       `json:"dry_run" yaml:"dry_run"`
 	Diff     string     `json:"diff" yaml:"diff"`
 	Warnings []string   `json:"warnings,omitempty" yaml:"warnings,omitempty"`
+	// ReplacedMalformed is the unreadable current value the change
+	// replaced (for a dry run, would replace).
+	ReplacedMalformed *ctlMalformed `json:"replaced_malformed,omitempty" yaml:"replaced_malformed,omitempty"`
 }
 
 func (c ctlChange) table(w io.Writer) error {
+	if m := c.ReplacedMalformed; m != nil {
+		if c.DryRun {
+			fmt.Fprintf(w, "would replace the unreadable current configuration (%s)\n", m)
+		} else {
+			fmt.Fprintln(w, replacedLine(m))
+		}
+	}
 	switch {
 	case !c.Changed:
 		fmt.Fprintf(w, "no change: version %d already has this content\n", c.Version.Version)
@@ -288,7 +298,10 @@ kept from the current version.
 
 The change is made against the version read just before (or
 --expected-version N): if the configuration changed in between, nothing is
-stored and apply exits with 3. An invalid configuration is refused with
+stored and apply exits with 3. If the stored current version is unreadable
+(a malformed value in etcd), apply replaces it and says what it replaced;
+give both -f and --shed then, since nothing can be kept from it. An invalid
+configuration is refused with
 file:line: reason for each problem, nothing is stored, and apply exits with 4;
 so is one larger than 1 MiB in all (rule files and policy: one version is
 stored as one etcd value).
@@ -313,10 +326,21 @@ stored as one etcd value).
 			ctx, cancel := c.ctx(cmd.Context())
 			defer cancel()
 			cur, err := c.GetConfig(ctx, &leveev1.GetConfigRequest{})
-			if err != nil {
+			bad, badVersion, malformed := malformedCurrent(err)
+			switch {
+			case malformed:
+				// Nothing can be kept from an unreadable version: the
+				// whole configuration must be given.
+				if len(bf.files) == 0 || !cmd.Flags().Changed("shed") {
+					return usageErr(cmd, "the current configuration is unreadable (%s), so nothing can be kept from it: give both -f and --shed (an empty file for no policy), or roll back with 'levee ctl rollback VERSION'", bad)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the current configuration is unreadable (%s); this apply replaces it\n", bad)
+				if !cmd.Flags().Changed("expected-version") {
+					expected = badVersion
+				}
+			case err != nil:
 				return c.callErr("apply: reading the current version", err)
-			}
-			if !cmd.Flags().Changed("expected-version") {
+			case !cmd.Flags().Changed("expected-version"):
 				expected = cur.GetVersion().GetVersion()
 			}
 			b, err := bf.build(cmd, cur.GetBundle())
@@ -331,7 +355,7 @@ stored as one etcd value).
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
 			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(),
-				DryRun: dryRun, Diff: resp.GetDiff(), Warnings: resp.GetWarnings()}
+				DryRun: dryRun, Diff: resp.GetDiff(), Warnings: resp.GetWarnings(), ReplacedMalformed: toCtlMalformed(resp.GetReplacedMalformed())}
 			return o.printOut(cmd.OutOrStdout(), ch, ch.table)
 		},
 	}
@@ -474,7 +498,8 @@ func ctlRollbackCommand(o *ctlOptions) *cobra.Command {
 		Short: "Make an older version's content current again, as a new version",
 		Long: `Store a new version whose content equals VERSION's. The old content is
 validated again first. Like apply, it is made against the version read just
-before (or --expected-version N), and exits with 3 on a conflict.
+before (or --expected-version N), and exits with 3 on a conflict; and like
+apply, it replaces an unreadable current version and says what it replaced.
 
   levee ctl rollback 41 --reason "v42 broke logins"
 
@@ -497,16 +522,21 @@ before (or --expected-version N), and exits with 3 on a conflict.
 			defer cancel()
 			if !cmd.Flags().Changed("expected-version") {
 				cur, err := c.GetConfig(ctx, &leveev1.GetConfigRequest{})
-				if err != nil {
+				if bad, badVersion, malformed := malformedCurrent(err); malformed {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: the current configuration is unreadable (%s); this rollback replaces it\n", bad)
+					expected = badVersion
+				} else if err != nil {
 					return c.callErr("rollback: reading the current version", err)
+				} else {
+					expected = cur.GetVersion().GetVersion()
 				}
-				expected = cur.GetVersion().GetVersion()
 			}
 			resp, err := c.Rollback(ctx, &leveev1.RollbackRequest{Version: version, ExpectedVersion: expected, Reason: reason})
 			if err != nil {
 				return c.callErr("rollback", err)
 			}
-			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(), Diff: resp.GetDiff()}
+			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(), Diff: resp.GetDiff(),
+				ReplacedMalformed: toCtlMalformed(resp.GetReplacedMalformed())}
 			return o.printOut(cmd.OutOrStdout(), ch, ch.table)
 		},
 	}
