@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/levee-dev/levee/limiter/rules/rulestest"
 )
 
 // bigRuleDir writes files rule files of perFile descriptors each, about
@@ -279,60 +281,6 @@ func TestWatcherLoadThenRun(t *testing.T) {
 	<-done
 }
 
-// configMap reproduces the volume Kubernetes mounts for a ConfigMap: the
-// files live in a timestamped directory "..<time>", "..data" links to it,
-// and each visible name links to "..data/<name>". update is Kubernetes'
-// atomic writer: write a new timestamped directory, point "..data_tmp" at
-// it and rename that over "..data", add and drop the visible links, and
-// remove the old directory.
-type configMap struct {
-	t       *testing.T
-	dir     string
-	current string // the timestamped directory "..data" points to
-	files   map[string]string
-	n       int
-}
-
-func newConfigMap(t *testing.T, files map[string]string) *configMap {
-	m := &configMap{t: t, dir: t.TempDir()}
-	m.update(files)
-	return m
-}
-
-func (m *configMap) update(files map[string]string) {
-	t := m.t
-	t.Helper()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	m.n++
-	ts := fmt.Sprintf("..2026_12_04_00_00_%02d.%03d", m.n, 123+m.n)
-	for name, data := range files {
-		writeFile(t, filepath.Join(m.dir, ts, name), data)
-	}
-	tmp := filepath.Join(m.dir, "..data_tmp")
-	must(os.Symlink(ts, tmp))
-	must(os.Rename(tmp, filepath.Join(m.dir, "..data")))
-	for name := range files {
-		if _, ok := m.files[name]; !ok {
-			must(os.Symlink(filepath.Join("..data", name), filepath.Join(m.dir, name)))
-		}
-	}
-	for name := range m.files {
-		if _, ok := files[name]; !ok {
-			must(os.Remove(filepath.Join(m.dir, name)))
-		}
-	}
-	old := m.current
-	m.current, m.files = ts, files
-	if old != "" {
-		must(os.RemoveAll(filepath.Join(m.dir, old)))
-	}
-}
-
 // TestWatcherConfigMap: the swap of a mounted ConfigMap is applied within
 // a poll or two, the hidden directories are never read as rule files, and
 // the removal of the old directory breaks nothing.
@@ -340,14 +288,14 @@ func TestWatcherConfigMap(t *testing.T) {
 	limit := func(domain string, rpu int) string {
 		return fmt.Sprintf("domain: %s\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: %d}\n", domain, rpu)
 	}
-	m := newConfigMap(t, map[string]string{"api.yaml": limit("api", 1), "web.yaml": limit("web", 1)})
+	m := rulestest.NewConfigMap(t, map[string]string{"api.yaml": limit("api", 1), "web.yaml": limit("web", 1)})
 	var logs syncBuffer
-	w := NewWatcher(m.dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	w := NewWatcher(m.Dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
 	first, err := w.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "api@" + filepath.Join(m.dir, "api.yaml") + ",web@" + filepath.Join(m.dir, "web.yaml")
+	want := "api@" + filepath.Join(m.Dir, "api.yaml") + ",web@" + filepath.Join(m.Dir, "web.yaml")
 	if got := domainNames(first); got != want {
 		t.Fatalf("domains = %s, want %s (each once, by its visible path)", got, want)
 	}
@@ -384,31 +332,31 @@ func TestWatcherConfigMap(t *testing.T) {
 	}
 
 	// A new limit in one file, and a file added.
-	m.update(map[string]string{"api.yaml": limit("api", 2), "web.yaml": limit("web", 1), "new.yaml": limit("new", 3)})
+	m.Update(map[string]string{"api.yaml": limit("api", 2), "web.yaml": limit("web", 1), "new.yaml": limit("new", 3)})
 	c := next()
 	if rpu(c, "api") != 2 || rpu(c, "new") != 3 || c.Domain("web") != first.Domain("web") {
 		t.Fatalf("after the swap: %s", domainNames(c))
 	}
 	// A file dropped.
-	m.update(map[string]string{"api.yaml": limit("api", 2), "new.yaml": limit("new", 3)})
+	m.Update(map[string]string{"api.yaml": limit("api", 2), "new.yaml": limit("new", 3)})
 	if c = next(); c.Domain("web") != nil || rpu(c, "api") != 2 {
 		t.Fatalf("after dropping web.yaml: %s", domainNames(c))
 	}
 	// A bad version is refused, naming the visible path; the next good one
 	// is applied.
-	m.update(map[string]string{"api.yaml": limit("api", 2) + "    bogus: 1\n", "new.yaml": limit("new", 3)})
+	m.Update(map[string]string{"api.yaml": limit("api", 2) + "    bogus: 1\n", "new.yaml": limit("new", 3)})
 	select {
 	case err := <-failed:
 		var pe *ParseError
-		if !errors.As(err, &pe) || pe.File != filepath.Join(m.dir, "api.yaml") || pe.Line != 5 {
-			t.Errorf("error = %v; want it at %s:5", err, filepath.Join(m.dir, "api.yaml"))
+		if !errors.As(err, &pe) || pe.File != filepath.Join(m.Dir, "api.yaml") || pe.Line != 5 {
+			t.Errorf("error = %v; want it at %s:5", err, filepath.Join(m.Dir, "api.yaml"))
 		}
 	case c := <-applied:
 		t.Fatalf("bad version applied: %s", domainNames(c))
 	case <-time.After(waitFor):
 		t.Fatal("bad version not reported")
 	}
-	m.update(map[string]string{"api.yaml": limit("api", 5), "new.yaml": limit("new", 3)})
+	m.Update(map[string]string{"api.yaml": limit("api", 5), "new.yaml": limit("new", 3)})
 	if c = next(); rpu(c, "api") != 5 {
 		t.Fatalf("after the fix: %s", domainNames(c))
 	}
