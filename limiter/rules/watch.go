@@ -176,12 +176,14 @@ func (w *Watcher) update(snap *snapshot) error {
 			w.reads++
 			sum := xxhash.Sum64(f.Data)
 			switch {
-			case err == nil && rf != nil && rf.read && rf.sum == sum:
+			case err != nil:
+				if rf == nil || rf.read || rf.err == nil || rf.err.Error() != err.Error() {
+					rf = &ruleFile{err: err}
+					w.dirty = true
+				} // else the same failure, already reported
+			case rf != nil && rf.read && rf.sum == sum:
 				// Touched, copied or swapped in with the same content: keep
 				// what it parsed to (a Domain, or an error already reported).
-			case err != nil:
-				rf = &ruleFile{err: err}
-				w.dirty = true
 			default:
 				rf = &ruleFile{read: true, sum: sum}
 				rf.domain, rf.err = Parse(f.Path, f.Data)
