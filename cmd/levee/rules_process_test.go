@@ -35,11 +35,11 @@ var probes atomic.Int64
 
 // enforced returns the limit the node enforces on domain's "user" key: it
 // takes the whole burst on a fresh value, and checks that one more request
-// is refused. It returns -1 if no limit applies.
+// is refused. It returns -1 if no limit applies. A probe that a reload
+// overtakes (the limit differs between its calls) is made again.
 func (p *proc) enforced(t *testing.T, domain string) int64 {
 	t.Helper()
-	user := fmt.Sprintf("probe-%d", probes.Add(1))
-	check := func(hits int64) *leveev1.ItemStatus {
+	check := func(user string, hits int64) *leveev1.ItemStatus {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -54,18 +54,28 @@ func (p *proc) enforced(t *testing.T, domain string) int64 {
 		}
 		return resp.GetStatuses()[0]
 	}
-	first := check(0)
-	if !first.GetLimited() {
-		return -1
+	same := func(a, b *leveev1.ItemStatus) bool {
+		return a.GetLimited() == b.GetLimited() && a.GetLimit() == b.GetLimit()
 	}
-	limit := first.GetLimit()
-	if st := check(limit); st.GetCode() != leveev1.Code_CODE_OK {
-		t.Fatalf("%s: %s limit %d: %d hits refused (%v)", p.id, domain, limit, limit, st)
+	for {
+		user := fmt.Sprintf("probe-%d", probes.Add(1))
+		first := check(user, 0)
+		if !first.GetLimited() {
+			return -1
+		}
+		limit := first.GetLimit()
+		all, more := check(user, limit), check(user, 1)
+		if !same(first, all) || !same(first, more) {
+			continue // the rules changed during the probe
+		}
+		if all.GetCode() != leveev1.Code_CODE_OK {
+			t.Fatalf("%s: %s limit %d: %d hits refused (%v)", p.id, domain, limit, limit, all)
+		}
+		if more.GetCode() != leveev1.Code_CODE_OVER_LIMIT {
+			t.Fatalf("%s: %s limit %d: hit %d admitted (%v)", p.id, domain, limit, limit+1, more)
+		}
+		return limit
 	}
-	if st := check(1); st.GetCode() != leveev1.Code_CODE_OVER_LIMIT {
-		t.Fatalf("%s: %s limit %d: hit %d admitted (%v)", p.id, domain, limit, limit+1, st)
-	}
-	return limit
 }
 
 // waitEnforced waits until the node enforces want on domain and returns
