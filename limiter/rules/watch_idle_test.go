@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -231,23 +230,12 @@ func TestWatcherLoadThenRun(t *testing.T) {
 	if err != nil || cfg.Domain("a") == nil {
 		t.Fatalf("Load = %v, %v", cfg, err)
 	}
-	applied := make(chan *Config, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, func(c *Config) { applied <- c }) }()
+	r := start(t, w)
 	writeAtomic(t, file, "domain: b\n")
-	select {
-	case c := <-applied:
-		if c.Domain("b") == nil {
-			t.Errorf("first apply after Load: %v; want the edit, not the loaded rules again", domainNames(c))
-		}
-	case <-time.After(waitFor):
-		t.Fatal("edit not applied")
+	if c := r.next("edit after Load"); c.Domain("b") == nil {
+		t.Errorf("first apply after Load: %v; want the edit, not the loaded rules again", domainNames(c))
 	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Errorf("Run returned %v", err)
-	}
+	r.stop()
 
 	// A failed Load is returned; Run then starts as without Load: it
 	// reports the failure and applies the fix.
@@ -258,27 +246,12 @@ func TestWatcherLoadThenRun(t *testing.T) {
 	if _, err := w.Load(); !errors.As(err, &pe) || pe.Field != "domain" {
 		t.Fatalf("Load of a bad file: %v", err)
 	}
-	failed := make(chan error, 10)
-	w.OnError = func(err error) { failed <- err }
-	ctx, cancel = context.WithCancel(context.Background())
-	defer cancel()
-	go func() { done <- w.Run(ctx, func(c *Config) { applied <- c }) }()
-	select {
-	case <-failed:
-	case <-time.After(waitFor):
-		t.Fatal("Run did not report the failure Load returned")
-	}
+	r = start(t, w)
+	r.failure("the failure Load returned")
 	writeAtomic(t, bad, "domain: fixed\n")
-	select {
-	case c := <-applied:
-		if c.Domain("fixed") == nil {
-			t.Errorf("applied %v", domainNames(c))
-		}
-	case <-time.After(waitFor):
-		t.Fatal("fix not applied")
+	if c := r.next("fix"); c.Domain("fixed") == nil {
+		t.Errorf("applied %v", domainNames(c))
 	}
-	cancel()
-	<-done
 }
 
 // TestWatcherConfigMap: the swap of a mounted ConfigMap is applied within
@@ -300,28 +273,7 @@ func TestWatcherConfigMap(t *testing.T) {
 		t.Fatalf("domains = %s, want %s (each once, by its visible path)", got, want)
 	}
 
-	applied := make(chan *Config, 10)
-	failed := make(chan error, 10)
-	w.OnError = func(err error) { failed <- err }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, func(c *Config) { applied <- c }) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	next := func() *Config {
-		t.Helper()
-		select {
-		case c := <-applied:
-			return c
-		case err := <-failed:
-			t.Fatalf("reload error: %v", err)
-		case <-time.After(waitFor):
-			t.Fatal("ConfigMap update not applied")
-		}
-		return nil
-	}
+	r := start(t, w)
 	rpu := func(c *Config, domain string) uint32 {
 		t.Helper()
 		m := c.Match(domain, e("k=x"))
@@ -333,42 +285,28 @@ func TestWatcherConfigMap(t *testing.T) {
 
 	// A new limit in one file, and a file added.
 	m.Update(map[string]string{"api.yaml": limit("api", 2), "web.yaml": limit("web", 1), "new.yaml": limit("new", 3)})
-	c := next()
+	c := r.next("swap")
 	if rpu(c, "api") != 2 || rpu(c, "new") != 3 || c.Domain("web") != first.Domain("web") {
 		t.Fatalf("after the swap: %s", domainNames(c))
 	}
 	// A file dropped.
 	m.Update(map[string]string{"api.yaml": limit("api", 2), "new.yaml": limit("new", 3)})
-	if c = next(); c.Domain("web") != nil || rpu(c, "api") != 2 {
+	if c = r.next("drop"); c.Domain("web") != nil || rpu(c, "api") != 2 {
 		t.Fatalf("after dropping web.yaml: %s", domainNames(c))
 	}
 	// A bad version is refused, naming the visible path; the next good one
 	// is applied.
 	m.Update(map[string]string{"api.yaml": limit("api", 2) + "    bogus: 1\n", "new.yaml": limit("new", 3)})
-	select {
-	case err := <-failed:
-		var pe *ParseError
-		if !errors.As(err, &pe) || pe.File != filepath.Join(m.Dir, "api.yaml") || pe.Line != 5 {
-			t.Errorf("error = %v; want it at %s:5", err, filepath.Join(m.Dir, "api.yaml"))
-		}
-	case c := <-applied:
-		t.Fatalf("bad version applied: %s", domainNames(c))
-	case <-time.After(waitFor):
-		t.Fatal("bad version not reported")
+	var pe *ParseError
+	if err := r.failure("bad version"); !errors.As(err, &pe) || pe.File != filepath.Join(m.Dir, "api.yaml") || pe.Line != 5 {
+		t.Errorf("error = %v; want it at %s:5", err, filepath.Join(m.Dir, "api.yaml"))
 	}
 	m.Update(map[string]string{"api.yaml": limit("api", 5), "new.yaml": limit("new", 3)})
-	if c = next(); rpu(c, "api") != 5 {
+	if c = r.next("fix"); rpu(c, "api") != 5 {
 		t.Fatalf("after the fix: %s", domainNames(c))
 	}
 	// Nothing more happens: several polls after the old directories are gone.
-	time.Sleep(20 * 10 * time.Millisecond)
-	select {
-	case c := <-applied:
-		t.Fatalf("applied without a change: %s", domainNames(c))
-	case err := <-failed:
-		t.Fatalf("error without a change: %v", err)
-	default:
-	}
+	r.quiet()
 	if strings.Contains(logs.String(), "..2026") {
 		t.Errorf("a hidden directory is named in the log:\n%s", logs.String())
 	}
