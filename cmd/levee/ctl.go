@@ -243,6 +243,10 @@ func (c *ctlClient) callErr(what string, err error) error {
 		return &ctlError{code: ctlExitError, err: fmt.Errorf("%s: not authenticated: %s (%s)", what, msg, hint)}
 	case codes.PermissionDenied:
 		return &ctlError{code: ctlExitError, err: fmt.Errorf("%s: permission denied: %s", what, msg)}
+	case codes.FailedPrecondition:
+		if _, _, malformed := malformedCurrent(err); malformed {
+			msg += "; " + repairHint
+		}
 	case codes.DeadlineExceeded:
 		return &ctlError{code: ctlExitError, err: fmt.Errorf("%s: no answer from %s within %v (--timeout)", what, c.o.addr, c.o.timeout)}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -68,9 +69,19 @@ type ctlChange struct {
 	DryRun   bool       `json:"dry_run" yaml:"dry_run"`
 	Diff     string     `json:"diff" yaml:"diff"`
 	Warnings []string   `json:"warnings,omitempty" yaml:"warnings,omitempty"`
+	// ReplacedMalformed is the unreadable current value the change
+	// replaced (for a dry run, would replace).
+	ReplacedMalformed *ctlMalformed `json:"replaced_malformed,omitempty" yaml:"replaced_malformed,omitempty"`
 }
 
 func (c ctlChange) table(w io.Writer) error {
+	if m := c.ReplacedMalformed; m != nil {
+		if c.DryRun {
+			fmt.Fprintf(w, "would replace the unreadable current configuration (%s)\n", m)
+		} else {
+			fmt.Fprintln(w, replacedLine(m))
+		}
+	}
 	switch {
 	case !c.Changed:
 		fmt.Fprintf(w, "no change: version %d already has this content\n", c.Version.Version)
@@ -186,12 +197,23 @@ func writeBundle(dir string, b *leveev1.ConfigBundle) error {
 func readLimited(p string) ([]byte, error) {
 	data, err := configstore.ReadFile(p)
 	if err != nil {
-		return nil, &ctlError{code: ctlExitInvalid, err: err}
+		return nil, invalidErr(err)
 	}
 	if !utf8.Valid(data) {
 		return nil, &ctlError{code: ctlExitInvalid, err: fmt.Errorf("%s is not valid UTF-8", p)}
 	}
 	return data, nil
+}
+
+// invalidErr gives a configuration refused before it is sent (a file or
+// the whole too large) the exit code of one the server refuses; other
+// errors, such as a file that cannot be read, keep theirs.
+func invalidErr(err error) error {
+	var ve *configstore.ValidationError
+	if errors.As(err, &ve) {
+		return &ctlError{code: ctlExitInvalid, err: err}
+	}
+	return err
 }
 
 // bundleFlags are the flags that give a proposed configuration.
@@ -222,7 +244,7 @@ func (f *bundleFlags) build(cmd *cobra.Command, base *leveev1.ConfigBundle) (*le
 		}
 		files, err := configstore.ReadRules(f.files...)
 		if err != nil {
-			return nil, fmt.Errorf("-f: %w", err)
+			return nil, invalidErr(fmt.Errorf("-f: %w", err))
 		}
 		names := make([]string, 0, len(files))
 		for n := range files {
@@ -243,6 +265,15 @@ func (f *bundleFlags) build(cmd *cobra.Command, base *leveev1.ConfigBundle) (*le
 			return nil, fmt.Errorf("--shed: %w", err)
 		}
 		b.ShedPolicy = string(data)
+	}
+	// Refuse a bundle too large to store before sending it: past a point
+	// the admin API would refuse the message itself, with a transport error.
+	cb := configstore.Bundle{Rules: make(map[string][]byte, len(b.RuleFiles)), Shed: []byte(b.ShedPolicy)}
+	for _, rf := range b.RuleFiles {
+		cb.Rules[rf.GetName()] = []byte(rf.GetContent())
+	}
+	if err := cb.CheckSize(); err != nil {
+		return nil, invalidErr(err)
 	}
 	return b, nil
 }
@@ -267,8 +298,13 @@ kept from the current version.
 
 The change is made against the version read just before (or
 --expected-version N): if the configuration changed in between, nothing is
-stored and apply exits with 3. An invalid configuration is refused with
-file:line: reason for each problem, nothing is stored, and apply exits with 4.
+stored and apply exits with 3. If the stored current version is unreadable
+(a malformed value in etcd), apply replaces it and says what it replaced;
+give both -f and --shed then, since nothing can be kept from it. An invalid
+configuration is refused with
+file:line: reason for each problem, nothing is stored, and apply exits with 4;
+so is one larger than 1 MiB in all (rule files and policy: one version is
+stored as one etcd value).
 
   levee ctl apply -f rules/ --reason "raise login limit to 20/s (INC-123)"
   levee ctl apply -f rules/ --dry-run
@@ -290,10 +326,21 @@ file:line: reason for each problem, nothing is stored, and apply exits with 4.
 			ctx, cancel := c.ctx(cmd.Context())
 			defer cancel()
 			cur, err := c.GetConfig(ctx, &leveev1.GetConfigRequest{})
-			if err != nil {
+			bad, badVersion, malformed := malformedCurrent(err)
+			switch {
+			case malformed:
+				// Nothing can be kept from an unreadable version: the
+				// whole configuration must be given.
+				if len(bf.files) == 0 || !cmd.Flags().Changed("shed") {
+					return usageErr(cmd, "the current configuration is unreadable (%s), so nothing can be kept from it: give both -f and --shed (an empty file for no policy), or roll back with 'levee ctl rollback VERSION'", bad)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the current configuration is unreadable (%s); this apply replaces it\n", bad)
+				if !cmd.Flags().Changed("expected-version") {
+					expected = badVersion
+				}
+			case err != nil:
 				return c.callErr("apply: reading the current version", err)
-			}
-			if !cmd.Flags().Changed("expected-version") {
+			case !cmd.Flags().Changed("expected-version"):
 				expected = cur.GetVersion().GetVersion()
 			}
 			b, err := bf.build(cmd, cur.GetBundle())
@@ -308,7 +355,7 @@ file:line: reason for each problem, nothing is stored, and apply exits with 4.
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
 			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(),
-				DryRun: dryRun, Diff: resp.GetDiff(), Warnings: resp.GetWarnings()}
+				DryRun: dryRun, Diff: resp.GetDiff(), Warnings: resp.GetWarnings(), ReplacedMalformed: toCtlMalformed(resp.GetReplacedMalformed())}
 			return o.printOut(cmd.OutOrStdout(), ch, ch.table)
 		},
 	}
@@ -451,7 +498,8 @@ func ctlRollbackCommand(o *ctlOptions) *cobra.Command {
 		Short: "Make an older version's content current again, as a new version",
 		Long: `Store a new version whose content equals VERSION's. The old content is
 validated again first. Like apply, it is made against the version read just
-before (or --expected-version N), and exits with 3 on a conflict.
+before (or --expected-version N), and exits with 3 on a conflict; and like
+apply, it replaces an unreadable current version and says what it replaced.
 
   levee ctl rollback 41 --reason "v42 broke logins"
 
@@ -474,16 +522,21 @@ before (or --expected-version N), and exits with 3 on a conflict.
 			defer cancel()
 			if !cmd.Flags().Changed("expected-version") {
 				cur, err := c.GetConfig(ctx, &leveev1.GetConfigRequest{})
-				if err != nil {
+				if bad, badVersion, malformed := malformedCurrent(err); malformed {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: the current configuration is unreadable (%s); this rollback replaces it\n", bad)
+					expected = badVersion
+				} else if err != nil {
 					return c.callErr("rollback: reading the current version", err)
+				} else {
+					expected = cur.GetVersion().GetVersion()
 				}
-				expected = cur.GetVersion().GetVersion()
 			}
 			resp, err := c.Rollback(ctx, &leveev1.RollbackRequest{Version: version, ExpectedVersion: expected, Reason: reason})
 			if err != nil {
 				return c.callErr("rollback", err)
 			}
-			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(), Diff: resp.GetDiff()}
+			ch := ctlChange{Version: toCtlVersion(resp.GetVersion()), Previous: expected, Changed: resp.GetChanged(), Diff: resp.GetDiff(),
+				ReplacedMalformed: toCtlMalformed(resp.GetReplacedMalformed())}
 			return o.printOut(cmd.OutOrStdout(), ch, ch.table)
 		},
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"gopkg.in/yaml.v3"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
@@ -29,6 +30,7 @@ type ctlEnv struct {
 	addr      string
 	tokenFile string // alice's token, as levee ctl reads it
 	store     *configstore.Store
+	etcd      *clientv3.Client
 }
 
 // ctlShed validates a shedding policy with the node's own parser, as
@@ -54,8 +56,9 @@ const ctlPolicy = "resources:\n  - name: login\n  - name: timeline\n    retry_af
 func startCtlEnv(t *testing.T) *ctlEnv {
 	t.Helper()
 	e := clustertest.StartEtcd(t)
+	cli := clustertest.Client(t, e.Endpoints())
 	store, err := configstore.New(configstore.Options{
-		Client: clustertest.Client(t, e.Endpoints()), Prefix: "/ctl/", ValidateShed: ctlShed,
+		Client: cli, Prefix: "/ctl/", ValidateShed: ctlShed,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +94,7 @@ func startCtlEnv(t *testing.T) *ctlEnv {
 			t.Errorf("admin Run: %v", err)
 		}
 	})
-	return &ctlEnv{addr: srv.Addr(), tokenFile: clientToken, store: store}
+	return &ctlEnv{addr: srv.Addr(), tokenFile: clientToken, store: store, etcd: cli}
 }
 
 func must(t *testing.T, err error) {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/rules"
 )
 
 // Bounds on one request. They keep a single caller from making levee do
@@ -14,8 +15,9 @@ const (
 	MaxItems = 1000
 	// MaxEntries is the most entries in one descriptor.
 	MaxEntries = 1000
-	// MaxStringBytes is the longest key, value, domain or inline key.
-	MaxStringBytes = 4096
+	// MaxStringBytes is the longest key, value, domain or inline key; rule
+	// files are held to the same bound.
+	MaxStringBytes = rules.MaxStringBytes
 	// MaxHits is the most tokens one item may take.
 	MaxHits = 1<<32 - 1
 	// MinPeriod is the shortest inline limit period.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/levee-dev/levee/limiter/rules/rulestest"
 	"github.com/levee-dev/levee/shed"
 )
 
@@ -165,18 +166,8 @@ func TestLoadAllOrNothing(t *testing.T) {
 // visible names are links into "..data", itself a link to a timestamped
 // directory. Each file must be read once, through its visible name.
 func TestLoadConfigMap(t *testing.T) {
-	dir := t.TempDir()
-	ts := filepath.Join(dir, "..2026_01_01_00_00_00.123")
-	writeFile(t, filepath.Join(ts, "api.yaml"), "domain: api\n")
-	writeFile(t, filepath.Join(ts, "web.yaml"), "domain: web\n")
-	if err := os.Symlink(filepath.Base(ts), filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"api.yaml", "web.yaml"} {
-		if err := os.Symlink(filepath.Join("..data", n), filepath.Join(dir, n)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	m := rulestest.NewConfigMap(t, map[string]string{"api.yaml": "domain: api\n", "web.yaml": "domain: web\n"})
+	dir := m.Dir
 	writeFile(t, filepath.Join(dir, ".hidden.yaml"), "not: [valid")
 	writeFile(t, filepath.Join(dir, ".git", "x.yaml"), "not: [valid")
 
@@ -190,16 +181,7 @@ func TestLoadConfigMap(t *testing.T) {
 	}
 
 	// The atomic swap Kubernetes does on update.
-	ts2 := filepath.Join(dir, "..2026_01_02_00_00_00.456")
-	writeFile(t, filepath.Join(ts2, "api.yaml"), "domain: api2\n")
-	writeFile(t, filepath.Join(ts2, "web.yaml"), "domain: web\n")
-	tmp := filepath.Join(dir, "..data_tmp")
-	if err := os.Symlink(filepath.Base(ts2), tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
+	m.Update(map[string]string{"api.yaml": "domain: api2\n", "web.yaml": "domain: web\n"})
 	c, err = Load(dir)
 	if err != nil {
 		t.Fatal(err)

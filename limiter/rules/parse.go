@@ -29,6 +29,10 @@ const (
 	// of their depths. A Config's memory grows with both.
 	MaxRules  = 1 << 17
 	maxLevels = 1 << 20
+	// MaxStringBytes is the longest domain, descriptor key or value, here
+	// and in a request (engine.Validate refuses longer ones): a rule longer
+	// than a request can carry could never match.
+	MaxStringBytes = 4096
 )
 
 // validKeys is envoyproxy/ratelimit's key set plus levee's additions.
@@ -82,11 +86,11 @@ func (p *parser) misplaced(pr pair, field, where string) error {
 // Parse parses one rule file. name is used in errors and should be the
 // file's path. On failure the error is a *ParseError.
 //
-// Within the bounds MaxFileSize, MaxDepth and MaxRules, Parse accepts the
-// files envoyproxy/ratelimit accepts and refuses what it refuses, with its
-// wording; values of the wrong type (such as requests_per_unit: "abc"),
-// which envoyproxy/ratelimit reports as YAML decoding errors, get a message
-// naming the field. levee's own keys are checked strictly.
+// Within the bounds MaxFileSize, MaxDepth, MaxRules and MaxStringBytes,
+// Parse accepts the files envoyproxy/ratelimit accepts and refuses what it
+// refuses, with its wording; values of the wrong type (such as
+// requests_per_unit: "abc"), which envoyproxy/ratelimit reports as YAML
+// decoding errors, get a message naming the field. levee's own keys are checked strictly.
 func Parse(name string, data []byte) (*Domain, error) {
 	if len(data) > MaxFileSize {
 		return nil, &ParseError{File: name, Line: 1, Reason: fmt.Sprintf("file is larger than %d bytes", MaxFileSize)}
@@ -385,7 +389,7 @@ func (p *parser) domain(root *yaml.Node) (*Domain, error) {
 	for _, pr := range prs {
 		switch pr.key {
 		case "domain":
-			if d.Name, err = p.str(pr.value, "domain"); err != nil {
+			if d.Name, err = p.matchable(pr.value, "domain"); err != nil {
 				return nil, err
 			}
 			domainNode = pr.kn
@@ -456,10 +460,10 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 		v := pr.value
 		switch pr.key {
 		case "key":
-			key, err = p.str(v, "key")
+			key, err = p.matchable(v, "key")
 			keyNode = pr.kn
 		case "value":
-			value, err = p.str(v, "value")
+			value, err = p.matchable(v, "value")
 		case "rate_limit":
 			rateLimit, rateLimitKey = v, pr.kn
 		case "descriptors":
@@ -761,6 +765,16 @@ func (p *parser) str(n *yaml.Node, field string) (string, error) {
 		return "", p.errorf(n, field, "error checking config: %q is a float; quote it to use it as a string", n.Value)
 	}
 	return n.Value, nil
+}
+
+// matchable reads a string that requests are matched against: the domain,
+// a key or a value. It may be no longer than a request can carry.
+func (p *parser) matchable(n *yaml.Node, field string) (string, error) {
+	s, err := p.str(n, field)
+	if err == nil && len(s) > MaxStringBytes {
+		err = p.errorf(n, field, "%d bytes, more than the %d a request may carry", len(s), MaxStringBytes)
+	}
+	return s, err
 }
 
 // boolean reads a bool field; null is false. YAML 1.1 spellings (yes, on)

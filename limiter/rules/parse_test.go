@@ -123,6 +123,12 @@ func TestParseErrors(t *testing.T) {
 		{"too big", "domain: d\n#" + strings.Repeat("x", MaxFileSize), 1, "", "file is larger than 4194304 bytes"},
 		{"alias bomb", aliasBomb("x"), 0, "", "error loading config file: the document has more than 2097152 nodes (counting alias expansions)"},
 		{"descriptor bomb", manyDescriptors(), 0, "key", "too many descriptors: the limit is 131072 per file"},
+		{"long key", "domain: d\ndescriptors:\n  - key: " + strings.Repeat("k", MaxStringBytes+1) + "\n", 3, "key",
+			"4097 bytes, more than the 4096 a request may carry"},
+		{"long value", "domain: d\ndescriptors:\n  - key: k\n    value: " + strings.Repeat("v", MaxStringBytes+1) + "\n", 4, "value",
+			"4097 bytes, more than the 4096 a request may carry"},
+		{"long domain", "domain: " + strings.Repeat("d", MaxStringBytes+1) + "\n", 1, "domain",
+			"4097 bytes, more than the 4096 a request may carry"},
 		{"alias bomb in metadata", "domain: d\ndescriptors:\n  - key: a\n    metadata:\n      x: " + aliasBomb("metadata"), 0, "",
 			"error loading config file: the document has more than 2097152 nodes (counting alias expansions)"},
 	}
@@ -460,5 +466,15 @@ func TestUnits(t *testing.T) {
 		if got, err := ParseFailureMode(m.String()); err != nil || got != m {
 			t.Errorf("ParseFailureMode(%q) = %v, %v", m.String(), got, err)
 		}
+	}
+}
+
+// TestParseLongestStrings: a key, value and domain of exactly
+// MaxStringBytes load and match a request that carries as much.
+func TestParseLongestStrings(t *testing.T) {
+	long := func(c string) string { return strings.Repeat(c, MaxStringBytes) }
+	c := mustConfig(t, "domain: "+long("d")+"\ndescriptors:\n  - key: "+long("k")+"\n    value: "+long("v")+"\n")
+	if m := c.Match(long("d"), []Entry{{long("k"), long("v")}}); m.Rule == nil {
+		t.Fatal("the longest key and value do not match")
 	}
 }

@@ -45,6 +45,83 @@ func writeAtomic(t *testing.T, path, data string) {
 // waitFor is generous: the machine is shared, and only order matters here.
 const waitFor = 10 * time.Second
 
+// running is a Watcher's Run on its own goroutine, with what it applies
+// and what it reports.
+type running struct {
+	t        *testing.T
+	interval time.Duration
+	applied  chan *Config
+	failed   chan error
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// start runs w until stop or the end of the test.
+func start(t *testing.T, w *Watcher) *running {
+	r := &running{t: t, interval: w.interval, applied: make(chan *Config, 10), failed: make(chan error, 10), done: make(chan error, 1)}
+	w.OnError = func(err error) { r.failed <- err }
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() { r.done <- w.Run(ctx, func(c *Config) { r.applied <- c }) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop ends Run and checks that it returned the context's error.
+func (r *running) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	if err := <-r.done; !errors.Is(err, context.Canceled) {
+		r.t.Errorf("Run returned %v", err)
+	}
+}
+
+// next waits for the next Config applied; a reported error fails the test.
+func (r *running) next(what string) *Config {
+	r.t.Helper()
+	select {
+	case c := <-r.applied:
+		return c
+	case err := <-r.failed:
+		r.t.Fatalf("%s: unexpected reload error: %v", what, err)
+	case <-time.After(waitFor):
+		r.t.Fatalf("%s: no config applied", what)
+	}
+	return nil
+}
+
+// failure waits for the next error reported; a Config applied fails the
+// test.
+func (r *running) failure(what string) error {
+	r.t.Helper()
+	select {
+	case err := <-r.failed:
+		return err
+	case c := <-r.applied:
+		r.t.Fatalf("%s: config applied: %v", what, domainNames(c))
+	case <-time.After(waitFor):
+		r.t.Fatalf("%s: no error reported", what)
+	}
+	return nil
+}
+
+// quiet checks that several polls with nothing to do neither apply nor
+// report.
+func (r *running) quiet() {
+	r.t.Helper()
+	time.Sleep(10 * r.interval)
+	select {
+	case c := <-r.applied:
+		r.t.Fatalf("config applied without a change: %v", domainNames(c))
+	case err := <-r.failed:
+		r.t.Fatalf("error reported without a change: %v", err)
+	default:
+	}
+}
+
 func TestWatcher(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "api.yaml")
@@ -54,80 +131,36 @@ func TestWatcher(t *testing.T) {
 	writeAtomic(t, file, good1)
 
 	var logs syncBuffer
-	w := NewWatcher(dir, 20*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
-	applied := make(chan *Config, 10)
-	failed := make(chan error, 10)
-	w.OnError = func(err error) { failed <- err }
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, func(c *Config) { applied <- c }) }()
-	defer func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run returned %v", err)
-		}
-	}()
+	r := start(t, NewWatcher(dir, 20*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil))))
 
 	rpu := func(c *Config) uint32 {
 		t.Helper()
-		r := c.Match("api", e("k=x")).Rule
-		if r == nil {
+		rule := c.Match("api", e("k=x")).Rule
+		if rule == nil {
 			t.Fatal("no rule")
 		}
-		return r.RequestsPerUnit
-	}
-	next := func() *Config {
-		t.Helper()
-		select {
-		case c := <-applied:
-			return c
-		case err := <-failed:
-			t.Fatalf("unexpected reload error: %v", err)
-		case <-time.After(waitFor):
-			t.Fatal("no config applied")
-		}
-		return nil
-	}
-	quiet := func() {
-		t.Helper()
-		// Several polls with nothing to do must neither apply nor report.
-		time.Sleep(10 * 20 * time.Millisecond)
-		select {
-		case c := <-applied:
-			t.Fatalf("config applied without a change: %v", domainNames(c))
-		case err := <-failed:
-			t.Fatalf("error reported again: %v", err)
-		default:
-		}
+		return rule.RequestsPerUnit
 	}
 
 	// The first good config is applied at once.
-	if got := rpu(next()); got != 1 {
+	if got := rpu(r.next("start")); got != 1 {
 		t.Fatalf("initial requests_per_unit = %d", got)
 	}
-	quiet()
+	r.quiet()
 
 	// An edit is applied.
 	writeAtomic(t, file, good2)
-	if got := rpu(next()); got != 2 {
+	if got := rpu(r.next("edit")); got != 2 {
 		t.Fatalf("after edit requests_per_unit = %d", got)
 	}
 
 	// A broken edit is reported, once, and never applied.
 	writeAtomic(t, file, bad)
-	select {
-	case err := <-failed:
-		var pe *ParseError
-		if !errors.As(err, &pe) || pe.Line != 4 || pe.Field != "rate_limit.unit" {
-			t.Errorf("error = %v", err)
-		}
-	case c := <-applied:
-		t.Fatalf("bad config applied: %v", domainNames(c))
-	case <-time.After(waitFor):
-		t.Fatal("bad edit not reported")
+	var pe *ParseError
+	if err := r.failure("bad edit"); !errors.As(err, &pe) || pe.Line != 4 || pe.Field != "rate_limit.unit" {
+		t.Errorf("error = %v", err)
 	}
-	quiet()
+	r.quiet()
 	out := logs.String()
 	if !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "path="+file) || !strings.Contains(out, "line=4") ||
 		!strings.Contains(out, "reason=\"invalid rate limit unit 'secnd'\"") {
@@ -136,12 +169,12 @@ func TestWatcher(t *testing.T) {
 
 	// The fix is applied again.
 	writeAtomic(t, file, good1)
-	if got := rpu(next()); got != 1 {
+	if got := rpu(r.next("fix")); got != 1 {
 		t.Fatalf("after fix requests_per_unit = %d", got)
 	}
 
-	// An edit that keeps the size and the modification time is still seen,
-	// thanks to the content hash.
+	// An edit that keeps the size and the modification time is still seen:
+	// the file renamed into place is another file.
 	fi, err := os.Stat(file)
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +187,7 @@ func TestWatcher(t *testing.T) {
 	if err := os.Rename(tmp, file); err != nil {
 		t.Fatal(err)
 	}
-	if got := rpu(next()); got != 7 {
+	if got := rpu(r.next("same-size edit")); got != 7 {
 		t.Fatalf("after same-size edit requests_per_unit = %d", got)
 	}
 
@@ -162,17 +195,10 @@ func TestWatcher(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-failed:
-		if !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("error = %v", err)
-		}
-	case c := <-applied:
-		t.Fatalf("config applied after removal: %v", domainNames(c))
-	case <-time.After(waitFor):
-		t.Fatal("removal not reported")
+	if err := r.failure("removal"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("error = %v", err)
 	}
-	quiet()
+	r.quiet()
 }
 
 // TestWatcherStartsBroken: a watcher whose first load fails reports it and
@@ -182,38 +208,15 @@ func TestWatcherStartsBroken(t *testing.T) {
 	file := filepath.Join(dir, "a.yaml")
 	writeFile(t, file, "domain: \"\"\n")
 	w := NewWatcher(file, 20*time.Millisecond, nil)
-	applied := make(chan *Config, 10)
-	failed := make(chan error, 10)
-	w.OnError = func(err error) { failed <- err }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, func(c *Config) { applied <- c }) }()
-
-	select {
-	case err := <-failed:
-		if !strings.Contains(err.Error(), "config file cannot have empty domain") {
-			t.Errorf("error = %v", err)
-		}
-	case <-applied:
-		t.Fatal("bad config applied")
-	case <-time.After(waitFor):
-		t.Fatal("no error")
+	r := start(t, w)
+	if err := r.failure("start"); !strings.Contains(err.Error(), "config file cannot have empty domain") {
+		t.Errorf("error = %v", err)
 	}
 	writeAtomic(t, file, "domain: ok\n")
-	select {
-	case c := <-applied:
-		if c.Domain("ok") == nil {
-			t.Errorf("applied %v", domainNames(c))
-		}
-	case err := <-failed:
-		t.Fatalf("error: %v", err)
-	case <-time.After(waitFor):
-		t.Fatal("fix not applied")
+	if c := r.next("fix"); c.Domain("ok") == nil {
+		t.Errorf("applied %v", domainNames(c))
 	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Errorf("Run returned %v", err)
-	}
+	r.stop()
 	if err := w.Run(context.Background(), nil); err == nil {
 		t.Error("Run accepted a nil apply function")
 	}

@@ -468,9 +468,12 @@ type ApplyConfigResponse struct {
 	// Unified diff from the current version to the bundle.
 	Diff string `protobuf:"bytes,3,opt,name=diff,proto3" json:"diff,omitempty"`
 	// Non-fatal remarks on the rule files, "file:line: field: reason".
-	Warnings      []string `protobuf:"bytes,4,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Warnings []string `protobuf:"bytes,4,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The malformed current value the change replaced (for a dry run, would
+	// replace); unset if the current value was readable.
+	ReplacedMalformed *MalformedValue `protobuf:"bytes,5,opt,name=replaced_malformed,json=replacedMalformed,proto3" json:"replaced_malformed,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ApplyConfigResponse) Reset() {
@@ -531,6 +534,95 @@ func (x *ApplyConfigResponse) GetWarnings() []string {
 	return nil
 }
 
+func (x *ApplyConfigResponse) GetReplacedMalformed() *MalformedValue {
+	if x != nil {
+		return x.ReplacedMalformed
+	}
+	return nil
+}
+
+// MalformedValue identifies a stored value that could not be used.
+type MalformedValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The etcd key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The key's mod revision.
+	ModRevision int64 `protobuf:"varint,2,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	// The value's size in bytes.
+	Size int64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// xxhash64 of the value, 16 hex digits.
+	Xxhash64 string `protobuf:"bytes,4,opt,name=xxhash64,proto3" json:"xxhash64,omitempty"`
+	// The value's first bytes (at most 64), quoted with Go escapes.
+	Head          string `protobuf:"bytes,5,opt,name=head,proto3" json:"head,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MalformedValue) Reset() {
+	*x = MalformedValue{}
+	mi := &file_levee_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MalformedValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MalformedValue) ProtoMessage() {}
+
+func (x *MalformedValue) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MalformedValue.ProtoReflect.Descriptor instead.
+func (*MalformedValue) Descriptor() ([]byte, []int) {
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MalformedValue) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *MalformedValue) GetModRevision() int64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *MalformedValue) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *MalformedValue) GetXxhash64() string {
+	if x != nil {
+		return x.Xxhash64
+	}
+	return ""
+}
+
+func (x *MalformedValue) GetHead() string {
+	if x != nil {
+		return x.Head
+	}
+	return ""
+}
+
 // DiffConfigRequest names the two sides of a diff.
 type DiffConfigRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -549,7 +641,7 @@ type DiffConfigRequest struct {
 
 func (x *DiffConfigRequest) Reset() {
 	*x = DiffConfigRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[7]
+	mi := &file_levee_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +653,7 @@ func (x *DiffConfigRequest) String() string {
 func (*DiffConfigRequest) ProtoMessage() {}
 
 func (x *DiffConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[7]
+	mi := &file_levee_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +666,7 @@ func (x *DiffConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffConfigRequest.ProtoReflect.Descriptor instead.
 func (*DiffConfigRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DiffConfigRequest) GetFromVersion() int64 {
@@ -644,7 +736,7 @@ type DiffConfigResponse struct {
 
 func (x *DiffConfigResponse) Reset() {
 	*x = DiffConfigResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[8]
+	mi := &file_levee_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +748,7 @@ func (x *DiffConfigResponse) String() string {
 func (*DiffConfigResponse) ProtoMessage() {}
 
 func (x *DiffConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[8]
+	mi := &file_levee_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +761,7 @@ func (x *DiffConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiffConfigResponse.ProtoReflect.Descriptor instead.
 func (*DiffConfigResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DiffConfigResponse) GetFromVersion() int64 {
@@ -711,7 +803,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[9]
+	mi := &file_levee_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +815,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[9]
+	mi := &file_levee_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +828,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HistoryRequest) GetLimit() int32 {
@@ -757,7 +849,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[10]
+	mi := &file_levee_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +861,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[10]
+	mi := &file_levee_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +874,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HistoryResponse) GetVersions() []*ConfigVersion {
@@ -807,7 +899,7 @@ type RollbackRequest struct {
 
 func (x *RollbackRequest) Reset() {
 	*x = RollbackRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[11]
+	mi := &file_levee_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +911,7 @@ func (x *RollbackRequest) String() string {
 func (*RollbackRequest) ProtoMessage() {}
 
 func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[11]
+	mi := &file_levee_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +924,7 @@ func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
 func (*RollbackRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RollbackRequest) GetVersion() int64 {
@@ -865,14 +957,17 @@ type RollbackResponse struct {
 	// Whether a new version was stored.
 	Changed bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
 	// Unified diff from the previous current version.
-	Diff          string `protobuf:"bytes,3,opt,name=diff,proto3" json:"diff,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Diff string `protobuf:"bytes,3,opt,name=diff,proto3" json:"diff,omitempty"`
+	// The malformed current value the rollback replaced; unset if the current
+	// value was readable.
+	ReplacedMalformed *MalformedValue `protobuf:"bytes,4,opt,name=replaced_malformed,json=replacedMalformed,proto3" json:"replaced_malformed,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RollbackResponse) Reset() {
 	*x = RollbackResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[12]
+	mi := &file_levee_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +979,7 @@ func (x *RollbackResponse) String() string {
 func (*RollbackResponse) ProtoMessage() {}
 
 func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[12]
+	mi := &file_levee_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +992,7 @@ func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
 func (*RollbackResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RollbackResponse) GetVersion() *ConfigVersion {
@@ -919,6 +1014,13 @@ func (x *RollbackResponse) GetDiff() string {
 		return x.Diff
 	}
 	return ""
+}
+
+func (x *RollbackResponse) GetReplacedMalformed() *MalformedValue {
+	if x != nil {
+		return x.ReplacedMalformed
+	}
+	return nil
 }
 
 // Override pins a resource's shedding threshold: only traffic at
@@ -944,7 +1046,7 @@ type Override struct {
 
 func (x *Override) Reset() {
 	*x = Override{}
-	mi := &file_levee_v1_admin_proto_msgTypes[13]
+	mi := &file_levee_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1058,7 @@ func (x *Override) String() string {
 func (*Override) ProtoMessage() {}
 
 func (x *Override) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[13]
+	mi := &file_levee_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1071,7 @@ func (x *Override) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Override.ProtoReflect.Descriptor instead.
 func (*Override) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Override) GetResource() string {
@@ -1032,7 +1134,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[14]
+	mi := &file_levee_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1146,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[14]
+	mi := &file_levee_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1159,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetOverrideRequest) GetResource() string {
@@ -1101,7 +1203,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[15]
+	mi := &file_levee_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1215,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[15]
+	mi := &file_levee_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1228,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetOverrideResponse) GetOverride() *Override {
@@ -1156,7 +1258,7 @@ type ClearOverrideRequest struct {
 
 func (x *ClearOverrideRequest) Reset() {
 	*x = ClearOverrideRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[16]
+	mi := &file_levee_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1270,7 @@ func (x *ClearOverrideRequest) String() string {
 func (*ClearOverrideRequest) ProtoMessage() {}
 
 func (x *ClearOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[16]
+	mi := &file_levee_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1283,7 @@ func (x *ClearOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearOverrideRequest.ProtoReflect.Descriptor instead.
 func (*ClearOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClearOverrideRequest) GetResource() string {
@@ -1209,7 +1311,7 @@ type ClearOverrideResponse struct {
 
 func (x *ClearOverrideResponse) Reset() {
 	*x = ClearOverrideResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[17]
+	mi := &file_levee_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1323,7 @@ func (x *ClearOverrideResponse) String() string {
 func (*ClearOverrideResponse) ProtoMessage() {}
 
 func (x *ClearOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[17]
+	mi := &file_levee_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1336,7 @@ func (x *ClearOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearOverrideResponse.ProtoReflect.Descriptor instead.
 func (*ClearOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClearOverrideResponse) GetCleared() *Override {
@@ -1253,7 +1355,7 @@ type ListOverridesRequest struct {
 
 func (x *ListOverridesRequest) Reset() {
 	*x = ListOverridesRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[18]
+	mi := &file_levee_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1367,7 @@ func (x *ListOverridesRequest) String() string {
 func (*ListOverridesRequest) ProtoMessage() {}
 
 func (x *ListOverridesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[18]
+	mi := &file_levee_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1380,7 @@ func (x *ListOverridesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverridesRequest.ProtoReflect.Descriptor instead.
 func (*ListOverridesRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 // ListOverridesResponse lists overrides.
@@ -1292,7 +1394,7 @@ type ListOverridesResponse struct {
 
 func (x *ListOverridesResponse) Reset() {
 	*x = ListOverridesResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[19]
+	mi := &file_levee_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1406,7 @@ func (x *ListOverridesResponse) String() string {
 func (*ListOverridesResponse) ProtoMessage() {}
 
 func (x *ListOverridesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[19]
+	mi := &file_levee_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1419,7 @@ func (x *ListOverridesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverridesResponse.ProtoReflect.Descriptor instead.
 func (*ListOverridesResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListOverridesResponse) GetOverrides() []*Override {
@@ -1336,7 +1438,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[20]
+	mi := &file_levee_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1450,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[20]
+	mi := &file_levee_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1463,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 // StatusResponse describes the cluster as seen by the node that answers.
@@ -1384,7 +1486,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[21]
+	mi := &file_levee_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1498,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[21]
+	mi := &file_levee_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1511,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusResponse) GetSelf() string {
@@ -1479,7 +1581,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_levee_v1_admin_proto_msgTypes[22]
+	mi := &file_levee_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1593,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[22]
+	mi := &file_levee_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1606,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MemberStatus) GetId() string {
@@ -1597,7 +1699,7 @@ type PriorityRate struct {
 
 func (x *PriorityRate) Reset() {
 	*x = PriorityRate{}
-	mi := &file_levee_v1_admin_proto_msgTypes[23]
+	mi := &file_levee_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1711,7 @@ func (x *PriorityRate) String() string {
 func (*PriorityRate) ProtoMessage() {}
 
 func (x *PriorityRate) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[23]
+	mi := &file_levee_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1724,7 @@ func (x *PriorityRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PriorityRate.ProtoReflect.Descriptor instead.
 func (*PriorityRate) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PriorityRate) GetPriority() Priority {
@@ -1659,7 +1761,7 @@ type ResourceThreshold struct {
 
 func (x *ResourceThreshold) Reset() {
 	*x = ResourceThreshold{}
-	mi := &file_levee_v1_admin_proto_msgTypes[24]
+	mi := &file_levee_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1773,7 @@ func (x *ResourceThreshold) String() string {
 func (*ResourceThreshold) ProtoMessage() {}
 
 func (x *ResourceThreshold) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[24]
+	mi := &file_levee_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1786,7 @@ func (x *ResourceThreshold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceThreshold.ProtoReflect.Descriptor instead.
 func (*ResourceThreshold) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ResourceThreshold) GetResource() string {
@@ -1737,7 +1839,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_levee_v1_admin_proto_msgTypes[25]
+	mi := &file_levee_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1851,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[25]
+	mi := &file_levee_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1864,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExplainRequest) GetDomain() string {
@@ -1805,7 +1907,7 @@ type ExplainStep struct {
 
 func (x *ExplainStep) Reset() {
 	*x = ExplainStep{}
-	mi := &file_levee_v1_admin_proto_msgTypes[26]
+	mi := &file_levee_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1919,7 @@ func (x *ExplainStep) String() string {
 func (*ExplainStep) ProtoMessage() {}
 
 func (x *ExplainStep) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[26]
+	mi := &file_levee_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1932,7 @@ func (x *ExplainStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStep.ProtoReflect.Descriptor instead.
 func (*ExplainStep) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExplainStep) GetEntry() *Entry {
@@ -1904,7 +2006,7 @@ type ExplainedRule struct {
 
 func (x *ExplainedRule) Reset() {
 	*x = ExplainedRule{}
-	mi := &file_levee_v1_admin_proto_msgTypes[27]
+	mi := &file_levee_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2018,7 @@ func (x *ExplainedRule) String() string {
 func (*ExplainedRule) ProtoMessage() {}
 
 func (x *ExplainedRule) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[27]
+	mi := &file_levee_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2031,7 @@ func (x *ExplainedRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainedRule.ProtoReflect.Descriptor instead.
 func (*ExplainedRule) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExplainedRule) GetId() string {
@@ -2044,7 +2146,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[28]
+	mi := &file_levee_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2158,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[28]
+	mi := &file_levee_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2171,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExplainResponse) GetVersion() int64 {
@@ -2143,12 +2245,19 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	"\x06bundle\x18\x01 \x01(\v2\x16.levee.v1.ConfigBundleR\x06bundle\x12)\n" +
 	"\x10expected_version\x18\x02 \x01(\x03R\x0fexpectedVersion\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x92\x01\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xdb\x01\n" +
 	"\x13ApplyConfigResponse\x121\n" +
 	"\aversion\x18\x01 \x01(\v2\x17.levee.v1.ConfigVersionR\aversion\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12\x12\n" +
 	"\x04diff\x18\x03 \x01(\tR\x04diff\x12\x1a\n" +
-	"\bwarnings\x18\x04 \x03(\tR\bwarnings\"\x8f\x01\n" +
+	"\bwarnings\x18\x04 \x03(\tR\bwarnings\x12G\n" +
+	"\x12replaced_malformed\x18\x05 \x01(\v2\x18.levee.v1.MalformedValueR\x11replacedMalformed\"\x89\x01\n" +
+	"\x0eMalformedValue\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12!\n" +
+	"\fmod_revision\x18\x02 \x01(\x03R\vmodRevision\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1a\n" +
+	"\bxxhash64\x18\x04 \x01(\tR\bxxhash64\x12\x12\n" +
+	"\x04head\x18\x05 \x01(\tR\x04head\"\x8f\x01\n" +
 	"\x11DiffConfigRequest\x12!\n" +
 	"\ffrom_version\x18\x01 \x01(\x03R\vfromVersion\x12\x1f\n" +
 	"\n" +
@@ -2168,11 +2277,12 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	"\x0fRollbackRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12)\n" +
 	"\x10expected_version\x18\x02 \x01(\x03R\x0fexpectedVersion\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"s\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xbc\x01\n" +
 	"\x10RollbackResponse\x121\n" +
 	"\aversion\x18\x01 \x01(\v2\x17.levee.v1.ConfigVersionR\aversion\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12\x12\n" +
-	"\x04diff\x18\x03 \x01(\tR\x04diff\"\xf2\x01\n" +
+	"\x04diff\x18\x03 \x01(\tR\x04diff\x12G\n" +
+	"\x12replaced_malformed\x18\x04 \x01(\v2\x18.levee.v1.MalformedValueR\x11replacedMalformed\"\xf2\x01\n" +
 	"\bOverride\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x125\n" +
 	"\fmin_priority\x18\x02 \x01(\x0e2\x12.levee.v1.PriorityR\vminPriority\x120\n" +
@@ -2296,7 +2406,7 @@ func file_levee_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_levee_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_levee_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_levee_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_levee_v1_admin_proto_goTypes = []any{
 	(MatchKind)(0),                // 0: levee.v1.MatchKind
 	(*ConfigBundle)(nil),          // 1: levee.v1.ConfigBundle
@@ -2306,90 +2416,93 @@ var file_levee_v1_admin_proto_goTypes = []any{
 	(*GetConfigResponse)(nil),     // 5: levee.v1.GetConfigResponse
 	(*ApplyConfigRequest)(nil),    // 6: levee.v1.ApplyConfigRequest
 	(*ApplyConfigResponse)(nil),   // 7: levee.v1.ApplyConfigResponse
-	(*DiffConfigRequest)(nil),     // 8: levee.v1.DiffConfigRequest
-	(*DiffConfigResponse)(nil),    // 9: levee.v1.DiffConfigResponse
-	(*HistoryRequest)(nil),        // 10: levee.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 11: levee.v1.HistoryResponse
-	(*RollbackRequest)(nil),       // 12: levee.v1.RollbackRequest
-	(*RollbackResponse)(nil),      // 13: levee.v1.RollbackResponse
-	(*Override)(nil),              // 14: levee.v1.Override
-	(*SetOverrideRequest)(nil),    // 15: levee.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),   // 16: levee.v1.SetOverrideResponse
-	(*ClearOverrideRequest)(nil),  // 17: levee.v1.ClearOverrideRequest
-	(*ClearOverrideResponse)(nil), // 18: levee.v1.ClearOverrideResponse
-	(*ListOverridesRequest)(nil),  // 19: levee.v1.ListOverridesRequest
-	(*ListOverridesResponse)(nil), // 20: levee.v1.ListOverridesResponse
-	(*StatusRequest)(nil),         // 21: levee.v1.StatusRequest
-	(*StatusResponse)(nil),        // 22: levee.v1.StatusResponse
-	(*MemberStatus)(nil),          // 23: levee.v1.MemberStatus
-	(*PriorityRate)(nil),          // 24: levee.v1.PriorityRate
-	(*ResourceThreshold)(nil),     // 25: levee.v1.ResourceThreshold
-	(*ExplainRequest)(nil),        // 26: levee.v1.ExplainRequest
-	(*ExplainStep)(nil),           // 27: levee.v1.ExplainStep
-	(*ExplainedRule)(nil),         // 28: levee.v1.ExplainedRule
-	(*ExplainResponse)(nil),       // 29: levee.v1.ExplainResponse
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(Priority)(0),                 // 31: levee.v1.Priority
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*Entry)(nil),                 // 33: levee.v1.Entry
+	(*MalformedValue)(nil),        // 8: levee.v1.MalformedValue
+	(*DiffConfigRequest)(nil),     // 9: levee.v1.DiffConfigRequest
+	(*DiffConfigResponse)(nil),    // 10: levee.v1.DiffConfigResponse
+	(*HistoryRequest)(nil),        // 11: levee.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 12: levee.v1.HistoryResponse
+	(*RollbackRequest)(nil),       // 13: levee.v1.RollbackRequest
+	(*RollbackResponse)(nil),      // 14: levee.v1.RollbackResponse
+	(*Override)(nil),              // 15: levee.v1.Override
+	(*SetOverrideRequest)(nil),    // 16: levee.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),   // 17: levee.v1.SetOverrideResponse
+	(*ClearOverrideRequest)(nil),  // 18: levee.v1.ClearOverrideRequest
+	(*ClearOverrideResponse)(nil), // 19: levee.v1.ClearOverrideResponse
+	(*ListOverridesRequest)(nil),  // 20: levee.v1.ListOverridesRequest
+	(*ListOverridesResponse)(nil), // 21: levee.v1.ListOverridesResponse
+	(*StatusRequest)(nil),         // 22: levee.v1.StatusRequest
+	(*StatusResponse)(nil),        // 23: levee.v1.StatusResponse
+	(*MemberStatus)(nil),          // 24: levee.v1.MemberStatus
+	(*PriorityRate)(nil),          // 25: levee.v1.PriorityRate
+	(*ResourceThreshold)(nil),     // 26: levee.v1.ResourceThreshold
+	(*ExplainRequest)(nil),        // 27: levee.v1.ExplainRequest
+	(*ExplainStep)(nil),           // 28: levee.v1.ExplainStep
+	(*ExplainedRule)(nil),         // 29: levee.v1.ExplainedRule
+	(*ExplainResponse)(nil),       // 30: levee.v1.ExplainResponse
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(Priority)(0),                 // 32: levee.v1.Priority
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*Entry)(nil),                 // 34: levee.v1.Entry
 }
 var file_levee_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: levee.v1.ConfigBundle.rule_files:type_name -> levee.v1.RuleFile
-	30, // 1: levee.v1.ConfigVersion.time:type_name -> google.protobuf.Timestamp
+	31, // 1: levee.v1.ConfigVersion.time:type_name -> google.protobuf.Timestamp
 	3,  // 2: levee.v1.GetConfigResponse.version:type_name -> levee.v1.ConfigVersion
 	1,  // 3: levee.v1.GetConfigResponse.bundle:type_name -> levee.v1.ConfigBundle
 	1,  // 4: levee.v1.ApplyConfigRequest.bundle:type_name -> levee.v1.ConfigBundle
 	3,  // 5: levee.v1.ApplyConfigResponse.version:type_name -> levee.v1.ConfigVersion
-	1,  // 6: levee.v1.DiffConfigRequest.bundle:type_name -> levee.v1.ConfigBundle
-	3,  // 7: levee.v1.HistoryResponse.versions:type_name -> levee.v1.ConfigVersion
-	3,  // 8: levee.v1.RollbackResponse.version:type_name -> levee.v1.ConfigVersion
-	31, // 9: levee.v1.Override.min_priority:type_name -> levee.v1.Priority
-	30, // 10: levee.v1.Override.until:type_name -> google.protobuf.Timestamp
-	30, // 11: levee.v1.Override.set_at:type_name -> google.protobuf.Timestamp
-	31, // 12: levee.v1.SetOverrideRequest.min_priority:type_name -> levee.v1.Priority
-	32, // 13: levee.v1.SetOverrideRequest.duration:type_name -> google.protobuf.Duration
-	14, // 14: levee.v1.SetOverrideResponse.override:type_name -> levee.v1.Override
-	14, // 15: levee.v1.SetOverrideResponse.replaced:type_name -> levee.v1.Override
-	14, // 16: levee.v1.ClearOverrideResponse.cleared:type_name -> levee.v1.Override
-	14, // 17: levee.v1.ListOverridesResponse.overrides:type_name -> levee.v1.Override
-	23, // 18: levee.v1.StatusResponse.members:type_name -> levee.v1.MemberStatus
-	14, // 19: levee.v1.StatusResponse.overrides:type_name -> levee.v1.Override
-	24, // 20: levee.v1.MemberStatus.refusals:type_name -> levee.v1.PriorityRate
-	25, // 21: levee.v1.MemberStatus.thresholds:type_name -> levee.v1.ResourceThreshold
-	31, // 22: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
-	31, // 23: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
-	30, // 24: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
-	33, // 25: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
-	33, // 26: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
-	0,  // 27: levee.v1.ExplainStep.kind:type_name -> levee.v1.MatchKind
-	31, // 28: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
-	28, // 29: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
-	27, // 30: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
-	4,  // 31: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
-	6,  // 32: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
-	8,  // 33: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
-	10, // 34: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
-	12, // 35: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
-	15, // 36: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
-	17, // 37: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
-	19, // 38: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
-	21, // 39: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
-	26, // 40: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
-	5,  // 41: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
-	7,  // 42: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
-	9,  // 43: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
-	11, // 44: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
-	13, // 45: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
-	16, // 46: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
-	18, // 47: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
-	20, // 48: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
-	22, // 49: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
-	29, // 50: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
-	41, // [41:51] is the sub-list for method output_type
-	31, // [31:41] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	8,  // 6: levee.v1.ApplyConfigResponse.replaced_malformed:type_name -> levee.v1.MalformedValue
+	1,  // 7: levee.v1.DiffConfigRequest.bundle:type_name -> levee.v1.ConfigBundle
+	3,  // 8: levee.v1.HistoryResponse.versions:type_name -> levee.v1.ConfigVersion
+	3,  // 9: levee.v1.RollbackResponse.version:type_name -> levee.v1.ConfigVersion
+	8,  // 10: levee.v1.RollbackResponse.replaced_malformed:type_name -> levee.v1.MalformedValue
+	32, // 11: levee.v1.Override.min_priority:type_name -> levee.v1.Priority
+	31, // 12: levee.v1.Override.until:type_name -> google.protobuf.Timestamp
+	31, // 13: levee.v1.Override.set_at:type_name -> google.protobuf.Timestamp
+	32, // 14: levee.v1.SetOverrideRequest.min_priority:type_name -> levee.v1.Priority
+	33, // 15: levee.v1.SetOverrideRequest.duration:type_name -> google.protobuf.Duration
+	15, // 16: levee.v1.SetOverrideResponse.override:type_name -> levee.v1.Override
+	15, // 17: levee.v1.SetOverrideResponse.replaced:type_name -> levee.v1.Override
+	15, // 18: levee.v1.ClearOverrideResponse.cleared:type_name -> levee.v1.Override
+	15, // 19: levee.v1.ListOverridesResponse.overrides:type_name -> levee.v1.Override
+	24, // 20: levee.v1.StatusResponse.members:type_name -> levee.v1.MemberStatus
+	15, // 21: levee.v1.StatusResponse.overrides:type_name -> levee.v1.Override
+	25, // 22: levee.v1.MemberStatus.refusals:type_name -> levee.v1.PriorityRate
+	26, // 23: levee.v1.MemberStatus.thresholds:type_name -> levee.v1.ResourceThreshold
+	32, // 24: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
+	32, // 25: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
+	31, // 26: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
+	34, // 27: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
+	34, // 28: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
+	0,  // 29: levee.v1.ExplainStep.kind:type_name -> levee.v1.MatchKind
+	32, // 30: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
+	29, // 31: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
+	28, // 32: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
+	4,  // 33: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
+	6,  // 34: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
+	9,  // 35: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
+	11, // 36: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
+	13, // 37: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
+	16, // 38: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
+	18, // 39: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
+	20, // 40: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
+	22, // 41: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
+	27, // 42: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
+	5,  // 43: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
+	7,  // 44: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
+	10, // 45: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
+	12, // 46: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
+	14, // 47: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
+	17, // 48: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
+	19, // 49: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
+	21, // 50: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
+	23, // 51: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
+	30, // 52: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
+	43, // [43:53] is the sub-list for method output_type
+	33, // [33:43] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_levee_v1_admin_proto_init() }
@@ -2398,7 +2511,7 @@ func file_levee_v1_admin_proto_init() {
 		return
 	}
 	file_levee_v1_ratelimit_proto_init()
-	file_levee_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
+	file_levee_v1_admin_proto_msgTypes[8].OneofWrappers = []any{
 		(*DiffConfigRequest_ToVersion)(nil),
 		(*DiffConfigRequest_Bundle)(nil),
 	}
@@ -2408,7 +2521,7 @@ func file_levee_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_levee_v1_admin_proto_rawDesc), len(file_levee_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -50,7 +50,11 @@ const (
 // certificate name), never a request field.
 type AdminServiceClient interface {
 	// GetConfig returns one stored version of the configuration, by default
-	// the current one.
+	// the current one. If the current key holds a value that names no usable
+	// version, it fails with FAILED_PRECONDITION and an ErrorInfo (reason
+	// CONFIG_CURRENT_MALFORMED) whose metadata describes the value and gives,
+	// as current_version, the expected_version with which ApplyConfig and
+	// Rollback replace it.
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
 	// ApplyConfig replaces the whole configuration with a new version, if the
 	// current version is still expected_version. With dry_run it only
@@ -204,7 +208,11 @@ func (c *adminServiceClient) Explain(ctx context.Context, in *ExplainRequest, op
 // certificate name), never a request field.
 type AdminServiceServer interface {
 	// GetConfig returns one stored version of the configuration, by default
-	// the current one.
+	// the current one. If the current key holds a value that names no usable
+	// version, it fails with FAILED_PRECONDITION and an ErrorInfo (reason
+	// CONFIG_CURRENT_MALFORMED) whose metadata describes the value and gives,
+	// as current_version, the expected_version with which ApplyConfig and
+	// Rollback replace it.
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
 	// ApplyConfig replaces the whole configuration with a new version, if the
 	// current version is still expected_version. With dry_run it only

@@ -27,6 +27,11 @@ const (
 	// ReasonConflict is the ErrorInfo reason of a version conflict; its
 	// metadata holds "current_version" and "expected_version".
 	ReasonConflict = "CONFIG_VERSION_CONFLICT"
+	// ReasonMalformed is the ErrorInfo reason of a current key that holds
+	// a value naming no usable version; its metadata holds
+	// "current_version" (what a write replacing it must expect), "key",
+	// "mod_revision", "size", "xxhash64" and "head".
+	ReasonMalformed = "CONFIG_CURRENT_MALFORMED"
 )
 
 // Bounds on requests.
@@ -69,6 +74,7 @@ func (s *service) ApplyConfig(ctx context.Context, req *leveev1.ApplyConfigReque
 	}
 	return &leveev1.ApplyConfigResponse{
 		Version: metaToProto(res.Meta), Changed: res.Changed, Diff: res.Diff, Warnings: res.Warnings,
+		ReplacedMalformed: rawToProto(res.Replaced),
 	}, nil
 }
 
@@ -127,7 +133,15 @@ func (s *service) Rollback(ctx context.Context, req *leveev1.RollbackRequest) (*
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &leveev1.RollbackResponse{Version: metaToProto(res.Meta), Changed: res.Changed, Diff: res.Diff}, nil
+	return &leveev1.RollbackResponse{Version: metaToProto(res.Meta), Changed: res.Changed, Diff: res.Diff,
+		ReplacedMalformed: rawToProto(res.Replaced)}, nil
+}
+
+func rawToProto(r *configstore.RawValue) *leveev1.MalformedValue {
+	if r == nil {
+		return nil
+	}
+	return &leveev1.MalformedValue{Key: r.Key, ModRevision: r.ModRevision, Size: int64(r.Size), Xxhash64: r.XXHash, Head: r.Head}
 }
 
 func (s *service) SetOverride(ctx context.Context, req *leveev1.SetOverrideRequest) (*leveev1.SetOverrideResponse, error) {
@@ -255,12 +269,30 @@ func (s *service) Explain(ctx context.Context, req *leveev1.ExplainRequest) (*le
 
 // toStatus maps a configstore error to a gRPC status: a conflict to
 // ABORTED with the versions in an ErrorInfo, a validation error to
-// INVALID_ARGUMENT with one BadRequest violation per problem, a missing
-// version or override to NOT_FOUND, and etcd's own codes through.
+// INVALID_ARGUMENT with one BadRequest violation per problem, a malformed
+// current value to FAILED_PRECONDITION with an ErrorInfo describing it, a
+// missing version or override to NOT_FOUND, and etcd's own codes through.
 func toStatus(err error) error {
 	var ce *configstore.ConflictError
 	var ve *configstore.ValidationError
+	var me *configstore.MalformedError
 	switch {
+	case errors.As(err, &me):
+		st := status.New(codes.FailedPrecondition, me.Error())
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{
+			Reason: ReasonMalformed, Domain: ErrorDomain,
+			Metadata: map[string]string{
+				"current_version": strconv.FormatInt(me.Version, 10),
+				"key":             me.Value.Key,
+				"mod_revision":    strconv.FormatInt(me.Value.ModRevision, 10),
+				"size":            strconv.Itoa(me.Value.Size),
+				"xxhash64":        me.Value.XXHash,
+				"head":            me.Value.Head,
+			},
+		}); derr == nil {
+			st = d
+		}
+		return st.Err()
 	case errors.As(err, &ce):
 		st := status.New(codes.Aborted, ce.Error())
 		if d, derr := st.WithDetails(&errdetails.ErrorInfo{

@@ -10,10 +10,15 @@ import (
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
-// MaxBundleSize bounds the total size of a bundle's files. A version is
-// stored as one etcd value, and etcd refuses requests above 1.5 MiB by
-// default; JSON escaping adds a little.
+// MaxBundleSize bounds the total size of a bundle: its rule files' names
+// and contents and its shedding policy. A version is stored as one etcd
+// value, and etcd refuses requests above 1.5 MiB by default.
 const MaxBundleSize = 1 << 20
+
+// maxRecordSize bounds a version as stored: the bundle as JSON, whose
+// escapes make it larger, and its metadata. It is written in one
+// transaction with the current key, which must stay below etcd's 1.5 MiB.
+const maxRecordSize = MaxBundleSize + MaxBundleSize/4
 
 // maxNameLen bounds a rule file name.
 const maxNameLen = 255
@@ -54,6 +59,22 @@ func (b Bundle) Size() int {
 		n += len(name) + len(d)
 	}
 	return n
+}
+
+// CheckSize returns a *ValidationError if b is larger than MaxBundleSize,
+// so that a client can refuse it before sending it.
+func (b Bundle) CheckSize() error {
+	if err := b.sizeProblem(); err != nil {
+		return &ValidationError{Problems: []error{err}}
+	}
+	return nil
+}
+
+func (b Bundle) sizeProblem() error {
+	if n := b.Size(); n > MaxBundleSize {
+		return fmt.Errorf("bundle is %d bytes, more than the limit of %d (one version is stored as one etcd value)", n, MaxBundleSize)
+	}
+	return nil
 }
 
 // Names returns the rule file names, sorted.
@@ -107,8 +128,8 @@ func checkName(n string) string {
 // reported, not just the first, in file name order.
 func compile(b Bundle, validateShed func([]byte) ([]string, error)) (*rules.Config, []string, error) {
 	var problems []error
-	if n := b.Size(); n > MaxBundleSize {
-		problems = append(problems, fmt.Errorf("bundle is %d bytes, more than the limit of %d", n, MaxBundleSize))
+	if err := b.sizeProblem(); err != nil {
+		problems = append(problems, err)
 	}
 	var domains []*rules.Domain
 	for _, name := range b.Names() {

@@ -12,7 +12,8 @@ import (
 // rules.ReadFiles: a file is named by its base name, a directory tree's
 // files by their slash-separated paths below the directory. It checks
 // nothing about the content (Validate does) except that no file is larger
-// than MaxBundleSize. Two files with the same name are an error.
+// than MaxBundleSize, which is a *ValidationError. Two files with the same
+// name are an error.
 func ReadRules(paths ...string) (map[string][]byte, error) {
 	files := map[string][]byte{}
 	for _, p := range paths {
@@ -34,7 +35,8 @@ func ReadRules(paths ...string) (map[string][]byte, error) {
 }
 
 // ReadFile reads one file of a bundle (a rule file or a shedding policy),
-// refusing one larger than MaxBundleSize without reading all of it.
+// refusing one larger than MaxBundleSize, without reading all of it, with
+// a *ValidationError.
 func ReadFile(p string) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
@@ -52,5 +54,5 @@ func ReadFile(p string) ([]byte, error) {
 }
 
 func tooLarge(p string) error {
-	return fmt.Errorf("configstore: %s is larger than the %d bytes a whole configuration may hold", p, MaxBundleSize)
+	return invalid("%s is larger than the %d bytes a whole configuration may hold", p, MaxBundleSize)
 }

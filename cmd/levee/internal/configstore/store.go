@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/levee-dev/levee/limiter/rules"
@@ -165,7 +166,8 @@ func (s *Store) Validate(b Bundle) (*rules.Config, error) {
 }
 
 // Get returns the current version. If nothing is stored yet it returns a
-// Record with Version 0 and an empty bundle.
+// Record with Version 0 and an empty bundle. A current key whose value
+// cannot be used gives a *MalformedError.
 func (s *Store) Get(ctx context.Context) (Record, error) {
 	rec, _, err := s.current(ctx)
 	return rec, err
@@ -181,16 +183,39 @@ func (s *Store) current(ctx context.Context) (Record, int64, error) {
 	if len(resp.Kvs) == 0 {
 		return Record{}, 0, nil
 	}
-	var m Meta
-	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return Record{}, 0, fmt.Errorf("configstore: %s holds a malformed value: %w", s.keys.configCurrent(), err)
-	}
-	rec, err := s.Version(ctx, m.Version)
-	if err != nil {
-		return Record{}, 0, fmt.Errorf("configstore: %s names version %d: %w", s.keys.configCurrent(), m.Version, err)
-	}
-	return rec, resp.Kvs[0].ModRevision, nil
+	rec, err := s.decodeCurrent(ctx, resp.Kvs[0])
+	return rec, resp.Kvs[0].ModRevision, err
 }
+
+// decodeCurrent reads the version a current key's value names, or returns
+// a *MalformedError.
+func (s *Store) decodeCurrent(ctx context.Context, kv *mvccpb.KeyValue) (Record, error) {
+	var m Meta
+	err := json.Unmarshal(kv.Value, &m)
+	switch {
+	case err != nil:
+	case m.Version <= 0:
+		err = fmt.Errorf("it names version %d", m.Version)
+	default:
+		rec, verr := s.Version(ctx, m.Version)
+		if verr == nil {
+			return rec, nil
+		}
+		if !errors.Is(verr, ErrNotFound) && !errors.Is(verr, errMalformedRecord) {
+			return Record{}, verr // etcd's error, not the value's
+		}
+		err = fmt.Errorf("it names version %d: %w", m.Version, verr)
+	}
+	_, newest, herr := s.historyBounds(ctx)
+	if herr != nil {
+		return Record{}, herr
+	}
+	return Record{}, &MalformedError{Value: newRawValue(string(kv.Key), kv.ModRevision, kv.Value), Version: newest, Err: err}
+}
+
+// errMalformedRecord is wrapped by the error for a history record that
+// does not decode.
+var errMalformedRecord = errors.New("malformed record")
 
 // Version returns a stored version; 0 means the current one. A version
 // that was never stored, or that the history no longer keeps, gives an
@@ -220,7 +245,7 @@ func (s *Store) Version(ctx context.Context, v int64) (Record, error) {
 	}
 	rec, err := decodeRecord(resp.Kvs[0].Value)
 	if err != nil {
-		return Record{}, fmt.Errorf("configstore: version %d is malformed: %w", v, err)
+		return Record{}, fmt.Errorf("configstore: version %d is a %w: %w", v, errMalformedRecord, err)
 	}
 	return rec, nil
 }
@@ -302,6 +327,9 @@ type ApplyResult struct {
 	// Warnings are the rule files' non-fatal remarks,
 	// "file:line: field: reason".
 	Warnings []string
+	// Replaced is the malformed current value the write replaced (for
+	// DryRun, would replace), or nil; see MalformedError.
+	Replaced *RawValue
 }
 
 // Apply stores b as the new current version, if it is valid and the
@@ -311,15 +339,16 @@ type ApplyResult struct {
 // succeeds; the other gets a *ConflictError naming the version now current.
 // An invalid bundle gives a *ValidationError. In both cases nothing is
 // stored. author and reason are required; each change is written to the
-// audit log with its diff.
+// audit log with its diff. A malformed current value is replaced as
+// MalformedError says.
 func (s *Store) Apply(ctx context.Context, b Bundle, expected int64, author, reason string) (ApplyResult, error) {
-	return s.write(ctx, b, expected, author, reason, 0, false)
+	return s.commit(ctx, change{bundle: b, expected: expected, author: author, reason: reason, repair: true})
 }
 
 // DryRun checks b and expected as Apply does and returns what Apply would,
 // without storing anything.
 func (s *Store) DryRun(ctx context.Context, b Bundle, expected int64) (ApplyResult, error) {
-	return s.write(ctx, b, expected, "dry-run", "dry-run", 0, true)
+	return s.commit(ctx, change{bundle: b, expected: expected, author: "dry-run", reason: "dry-run", dryRun: true, repair: true})
 }
 
 // Seed stores b as version 1 if nothing is stored yet, as a node does with
@@ -345,7 +374,7 @@ func (s *Store) Seed(ctx context.Context, b Bundle, author, reason string) (Appl
 // Rollback stores a new version whose content equals version to's, if the
 // current version is still expected, as Apply does. The old content is
 // validated again, so a rollback to something the nodes can no longer load
-// is refused.
+// is refused. Like Apply, it replaces a malformed current value.
 func (s *Store) Rollback(ctx context.Context, to, expected int64, author, reason string) (ApplyResult, error) {
 	if to <= 0 {
 		return ApplyResult{}, invalid("rollback: version must be positive, not %d", to)
@@ -354,11 +383,28 @@ func (s *Store) Rollback(ctx context.Context, to, expected int64, author, reason
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	return s.write(ctx, rec.Bundle, expected, author, reason, to, false)
+	return s.commit(ctx, change{bundle: rec.Bundle, expected: expected, author: author, reason: reason, rollbackOf: to, repair: true})
 }
 
-// write is Apply, Rollback and DryRun.
+// write is Seed's write, which never replaces a malformed current value.
 func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, reason string, rollbackOf int64, dryRun bool) (ApplyResult, error) {
+	return s.commit(ctx, change{bundle: b, expected: expected, author: author, reason: reason, rollbackOf: rollbackOf, dryRun: dryRun})
+}
+
+// change is one write of the configuration.
+type change struct {
+	bundle         Bundle
+	expected       int64
+	author, reason string
+	rollbackOf     int64
+	dryRun         bool
+	// repair lets the write replace a malformed current value.
+	repair bool
+}
+
+// commit is Apply, DryRun, Rollback and Seed.
+func (s *Store) commit(ctx context.Context, w change) (ApplyResult, error) {
+	b, expected, author, reason := w.bundle, w.expected, w.author, w.reason
 	switch {
 	case expected < 0:
 		return ApplyResult{}, invalid("expected version must be 0 or more, not %d", expected)
@@ -372,6 +418,15 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 		return ApplyResult{}, err
 	}
 	cur, modRev, err := s.current(ctx)
+	var (
+		malformed *MalformedError
+		replaced  *RawValue
+	)
+	if w.repair && errors.As(err, &malformed) {
+		// Replace the value by compare-and-swap on its revision, as the
+		// next version after the history's newest.
+		cur, modRev, replaced, err = Record{Meta: Meta{Version: malformed.Version}}, malformed.Value.ModRevision, &malformed.Value, nil
+	}
 	if err != nil {
 		return ApplyResult{}, err
 	}
@@ -390,15 +445,14 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 	}
 	res := ApplyResult{
 		Meta:     cur.Meta,
-		Changed:  cur.Version == 0 || !b.Equal(cur.Bundle),
+		Changed:  cur.Version == 0 || replaced != nil || !b.Equal(cur.Bundle),
 		Diff:     DiffBundles(cur.Bundle, b, versionLabel(cur.Version), versionLabel(next)),
 		Warnings: warnings(cfg),
+		Replaced: replaced,
 	}
-	if !res.Changed || dryRun {
-		return res, nil
-	}
-
-	meta := Meta{Version: next, Author: author, Reason: reason, Time: s.now().UTC(), RollbackOf: rollbackOf}
+	// Encode before the dry run returns, so that it too refuses what etcd
+	// would.
+	meta := Meta{Version: next, Author: author, Reason: reason, Time: s.now().UTC(), RollbackOf: w.rollbackOf}
 	mv, err := json.Marshal(meta)
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("configstore: encoding version %d: %w", next, err)
@@ -406,6 +460,12 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 	rv, err := encodeRecord(Record{Meta: meta, Bundle: b})
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("configstore: encoding version %d: %w", next, err)
+	}
+	if len(rv) > maxRecordSize {
+		return ApplyResult{}, invalid("the configuration takes %d bytes stored (as JSON, with escapes), more than the %d one etcd request may carry; make it smaller", len(rv), maxRecordSize)
+	}
+	if !res.Changed || w.dryRun {
+		return res, nil
 	}
 	ops := []clientv3.Op{
 		clientv3.OpPut(s.keys.configCurrent(), string(mv)),
@@ -428,28 +488,29 @@ func (s *Store) write(ctx context.Context, b Bundle, expected int64, author, rea
 		return ApplyResult{}, fmt.Errorf("configstore: storing version %d: %w", next, err)
 	}
 	if !resp.Succeeded {
-		now := int64(0)
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			var m Meta
-			if err := json.Unmarshal(kvs[0].Value, &m); err != nil {
-				return ApplyResult{}, fmt.Errorf("configstore: %s holds a malformed value: %w", s.keys.configCurrent(), err)
-			}
-			now = m.Version
-		}
-		if now == expected {
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 && modRev == 0 || len(kvs) > 0 && kvs[0].ModRevision == modRev {
 			// Only the history check failed: a record exists for a version
 			// that the current key has not reached.
-			return ApplyResult{}, fmt.Errorf("configstore: the history already holds version %d, which is newer than the current version %d; the store was edited by hand", next, now)
+			return ApplyResult{}, fmt.Errorf("configstore: the history already holds version %d, which is newer than the current version %d; the store was edited by hand", next, cur.Version)
 		}
-		return ApplyResult{}, &ConflictError{Expected: expected, Current: now}
+		var now Record
+		if len(kvs) > 0 {
+			if now, err = s.decodeCurrent(ctx, kvs[0]); errors.As(err, &malformed) {
+				now.Version = malformed.Version
+			} else if err != nil {
+				return ApplyResult{}, err
+			}
+		}
+		return ApplyResult{}, &ConflictError{Expected: expected, Current: now.Version}
 	}
 	res.Meta = meta
-	s.audit("config applied", meta, cur.Version, res.Diff)
+	s.audit("config applied", meta, cur.Version, res.Diff, replaced)
 	return res, nil
 }
 
 // audit writes one change to the audit log.
-func (s *Store) audit(msg string, m Meta, previous int64, diff string) {
+func (s *Store) audit(msg string, m Meta, previous int64, diff string, replaced *RawValue) {
 	if len(diff) > maxAuditDiff {
 		diff = diff[:maxAuditDiff] + "\n[diff truncated; see the history]\n"
 	}
@@ -457,6 +518,10 @@ func (s *Store) audit(msg string, m Meta, previous int64, diff string) {
 		"author", m.Author, "reason", m.Reason}
 	if m.RollbackOf != 0 {
 		attrs = append(attrs, "rollback_of", m.RollbackOf)
+	}
+	if replaced != nil {
+		attrs = append(attrs, slog.Group("replaced_malformed", "key", replaced.Key, "mod_revision", replaced.ModRevision,
+			"bytes", replaced.Size, "xxhash64", replaced.XXHash, "head", replaced.Head))
 	}
 	attrs = append(attrs, "diff", diff)
 	s.log.Info(msg, attrs...)
