@@ -174,6 +174,7 @@ type node struct {
 	health  *health.Server
 	httpLis net.Listener // nil without a MetricsAddr
 	httpSrv *http.Server
+	status  *statusView // the status page; nil without a MetricsAddr
 
 	// closers release what build acquired; close runs them last first.
 	closers []func()
@@ -339,8 +340,8 @@ func (n *node) newGRPCServer() {
 	n.srv = srv
 }
 
-// newMetricsServer binds the HTTP listener for /metrics, /healthz and,
-// if asked, pprof.
+// newMetricsServer binds the HTTP listener for /metrics, /healthz, the
+// status page (/status, /status.json) and, if asked, pprof.
 func (n *node) newMetricsServer(reg *prometheus.Registry) error {
 	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
 	if err != nil {
@@ -349,6 +350,11 @@ func (n *node) newMetricsServer(reg *prometheus.Registry) error {
 	n.httpLis = lis
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	n.status = newStatusView(n)
+	if err := n.status.register(mux); err != nil {
+		_ = lis.Close()
+		return err
+	}
 	if n.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -392,6 +398,9 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 		n.watchRules(ctx, &wg)
 	}
 	wg.Go(func() { sweep(ctx, n.store, cfg.Now) })
+	if n.status != nil {
+		wg.Go(func() { n.status.run(ctx) })
+	}
 	wg.Go(func() { _ = n.shedding.Run(ctx, 100*time.Millisecond) })
 	if n.cl != nil {
 		n.cl.start()

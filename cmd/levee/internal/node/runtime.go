@@ -17,7 +17,6 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/rules"
-	"github.com/levee-dev/levee/shed"
 )
 
 // AdminConfig configures the admin API listener (see package admin).
@@ -232,25 +231,7 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 	}
 }
 
-// rateSample is a reading of the node's counters, for rates.
-type rateSample struct {
-	at       time.Time
-	decided  uint64
-	refusals [shed.Sheddable + 1]uint64
-}
-
-func (rt *runtimeConfig) sample() rateSample {
-	s := rateSample{at: rt.now(), decided: rt.eng.Decided()}
-	for _, r := range rt.shed.Resources() {
-		for p := shed.Critical; p <= shed.Sheddable; p++ {
-			c := r.Counts(p)
-			for _, n := range c.Refused {
-				s.refusals[p] += n
-			}
-		}
-	}
-	return s
-}
+func (rt *runtimeConfig) sample() rateSample { return takeSample(rt.now(), rt.eng, rt.shed) }
 
 // selfStatus is this node's figures: rates between two samples.
 func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
@@ -260,14 +241,8 @@ func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 		Reachable:         true,
 		ConfigVersion:     rt.version.Load(),
 		ConfigError:       rt.configErr(),
-		RefusalsPerSecond: map[string]float64{},
 	}
-	if secs := cur.at.Sub(prev.at).Seconds(); !prev.at.IsZero() && secs > 0 {
-		st.DecisionsPerSecond = float64(cur.decided-prev.decided) / secs
-		for p := shed.Critical; p <= shed.Sheddable; p++ {
-			st.RefusalsPerSecond[p.String()] = float64(cur.refusals[p]-prev.refusals[p]) / secs
-		}
-	}
+	st.DecisionsPerSecond, st.RefusalsPerSecond = cur.ratesSince(prev)
 	for _, r := range rt.shed.Resources() {
 		s := r.Status(cur.at)
 		st.Thresholds = append(st.Thresholds, admin.Threshold{
@@ -285,22 +260,14 @@ func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 // with the figures it last published.
 func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus, error) {
 	out := admin.ClusterStatus{Self: rt.cl.self.ID}
-	published := map[string]admin.MemberStatus{}
-	resp, err := rt.client.Get(ctx, rt.cl.keys.Status(), clientv3.WithPrefix())
-	if err == nil {
-		for _, kv := range resp.Kvs {
-			var m admin.MemberStatus
-			if json.Unmarshal(kv.Value, &m) == nil && m.ID != "" {
-				published[m.ID] = m
-			}
-		}
-	}
+	published, err := rt.readPublished(ctx)
 	rg := rt.cl.router.Ring()
 	if rg == nil {
 		return out, nil
 	}
 	for _, sh := range rg.Shares() {
-		m, ok := published[sh.Member.ID]
+		p, ok := published[sh.Member.ID]
+		m := p.st
 		if !ok {
 			m = admin.MemberStatus{ID: sh.Member.ID, Addr: sh.Member.Addr, Error: "no status published"}
 			if err != nil {
@@ -310,7 +277,7 @@ func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus
 		if sh.Member.ID == rt.cl.self.ID {
 			m = rt.selfStatus(rt.sample(), rateSample{})
 			if p, ok := published[sh.Member.ID]; ok {
-				m.DecisionsPerSecond, m.RefusalsPerSecond = p.DecisionsPerSecond, p.RefusalsPerSecond
+				m.DecisionsPerSecond, m.RefusalsPerSecond = p.st.DecisionsPerSecond, p.st.RefusalsPerSecond
 			}
 		}
 		m.RingShare = sh.Fraction

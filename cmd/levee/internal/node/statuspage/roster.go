@@ -116,6 +116,12 @@ func (r *Roster) Members(now time.Time) []Member {
 	for id, e := range r.seen {
 		m := e.last
 		m.ID = id
+		if m.RefusalsPerSecond == nil {
+			m.RefusalsPerSecond = map[string]float64{}
+		}
+		if m.Thresholds == nil {
+			m.Thresholds = []Threshold{}
+		}
 		switch {
 		case !e.inRing:
 			m.State = StateGone

@@ -159,7 +159,7 @@ function renderMembers(doc, now) {
     }
     if (!chips.childNodes.length) chips.append(el("span", { class: "muted", text: "none" }));
     tr.append(el("td", {}, chips));
-    const beat = m.self ? "live" : m.heartbeat_age_seconds === undefined ? "never" : dur(m.heartbeat_age_seconds);
+    const beat = m.self ? "live" : m.heartbeat_age_seconds === undefined ? "never" : dur(m.heartbeat_age_seconds) + " ago";
     tr.append(el("td", { class: "num " + (!m.self && m.heartbeat_age_seconds > STALE_BEAT_S ? "stale-beat" : ""), text: beat }));
     const th = el("div", { class: "chips" });
     for (const t of m.thresholds || []) {
@@ -173,12 +173,16 @@ function renderMembers(doc, now) {
   });
   if (!rows.length) rows.push(el("tr", {}, el("td", { class: "empty", colspan: 9, text: "no members" })));
   body.replaceChildren(...rows);
+  const live = doc.members.filter(m => m.state !== "gone");
   const up = doc.members.filter(m => m.state === "up").length;
-  document.getElementById("members-count").textContent = `${up} of ${doc.members.length} up`;
+  const dps = live.reduce((a, m) => a + (m.decisions_per_second || 0), 0);
+  const rps = live.reduce((a, m) => a + Object.values(m.refusals_per_second || {}).reduce((x, y) => x + y, 0), 0);
+  document.getElementById("members-count").textContent =
+    `${up} of ${doc.members.length} up · ${rate(dps)} decisions/s · ${rate(rps)} shed refusals/s`;
 }
 
 function chart(r, now) {
-  const W = 600, H = 150, L = 58, R = 6, T1 = 4, H1 = 70, G = 14, H2 = 48;
+  const W = 640, H = 176, L = 58, R = 6, T1 = 4, H1 = 90, G = 16, H2 = 52;
   const T2 = T1 + H1 + G;
   const x = t => L + ((Date.parse(t) - (now - WINDOW_S * 1000)) / (WINDOW_S * 1000)) * (W - L - R);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": `${r.name}: threshold and admission rates, last 5 minutes` });
