@@ -188,6 +188,15 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("members listed: %v, want n1,n2,n3", names)
 	}
 
+	var fill time.Duration // how long the load runs before and after the override
+	if d := os.Getenv("LEVEE_STATUS_SCREENSHOT_LOAD"); d != "" {
+		if fill, err = time.ParseDuration(d); err != nil {
+			t.Fatalf("LEVEE_STATUS_SCREENSHOT_LOAD: %v", err)
+		}
+		fill /= 2
+		time.Sleep(fill)
+	}
+
 	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: configstore.DefaultPrefix, ValidateShed: validateShedPolicy})
 	if err != nil {
 		t.Fatal(err)
@@ -215,13 +224,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	evalUntil(t, ctx, "the override listed", `!!document.querySelector('#overrides tr[data-override="timeline"]')`)
 
-	if d := os.Getenv("LEVEE_STATUS_SCREENSHOT_LOAD"); d != "" {
-		wait, err := time.ParseDuration(d)
-		if err != nil {
-			t.Fatalf("LEVEE_STATUS_SCREENSHOT_LOAD: %v", err)
-		}
-		time.Sleep(wait)
-	}
+	time.Sleep(fill)
 
 	ms[2].stop(t)
 	evalUntil(t, ctx, "n3 marked gone", `!!document.querySelector('#members tr[data-member="n3"][data-state="gone"]')`)
