@@ -144,6 +144,7 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Logger = withTraceIDs(c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -166,6 +167,7 @@ type node struct {
 	cl       *clusterNode // nil for a standalone node
 	eng      *engine.Engine
 	tel      *telemetry
+	tr       *tracing
 	shedding *shedSet
 	rt       *runtimeConfig // nil for a standalone node
 
@@ -213,6 +215,10 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.tr, err = newTracing(ctx, nodeInstance(cfg)); err != nil {
+		return nil, err
+	}
+	n.onClose(n.tr.shutdown)
 	n.onClose(func() { _ = provider.Shutdown(context.Background()) })
 	meter := provider.Meter("github.com/levee-dev/levee")
 
@@ -224,7 +230,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	n.store = limiter.NewStore(cfg.MaxKeys)
 	var buckets engine.Buckets = engine.LocalBuckets{Store: n.store}
 	if cfg.Cluster != nil {
-		if n.cl, err = startCluster(ctx, *cfg.Cluster, n.lis.Addr().String(), n.store, cfg.Now, log); err != nil {
+		if n.cl, err = startCluster(ctx, *cfg.Cluster, n.lis.Addr().String(), n.store, cfg.Now, log, n.tr); err != nil {
 			return nil, err
 		}
 		n.onClose(n.cl.close)
@@ -258,6 +264,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		if n.rt.admin != nil {
 			n.onClose(n.rt.admin.Close) // frees the port if a later step fails; a no-op after serve
 		}
+		n.rt.tracer = n.tr.tracer()
 		if err := configMetrics(meter, n.rt); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
@@ -318,6 +325,7 @@ func (n *node) newGRPCServer() {
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, n.tr.serverOptions(n.log)...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 		if n.cl != nil {
@@ -334,7 +342,7 @@ func (n *node) newGRPCServer() {
 	if n.cl != nil {
 		// Only a cluster has peers: a standalone node must not let
 		// anyone take from or hand over its buckets.
-		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now))
+		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()))
 	}
 	leveev1.RegisterShedServiceServer(srv, n.shedding.sidecar)
 	n.srv = srv

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
@@ -42,6 +43,7 @@ type runtimeConfig struct {
 	now    func() time.Time
 	tel    *telemetry
 	admin  *admin.Server
+	tracer trace.Tracer // nil: config applies are not traced
 
 	version atomic.Int64
 	mu      sync.Mutex
@@ -150,10 +152,12 @@ func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
 // shedding policy were both validated by the store; if the policy still
 // fails to build here, the whole version is refused.
 func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configstore.Bundle) {
+	end := rt.traceApply(m)
 	pol, err := parseShedPolicy(configstore.ShedName, b.Shed)
 	if err == nil {
 		err = rt.shed.Apply(pol)
 	}
+	end(err)
 	if err != nil {
 		rt.refuse(m.Version, err)
 		return
@@ -236,11 +240,11 @@ func (rt *runtimeConfig) sample() rateSample { return takeSample(rt.now(), rt.en
 // selfStatus is this node's figures: rates between two samples.
 func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 	st := admin.MemberStatus{
-		ID:                rt.cl.self.ID,
-		Addr:              rt.cl.self.Addr,
-		Reachable:         true,
-		ConfigVersion:     rt.version.Load(),
-		ConfigError:       rt.configErr(),
+		ID:            rt.cl.self.ID,
+		Addr:          rt.cl.self.Addr,
+		Reachable:     true,
+		ConfigVersion: rt.version.Load(),
+		ConfigError:   rt.configErr(),
 	}
 	st.DecisionsPerSecond, st.RefusalsPerSecond = cur.ratesSince(prev)
 	for _, r := range rt.shed.Resources() {
