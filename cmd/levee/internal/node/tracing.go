@@ -20,7 +20,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 )
@@ -42,6 +41,7 @@ import (
 // without tracing. Propagation is W3C trace context and baggage.
 type tracing struct {
 	provider *sdktrace.TracerProvider // nil: off
+	sampling sampling
 }
 
 // propagator is the trace context format levee reads and writes.
@@ -66,10 +66,12 @@ func newTracing(ctx context.Context, instance string) (*tracing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracing resource: %w", err)
 	}
-	// The sampler comes from OTEL_TRACES_SAMPLER (the SDK reads it); its
-	// default is parent-based always-on.
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-	return &tracing{provider: tp}, nil
+	smp, err := samplerFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res), sdktrace.WithSampler(smp.sdkSampler()))
+	return &tracing{provider: tp, sampling: smp}, nil
 }
 
 // tracingEnabled reads OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER.
@@ -137,20 +139,19 @@ func (t *tracing) otelgrpcOptions() []otelgrpc.Option {
 		otelgrpc.WithPropagators(propagator),
 		// levee's own metrics cover calls; no second set from otelgrpc.
 		otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()),
-		otelgrpc.WithFilter(filters.None(filters.FullMethodName("/levee.v1.PeerService/Take"), filters.HealthCheck())),
+		otelgrpc.WithFilter(filters.None(filters.FullMethodName(peerTakeMethod), filters.HealthCheck())),
 	}
 }
 
-// serverOptions are the gRPC server's: a span per call, continuing the
-// caller's trace, and the request log line with the trace id.
+// serverOptions are the gRPC server's: a span per sampled call,
+// continuing the caller's trace, and the request log line with the trace
+// id (tracedCalls).
 func (t *tracing) serverOptions(log *slog.Logger) []grpc.ServerOption {
 	if !t.on() {
 		return nil
 	}
-	return []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(t.otelgrpcOptions()...)),
-		grpc.ChainUnaryInterceptor(requestLog(log)),
-	}
+	tc := tracedCalls{otel: otelgrpc.NewServerHandler(t.otelgrpcOptions()...), sampling: t.sampling, log: log}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(tc.unary)}
 }
 
 // dialOptions are the peer connections': a span per unary peer call (lease,
@@ -170,21 +171,6 @@ func (t *tracing) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = t.provider.Shutdown(ctx)
-}
-
-// requestLog logs every call at debug level, with its trace and span ids
-// (traceLogHandler), so that a slow or failed check found in the logs can
-// be followed in the traces.
-func requestLog(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if !log.Enabled(ctx, slog.LevelDebug) {
-			return handler(ctx, req)
-		}
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		log.DebugContext(ctx, "request", "method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start))
-		return resp, err
-	}
 }
 
 // traceLogHandler adds trace_id and span_id to every record logged with a
