@@ -25,7 +25,7 @@ import (
 // levee decides whether a gRPC call is traced before otelgrpc sees it
 // (tracedCalls): a call that is not sampled costs a metadata lookup and a
 // random draw, not otelgrpc's span, attributes and per-event work, which
-// at 1% sampling was a fifth of the CPU per decision.
+// at 1% sampling added over a quarter to the CPU per decision.
 type sampling struct {
 	ratio       float64 // of new traces: 0 (always_off) to 1 (always_on)
 	parentBased bool
@@ -136,7 +136,7 @@ func (f forcedSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.Samp
 // span, continues the caller's trace and sets the method, peer and status
 // attributes. Installing the stats handler on the server instead makes
 // gRPC copy every call's metadata and build an event per message for it,
-// sampled or not: at 1% sampling that was most of a 13% rise in CPU per
+// sampled or not: at 1% sampling that alone added 15% to the CPU per
 // decision. Like otelgrpc's filter on the peer connections, it leaves out
 // the peer Take stream and health checks. It also writes the request log
 // line (debug level), with the trace and span ids when the call is traced.
