@@ -240,6 +240,7 @@ func (v *statusView) document(_ context.Context) statuspage.Status {
 	v.roster.Observe(now, sightings)
 	doc.Members = v.roster.Members(now)
 	doc.Warnings = append([]string{}, v.warnings...)
+	doc.Alerts = statuspage.Alerts(doc)
 	return doc
 }
 

@@ -23,6 +23,7 @@
 //	node                  the answering node's ID
 //	clustered             false for a standalone node (no etcd, no ring)
 //	refresh_seconds       how often the page polls
+//	alerts[]              {level: "bad" or "warn", text}: what needs attention, worst first
 //	members[]             the nodes, sorted by id:
 //	  id, addr, self      ring ID and gRPC address; self marks the answering node
 //	  state               "up", "no_status" (in the ring, nothing published) or "gone"
@@ -66,6 +67,7 @@ type Status struct {
 	Node           string     `json:"node"`
 	Clustered      bool       `json:"clustered"`
 	RefreshSeconds float64    `json:"refresh_seconds"`
+	Alerts         []Alert    `json:"alerts"`
 	Members        []Member   `json:"members"`
 	Resources      []Resource `json:"resources"`
 	Overrides      []Override `json:"overrides"`

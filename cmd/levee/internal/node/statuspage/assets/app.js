@@ -7,7 +7,7 @@ const PRIORITIES = ["critical", "high", "default", "low", "sheddable"];
 const COHORTS = 128;
 const NUM_LEVELS = PRIORITIES.length * COHORTS;
 const WINDOW_S = 300;
-const STALE_BEAT_S = 6;
+const STALE_BEAT_S = 6; // as statuspage.staleHeartbeat
 
 let refreshMs = 1000;
 let lastOK = 0;
@@ -80,6 +80,8 @@ function priorityOfLevel(level) {
 }
 
 // --- rendering -----------------------------------------------------------
+// The alerts come computed in the document (statuspage.Alerts), so that the
+// page and `levee ctl top` say the same thing.
 
 function verdict(doc, alerts) {
   const v = document.getElementById("verdict");
@@ -87,34 +89,6 @@ function verdict(doc, alerts) {
   const warn = alerts.some(a => a.level === "warn");
   v.className = "pill " + (bad ? "pill-bad" : warn ? "pill-warn" : "pill-ok");
   v.textContent = bad ? "attention" : warn ? "degraded" : "healthy";
-}
-
-function collectAlerts(doc, now) {
-  const out = [];
-  const add = (level, text) => out.push({ level, text });
-  for (const m of doc.members) {
-    if (m.state === "gone") add("bad", `${m.id} is gone: left the ring ${ago(m.gone_since, now)} (at ${clock(m.gone_since)})`);
-    else if (m.state === "no_status") add("bad", `${m.id} is in the ring but publishes no status${m.error ? ": " + m.error : ""}`);
-    else if (!m.self && m.heartbeat_age_seconds > STALE_BEAT_S) add("warn", `${m.id}: no heartbeat for ${dur(m.heartbeat_age_seconds)}`);
-    if (m.config && m.config.error) add("bad", `${m.id} refused a configuration: ${m.config.error}`);
-  }
-  for (const r of doc.resources) {
-    if (r.shedding && !r.shadow) {
-      let t = `${r.name} is shedding: ${levelText(r.threshold)}, refusing ${rate(last(r.history, "refused_per_second"))}/s`;
-      if (r.pinned) t += ` (override, ${dur(secondsUntil(r.pinned_until, now))} left)`;
-      add("bad", t);
-    } else if (r.overloaded) {
-      add("warn", `${r.name} is overloaded`);
-    }
-  }
-  const up = doc.members.filter(m => m.state !== "gone");
-  const versions = new Set(up.map(m => m.config.version));
-  if (versions.size > 1) {
-    add("warn", "configuration differs between nodes: " + up.map(m => `${m.id} v${m.config.version}`).join(", "));
-  }
-  for (const o of doc.overrides) add("warn", `override on ${o.resource}: admits ${o.min_priority} and above for ${dur(o.seconds_left)} more (${o.author}: ${o.reason})`);
-  for (const w of doc.warnings) add("warn", w);
-  return out;
 }
 
 function last(hist, field) {
@@ -299,7 +273,7 @@ function render(doc, stale) {
   document.getElementById("node").textContent = doc.node;
   document.querySelectorAll(".node-name").forEach(e => { e.textContent = doc.node; });
   document.getElementById("mode").textContent = doc.clustered ? "" : "(standalone)";
-  const alerts = collectAlerts(doc, now);
+  const alerts = doc.alerts || [];
   renderAlerts(alerts, stale);
   verdict(doc, stale ? alerts.concat([{ level: "bad" }]) : alerts);
   renderMembers(doc, now);
