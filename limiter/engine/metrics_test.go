@@ -27,6 +27,21 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 1}
 `
 
+// meteredEngine is an engine on rules with a store of keys buckets,
+// counting decisions through an SDK meter provider (with opts) into the
+// returned reader.
+func meteredEngine(t *testing.T, rules string, keys int, opts ...sdkmetric.Option) (*Engine, sdkmetric.Reader) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	provider := sdkmetric.NewMeterProvider(append([]sdkmetric.Option{sdkmetric.WithReader(reader)}, opts...)...)
+	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
+	m, err := NewMetrics(provider.Meter("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(LocalBuckets{Store: limiter.NewStore(keys)}, mustConfig(t, "metrics.yaml", rules), m), reader
+}
+
 // decisionSeries collects levee.decisions from r: value by (domain, result,
 // rule).
 func decisionSeries(t *testing.T, r sdkmetric.Reader) map[labels]int64 {
@@ -69,14 +84,7 @@ func decisionSeries(t *testing.T, r sdkmetric.Reader) map[labels]int64 {
 // number of series, stays visible on its own rule, and leaves every other
 // rule counted under its own labels, including their first over-limit.
 func TestMetricsFloodedDetailedRule(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
-	m, err := NewMetrics(provider.Meter("test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := New(LocalBuckets{Store: limiter.NewStore(200_000)}, mustConfig(t, "flood.yaml", floodRules), m)
+	e, reader := meteredEngine(t, floodRules, 200_000)
 
 	const flood = 100_000
 	batch := make([]Item, 0, 1000)
@@ -135,14 +143,7 @@ func TestMetricsTotalBudget(t *testing.T) {
 	for r := range nrules {
 		b.WriteString("  - key: k" + strconv.Itoa(r) + "\n    detailed_metric: true\n    rate_limit: {unit: minute, requests_per_unit: 100}\n")
 	}
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader), sdkmetric.WithCardinalityLimit(2*DetailedSeriesTotal))
-	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
-	m, err := NewMetrics(provider.Meter("test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := New(LocalBuckets{Store: limiter.NewStore(1 << 20)}, mustConfig(t, "many.yaml", b.String()), m)
+	e, reader := meteredEngine(t, b.String(), 1<<20, sdkmetric.WithCardinalityLimit(2*DetailedSeriesTotal))
 	for r := range nrules {
 		var its []Item
 		for v := range DetailedSeriesPerRule + 10 {
@@ -186,14 +187,7 @@ func TestCapLabel(t *testing.T) {
 // TestMetricsLongDetailedValue checks that a long runtime value is cut in
 // the rule label.
 func TestMetricsLongDetailedValue(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
-	m, err := NewMetrics(provider.Meter("test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := New(LocalBuckets{Store: limiter.NewStore(10)}, mustConfig(t, "flood.yaml", floodRules), m)
+	e, reader := meteredEngine(t, floodRules, 10)
 	check(t, e, Item{Domain: "d", Entries: []rules.Entry{{Key: "user", Value: strings.Repeat("v", 4000)}}, Hits: 1})
 	for l := range decisionSeries(t, reader) {
 		if len(l.rule) > MaxLabelLen || !strings.HasPrefix(l.rule, "d.user_vvv") {
