@@ -132,7 +132,7 @@ LEVEE_<FLAG>, e.g. LEVEE_ADDR and LEVEE_TOKEN_FILE.
 
 	cmd.AddCommand(
 		ctlGetCommand(o), ctlApplyCommand(o), ctlDiffCommand(o), ctlHistoryCommand(o), ctlRollbackCommand(o),
-		ctlOverrideCommand(o), ctlStatusCommand(o), ctlExplainCommand(o),
+		ctlOverrideCommand(o), ctlStatusCommand(o), ctlExplainCommand(o), ctlTopCommand(o),
 	)
 	// Subcommands inherit SetFlagErrorFunc only through their parent; set
 	// it on every one so a flag typo anywhere exits with the usage code.

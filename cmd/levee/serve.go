@@ -48,7 +48,9 @@ func serveCommand() *cobra.Command {
 		Use:   "serve",
 		Short: "Run a levee node",
 		Long: `Run a levee node: Envoy's rate limit service and levee.v1 on --grpc-addr,
-Prometheus metrics and /healthz on --metrics-addr.
+Prometheus metrics, /healthz and the status page (/status, /status.json)
+on --metrics-addr. OpenTelemetry tracing is off unless OTEL_TRACES_EXPORTER
+is "otlp" (see the README).
 
 With no --config, levee enforces its built-in example rules
 (deploy/examples/rules). Every flag can also be set in the environment as
@@ -134,7 +136,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&grpcTLS.CA, "tls-client-ca", "", "CA that signs the cluster's node certificates: the peer API answers only clients presenting one (required in a cluster with TLS)")
 	f.StringVar(&peerCA, "peer-ca", "", "CA that verifies peers' --tls-cert (default: --tls-client-ca)")
 	f.StringSliceVar(&cl.PeerNames, "peer-names", nil, "certificate names (common or DNS name) of the nodes the peer API answers (empty: any certificate --tls-client-ca signs)")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics and /healthz (empty: off)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics, /healthz and the status page /status (empty: off)")
 	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files, watched for changes (empty: built-in examples)")
 	f.StringVar(&cfg.ShedPolicyPath, "shed-policy", "", "shedding policy file: the resources the ShedService protects (empty: built-in example)")
 	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files are checked for changes")

@@ -30,6 +30,8 @@ type call struct {
 	// They go out with the batch, after its checks, and the caller does
 	// not wait for them: their answers go to the hot-key state.
 	leases []lease
+
+	callTrace // the caller's span (trace.go)
 }
 
 // lease is a lease request for one key, waiting in a batch.
@@ -194,6 +196,7 @@ func (p *peerConn) forward(b []*call) {
 		}
 	}
 	f := &flight{calls: b, total: total, byCallers: latest.Before(limit)}
+	f.flightTrace = r.trace.batch(b, p.member.ID, req)
 	p.flightMu.Lock()
 	p.nextID++
 	req.Id = p.nextID
@@ -219,6 +222,7 @@ func (p *peerConn) askLeases(ls []lease) {
 	r := p.router
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timeout)
 	defer cancel()
+	ctx, endSpan := r.trace.lease(ctx, p.member.ID, len(ls))
 	var err error
 	for i := range ls {
 		l := &ls[i]
@@ -242,6 +246,7 @@ func (p *peerConn) askLeases(ls []lease) {
 		r.settle(l, g, err)
 	}
 	p.breaker.record(err == nil, r.cfg.Now())
+	endSpan(err)
 	if err != nil {
 		r.cfg.Logger.Debug("lease request failed", "peer", p.member.ID, "leases", len(ls), "err", err)
 	}
@@ -256,6 +261,8 @@ type flight struct {
 	stream    *takeStream // the stream it went out on; under flightMu
 	timer     *time.Timer
 	byCallers bool // the timeout is the callers' deadline, not the peer timeout
+
+	flightTrace // the batch's span (trace.go)
 }
 
 // takeStream is an open Take stream to a peer.
@@ -417,6 +424,7 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 	if err == nil && len(resp.GetResults()) != f.total {
 		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
 	}
+	f.end(err)
 	// A batch cut short by its callers' own deadlines says nothing about
 	// the peer's health.
 	if err == nil || !f.byCallers || err != errPeerTimeout {

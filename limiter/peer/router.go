@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -50,6 +51,11 @@ type Config struct {
 	// doc for the timers that read the wall clock.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// TracerProvider traces batches, fallbacks, leases and hand-offs (nil:
+	// no spans; see trace.go). DialOptions are added to the default Dial's,
+	// e.g. a gRPC stats handler.
+	TracerProvider trace.TracerProvider
+	DialOptions    []grpc.DialOption
 }
 
 // WindowSize is the HTTP/2 flow-control window of peer connections (and
@@ -77,6 +83,7 @@ type Router struct {
 
 	hot   hotKeys
 	stats Stats
+	trace *tracer // nil: no spans
 }
 
 // Stats counts the router's work, for metrics and tests.
@@ -126,16 +133,16 @@ func NewRouter(cfg Config) *Router {
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = func(addr string) (*grpc.ClientConn, error) {
-			return grpc.NewClient(addr, grpc.WithTransportCredentials(cfg.Creds),
+			return grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(cfg.Creds),
 				// Fixed flow-control windows turn off gRPC's bandwidth
 				// estimation, which answers data with a ping: for small
 				// batches that was a write, a read and a wake-up more per
 				// batch on both nodes.
-				grpc.WithInitialWindowSize(WindowSize), grpc.WithInitialConnWindowSize(WindowSize))
+				grpc.WithInitialWindowSize(WindowSize), grpc.WithInitialConnWindowSize(WindowSize)}, cfg.DialOptions...)...)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Router{cfg: cfg, ctx: ctx, cancel: cancel, peers: make(map[string]*peerConn)}
+	return &Router{cfg: cfg, ctx: ctx, cancel: cancel, peers: make(map[string]*peerConn), trace: newTracer(cfg.TracerProvider)}
 }
 
 // Stats returns the router's counters.
@@ -255,6 +262,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	deadline, _ := ctx.Deadline()
 	for _, g := range groups {
 		g.call.deadline = deadline
+		g.call.callTrace = r.trace.callerOf(ctx)
 		g.call.done = make(chan struct{})
 		if !g.peer.breaker.allow(r.cfg.Now()) {
 			r.abandon(g.call, errBreakerOpen)
@@ -278,6 +286,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			}
 			continue
 		}
+		r.trace.fallback(ctx, g.peer.member.ID, len(c.index), c.err)
 		for k, i := range c.index {
 			if err := r.fallback(&c.reqs[k], &results[i], rg.Len(), now); err != nil {
 				undecided = fmt.Errorf("owner %s: %w: %w", g.peer.member.ID, c.err, err)
@@ -369,6 +378,8 @@ func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 	if rg != r.ring.Load() {
 		return nil // a newer ring arrived; its own hand-off moves the buckets
 	}
+	ctx, endSpan := r.trace.handoff(ctx)
+	before := r.stats.HandedOff.Load()
 	now := r.cfg.Now().UnixNano()
 	owners := make(map[string][]limiter.Bucket)
 	moved := r.cfg.Store.Extract(now, func(key uint64) bool {
@@ -389,7 +400,9 @@ func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 		}
 		r.stats.HandedOff.Add(uint64(len(bs)))
 	}
-	return errors.Join(errs...)
+	err := errors.Join(errs...)
+	endSpan(r.stats.HandedOff.Load()-before, err)
+	return err
 }
 
 func (r *Router) sendHandoff(ctx context.Context, p *peerConn, bs []limiter.Bucket) error {

@@ -22,6 +22,7 @@ type Server struct {
 	leveev1.UnimplementedPeerServiceServer
 	store *limiter.Store
 	now   func() time.Time
+	trace *tracer // nil: no spans (WithTracing)
 }
 
 // NewServer returns a Server on store; now is the clock (nil: time.Now).
@@ -48,7 +49,9 @@ func (s *Server) Take(stream leveev1.PeerService_TakeServer) error {
 			}
 			return err
 		}
+		span := s.trace.take(req.GetTraceparent(), req.GetFrom(), len(req.GetTakes()))
 		resp, err := s.take(req)
+		endTake(span, err)
 		if err != nil {
 			resp = &leveev1.TakeResponse{Error: err.Error()}
 		}

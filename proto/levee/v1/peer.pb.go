@@ -250,7 +250,12 @@ type TakeRequest struct {
 	// ID of the sending node, for logs and metrics.
 	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
 	// Batch number, unique on the stream; the response carries it back.
-	Id            uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	// W3C trace context (a traceparent header value) of the sender's span for
+	// this batch, so that the owner's span joins the callers' trace; empty
+	// when the batch is not traced. A stream carries many batches, so the
+	// stream's own metadata cannot say this.
+	Traceparent   string `protobuf:"bytes,4,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,6 +309,13 @@ func (x *TakeRequest) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *TakeRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 // TakeResponse answers a TakeRequest, one result per take, in order.
@@ -721,11 +733,12 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
 	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
-	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"]\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"\x7f\n" +
 	"\vTakeRequest\x12*\n" +
 	"\x05takes\x18\x01 \x03(\v2\x14.levee.v1.BucketTakeR\x05takes\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\x04R\x02id\"f\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id\x12 \n" +
+	"\vtraceparent\x18\x04 \x01(\tR\vtraceparent\"f\n" +
 	"\fTakeResponse\x120\n" +
 	"\aresults\x18\x01 \x03(\v2\x16.levee.v1.BucketResultR\aresults\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x14\n" +

@@ -33,7 +33,7 @@ type clusterNode struct {
 	membershipDone chan error
 }
 
-func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store *limiter.Store, now func() time.Time, log *slog.Logger) (*clusterNode, error) {
+func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store *limiter.Store, now func() time.Time, log *slog.Logger, tr *tracing) (*clusterNode, error) {
 	cn := &clusterNode{log: log, keys: configstore.NewLayout(cfg.Prefix)}
 	ok := false
 	defer func() {
@@ -85,6 +85,9 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 		Timeout:     cfg.PeerTimeout,
 		Now:         now,
 		Logger:      log,
+		// Off, both are nil: the router adds no spans and no handler.
+		TracerProvider: tr.tracerProvider(),
+		DialOptions:    tr.dialOptions(),
 	})
 	cn.membership, err = cluster.New(cluster.Config{
 		Client:    client,

@@ -23,14 +23,16 @@ import (
 const dashboardFile = "../../../../deploy/grafana/levee.json"
 
 var (
-	metricRE = regexp.MustCompile(`\blevee_[a-z0-9_]+`)
+	// metricRE finds levee's metrics and the Go runtime's and the
+	// process's.
+	metricRE = regexp.MustCompile(`\b(?:levee|go|process)_[a-z0-9_]+`)
 	// byRE and matcherRE find the label names a PromQL expression groups
 	// by or selects on.
 	byRE      = regexp.MustCompile(`\b(?:by|without)\s*\(([^)]*)\)`)
 	matcherRE = regexp.MustCompile(`([a-z_]+)\s*(?:=~|!~|!=|=)\s*"`)
 	labelVals = regexp.MustCompile(`label_values\((levee_[a-z0-9_]+),\s*([a-z_]+)\)`)
 	// rateRE finds what rate() and increase() are taken of.
-	rateRE = regexp.MustCompile(`\b(rate|increase|irate)\(\s*(levee_[a-z0-9_]+)`)
+	rateRE = regexp.MustCompile(`\b(rate|increase|irate)\(\s*((?:levee|go|process)_[a-z0-9_]+)`)
 )
 
 // dashPanel is a Grafana panel or row, as far as the test reads it.
@@ -104,6 +106,9 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 			for _, n := range names {
 				counters[n] = true
 			}
+		case dto.MetricType_SUMMARY:
+			names = []string{name, name + "_count", name + "_sum"}
+			counters[name+"_count"], counters[name+"_sum"] = true, true
 		case dto.MetricType_COUNTER:
 			counters[name] = true
 		}
@@ -125,7 +130,7 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 		queries++
 		metrics := slices.Compact(slices.Sorted(slices.Values(metricRE.FindAllString(expr, -1))))
 		if len(metrics) == 0 {
-			t.Errorf("%s: %q queries no levee metric", where, expr)
+			t.Errorf("%s: %q queries no metric levee exports", where, expr)
 			return
 		}
 		for _, name := range metrics {

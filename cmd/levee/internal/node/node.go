@@ -23,8 +23,6 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -146,6 +144,7 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Logger = withTraceIDs(c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -168,6 +167,7 @@ type node struct {
 	cl       *clusterNode // nil for a standalone node
 	eng      *engine.Engine
 	tel      *telemetry
+	tr       *tracing
 	shedding *shedSet
 	rt       *runtimeConfig // nil for a standalone node
 
@@ -176,6 +176,7 @@ type node struct {
 	health  *health.Server
 	httpLis net.Listener // nil without a MetricsAddr
 	httpSrv *http.Server
+	status  *statusView // the status page; nil without a MetricsAddr
 
 	// closers release what build acquired; close runs them last first.
 	closers []func()
@@ -210,12 +211,14 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	reg, provider, err := newMetrics()
 	if err != nil {
-		return nil, fmt.Errorf("metrics exporter: %w", err)
+		return nil, err
 	}
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
+	if n.tr, err = newTracing(ctx, nodeInstance(cfg)); err != nil {
+		return nil, err
+	}
+	n.onClose(n.tr.shutdown)
 	n.onClose(func() { _ = provider.Shutdown(context.Background()) })
 	meter := provider.Meter("github.com/levee-dev/levee")
 
@@ -227,7 +230,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	n.store = limiter.NewStore(cfg.MaxKeys)
 	var buckets engine.Buckets = engine.LocalBuckets{Store: n.store}
 	if cfg.Cluster != nil {
-		if n.cl, err = startCluster(ctx, *cfg.Cluster, n.lis.Addr().String(), n.store, cfg.Now, log); err != nil {
+		if n.cl, err = startCluster(ctx, *cfg.Cluster, n.lis.Addr().String(), n.store, cfg.Now, log, n.tr); err != nil {
 			return nil, err
 		}
 		n.onClose(n.cl.close)
@@ -261,6 +264,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		if n.rt.admin != nil {
 			n.onClose(n.rt.admin.Close) // frees the port if a later step fails; a no-op after serve
 		}
+		n.rt.tracer = n.tr.tracer()
 		if err := configMetrics(meter, n.rt); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
@@ -321,6 +325,7 @@ func (n *node) newGRPCServer() {
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, n.tr.serverOptions(n.log)...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 		if n.cl != nil {
@@ -337,14 +342,14 @@ func (n *node) newGRPCServer() {
 	if n.cl != nil {
 		// Only a cluster has peers: a standalone node must not let
 		// anyone take from or hand over its buckets.
-		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now))
+		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()))
 	}
 	leveev1.RegisterShedServiceServer(srv, n.shedding.sidecar)
 	n.srv = srv
 }
 
-// newMetricsServer binds the HTTP listener for /metrics, /healthz and,
-// if asked, pprof.
+// newMetricsServer binds the HTTP listener for /metrics, /healthz, the
+// status page (/status, /status.json) and, if asked, pprof.
 func (n *node) newMetricsServer(reg *prometheus.Registry) error {
 	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
 	if err != nil {
@@ -353,6 +358,11 @@ func (n *node) newMetricsServer(reg *prometheus.Registry) error {
 	n.httpLis = lis
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	n.status = newStatusView(n)
+	if err := n.status.register(mux); err != nil {
+		_ = lis.Close()
+		return err
+	}
 	if n.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -396,6 +406,9 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 		n.watchRules(ctx, &wg)
 	}
 	wg.Go(func() { sweep(ctx, n.store, cfg.Now) })
+	if n.status != nil {
+		wg.Go(func() { n.status.run(ctx) })
+	}
 	wg.Go(func() { _ = n.shedding.Run(ctx, 100*time.Millisecond) })
 	if n.cl != nil {
 		n.cl.start()

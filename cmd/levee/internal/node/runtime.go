@@ -12,12 +12,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/rules"
-	"github.com/levee-dev/levee/shed"
 )
 
 // AdminConfig configures the admin API listener (see package admin).
@@ -43,6 +43,7 @@ type runtimeConfig struct {
 	now    func() time.Time
 	tel    *telemetry
 	admin  *admin.Server
+	tracer trace.Tracer // nil: config applies are not traced
 
 	version atomic.Int64
 	mu      sync.Mutex
@@ -151,10 +152,12 @@ func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
 // shedding policy were both validated by the store; if the policy still
 // fails to build here, the whole version is refused.
 func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configstore.Bundle) {
+	end := rt.traceApply(m)
 	pol, err := parseShedPolicy(configstore.ShedName, b.Shed)
 	if err == nil {
 		err = rt.shed.Apply(pol)
 	}
+	end(err)
 	if err != nil {
 		rt.refuse(m.Version, err)
 		return
@@ -232,42 +235,18 @@ func (rt *runtimeConfig) publishStatus(ctx context.Context) {
 	}
 }
 
-// rateSample is a reading of the node's counters, for rates.
-type rateSample struct {
-	at       time.Time
-	decided  uint64
-	refusals [shed.Sheddable + 1]uint64
-}
-
-func (rt *runtimeConfig) sample() rateSample {
-	s := rateSample{at: rt.now(), decided: rt.eng.Decided()}
-	for _, r := range rt.shed.Resources() {
-		for p := shed.Critical; p <= shed.Sheddable; p++ {
-			c := r.Counts(p)
-			for _, n := range c.Refused {
-				s.refusals[p] += n
-			}
-		}
-	}
-	return s
-}
+func (rt *runtimeConfig) sample() rateSample { return takeSample(rt.now(), rt.eng, rt.shed) }
 
 // selfStatus is this node's figures: rates between two samples.
 func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 	st := admin.MemberStatus{
-		ID:                rt.cl.self.ID,
-		Addr:              rt.cl.self.Addr,
-		Reachable:         true,
-		ConfigVersion:     rt.version.Load(),
-		ConfigError:       rt.configErr(),
-		RefusalsPerSecond: map[string]float64{},
+		ID:            rt.cl.self.ID,
+		Addr:          rt.cl.self.Addr,
+		Reachable:     true,
+		ConfigVersion: rt.version.Load(),
+		ConfigError:   rt.configErr(),
 	}
-	if secs := cur.at.Sub(prev.at).Seconds(); !prev.at.IsZero() && secs > 0 {
-		st.DecisionsPerSecond = float64(cur.decided-prev.decided) / secs
-		for p := shed.Critical; p <= shed.Sheddable; p++ {
-			st.RefusalsPerSecond[p.String()] = float64(cur.refusals[p]-prev.refusals[p]) / secs
-		}
-	}
+	st.DecisionsPerSecond, st.RefusalsPerSecond = cur.ratesSince(prev)
 	for _, r := range rt.shed.Resources() {
 		s := r.Status(cur.at)
 		st.Thresholds = append(st.Thresholds, admin.Threshold{
@@ -285,22 +264,14 @@ func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
 // with the figures it last published.
 func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus, error) {
 	out := admin.ClusterStatus{Self: rt.cl.self.ID}
-	published := map[string]admin.MemberStatus{}
-	resp, err := rt.client.Get(ctx, rt.cl.keys.Status(), clientv3.WithPrefix())
-	if err == nil {
-		for _, kv := range resp.Kvs {
-			var m admin.MemberStatus
-			if json.Unmarshal(kv.Value, &m) == nil && m.ID != "" {
-				published[m.ID] = m
-			}
-		}
-	}
+	published, err := rt.readPublished(ctx)
 	rg := rt.cl.router.Ring()
 	if rg == nil {
 		return out, nil
 	}
 	for _, sh := range rg.Shares() {
-		m, ok := published[sh.Member.ID]
+		p, ok := published[sh.Member.ID]
+		m := p.st
 		if !ok {
 			m = admin.MemberStatus{ID: sh.Member.ID, Addr: sh.Member.Addr, Error: "no status published"}
 			if err != nil {
@@ -310,7 +281,7 @@ func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus
 		if sh.Member.ID == rt.cl.self.ID {
 			m = rt.selfStatus(rt.sample(), rateSample{})
 			if p, ok := published[sh.Member.ID]; ok {
-				m.DecisionsPerSecond, m.RefusalsPerSecond = p.DecisionsPerSecond, p.RefusalsPerSecond
+				m.DecisionsPerSecond, m.RefusalsPerSecond = p.st.DecisionsPerSecond, p.st.RefusalsPerSecond
 			}
 		}
 		m.RingShare = sh.Fraction
