@@ -75,7 +75,7 @@ func TestWatcher(t *testing.T) {
 		if r == nil {
 			t.Fatal("no rule")
 		}
-		return r.RequestsPerUnit
+		return limit0(r).RequestsPerUnit
 	}
 	next := func() *Config {
 		t.Helper()
