@@ -150,6 +150,9 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	if err := checkPeerTLS(cfg); err != nil {
 		return err
 	}
+	if err := checkGRPCAddr(cfg); err != nil {
+		return err
+	}
 
 	initial, err := loadRules(cfg.RulesPath)
 	if err != nil {
@@ -175,7 +178,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	defer func() { _ = provider.Shutdown(context.Background()) }()
 	meter := provider.Meter("github.com/levee-dev/levee")
 
-	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	lis, err := listen(cfg.GRPCAddr)
 	if err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
@@ -331,7 +334,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 	}
 
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	addrs := Addrs{GRPC: lis.Addr().String()}
+	addrs := Addrs{GRPC: dialTarget(lis.Addr())}
 	if httpLis != nil {
 		addrs.Metrics = httpLis.Addr().String()
 	}
