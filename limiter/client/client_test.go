@@ -336,4 +336,3 @@ func eventually(t *testing.T, check func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-

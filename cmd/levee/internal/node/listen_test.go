@@ -172,4 +172,3 @@ func TestRunRefusesClusterOnSocketWithoutAdvertise(t *testing.T) {
 		t.Fatalf("a socket was created: %v", err)
 	}
 }
-
