@@ -118,7 +118,7 @@ func BenchmarkOverhead(b *testing.B) {
 	})
 	b.Run("client-cached-refusal", func(b *testing.B) {
 		sc := sidecartest.New(b, "", sidecartest.TCP)
-		c, err := client.New(client.Config{Target: sc.Target, Now: sc.Clock.Now})
+		c, err := client.New(client.Config{Target: sc.Target, Budget: time.Second, Now: sc.Clock.Now})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -58,9 +58,9 @@ type Client struct {
 	checks, calls, cached, failures atomic.Uint64
 }
 
-// New returns a client of the sidecar cfg names. Dialling is lazy: New
-// does not wait for the sidecar, and a check before it is up fails by the
-// failure mode.
+// New returns a client of the sidecar cfg names. It starts connecting but
+// does not wait for the sidecar: a check before the connection is up (or
+// within the budget) is decided by the failure mode.
 func New(cfg Config) (*Client, error) {
 	c := &Client{budget: cfg.Budget, closed: cfg.FailClosed, now: cfg.Now}
 	if c.budget <= 0 {
@@ -84,6 +84,9 @@ func New(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client: dialling %s: %w", cfg.Target, err)
 		}
+		// Connect now rather than on the first check, which would otherwise
+		// spend its budget on the handshake.
+		conn.Connect()
 		c.conn, cc = conn, conn
 	}
 	c.rpc = leveev1.NewRateLimitServiceClient(cc)

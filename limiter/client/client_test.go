@@ -51,7 +51,7 @@ func newClient(t *testing.T, sc *sidecartest.Sidecar, cfg client.Config) *client
 	cfg.Target = sc.Target
 	cfg.Now = sc.Clock.Now
 	// Reconnect quickly once a stopped sidecar is back.
-	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: 10 * time.Second,
 		Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, MaxDelay: 100 * time.Millisecond}}))
 	if cfg.Budget == 0 {
 		// Generous: these tests are about outcomes, and a loaded machine

@@ -37,7 +37,8 @@ descriptors:
 	defer sc.Close()
 
 	c, err := client.New(client.Config{
-		Target: sc.Target, // e.g. "unix:///run/levee/levee.sock" or "127.0.0.1:8081"
+		Target: sc.Target,   // e.g. "unix:///run/levee/levee.sock" or "127.0.0.1:8081"
+		Budget: time.Second, // default 5 ms; generous here, where the first check may wait for the connection
 		Now:    sc.Clock.Now,
 	})
 	if err != nil {
@@ -62,7 +63,7 @@ descriptors:
 func ExampleInline() {
 	sc := sidecar("")
 	defer sc.Close()
-	c, err := client.New(client.Config{Target: sc.Target, Now: sc.Clock.Now})
+	c, err := client.New(client.Config{Target: sc.Target, Budget: time.Second, Now: sc.Clock.Now})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func ExampleInline() {
 func ExampleClient_Stats() {
 	sc := sidecar("")
 	defer sc.Close()
-	c, err := client.New(client.Config{Target: sc.Target, Now: sc.Clock.Now})
+	c, err := client.New(client.Config{Target: sc.Target, Budget: time.Second, Now: sc.Clock.Now})
 	if err != nil {
 		log.Fatal(err)
 	}
