@@ -129,9 +129,13 @@ func (c *Client) Check(ctx context.Context, items ...Item) Decision {
 // CheckPriority decides whether work drawing on items may proceed. p is
 // the work's priority, which selects the reserve of a capacity-budget rule
 // (rate_limit.reserve); Unspecified is default. Every item is decided in
-// one call to the sidecar, unless the refusal cache already refuses one.
+// one call to the sidecar, unless the refusal cache already refuses one;
+// a check of no items is allowed without a call.
 func (c *Client) CheckPriority(ctx context.Context, p shed.Priority, items ...Item) Decision {
 	c.checks.Add(1)
+	if len(items) == 0 {
+		return Decision{Allowed: true} // no quota to draw on
+	}
 	sent := c.now().UnixNano()
 	var keys [8]uint64
 	var ks []uint64

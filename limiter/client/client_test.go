@@ -336,3 +336,12 @@ func eventually(t *testing.T, check func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestNoItems: a check of nothing is allowed without a call.
+func TestNoItems(t *testing.T) {
+	sc := sidecartest.New(t, testRules, sidecartest.TCP)
+	c := newClient(t, sc, client.Config{FailClosed: true})
+	if d := c.Check(t.Context()); !d.Allowed || d.Err != nil || sc.Calls() != 0 {
+		t.Fatalf("%+v, %d calls", d, sc.Calls())
+	}
+}

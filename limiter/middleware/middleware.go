@@ -22,10 +22,10 @@
 // # Response fields
 //
 // The fields follow the IETF httpapi working group's "RateLimit header
-// fields for HTTP" (draft-ietf-httpapi-ratelimit-headers, the syntax of
-// revisions -09 to -12): one list item per limited quota of the request,
-// named by the limit's name in the rule file (or the rule's path, or
-// "inline"):
+// fields for HTTP", draft-ietf-httpapi-ratelimit-headers-11 (both fields
+// are lists of items named by a String, with Integer parameters): one item
+// per limited quota of the request, named by the limit's name in the rule
+// file (or the rule's path, or "inline"):
 //
 //	RateLimit-Policy: "per_user";q=100;w=60
 //	RateLimit: "per_user";r=42;t=25

@@ -116,11 +116,11 @@ func matchedSummary(r *rules.Rule) string {
 	case r.Unlimited:
 		what = "unlimited"
 	case len(r.Limits) == 1:
-		what = LimitText(&r.Limits[0])
+		what = limitText(&r.Limits[0])
 	default:
 		parts := make([]string, len(r.Limits))
 		for i := range r.Limits {
-			parts[i] = LimitText(&r.Limits[i])
+			parts[i] = limitText(&r.Limits[i])
 			if n := r.Limits[i].Name; n != "" {
 				parts[i] += " (" + n + ")"
 			}
@@ -137,9 +137,9 @@ func matchedSummary(r *rules.Rule) string {
 	return s
 }
 
-// LimitText puts one limit into words: "10 per second", "5 per 5 minutes,
+// limitText puts one limit into words: "10 per second", "5 per 5 minutes,
 // burst 8", or "every request refused (requests_per_unit: 0)".
-func LimitText(l *rules.RateLimit) string {
+func limitText(l *rules.RateLimit) string {
 	if l.RequestsPerUnit == 0 {
 		return "every request refused (requests_per_unit: 0)"
 	}

@@ -386,7 +386,7 @@ func ruleToProto(r *rules.Rule) *leveev1.ExplainedRule {
 		}
 		er.Limits = append(er.Limits, &leveev1.ExplainedLimit{
 			Name: l.Name, Unit: l.Unit.String(), UnitMultiplier: l.UnitMultiplier,
-			RequestsPerUnit: l.RequestsPerUnit, Burst: l.Limit.Capacity(), Text: LimitText(l),
+			RequestsPerUnit: l.RequestsPerUnit, Burst: l.Limit.Capacity(), Text: limitText(l),
 		})
 	}
 	return er
