@@ -89,7 +89,7 @@ func buildLeveeB(b *testing.B) string {
 func startSidecar(b *testing.B, bin, grpcAddr string) (string, int) {
 	b.Helper()
 	cmd := exec.Command(bin, "serve", "--standalone", "--grpc-addr", grpcAddr, "--metrics-addr=", "--admin-addr=",
-		"--log-format", "json", "--procs", "default")
+		"--log-format", "json") // --procs auto, the default
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
