@@ -82,3 +82,23 @@ func TestItemKey(t *testing.T) {
 		t.Errorf("itemKey allocates %v times", a)
 	}
 }
+
+// TestEncodeAllocatesNothing: once a pooled request has grown to a check's
+// size, encoding the check into it allocates nothing.
+func TestEncodeAllocatesNothing(t *testing.T) {
+	items := []Item{
+		Rule("api", rules.Entry{Key: "user", Value: "u"}, rules.Entry{Key: "route", Value: "/r"}),
+		Inline("k", limiter.Limit{Rate: 5, Period: 1500 * time.Millisecond, Burst: 9}),
+	}
+	var r request
+	r.fill(items, shed.Low)
+	if a := testing.AllocsPerRun(100, func() { r.fill(items, shed.Low) }); a != 0 {
+		t.Errorf("encoding allocates %v times", a)
+	}
+	in := r.msg.Items[1].GetInline()
+	if d := r.msg.Items[0].GetDescriptor_(); d.Domain != "api" || len(d.Entries) != 2 || d.Entries[1].Value != "/r" ||
+		in.Key != "k" || in.Limit != 5 || in.Burst != 9 || in.Period.AsDuration() != 1500*time.Millisecond ||
+		r.msg.Items[0].GetHits() != 1 || r.msg.Priority != 4 {
+		t.Errorf("encoded %v", &r.msg)
+	}
+}
