@@ -401,6 +401,12 @@ key's default), then the rule and limit that apply, or why none does.
 					"burst": r.GetBurst(), "shadow_mode": r.GetShadowMode(), "quota_mode": r.GetQuotaMode(),
 					"priority": priorityText(r.GetPriority()), "failure_mode": r.GetFailureMode(), "replaces": r.GetReplaces(),
 				}
+				limits := []map[string]any{}
+				for _, l := range r.GetLimits() {
+					limits = append(limits, map[string]any{"name": l.GetName(), "unit": l.GetUnit(), "unit_multiplier": l.GetUnitMultiplier(),
+						"requests_per_unit": l.GetRequestsPerUnit(), "burst": l.GetBurst(), "text": l.GetText()})
+				}
+				ex.Rule["limits"] = limits
 			}
 			for _, s := range resp.GetSteps() {
 				ex.Steps = append(ex.Steps, ctlStep{Key: s.GetEntry().GetKey(), Value: s.GetEntry().GetValue(),

@@ -462,6 +462,17 @@ func TestCtlStatusAndExplain(t *testing.T) {
 	if !strings.Contains(out, "1. user=alice  default  api.user") || !strings.Contains(out, "=> rule api.user (api.yaml:3): 8 per second") {
 		t.Fatalf("explain output:\n%s", out)
 	}
+	var full struct {
+		Rule struct {
+			Limits []struct {
+				Text string `json:"text"`
+			} `json:"limits"`
+		} `json:"rule"`
+	}
+	must(t, json.Unmarshal([]byte(env.ok(t, "explain", "--domain", "api", "-o", "json", "user=alice")), &full))
+	if len(full.Rule.Limits) != 1 || full.Rule.Limits[0].Text != "8 per second" {
+		t.Fatalf("explain -o json limits = %+v", full.Rule.Limits)
+	}
 	out = env.ok(t, "explain", "--domain", "api", "--version", "1", "user=alice")
 	if !strings.Contains(out, "7 per second") {
 		t.Fatalf("explain --version 1:\n%s", out)

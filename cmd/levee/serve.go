@@ -130,7 +130,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate limit service, levee.v1, health, reflection)")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:8081", "gRPC listen address (Envoy rate limit service, levee.v1, health, reflection): host:port, or unix:///path/levee.sock for a Unix socket (mode 0660; a clustered node then needs --advertise-addr)")
 	f.StringVar(&grpcTLS.Cert, "tls-cert", "", "certificate of the gRPC listener (enables TLS); in a cluster also this node's client certificate towards its peers")
 	f.StringVar(&grpcTLS.Key, "tls-key", "", "key of --tls-cert")
 	f.StringVar(&grpcTLS.CA, "tls-client-ca", "", "CA that signs the cluster's node certificates: the peer API answers only clients presenting one (required in a cluster with TLS)")

@@ -13,6 +13,15 @@
 // from the same request (their buckets are not touched), shadow-mode rules
 // are counted but always answer OK, and the overall code is OVER_LIMIT when
 // any non-quota item is, or when every quota-mode item is.
+//
+// A rule with several limits (rate_limits) is decided as if its descriptor
+// were sent once per limit, which is what an envoyproxy/ratelimit user does
+// today: every limit's bucket is asked, and each takes the hits when they
+// fit in it, even if another limit of the rule refuses. The item is over
+// the limit when any of them refuses, and its status reports the tightest
+// one: among refusals the one whose retry is furthest away (a caller
+// retrying sooner would be refused again), otherwise the one with the
+// fewest tokens left. replaces drops limits by name, one at a time.
 package engine
 
 import (
@@ -92,10 +101,14 @@ type Status struct {
 	// Rule is the matched rule, or nil (no rule, or an inline item).
 	Rule *rules.Rule
 	// Limited reports that a limit applied and a bucket was consulted;
-	// Limit and Result are then set.
+	// Limit and Result are then set. With several limits they are the
+	// tightest one's.
 	Limited bool
 	Limit   limiter.Limit
 	Result  limiter.Result
+	// RateLimit is the rule's limit that Limit and Result report (one of
+	// Rule.Limits), or nil for an inline or overridden item.
+	RateLimit *rules.RateLimit
 	// Unlimited reports a rule with rate_limit.unlimited.
 	Unlimited bool
 	// Replaced reports a limit dropped by another rule's replaces.
@@ -124,7 +137,9 @@ func (e *Engine) Decided() uint64 { return e.decided.Load() }
 type scratch struct {
 	reqs    []limiter.Request
 	results []limiter.Result
-	index   []int
+	index   []int   // the item of each request
+	limit   []uint8 // the rule limit of each request (an index into Rule.Limits)
+	active  []uint8 // per item, bit k set when limit k of its rule applies
 }
 
 // New returns an engine taking tokens from b under cfg (nil: no rules),
@@ -176,13 +191,15 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 	cfg := e.rules.Load()
 	sc := e.scratch.Get().(*scratch)
 	defer e.scratch.Put(sc)
-	sc.reqs, sc.results, sc.index = sc.reqs[:0], sc.results[:0], sc.index[:0]
+	sc.reqs, sc.results, sc.index, sc.limit = sc.reqs[:0], sc.results[:0], sc.index[:0], sc.limit[:0]
+	sc.active = resize(sc.active, len(items))
 
 	replacing := false
 	for i := range items {
 		it := &items[i]
 		st := &statuses[i]
 		*st = Status{}
+		sc.active[i] = 0
 		if it.Inline {
 			if it.InlineUnlimited {
 				st.Unlimited = true
@@ -210,28 +227,37 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 			st.Result.Remaining = math.MaxUint32
 			continue
 		}
-		st.Limited, st.Limit = true, r.Limit
+		st.Limited = true
+		sc.active[i] = uint8(1<<len(r.Limits) - 1)
 	}
 	if replacing {
-		dropReplaced(statuses)
+		dropReplaced(statuses, sc.active)
 	}
 	for i := range items {
 		st := &statuses[i]
+		it := &items[i]
 		switch {
 		case !st.Limited:
-		case items[i].Inline:
-			sc.add(i, limiter.Request{Key: InlineKeyHash(items[i].InlineKey), Limit: st.Limit, Hits: items[i].Hits, Refund: items[i].Refund})
+		case it.Inline:
+			sc.add(i, 0, limiter.Request{Key: InlineKeyHash(it.InlineKey), Limit: st.Limit, Hits: it.Hits, Refund: it.Refund})
 		case st.Overridden:
-			sc.add(i, limiter.Request{Key: descriptorHash(items[i].Domain, items[i].Entries), Limit: st.Limit, Hits: items[i].Hits, Refund: items[i].Refund})
+			sc.add(i, 0, limiter.Request{Key: descriptorHash(it.Domain, it.Entries), Limit: st.Limit, Hits: it.Hits, Refund: it.Refund})
 		default:
-			sc.add(i, limiter.Request{
-				Key:      st.Rule.KeyHash(items[i].Domain, items[i].Entries),
-				Limit:    st.Limit,
-				Hits:     items[i].Hits,
-				Refund:   items[i].Refund,
-				Reserve:  st.Rule.Reserve[priorityOf(&items[i], st.Rule)],
-				Fallback: fallbackOf(st.Rule.FailureMode),
-			})
+			r := st.Rule
+			p := priorityOf(it, r)
+			for k := range r.Limits {
+				if sc.active[i]&(1<<k) == 0 {
+					continue
+				}
+				sc.add(i, k, limiter.Request{
+					Key:      r.LimitKeyHash(it.Domain, it.Entries, k),
+					Limit:    r.Limits[k].Limit,
+					Hits:     it.Hits,
+					Refund:   it.Refund,
+					Reserve:  r.Limits[k].Reserve[p],
+					Fallback: fallbackOf(r.FailureMode),
+				})
+			}
 		}
 	}
 	sc.results = growResults(sc.results, len(sc.reqs))
@@ -240,9 +266,24 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 			return OK, err
 		}
 	}
+	// A rule's requests are adjacent: the first sets the item's status,
+	// the others replace it when tighter.
 	for k, i := range sc.index {
 		st := &statuses[i]
+		if k > 0 && sc.index[k-1] == i && !tighter(sc.results[k], st.Result) {
+			continue
+		}
 		st.Result = sc.results[k]
+		if st.Rule != nil && !st.Overridden {
+			st.RateLimit = &st.Rule.Limits[sc.limit[k]]
+			st.Limit = st.RateLimit.Limit
+		}
+	}
+	for k, i := range sc.index {
+		if k > 0 && sc.index[k-1] == i {
+			continue
+		}
+		st := &statuses[i]
 		if st.Result.Allowed {
 			continue
 		}
@@ -255,6 +296,23 @@ func (e *Engine) Check(ctx context.Context, items []Item, statuses []Status, now
 	e.metrics.Record(ctx, items, statuses)
 	e.decided.Add(uint64(len(items)))
 	return overall(statuses), nil
+}
+
+// tighter reports whether a constrains the caller more than b: a refusal
+// more than an admission; of two refusals the one whose retry is further
+// away (Never furthest); of two admissions the one with fewer tokens left,
+// then the one full again later.
+func tighter(a, b limiter.Result) bool {
+	if a.Allowed != b.Allowed {
+		return !a.Allowed
+	}
+	if !a.Allowed {
+		return b.RetryAfter != limiter.Never && (a.RetryAfter == limiter.Never || a.RetryAfter > b.RetryAfter)
+	}
+	if a.Remaining != b.Remaining {
+		return a.Remaining < b.Remaining
+	}
+	return a.ResetAfter > b.ResetAfter
 }
 
 // PriorityKey is the descriptor entry key that carries a request's priority
@@ -287,9 +345,10 @@ func fallbackOf(m rules.FailureMode) limiter.Fallback {
 	return limiter.FallbackLocal
 }
 
-func (sc *scratch) add(i int, r limiter.Request) {
+func (sc *scratch) add(i, limit int, r limiter.Request) {
 	sc.reqs = append(sc.reqs, r)
 	sc.index = append(sc.index, i)
+	sc.limit = append(sc.limit, uint8(limit))
 }
 
 func growResults(r []limiter.Result, n int) []limiter.Result {
@@ -300,30 +359,41 @@ func growResults(r []limiter.Result, n int) []limiter.Result {
 }
 
 // dropReplaced applies rules' replaces: a limit whose name another matched
-// rule of the request replaces is dropped, answered OK with no limit, and
-// its bucket left alone (envoyproxy/ratelimit's semantics).
-func dropReplaced(statuses []Status) {
+// rule of the request replaces is dropped, and its bucket left alone
+// (envoyproxy/ratelimit's semantics). active holds each item's applying
+// limits; an item whose limits are all dropped is answered OK with no limit.
+func dropReplaced(statuses []Status, active []uint8) {
 	for i := range statuses {
 		ri := statuses[i].Rule
-		if ri == nil || ri.Name == "" || !statuses[i].Limited {
+		if ri == nil || !statuses[i].Limited {
 			continue
 		}
-		for j := range statuses {
-			rj := statuses[j].Rule
-			if j == i || rj == nil {
-				continue
+		for k := range ri.Limits {
+			if name := ri.Limits[k].Name; name != "" && replacedBy(statuses, i, name) {
+				active[i] &^= 1 << k
 			}
-			for _, name := range rj.Replaces {
-				if name == ri.Name {
-					statuses[i] = Status{Rule: ri, Replaced: true}
-					break
-				}
-			}
-			if statuses[i].Replaced {
-				break
+		}
+		if active[i] == 0 {
+			statuses[i] = Status{Rule: ri, Replaced: true}
+		}
+	}
+}
+
+// replacedBy reports whether a rule matched by an item other than i
+// replaces the limit named name.
+func replacedBy(statuses []Status, i int, name string) bool {
+	for j := range statuses {
+		rj := statuses[j].Rule
+		if j == i || rj == nil {
+			continue
+		}
+		for _, n := range rj.Replaces {
+			if n == name {
+				return true
 			}
 		}
 	}
+	return false
 }
 
 // overall combines item codes: OVER_LIMIT if any non-quota item is over, or

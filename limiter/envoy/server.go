@@ -8,6 +8,10 @@
 // same rate whose burst is the per-unit limit. limit_remaining is the tokens
 // left, and duration_until_reset the time until the bucket is full again,
 // in whole seconds rounded up.
+//
+// A rule with several limits (levee's rate_limits) answers with the
+// tightest as current_limit; a window of several units (unit_multiplier or
+// period) is reported in current_limit.unit_multiplier, which Envoy reads.
 package envoy
 
 import (
@@ -22,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
@@ -167,8 +172,13 @@ func response(code engine.Code, req *rlsv3.RateLimitRequest, sts []engine.Status
 				// Echo the override as the caller gave it.
 				o := req.Descriptors[i].GetLimit()
 				l.RequestsPerUnit, l.Unit = o.GetRequestsPerUnit(), rlsv3.RateLimitResponse_RateLimit_Unit(o.GetUnit())
-			case st.Rule != nil:
-				l.RequestsPerUnit, l.Unit, l.Name = st.Rule.RequestsPerUnit, rlsv3.RateLimitResponse_RateLimit_Unit(st.Rule.Unit), st.Rule.Name
+			case st.RateLimit != nil:
+				// The tightest of the rule's limits, with its window.
+				rl := st.RateLimit
+				l.RequestsPerUnit, l.Unit, l.Name = rl.RequestsPerUnit, rlsv3.RateLimitResponse_RateLimit_Unit(rl.Unit), rl.Name
+				if rl.UnitMultiplier > 1 {
+					l.UnitMultiplier = wrapperspb.UInt32(rl.UnitMultiplier)
+				}
 			}
 			o.CurrentLimit = l
 			if st.Result.Allowed {

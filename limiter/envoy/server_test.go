@@ -56,6 +56,10 @@ descriptors:
     value: me
   - key: many
     rate_limit: {unit: second, requests_per_unit: 1000000}
+  - key: windows
+    rate_limits:
+      - {name: burst, unit: second, requests_per_unit: 2}
+      - {name: five_minutes, unit: minute, unit_multiplier: 5, requests_per_unit: 3}
 `
 
 // benchRules is a realistic Envoy setup: per client address, and per client
@@ -211,4 +215,48 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 func errorsIsInvalidArgument(err error) bool {
 	var se interface{ GRPCStatus() *status.Status }
 	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.InvalidArgument
+}
+
+// TestSeveralLimitsAndWindows: a descriptor with several limits answers
+// with the tightest as current_limit, a five-minute window as MINUTE with
+// unit_multiplier 5, and its remaining and reset in that limit's terms.
+func TestSeveralLimitsAndWindows(t *testing.T) {
+	now := fixedNow()
+	srv := envoy.NewServer(newEngine(t, testRules, nil), func() time.Time { return now })
+	ask := func() *rlsv3.RateLimitResponse_DescriptorStatus {
+		t.Helper()
+		resp, err := srv.ShouldRateLimit(t.Context(), &rlsv3.RateLimitRequest{Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("windows", "w")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.OverallCode != resp.Statuses[0].Code {
+			t.Fatalf("overall %v, status %v", resp.OverallCode, resp.Statuses[0].Code)
+		}
+		return resp.Statuses[0]
+	}
+	type want struct {
+		code      rlsv3.RateLimitResponse_Code
+		name      string
+		unit      rlsv3.RateLimitResponse_RateLimit_Unit
+		mult      uint32 // 0: absent
+		remaining uint32
+		reset     int64
+	}
+	same := func(st *rlsv3.RateLimitResponse_DescriptorStatus, w want) {
+		t.Helper()
+		l := st.CurrentLimit
+		if st.Code != w.code || l.GetName() != w.name || l.GetUnit() != w.unit || l.GetUnitMultiplier().GetValue() != w.mult ||
+			(w.mult == 0) != (l.GetUnitMultiplier() == nil) || st.LimitRemaining != w.remaining || st.DurationUntilReset.GetSeconds() != w.reset {
+			t.Fatalf("status %v, want %+v", st, w)
+		}
+	}
+	// burst: 2 per second; five_minutes: 3 per 5 minutes, one token each 100 s.
+	same(ask(), want{rlsv3.RateLimitResponse_OK, "burst", rlsv3.RateLimitResponse_RateLimit_SECOND, 0, 1, 1})
+	same(ask(), want{rlsv3.RateLimitResponse_OK, "burst", rlsv3.RateLimitResponse_RateLimit_SECOND, 0, 0, 1})
+	// burst refuses; five_minutes still took its third token.
+	same(ask(), want{rlsv3.RateLimitResponse_OVER_LIMIT, "burst", rlsv3.RateLimitResponse_RateLimit_SECOND, 0, 0, 1})
+	now = now.Add(time.Second)
+	// burst is full again; five_minutes is empty for 100 s more since its
+	// last token left, and full 300 s after it.
+	same(ask(), want{rlsv3.RateLimitResponse_OVER_LIMIT, "five_minutes", rlsv3.RateLimitResponse_RateLimit_MINUTE, 5, 0, 299})
 }

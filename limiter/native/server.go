@@ -153,9 +153,13 @@ func response(code engine.Code, sts []engine.Status) *leveev1.CheckResponse {
 		o.Code = wireCode(st.Code)
 		if st.Rule != nil {
 			o.Rule = st.Rule.Name
+			if st.RateLimit != nil {
+				o.Rule = st.RateLimit.Name
+			}
 			if o.Rule == "" {
 				o.Rule = st.Rule.ID
 			}
+			o.QuotaMode = st.Rule.QuotaMode && !st.Overridden
 		}
 		if !st.Limited {
 			continue

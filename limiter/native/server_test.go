@@ -52,6 +52,10 @@ descriptors:
     value: me
   - key: many
     rate_limit: {unit: second, requests_per_unit: 1000000}
+  - key: windows
+    rate_limits:
+      - {name: burst, unit: second, requests_per_unit: 2}
+      - {name: five_minutes, unit: minute, unit_multiplier: 5, requests_per_unit: 3}
 `
 
 func newEngine(tb testing.TB, b engine.Buckets) *engine.Engine {
@@ -180,4 +184,32 @@ func TestCheckConcurrentRequestsOfManySizes(t *testing.T) {
 func errorsIsInvalidArgument(err error) bool {
 	var se interface{ GRPCStatus() *status.Status }
 	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.InvalidArgument
+}
+
+// TestSeveralLimitsReportTheTightest: levee.v1 reports the tightest limit
+// of a rule with several, by its name, with its own window, and marks
+// quota-mode items.
+func TestSeveralLimitsReportTheTightest(t *testing.T) {
+	now := fixedNow()
+	srv := native.NewServer(newEngine(t, nil), func() time.Time { return now })
+	ask := func(items ...*leveev1.CheckItem) *leveev1.CheckResponse {
+		t.Helper()
+		resp, err := srv.Check(t.Context(), &leveev1.CheckRequest{Items: items})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for range 3 {
+		ask(ruleItem("app", "windows", "w"))
+	}
+	now = now.Add(time.Second)
+	st := ask(ruleItem("app", "windows", "w")).Statuses[0]
+	if st.Code != leveev1.Code_CODE_OVER_LIMIT || st.Rule != "five_minutes" || st.Limit != 3 || st.Period.AsDuration() != 5*time.Minute ||
+		st.Remaining != 0 || st.RetryAfter.AsDuration() != 99*time.Second || st.ResetAfter.AsDuration() != 299*time.Second || st.QuotaMode {
+		t.Fatalf("status %v", st)
+	}
+	if st := ask(ruleItem("app", "quota", "q")).Statuses[0]; !st.QuotaMode {
+		t.Fatalf("quota-mode status %v", st)
+	}
 }

@@ -5,8 +5,11 @@
 //
 // A rule file is the YAML that envoyproxy/ratelimit reads, unchanged: one
 // domain per file and a tree of descriptors, each with a key, an optional
-// value and an optional rate_limit. levee adds three optional fields: burst
-// (inside rate_limit), priority and failure_mode (on a descriptor). Parse
+// value and an optional rate_limit. levee adds optional fields, which
+// envoyproxy/ratelimit refuses, so a file written for it never has them:
+// burst, reserve, and a window of several units (unit_multiplier, or a
+// period such as "90s") inside rate_limit; priority, failure_mode and
+// rate_limits on a descriptor. Parse
 // checks a file the way envoyproxy/ratelimit does and keeps its error
 // wording; every error is a *ParseError that names the file, the line and the
 // field. Load reads a file or a directory tree all-or-nothing, and Watcher
@@ -52,11 +55,23 @@
 // does, so every file it accepts loads and matches the same way except for
 // requests that rely on that confusion.
 //
+// # Limits
+//
+// A descriptor's rate_limit is one limit, Rule.Limits[0]. In its place a
+// descriptor may list several in rate_limits, each written as a rate_limit
+// is ("10 per second and 600 per hour"); they all apply to a matching
+// request. envoyproxy/ratelimit cannot put two limits on one descriptor, so
+// its users send the descriptor twice; rate_limits does the same work from
+// one descriptor. A limit's window is its unit, or unit_multiplier units
+// (the name Envoy's limit overrides use), or a period: "5 per 5 minutes" is
+// five tokens, one arriving each minute, exactly.
+//
 // # Counters
 //
 // Each matched descriptor counts against its own bucket, identified by
 // Rule.KeyHash: a hash of the domain and of every entry's key and value. A
 // key-only or wildcard node therefore gives each runtime value its own
 // counter, except that a wildcard node with share_threshold hashes its
-// pattern, so all values it matches share one counter.
+// pattern, so all values it matches share one counter. Each further limit
+// of a rule counts in a bucket of its own, Rule.LimitKeyHash.
 package rules

@@ -73,8 +73,8 @@ func TestLoadTestdata(t *testing.T) {
 		t.Errorf("login rule: %+v", login)
 	}
 	ip := c.Match("api", e("remote_address=1.2.3.4")).Rule
-	if ip.Limit.Burst != 20 || ip.Limit.Rate != 10 {
-		t.Errorf("burst: %+v", ip.Limit)
+	if l := limit0(ip).Limit; l.Burst != 20 || l.Rate != 10 {
+		t.Errorf("burst: %+v", l)
 	}
 	if allow := c.Match("api", e("remote_address=10.0.0.1")).Rule; allow.HasLimit {
 		t.Error("allow-list entry has a limit")

@@ -229,8 +229,8 @@ func TestMatch(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("Match(%s, %v) = %q, want %q", tt.domain, tt.entries, got, tt.want)
 			}
-			if m.Rule != nil && m.Rule.RequestsPerUnit != tt.rpu {
-				t.Errorf("requests_per_unit = %d, want %d", m.Rule.RequestsPerUnit, tt.rpu)
+			if m.Rule != nil && limit0(m.Rule).RequestsPerUnit != tt.rpu {
+				t.Errorf("requests_per_unit = %d, want %d", limit0(m.Rule).RequestsPerUnit, tt.rpu)
 			}
 			if tr := c.Trace(tt.domain, tt.entries); tr.Match != m {
 				t.Errorf("Trace gives %+v, Match %+v", tr.Match, m)

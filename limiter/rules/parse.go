@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -57,20 +58,26 @@ var validKeys = map[string]bool{
 	"share_threshold":   true,
 	"metadata":          true,
 	// levee's additions.
-	"burst":        true,
-	"reserve":      true,
-	"priority":     true,
-	"failure_mode": true,
+	"burst":           true,
+	"reserve":         true,
+	"priority":        true,
+	"failure_mode":    true,
+	"rate_limits":     true,
+	"unit_multiplier": true,
+	"period":          true,
 }
 
 // leveeKeys are levee's additions. envoyproxy/ratelimit refuses them
 // outright, so no file written for it has them in the wrong place, and
 // levee refuses a misplaced one rather than ignore it.
 var leveeKeys = map[string]string{
-	"burst":        "rate_limit",
-	"reserve":      "rate_limit",
-	"priority":     "a descriptor",
-	"failure_mode": "a descriptor",
+	"burst":           "rate_limit",
+	"reserve":         "rate_limit",
+	"unit_multiplier": "rate_limit",
+	"period":          "rate_limit",
+	"priority":        "a descriptor",
+	"failure_mode":    "a descriptor",
+	"rate_limits":     "a descriptor",
 }
 
 // misplaced handles a known key where it has no effect: an error for
@@ -452,6 +459,8 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 		keyNode       = item
 		rateLimit     *yaml.Node
 		rateLimitKey  *yaml.Node
+		rateLimits    *yaml.Node
+		rateLimitsKey *yaml.Node
 		children      *yaml.Node
 		shareNode     *yaml.Node
 		valueToMetric bool
@@ -466,6 +475,8 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 			value, err = p.matchable(v, "value")
 		case "rate_limit":
 			rateLimit, rateLimitKey = v, pr.kn
+		case "rate_limits":
+			rateLimits, rateLimitsKey = v, pr.kn
 		case "descriptors":
 			children = v
 		case "shadow_mode":
@@ -516,7 +527,15 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 	}
 	seen[finalKey] = true
 
-	if rateLimit != nil && !isNull(rateLimit) {
+	hasRateLimit := rateLimit != nil && !isNull(rateLimit)
+	if rateLimits != nil && !isNull(rateLimits) {
+		if hasRateLimit {
+			return p.errorf(rateLimitsKey, "rate_limits", "a descriptor takes rate_limit or rate_limits, not both: list every limit in rate_limits")
+		}
+		if err := p.rateLimits(r, rateLimitsKey, rateLimits); err != nil {
+			return err
+		}
+	} else if hasRateLimit {
 		if err := p.rateLimit(r, rateLimitKey, rateLimit); err != nil {
 			return err
 		}
@@ -574,84 +593,217 @@ func (p *parser) descriptor(d *Domain, parent *node, item *yaml.Node, parentID s
 // rateLimit fills r from a rate_limit map, with envoyproxy/ratelimit's
 // checks. A missing field is reported at key, the rate_limit key.
 func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
-	if n.Kind != yaml.MappingNode {
-		return p.errorf(n, "rate_limit", "must be a map, not %s", kindName(n))
-	}
-	prs, err := p.pairs(n, "rate_limit", 0)
+	l, err := p.limit("rate_limit", key, n, false)
 	if err != nil {
 		return err
 	}
+	r.Name, r.Unlimited, r.Replaces = l.Name, l.unlimited, l.replaces
+	if !l.unlimited {
+		r.Limits = []RateLimit{l.RateLimit}
+	}
+	r.HasLimit = true
+	return nil
+}
+
+// rateLimits fills r from a rate_limits list, levee's extension: limits
+// that all apply to the descriptor, each written as a rate_limit is.
+func (p *parser) rateLimits(r *Rule, key, n *yaml.Node) error {
+	const field = "rate_limits"
+	if n.Kind != yaml.SequenceNode {
+		return p.errorf(n, field, "must be a list of limits such as [{unit: second, requests_per_unit: 10}, {unit: hour, requests_per_unit: 600}], not %s", kindName(n))
+	}
+	if len(n.Content) == 0 {
+		return p.errorf(key, field, "must list at least one limit")
+	}
+	if len(n.Content) > MaxLimits {
+		return p.errorf(key, field, "%d limits, at most %d allowed", len(n.Content), MaxLimits)
+	}
+	names := map[string]bool{}
+	for i, e := range n.Content {
+		e, err := p.resolve(e)
+		if err != nil {
+			return err
+		}
+		f := fmt.Sprintf("%s[%d]", field, i)
+		l, err := p.limit(f, e, e, true)
+		if err != nil {
+			return err
+		}
+		if l.Name != "" {
+			if names[l.Name] {
+				return p.errorf(e, f+".name", "two limits of one descriptor are both named '%s'", l.Name)
+			}
+			names[l.Name] = true
+		}
+		r.Limits = append(r.Limits, l.RateLimit)
+		r.Replaces = append(r.Replaces, l.replaces...)
+	}
+	for _, name := range r.Replaces {
+		if names[name] {
+			return p.errorf(key, field, "replaces should not contain name of same descriptor ('%s' is one of its limits)", name)
+		}
+	}
+	r.HasLimit = true
+	return nil
+}
+
+// parsedLimit is one limit as written, with the fields that belong to its
+// rule rather than to the limit.
+type parsedLimit struct {
+	RateLimit
+	unlimited bool
+	replaces  []string
+}
+
+// limit parses one limit map: rate_limit, or an element of rate_limits
+// (inList; field names it, such as "rate_limits[1]"). A missing field is
+// reported at key.
+func (p *parser) limit(field string, key, n *yaml.Node, inList bool) (parsedLimit, error) {
+	var l parsedLimit
+	if n.Kind != yaml.MappingNode {
+		return l, p.errorf(n, field, "must be a map, not %s", kindName(n))
+	}
+	prs, err := p.pairs(n, field, 0)
+	if err != nil {
+		return l, err
+	}
 	var (
-		unit      string
-		unitNode  = key
-		burst     uint32
-		burstNode *yaml.Node
-		replaces  *yaml.Node
-		reserve   *yaml.Node
+		unit       string
+		unitNode   = key
+		burst      uint32
+		burstNode  *yaml.Node
+		replaces   *yaml.Node
+		reserve    *yaml.Node
+		multNode   *yaml.Node
+		periodNode *yaml.Node
+		period     time.Duration
 	)
+	l.UnitMultiplier = 1
 	for _, pr := range prs {
 		v := pr.value
-		field := "rate_limit." + pr.key
+		f := field + "." + pr.key
 		switch pr.key {
 		case "unit":
-			unit, err = p.str(v, field)
+			unit, err = p.str(v, f)
 			unitNode = v
 		case "requests_per_unit":
-			r.RequestsPerUnit, err = p.uint32(v, field)
+			l.RequestsPerUnit, err = p.uint32(v, f)
 		case "unlimited":
-			r.Unlimited, err = p.boolean(v, field)
+			l.unlimited, err = p.boolean(v, f)
+			if err == nil && inList {
+				err = p.errorf(pr.kn, f, "a limit in rate_limits cannot be unlimited; use rate_limit: {unlimited: true}")
+			}
 		case "name":
-			r.Name, err = p.str(v, field)
+			l.Name, err = p.str(v, f)
 		case "replaces":
 			replaces = v
 		case "reserve":
 			reserve = v
 		case "burst":
 			burstNode = v
-			if burst, err = p.uint32(v, field); err == nil && burst == 0 {
-				err = p.errorf(v, field, "burst must be at least 1")
+			if burst, err = p.uint32(v, f); err == nil && burst == 0 {
+				err = p.errorf(v, f, "burst must be at least 1")
 			}
+		case "unit_multiplier":
+			multNode = v
+			if l.UnitMultiplier, err = p.uint32(v, f); err == nil && l.UnitMultiplier == 0 {
+				err = p.errorf(v, f, "unit_multiplier must be at least 1")
+			}
+		case "period":
+			periodNode = v
+			period, err = p.period(v, f)
 		default:
-			err = p.misplaced(pr, field, "in rate_limit")
+			err = p.misplaced(pr, f, "in "+field)
 		}
 		if err != nil {
-			return err
+			return l, err
 		}
 	}
-	u, unitErr := ParseUnit(unit)
-	if r.Unlimited {
-		if unitErr == nil {
-			return p.errorf(unitNode, "rate_limit.unit", "should not specify rate limit unit when unlimited")
-		}
-		if burstNode != nil {
-			return p.errorf(burstNode, "rate_limit.burst", "should not specify burst when unlimited")
-		}
-		if reserve != nil {
-			return p.errorf(reserve, "rate_limit.reserve", "should not specify reserve when unlimited")
+	if l.unlimited {
+		u, unitErr := ParseUnit(unit)
+		switch {
+		case unitErr == nil && u != UnitUnknown:
+			return l, p.errorf(unitNode, field+".unit", "should not specify rate limit unit when unlimited")
+		case burstNode != nil:
+			return l, p.errorf(burstNode, field+".burst", "should not specify burst when unlimited")
+		case reserve != nil:
+			return l, p.errorf(reserve, field+".reserve", "should not specify reserve when unlimited")
+		case multNode != nil:
+			return l, p.errorf(multNode, field+".unit_multiplier", "should not specify unit_multiplier when unlimited")
+		case periodNode != nil:
+			return l, p.errorf(periodNode, field+".period", "should not specify period when unlimited")
 		}
 	} else {
-		if unitErr != nil {
-			return p.errorf(unitNode, "rate_limit.unit", "%v", unitErr)
+		if err := p.window(&l.RateLimit, field, unit, unitNode, multNode, period, periodNode); err != nil {
+			return l, err
 		}
-		r.Unit = u
 		b := burst
 		if burstNode == nil {
-			b = r.RequestsPerUnit
+			b = l.RequestsPerUnit
 		}
-		r.Limit = limiter.Limit{Rate: uint64(r.RequestsPerUnit), Period: u.Duration(), Burst: uint64(b)}
+		l.Limit = limiter.Limit{Rate: uint64(l.RequestsPerUnit), Period: l.Window(), Burst: uint64(b)}
 		if reserve != nil && !isNull(reserve) {
-			if err := p.reserve(r, reserve, uint64(b)); err != nil {
-				return err
+			if err := p.reserve(&l.RateLimit, field, reserve, uint64(b)); err != nil {
+				return l, err
 			}
 		}
 	}
-	r.HasLimit = true
 	if replaces != nil && !isNull(replaces) {
-		if err := p.replaces(r, replaces); err != nil {
-			return err
+		if l.replaces, err = p.replaces(field, l.Name, replaces); err != nil {
+			return l, err
 		}
 	}
+	return l, nil
+}
+
+// window sets l's unit, multiplier and window from unit and
+// unit_multiplier, or from a period, which excludes both.
+func (p *parser) window(l *RateLimit, field, unit string, unitNode, multNode *yaml.Node, period time.Duration, periodNode *yaml.Node) error {
+	if periodNode != nil {
+		if unit != "" {
+			return p.errorf(unitNode, field+".unit", "give unit (with unit_multiplier) or period, not both")
+		}
+		if multNode != nil {
+			return p.errorf(multNode, field+".unit_multiplier", "give unit_multiplier (with unit) or period, not both")
+		}
+		for _, u := range []Unit{UnitWeek, UnitDay, UnitHour, UnitMinute, UnitSecond} {
+			if period%u.Duration() == 0 {
+				l.Unit, l.UnitMultiplier = u, uint32(period/u.Duration())
+				break
+			}
+		}
+		l.Limit.Period = period
+		return nil
+	}
+	u, err := ParseUnit(unit)
+	if err != nil {
+		return p.errorf(unitNode, field+".unit", "%v", err)
+	}
+	if time.Duration(l.UnitMultiplier) > maxWindow/u.Duration() {
+		return p.errorf(multNode, field+".unit_multiplier", "%d %ss is longer than levee can count (%d years)", l.UnitMultiplier, strings.ToLower(u.String()), int64(maxWindow/(365*24*time.Hour)))
+	}
+	l.Unit = u
+	l.Limit.Period = time.Duration(l.UnitMultiplier) * u.Duration()
 	return nil
+}
+
+// maxWindow is the longest window a limit may have: what fits in a
+// time.Duration, and a whole number of units of every kind below a month.
+const maxWindow = math.MaxInt64 / time.Duration(7*24*time.Hour) * time.Duration(7*24*time.Hour)
+
+// period reads a period: a Go duration such as "90s", "5m" or "36h", at
+// least one second and a whole number of seconds (the unit responses can
+// describe), and at most maxWindow.
+func (p *parser) period(n *yaml.Node, field string) (time.Duration, error) {
+	s, err := p.str(n, field)
+	if err != nil {
+		return 0, err
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Second || d%time.Second != 0 || d > maxWindow {
+		return 0, p.errorf(n, field, "must be a whole number of seconds, at least 1s, written as a duration such as 90s, 5m or 36h; got '%s'", s)
+	}
+	return d, nil
 }
 
 // reserve parses rate_limit.reserve: for each priority below critical, the
@@ -659,8 +811,8 @@ func (p *parser) rateLimit(r *Rule, key, n *yaml.Node) error {
 // after a request of that priority takes its tokens. Less important
 // priorities must keep at least as much as more important ones, so they run
 // dry first.
-func (p *parser) reserve(r *Rule, n *yaml.Node, burst uint64) error {
-	const field = "rate_limit.reserve"
+func (p *parser) reserve(r *RateLimit, parent string, n *yaml.Node, burst uint64) error {
+	field := parent + ".reserve"
 	if n.Kind != yaml.MappingNode {
 		return p.errorf(n, field, "must be a map of priority to share, such as {low: 20%%, sheddable: 50%%}, not %s", kindName(n))
 	}
@@ -707,44 +859,45 @@ func (p *parser) reserve(r *Rule, n *yaml.Node, burst uint64) error {
 	return nil
 }
 
-func (p *parser) replaces(r *Rule, n *yaml.Node) error {
-	const field = "rate_limit.replaces"
+func (p *parser) replaces(parent, self string, n *yaml.Node) ([]string, error) {
+	field := parent + ".replaces"
 	if n.Kind != yaml.SequenceNode {
-		return p.errorf(n, field, "must be a list of maps, not %s", kindName(n))
+		return nil, p.errorf(n, field, "must be a list of maps, not %s", kindName(n))
 	}
+	var out []string
 	for _, e := range n.Content {
 		e, err := p.resolve(e)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if e.Kind != yaml.MappingNode {
-			return p.errorf(e, field, "config error, yaml file contains list of type other than map: %s", scalarText(e))
+			return nil, p.errorf(e, field, "config error, yaml file contains list of type other than map: %s", scalarText(e))
 		}
 		prs, err := p.pairs(e, field, 0)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		name := ""
 		for _, pr := range prs {
 			if pr.key != "name" {
 				if err := p.misplaced(pr, field+"."+pr.key, "in replaces"); err != nil {
-					return err
+					return nil, err
 				}
 				continue
 			}
 			if name, err = p.str(pr.value, field+".name"); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if name == "" {
-			return p.errorf(e, field, "should not have an empty replaces entry")
+			return nil, p.errorf(e, field, "should not have an empty replaces entry")
 		}
-		if name == r.Name {
-			return p.errorf(e, field, "replaces should not contain name of same descriptor")
+		if name == self {
+			return nil, p.errorf(e, field, "replaces should not contain name of same descriptor")
 		}
-		r.Replaces = append(r.Replaces, name)
+		out = append(out, name)
 	}
-	return nil
+	return out, nil
 }
 
 func isNull(n *yaml.Node) bool {

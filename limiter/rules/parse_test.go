@@ -318,19 +318,19 @@ descriptors:
 	}
 
 	r := ruleByID(t, d, "api.remote_address")
-	if !r.HasLimit || r.Unit != UnitSecond || r.RequestsPerUnit != 10 || r.Line != 4 || r.Domain != "api" ||
-		r.Limit != (limiter.Limit{Rate: 10, Period: time.Second, Burst: 25}) || r.FailureMode != FailureLocal || r.Priority != shed.Unspecified {
+	if !r.HasLimit || limit0(r).Unit != UnitSecond || limit0(r).RequestsPerUnit != 10 || r.Line != 4 || r.Domain != "api" ||
+		limit0(r).Limit != (limiter.Limit{Rate: 10, Period: time.Second, Burst: 25}) || r.FailureMode != FailureLocal || r.Priority != shed.Unspecified {
 		t.Errorf("remote_address: %+v", r)
 	}
 	r = ruleByID(t, d, "api.remote_address_50.0.0.5")
-	if !r.HasLimit || !r.ShadowMode || !r.QuotaMode || r.RequestsPerUnit != 0 ||
-		r.Limit != (limiter.Limit{Rate: 0, Period: time.Minute, Burst: 0}) {
+	if !r.HasLimit || !r.ShadowMode || !r.QuotaMode || limit0(r).RequestsPerUnit != 0 ||
+		limit0(r).Limit != (limiter.Limit{Rate: 0, Period: time.Minute, Burst: 0}) {
 		t.Errorf("block list: %+v", r)
 	}
 	r = ruleByID(t, d, "api.path_/api/*")
 	if !r.ShareThreshold || !r.ValueToMetric || r.DetailedMetric || r.Priority != shed.Critical || r.FailureMode != FailureClosed ||
-		r.Name != "paths" || strings.Join(r.Replaces, ",") != "other,third" || r.Unit != UnitWeek ||
-		r.Limit != (limiter.Limit{Rate: 7, Period: 7 * 24 * time.Hour, Burst: 7}) {
+		r.Name != "paths" || limit0(r).Name != "paths" || strings.Join(r.Replaces, ",") != "other,third" || limit0(r).Unit != UnitWeek ||
+		limit0(r).Limit != (limiter.Limit{Rate: 7, Period: 7 * 24 * time.Hour, Burst: 7}) {
 		t.Errorf("path: %+v", r)
 	}
 	md := r.Metadata
@@ -345,7 +345,7 @@ descriptors:
 	}
 	for _, id := range []string{"api.ldap", "api.ldap2"} {
 		r = ruleByID(t, d, id)
-		if !r.HasLimit || !r.Unlimited || r.Unit != UnitUnknown || r.Limit != (limiter.Limit{}) {
+		if !r.HasLimit || !r.Unlimited || len(r.Limits) != 0 {
 			t.Errorf("%s: %+v", id, r)
 		}
 	}
@@ -414,8 +414,8 @@ descriptors:
 `)
 	for id, want := range map[string]uint32{"d.a": 10, "d.b": 20, "d.c": 10} {
 		r := ruleByID(t, d, id)
-		if r.RequestsPerUnit != want || r.Unit != UnitMinute {
-			t.Errorf("%s: %d/%v, want %d/MINUTE", id, r.RequestsPerUnit, r.Unit, want)
+		if l := limit0(r); l.RequestsPerUnit != want || l.Unit != UnitMinute {
+			t.Errorf("%s: %d/%v, want %d/MINUTE", id, l.RequestsPerUnit, l.Unit, want)
 		}
 	}
 	// A merged-in unknown key is refused like a written one.
@@ -477,4 +477,12 @@ func TestParseLongestStrings(t *testing.T) {
 	if m := c.Match(long("d"), []Entry{{long("k"), long("v")}}); m.Rule == nil {
 		t.Fatal("the longest key and value do not match")
 	}
+}
+
+// limit0 returns r's first limit, or a zero one when it has none.
+func limit0(r *Rule) RateLimit {
+	if len(r.Limits) == 0 {
+		return RateLimit{}
+	}
+	return r.Limits[0]
 }

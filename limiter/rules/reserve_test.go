@@ -17,7 +17,7 @@ descriptors:
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := d.Rules[0]
+	r := limit0(d.Rules[0])
 	want := map[shed.Priority]uint64{shed.Critical: 0, shed.High: 10, shed.Default: 10, shed.Low: 50, shed.Sheddable: 100, shed.Unspecified: 10}
 	for p, n := range want {
 		if r.Reserve[p] != n {

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"strings"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -22,31 +23,28 @@ type Rule struct {
 	// It names the rule in stats.
 	ID string
 	// Name is rate_limit.name, the name that other rules' Replaces refer to.
+	// With rate_limits each limit carries its own name (RateLimit.Name) and
+	// Name is empty.
 	Name string
 	// File and Line locate the descriptor in its rule file.
 	File string
 	Line int
 
-	// HasLimit reports whether the node has a rate_limit. A matched leaf
-	// without one is an allow-list entry: the request gets no limit.
+	// HasLimit reports whether the node has a rate_limit (or rate_limits).
+	// A matched leaf without one is an allow-list entry: the request gets no
+	// limit.
 	HasLimit bool
 	// Unlimited is rate_limit.unlimited: the status is always OK and no
 	// counter is touched.
 	Unlimited bool
-	// Unit and RequestsPerUnit are the limit as written in the file.
-	// RequestsPerUnit 0 refuses every request (a block list).
-	Unit            Unit
-	RequestsPerUnit uint32
-	// Limit is the token bucket for the rule: Rate is RequestsPerUnit per
-	// Unit, Burst is the file's burst or else RequestsPerUnit. It is zero
-	// when the rule has no limit or is unlimited.
-	Limit limiter.Limit
-	// Reserve is the capacity-budget reserve (rate_limit.reserve), indexed
-	// by shed.Priority: the tokens that must remain in the bucket after a
-	// request of that priority takes its own. All zero without a reserve.
-	Reserve [shed.Sheddable + 1]uint64
+	// Limits lists the limits that all apply to a matching request, in file
+	// order: the one rate_limit, or every element of rate_limits (a levee
+	// extension). It is empty when the rule has no limit or is unlimited.
+	// Each limit counts in its own bucket (see LimitKeyHash).
+	Limits []RateLimit
 	// Replaces lists the names of the limits this one drops from the same
-	// request when it applies.
+	// request when it applies: rate_limit.replaces, or with rate_limits the
+	// replaces of all its limits.
 	Replaces []string
 
 	// ShadowMode counts and reports the rule but always answers OK.
@@ -95,6 +93,37 @@ type level struct {
 	valueToMetric bool
 }
 
+// MaxLimits is the most limits one descriptor may carry in rate_limits.
+const MaxLimits = 8
+
+// RateLimit is one limit of a descriptor: its rate_limit, or one element of
+// its rate_limits.
+type RateLimit struct {
+	// Name is the limit's name (name inside rate_limit or the rate_limits
+	// element): what other rules' replaces refer to, and what responses
+	// report as current_limit.name.
+	Name string
+	// Unit, UnitMultiplier and RequestsPerUnit are the limit as written:
+	// RequestsPerUnit per UnitMultiplier Units. UnitMultiplier is 1 unless
+	// the file gives unit_multiplier, or a period (then Unit is the largest
+	// of week, day, hour, minute and second that divides it).
+	// RequestsPerUnit 0 refuses every request (a block list).
+	Unit            Unit
+	UnitMultiplier  uint32
+	RequestsPerUnit uint32
+	// Limit is the token bucket: Rate is RequestsPerUnit per Window, Burst
+	// is the file's burst or else RequestsPerUnit.
+	Limit limiter.Limit
+	// Reserve is the capacity-budget reserve (reserve), indexed by
+	// shed.Priority: the tokens that must remain in this limit's bucket
+	// after a request of that priority takes its own. All zero without a
+	// reserve.
+	Reserve [shed.Sheddable + 1]uint64
+}
+
+// Window returns the length of the limit's window, UnitMultiplier Units.
+func (l *RateLimit) Window() time.Duration { return l.Limit.Period }
+
 // Depth returns the number of entries a request descriptor has when it
 // matches this rule.
 func (r *Rule) Depth() int { return len(r.levels) }
@@ -115,15 +144,35 @@ func (r *Rule) Value() string { return r.levels[len(r.levels)-1].value }
 // Match matched to r and domain its domain. KeyHash allocates nothing.
 func (r *Rule) KeyHash(domain string, entries []Entry) uint64 {
 	var d xxhash.Digest
+	r.keyDigest(&d, domain, entries)
+	return d.Sum64()
+}
+
+// keyDigest writes the counter key's fields to d, reset first.
+func (r *Rule) keyDigest(d *xxhash.Digest, domain string, entries []Entry) {
 	d.Reset()
-	WriteField(&d, domain)
+	WriteField(d, domain)
 	for i := range entries {
 		v := entries[i].Value
 		if i < len(r.levels) && r.levels[i].share {
 			v = r.levels[i].value
 		}
-		WriteField(&d, entries[i].Key)
-		WriteField(&d, v)
+		WriteField(d, entries[i].Key)
+		WriteField(d, v)
+	}
+}
+
+// LimitKeyHash returns the counter key of the rule's k-th limit (an index
+// into Limits) for a request descriptor that matched r. The first limit's
+// key is KeyHash's, so a rule that gains limits keeps its counter; every
+// other limit hashes one more field, whose length prefix no string can
+// have, so that its key differs from every descriptor's. It allocates
+// nothing.
+func (r *Rule) LimitKeyHash(domain string, entries []Entry, k int) uint64 {
+	var d xxhash.Digest
+	r.keyDigest(&d, domain, entries)
+	if k > 0 {
+		_, _ = d.Write([]byte{0xff, 0xff, 0xff, 0xff, byte(k)})
 	}
 	return d.Sum64()
 }

@@ -187,7 +187,7 @@ func TestWatcherInPlaceEdit(t *testing.T) {
 	}
 	var got *Config
 	w.poll(false, func(c *Config) { got = c })
-	if got == nil || got.Match("a", e("k=x")).Rule.RequestsPerUnit != 7 {
+	if got == nil || limit0(got.Match("a", e("k=x")).Rule).RequestsPerUnit != 7 {
 		t.Fatalf("in-place edit with the modification time set back: applied %v", got != nil)
 	}
 }

@@ -139,7 +139,7 @@ func TestWatcher(t *testing.T) {
 		if rule == nil {
 			t.Fatal("no rule")
 		}
-		return rule.RequestsPerUnit
+		return limit0(rule).RequestsPerUnit
 	}
 
 	// The first good config is applied at once.

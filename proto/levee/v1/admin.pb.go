@@ -1983,11 +1983,12 @@ type ExplainedRule struct {
 	HasLimit bool `protobuf:"varint,4,opt,name=has_limit,json=hasLimit,proto3" json:"has_limit,omitempty"`
 	// rate_limit.unlimited.
 	Unlimited bool `protobuf:"varint,5,opt,name=unlimited,proto3" json:"unlimited,omitempty"`
-	// Limit unit (SECOND, MINUTE, ...), if limited.
+	// Limit unit (SECOND, MINUTE, ...), if limited; with several limits, the
+	// first one's (limits lists them all).
 	Unit string `protobuf:"bytes,6,opt,name=unit,proto3" json:"unit,omitempty"`
-	// Requests per unit, if limited; 0 blocks everything.
+	// Requests per unit, if limited; 0 blocks everything. The first limit's.
 	RequestsPerUnit uint32 `protobuf:"varint,7,opt,name=requests_per_unit,json=requestsPerUnit,proto3" json:"requests_per_unit,omitempty"`
-	// Bucket capacity: burst, or requests_per_unit.
+	// Bucket capacity: burst, or requests_per_unit. The first limit's.
 	Burst uint64 `protobuf:"varint,8,opt,name=burst,proto3" json:"burst,omitempty"`
 	// shadow_mode: counted and reported, never enforced.
 	ShadowMode bool `protobuf:"varint,9,opt,name=shadow_mode,json=shadowMode,proto3" json:"shadow_mode,omitempty"`
@@ -1999,7 +2000,10 @@ type ExplainedRule struct {
 	// closed.
 	FailureMode string `protobuf:"bytes,12,opt,name=failure_mode,json=failureMode,proto3" json:"failure_mode,omitempty"`
 	// Names of the limits this one replaces.
-	Replaces      []string `protobuf:"bytes,13,rep,name=replaces,proto3" json:"replaces,omitempty"`
+	Replaces []string `protobuf:"bytes,13,rep,name=replaces,proto3" json:"replaces,omitempty"`
+	// Every limit that applies to a matching request, in file order: the one
+	// rate_limit, or each of rate_limits.
+	Limits        []*ExplainedLimit `protobuf:"bytes,14,rep,name=limits,proto3" json:"limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2125,6 +2129,105 @@ func (x *ExplainedRule) GetReplaces() []string {
 	return nil
 }
 
+func (x *ExplainedRule) GetLimits() []*ExplainedLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// ExplainedLimit is one limit of an explained rule.
+type ExplainedLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The limit's name, if any.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Unit of its window: SECOND, MINUTE, ...
+	Unit string `protobuf:"bytes,2,opt,name=unit,proto3" json:"unit,omitempty"`
+	// Units in its window (unit_multiplier, or a period in its largest
+	// dividing unit); 1 for a plain unit.
+	UnitMultiplier uint32 `protobuf:"varint,3,opt,name=unit_multiplier,json=unitMultiplier,proto3" json:"unit_multiplier,omitempty"`
+	// Requests per window; 0 blocks everything.
+	RequestsPerUnit uint32 `protobuf:"varint,4,opt,name=requests_per_unit,json=requestsPerUnit,proto3" json:"requests_per_unit,omitempty"`
+	// Bucket capacity: burst, or requests_per_unit.
+	Burst uint64 `protobuf:"varint,5,opt,name=burst,proto3" json:"burst,omitempty"`
+	// The limit in words, such as "5 per 5 minutes, burst 8".
+	Text          string `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedLimit) Reset() {
+	*x = ExplainedLimit{}
+	mi := &file_levee_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedLimit) ProtoMessage() {}
+
+func (x *ExplainedLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedLimit.ProtoReflect.Descriptor instead.
+func (*ExplainedLimit) Descriptor() ([]byte, []int) {
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExplainedLimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExplainedLimit) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *ExplainedLimit) GetUnitMultiplier() uint32 {
+	if x != nil {
+		return x.UnitMultiplier
+	}
+	return 0
+}
+
+func (x *ExplainedLimit) GetRequestsPerUnit() uint32 {
+	if x != nil {
+		return x.RequestsPerUnit
+	}
+	return 0
+}
+
+func (x *ExplainedLimit) GetBurst() uint64 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *ExplainedLimit) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 // ExplainResponse explains a descriptor.
 type ExplainResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2146,7 +2249,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_levee_v1_admin_proto_msgTypes[29]
+	mi := &file_levee_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2261,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_levee_v1_admin_proto_msgTypes[29]
+	mi := &file_levee_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2274,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_levee_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_levee_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExplainResponse) GetVersion() int64 {
@@ -2349,7 +2452,7 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\x0e2\x13.levee.v1.MatchKindR\x04kind\x12\x17\n" +
 	"\arule_id\x18\x03 \x01(\tR\x06ruleId\x12\x1a\n" +
 	"\blocation\x18\x04 \x01(\tR\blocation\x12\x12\n" +
-	"\x04note\x18\x05 \x01(\tR\x04note\"\x8f\x03\n" +
+	"\x04note\x18\x05 \x01(\tR\x04note\"\xc1\x03\n" +
 	"\rExplainedRule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2366,7 +2469,15 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	" \x01(\bR\tquotaMode\x12.\n" +
 	"\bpriority\x18\v \x01(\x0e2\x12.levee.v1.PriorityR\bpriority\x12!\n" +
 	"\ffailure_mode\x18\f \x01(\tR\vfailureMode\x12\x1a\n" +
-	"\breplaces\x18\r \x03(\tR\breplaces\"\xdc\x01\n" +
+	"\breplaces\x18\r \x03(\tR\breplaces\x120\n" +
+	"\x06limits\x18\x0e \x03(\v2\x18.levee.v1.ExplainedLimitR\x06limits\"\xb7\x01\n" +
+	"\x0eExplainedLimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04unit\x18\x02 \x01(\tR\x04unit\x12'\n" +
+	"\x0funit_multiplier\x18\x03 \x01(\rR\x0eunitMultiplier\x12*\n" +
+	"\x11requests_per_unit\x18\x04 \x01(\rR\x0frequestsPerUnit\x12\x14\n" +
+	"\x05burst\x18\x05 \x01(\x04R\x05burst\x12\x12\n" +
+	"\x04text\x18\x06 \x01(\tR\x04text\"\xdc\x01\n" +
 	"\x0fExplainResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12!\n" +
 	"\fdomain_found\x18\x02 \x01(\bR\vdomainFound\x12\x18\n" +
@@ -2406,7 +2517,7 @@ func file_levee_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_levee_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_levee_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_levee_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_levee_v1_admin_proto_goTypes = []any{
 	(MatchKind)(0),                // 0: levee.v1.MatchKind
 	(*ConfigBundle)(nil),          // 1: levee.v1.ConfigBundle
@@ -2438,15 +2549,16 @@ var file_levee_v1_admin_proto_goTypes = []any{
 	(*ExplainRequest)(nil),        // 27: levee.v1.ExplainRequest
 	(*ExplainStep)(nil),           // 28: levee.v1.ExplainStep
 	(*ExplainedRule)(nil),         // 29: levee.v1.ExplainedRule
-	(*ExplainResponse)(nil),       // 30: levee.v1.ExplainResponse
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(Priority)(0),                 // 32: levee.v1.Priority
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
-	(*Entry)(nil),                 // 34: levee.v1.Entry
+	(*ExplainedLimit)(nil),        // 30: levee.v1.ExplainedLimit
+	(*ExplainResponse)(nil),       // 31: levee.v1.ExplainResponse
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(Priority)(0),                 // 33: levee.v1.Priority
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*Entry)(nil),                 // 35: levee.v1.Entry
 }
 var file_levee_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: levee.v1.ConfigBundle.rule_files:type_name -> levee.v1.RuleFile
-	31, // 1: levee.v1.ConfigVersion.time:type_name -> google.protobuf.Timestamp
+	32, // 1: levee.v1.ConfigVersion.time:type_name -> google.protobuf.Timestamp
 	3,  // 2: levee.v1.GetConfigResponse.version:type_name -> levee.v1.ConfigVersion
 	1,  // 3: levee.v1.GetConfigResponse.bundle:type_name -> levee.v1.ConfigBundle
 	1,  // 4: levee.v1.ApplyConfigRequest.bundle:type_name -> levee.v1.ConfigBundle
@@ -2456,11 +2568,11 @@ var file_levee_v1_admin_proto_depIdxs = []int32{
 	3,  // 8: levee.v1.HistoryResponse.versions:type_name -> levee.v1.ConfigVersion
 	3,  // 9: levee.v1.RollbackResponse.version:type_name -> levee.v1.ConfigVersion
 	8,  // 10: levee.v1.RollbackResponse.replaced_malformed:type_name -> levee.v1.MalformedValue
-	32, // 11: levee.v1.Override.min_priority:type_name -> levee.v1.Priority
-	31, // 12: levee.v1.Override.until:type_name -> google.protobuf.Timestamp
-	31, // 13: levee.v1.Override.set_at:type_name -> google.protobuf.Timestamp
-	32, // 14: levee.v1.SetOverrideRequest.min_priority:type_name -> levee.v1.Priority
-	33, // 15: levee.v1.SetOverrideRequest.duration:type_name -> google.protobuf.Duration
+	33, // 11: levee.v1.Override.min_priority:type_name -> levee.v1.Priority
+	32, // 12: levee.v1.Override.until:type_name -> google.protobuf.Timestamp
+	32, // 13: levee.v1.Override.set_at:type_name -> google.protobuf.Timestamp
+	33, // 14: levee.v1.SetOverrideRequest.min_priority:type_name -> levee.v1.Priority
+	34, // 15: levee.v1.SetOverrideRequest.duration:type_name -> google.protobuf.Duration
 	15, // 16: levee.v1.SetOverrideResponse.override:type_name -> levee.v1.Override
 	15, // 17: levee.v1.SetOverrideResponse.replaced:type_name -> levee.v1.Override
 	15, // 18: levee.v1.ClearOverrideResponse.cleared:type_name -> levee.v1.Override
@@ -2469,40 +2581,41 @@ var file_levee_v1_admin_proto_depIdxs = []int32{
 	15, // 21: levee.v1.StatusResponse.overrides:type_name -> levee.v1.Override
 	25, // 22: levee.v1.MemberStatus.refusals:type_name -> levee.v1.PriorityRate
 	26, // 23: levee.v1.MemberStatus.thresholds:type_name -> levee.v1.ResourceThreshold
-	32, // 24: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
-	32, // 25: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
-	31, // 26: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
-	34, // 27: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
-	34, // 28: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
+	33, // 24: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
+	33, // 25: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
+	32, // 26: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
+	35, // 27: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
+	35, // 28: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
 	0,  // 29: levee.v1.ExplainStep.kind:type_name -> levee.v1.MatchKind
-	32, // 30: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
-	29, // 31: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
-	28, // 32: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
-	4,  // 33: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
-	6,  // 34: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
-	9,  // 35: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
-	11, // 36: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
-	13, // 37: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
-	16, // 38: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
-	18, // 39: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
-	20, // 40: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
-	22, // 41: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
-	27, // 42: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
-	5,  // 43: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
-	7,  // 44: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
-	10, // 45: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
-	12, // 46: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
-	14, // 47: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
-	17, // 48: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
-	19, // 49: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
-	21, // 50: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
-	23, // 51: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
-	30, // 52: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
-	43, // [43:53] is the sub-list for method output_type
-	33, // [33:43] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	33, // 30: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
+	30, // 31: levee.v1.ExplainedRule.limits:type_name -> levee.v1.ExplainedLimit
+	29, // 32: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
+	28, // 33: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
+	4,  // 34: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
+	6,  // 35: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
+	9,  // 36: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
+	11, // 37: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
+	13, // 38: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
+	16, // 39: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
+	18, // 40: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
+	20, // 41: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
+	22, // 42: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
+	27, // 43: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
+	5,  // 44: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
+	7,  // 45: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
+	10, // 46: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
+	12, // 47: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
+	14, // 48: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
+	17, // 49: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
+	19, // 50: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
+	21, // 51: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
+	23, // 52: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
+	31, // 53: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
+	44, // [44:54] is the sub-list for method output_type
+	34, // [34:44] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_levee_v1_admin_proto_init() }
@@ -2521,7 +2634,7 @@ func file_levee_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_levee_v1_admin_proto_rawDesc), len(file_levee_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -574,22 +574,30 @@ type ItemStatus struct {
 	Limit int64 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Refill period of the limit that applied.
 	Period *durationpb.Duration `protobuf:"bytes,4,opt,name=period,proto3" json:"period,omitempty"`
-	// Tokens left after this decision.
+	// Tokens left after this decision. With several limits on the rule
+	// (rate_limits), limit, period, remaining, reset_after and retry_after
+	// are the tightest limit's: the refusing one whose retry is furthest
+	// away, or else the one with the fewest tokens left.
 	Remaining int64 `protobuf:"varint,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	// Time until the bucket is full again.
 	ResetAfter *durationpb.Duration `protobuf:"bytes,6,opt,name=reset_after,json=resetAfter,proto3" json:"reset_after,omitempty"`
 	// When over limit: time until the same request would fit. Absent when it
 	// never can (hits above the burst, or a limit of 0).
 	RetryAfter *durationpb.Duration `protobuf:"bytes,7,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
-	// Name (or path) of the rule that applied, for logs and debugging.
+	// Name of the limit that applied (rate_limit.name), or else the rule's
+	// path, for logs, debugging and policy names in response headers.
 	Rule string `protobuf:"bytes,8,opt,name=rule,proto3" json:"rule,omitempty"`
 	// The rule is in shadow mode: the item was counted and reported OK even if
 	// it was over the limit; over_limit_in_shadow tells which.
 	Shadow bool `protobuf:"varint,9,opt,name=shadow,proto3" json:"shadow,omitempty"`
 	// In shadow mode, whether the item would have been over the limit.
 	OverLimitInShadow bool `protobuf:"varint,10,opt,name=over_limit_in_shadow,json=overLimitInShadow,proto3" json:"over_limit_in_shadow,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The rule is in quota mode: its OVER_LIMIT makes the overall code
+	// OVER_LIMIT only when every quota-mode item of the request is over. A
+	// client caching refusals per item must not cache such an item's.
+	QuotaMode     bool `protobuf:"varint,11,opt,name=quota_mode,json=quotaMode,proto3" json:"quota_mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ItemStatus) Reset() {
@@ -692,6 +700,13 @@ func (x *ItemStatus) GetOverLimitInShadow() bool {
 	return false
 }
 
+func (x *ItemStatus) GetQuotaMode() bool {
+	if x != nil {
+		return x.QuotaMode
+	}
+	return false
+}
+
 var File_levee_v1_ratelimit_proto protoreflect.FileDescriptor
 
 const file_levee_v1_ratelimit_proto_rawDesc = "" +
@@ -723,7 +738,7 @@ const file_levee_v1_ratelimit_proto_rawDesc = "" +
 	"\tunlimited\x18\x05 \x01(\bR\tunlimited\"t\n" +
 	"\rCheckResponse\x121\n" +
 	"\foverall_code\x18\x01 \x01(\x0e2\x0e.levee.v1.CodeR\voverallCode\x120\n" +
-	"\bstatuses\x18\x02 \x03(\v2\x14.levee.v1.ItemStatusR\bstatuses\"\x86\x03\n" +
+	"\bstatuses\x18\x02 \x03(\v2\x14.levee.v1.ItemStatusR\bstatuses\"\xa5\x03\n" +
 	"\n" +
 	"ItemStatus\x12\"\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x0e.levee.v1.CodeR\x04code\x12\x18\n" +
@@ -738,7 +753,9 @@ const file_levee_v1_ratelimit_proto_rawDesc = "" +
 	"\x04rule\x18\b \x01(\tR\x04rule\x12\x16\n" +
 	"\x06shadow\x18\t \x01(\bR\x06shadow\x12/\n" +
 	"\x14over_limit_in_shadow\x18\n" +
-	" \x01(\bR\x11overLimitInShadow*\x8e\x01\n" +
+	" \x01(\bR\x11overLimitInShadow\x12\x1d\n" +
+	"\n" +
+	"quota_mode\x18\v \x01(\bR\tquotaMode*\x8e\x01\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11PRIORITY_CRITICAL\x10\x01\x12\x11\n" +

@@ -106,7 +106,8 @@ func listOrNone(s []string) string {
 
 func location(r *rules.Rule) string { return fmt.Sprintf("%s:%d", r.File, r.Line) }
 
-// matchedSummary describes the rule that applies.
+// matchedSummary describes the rule that applies, with every limit that
+// applies to a matching request.
 func matchedSummary(r *rules.Rule) string {
 	var what string
 	switch {
@@ -114,13 +115,17 @@ func matchedSummary(r *rules.Rule) string {
 		what = "no limit (an allow-list entry: the rule has no rate_limit)"
 	case r.Unlimited:
 		what = "unlimited"
-	case r.RequestsPerUnit == 0:
-		what = "every request refused (requests_per_unit: 0)"
+	case len(r.Limits) == 1:
+		what = limitText(&r.Limits[0])
 	default:
-		what = fmt.Sprintf("%d per %s", r.RequestsPerUnit, strings.ToLower(r.Unit.String()))
-		if r.Limit.Burst != uint64(r.RequestsPerUnit) {
-			what += fmt.Sprintf(", burst %d", r.Limit.Burst)
+		parts := make([]string, len(r.Limits))
+		for i := range r.Limits {
+			parts[i] = limitText(&r.Limits[i])
+			if n := r.Limits[i].Name; n != "" {
+				parts[i] += " (" + n + ")"
+			}
 		}
+		what = fmt.Sprintf("%d limits, all apply: %s", len(r.Limits), strings.Join(parts, "; "))
 	}
 	s := fmt.Sprintf("rule %s (%s): %s", r.ID, location(r), what)
 	if r.ShadowMode {
@@ -128,6 +133,23 @@ func matchedSummary(r *rules.Rule) string {
 	}
 	if len(r.Replaces) > 0 {
 		s += "; replaces " + strings.Join(r.Replaces, ", ")
+	}
+	return s
+}
+
+// limitText puts one limit into words: "10 per second", "5 per 5 minutes,
+// burst 8", or "every request refused (requests_per_unit: 0)".
+func limitText(l *rules.RateLimit) string {
+	if l.RequestsPerUnit == 0 {
+		return "every request refused (requests_per_unit: 0)"
+	}
+	unit := strings.ToLower(l.Unit.String())
+	s := fmt.Sprintf("%d per %s", l.RequestsPerUnit, unit)
+	if l.UnitMultiplier > 1 {
+		s = fmt.Sprintf("%d per %d %ss", l.RequestsPerUnit, l.UnitMultiplier, unit)
+	}
+	if l.Limit.Capacity() != uint64(l.RequestsPerUnit) {
+		s += fmt.Sprintf(", burst %d", l.Limit.Capacity())
 	}
 	return s
 }

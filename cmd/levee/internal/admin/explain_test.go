@@ -43,6 +43,13 @@ descriptors:
     rate_limit:
       unit: day
       requests_per_unit: 7
+  - key: token
+    rate_limits:
+      - {name: per_second, unit: second, requests_per_unit: 10}
+      - {unit: minute, unit_multiplier: 5, requests_per_unit: 5, burst: 8}
+      - {name: daily, period: 24h, requests_per_unit: 0}
+  - key: export
+    rate_limit: {period: 90s, requests_per_unit: 3}
 `
 
 func explainCfg(t *testing.T) *rules.Config {
@@ -102,6 +109,10 @@ func TestExplain(t *testing.T) {
 			"", "example.tenant has no rate_limit of its own; only its children (route) have limits"},
 		{"underscore in a key", "example", entries("key_with_underscore", "v"), []rules.MatchKind{rules.MatchExact},
 			"example.key_with_underscore_v", "7 per day"},
+		{"several limits", "example", entries("token", "t"), []rules.MatchKind{rules.MatchDefault},
+			"example.token", "3 limits, all apply: 10 per second (per_second); 5 per 5 minutes, burst 8; every request refused (requests_per_unit: 0) (daily)"},
+		{"a period", "example", entries("export", "e"), []rules.MatchKind{rules.MatchDefault},
+			"example.export", "3 per 90 seconds"},
 		{"unknown domain", "nope", entries("user", "u"), nil, "", `domain "nope" is not in the configuration (domains: example)`},
 		{"no entries", "example", nil, nil, "", "no entries"},
 	} {
@@ -170,5 +181,25 @@ descriptors:
 	ex = Explain(cfg, "collide", entries("a", "b_c"))
 	if ex.Rule == nil || ex.Rule.ID != "collide.a_b_c" || len(ex.Steps) != 1 || ex.Steps[0].Kind != rules.MatchExact {
 		t.Fatalf("a=b_c: rule %v, steps %+v", ex.Rule, ex.Steps)
+	}
+}
+
+// TestExplainedRuleListsEveryLimit: the admin API's explained rule carries
+// every limit, the first also in the single-limit fields older clients read.
+func TestExplainedRuleListsEveryLimit(t *testing.T) {
+	r := explainCfg(t).Match("example", entries("token", "t")).Rule
+	er := ruleToProto(r)
+	if er.Unit != "SECOND" || er.RequestsPerUnit != 10 || er.Burst != 10 || len(er.Limits) != 3 {
+		t.Fatalf("explained rule %v", er)
+	}
+	l := er.Limits[1]
+	if l.Name != "" || l.Unit != "MINUTE" || l.UnitMultiplier != 5 || l.RequestsPerUnit != 5 || l.Burst != 8 || l.Text != "5 per 5 minutes, burst 8" {
+		t.Errorf("second limit %v", l)
+	}
+	if l := er.Limits[2]; l.Name != "daily" || l.Unit != "DAY" || l.UnitMultiplier != 1 || l.RequestsPerUnit != 0 {
+		t.Errorf("third limit %v", l)
+	}
+	if er := ruleToProto(explainCfg(t).Match("example", entries("client", "batch-exporter")).Rule); len(er.Limits) != 0 || er.Unit != "" {
+		t.Errorf("allow-list entry %v", er)
 	}
 }

@@ -404,21 +404,24 @@ func memberToProto(m MemberStatus, self string) *leveev1.MemberStatus {
 }
 
 func ruleToProto(r *rules.Rule) *leveev1.ExplainedRule {
-	return &leveev1.ExplainedRule{
+	er := &leveev1.ExplainedRule{
 		Id: r.ID, Name: r.Name, Location: location(r),
 		HasLimit: r.HasLimit, Unlimited: r.Unlimited,
-		Unit: unitName(r), RequestsPerUnit: r.RequestsPerUnit, Burst: r.Limit.Burst,
 		ShadowMode: r.ShadowMode, QuotaMode: r.QuotaMode,
 		Priority: priorityEnum(r.Priority.String()), FailureMode: r.FailureMode.String(),
 		Replaces: r.Replaces,
 	}
-}
-
-func unitName(r *rules.Rule) string {
-	if !r.HasLimit || r.Unlimited {
-		return ""
+	for i := range r.Limits {
+		l := &r.Limits[i]
+		if i == 0 {
+			er.Unit, er.RequestsPerUnit, er.Burst = l.Unit.String(), l.RequestsPerUnit, l.Limit.Capacity()
+		}
+		er.Limits = append(er.Limits, &leveev1.ExplainedLimit{
+			Name: l.Name, Unit: l.Unit.String(), UnitMultiplier: l.UnitMultiplier,
+			RequestsPerUnit: l.RequestsPerUnit, Burst: l.Limit.Capacity(), Text: limitText(l),
+		})
 	}
-	return r.Unit.String()
+	return er
 }
 
 func matchKindToProto(k rules.MatchKind) leveev1.MatchKind {

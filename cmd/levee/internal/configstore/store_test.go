@@ -606,7 +606,7 @@ func TestWatchDeliversToThreeNodes(t *testing.T) {
 				if d.v == v {
 					at[d.node] = d.at
 					got++
-					rpu := d.cfg.Match("api", []rules.Entry{{Key: "user", Value: "u"}}).Rule.RequestsPerUnit
+					rpu := d.cfg.Match("api", []rules.Entry{{Key: "user", Value: "u"}}).Rule.Limits[0].RequestsPerUnit
 					if want := uint32(v); v > 1 && rpu != want {
 						t.Fatalf("node %d version %d has limit %d, want %d", d.node, v, rpu, want)
 					}

@@ -207,6 +207,9 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	if err := checkPeerTLS(cfg); err != nil {
 		return nil, err
 	}
+	if err := checkGRPCAddr(cfg); err != nil {
+		return nil, err
+	}
 	initial, policyData, initialPolicy, err := loadBootstrap(cfg)
 	if err != nil {
 		return nil, err
@@ -222,7 +225,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	n.onClose(func() { _ = provider.Shutdown(context.Background()) })
 	meter := provider.Meter("github.com/levee-dev/levee")
 
-	if n.lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+	if n.lis, err = listen(cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
 	n.onClose(func() { _ = n.lis.Close() })
@@ -415,7 +418,7 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 	}
 
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	addrs := Addrs{GRPC: n.lis.Addr().String()}
+	addrs := Addrs{GRPC: dialTarget(n.lis.Addr())}
 	if n.httpLis != nil {
 		addrs.Metrics = n.httpLis.Addr().String()
 	}

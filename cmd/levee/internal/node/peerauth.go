@@ -119,8 +119,12 @@ func checkPeerTLS(cfg Config) error {
 	return nil
 }
 
-// isLoopback reports whether a listener's address is on loopback only.
+// isLoopback reports whether a listener's address is on loopback only (or
+// a Unix socket, which only this host reaches).
 func isLoopback(a net.Addr) bool {
+	if a.Network() == "unix" {
+		return true
+	}
 	tcp, ok := a.(*net.TCPAddr)
 	return ok && tcp.IP.IsLoopback()
 }
