@@ -280,7 +280,7 @@ func TestWatcherConfigMap(t *testing.T) {
 		if m.Rule == nil {
 			t.Fatalf("no rule in %s: %s", domain, domainNames(c))
 		}
-		return m.Rule.RequestsPerUnit
+		return limit0(m.Rule).RequestsPerUnit
 	}
 
 	// A new limit in one file, and a file added.
