@@ -11,8 +11,9 @@
 #
 # FAULTS_ARGS passes flags to the suite, e.g.
 #   FAULTS_ARGS="-faults.quorum-loss 10s -flood.keys 2000000"
-# The fault table is written to $OUT/faults.md (OUT default: a temporary
-# directory, printed).
+# The fault table is written to $OUT/faults.md, and every phase's calls and
+# metrics readings to $OUT/calls/*.csv (OUT default: a temporary directory,
+# printed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$SECONDS
@@ -40,7 +41,7 @@ uptime
 read -r -a extra <<<"${FAULTS_ARGS:-}"
 rc=0
 go test -tags docker -count=1 -v -timeout 20m ./deploy/compose/ \
-	-args -faults.tag "$tag" -faults.out "$out/faults.md" "${extra[@]}" || rc=$?
+	-args -faults.tag "$tag" -faults.out "$out/faults.md" -faults.dump "$out/calls" "${extra[@]}" || rc=$?
 uptime
 echo "fault table: $out/faults.md"
 step "done"
