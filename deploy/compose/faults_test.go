@@ -321,43 +321,9 @@ func TestFaults(t *testing.T) {
 				return s.partition(ph, hold, []string{"etcd"}, disconnect("etcd"))
 			}},
 		{name: "hung (docker pause) > member TTL", victim: 1, stale: true, fresh: 2, two: twoRemoveToHeal,
-			script: func(ph *phase) error {
-				if _, err := docker("pause", s.p.id(leveeNodes[ph.victim])); err != nil {
-					return err
-				}
-				ph.inject = ph.now()
-				if err := ph.waitDrop(); err != nil {
-					return err
-				}
-				if err := ph.drainStale(); err != nil {
-					return err
-				}
-				time.Sleep(time.Until(ph.t0.Add(ph.inject + hold)))
-				if _, err := docker("unpause", s.p.id(leveeNodes[ph.victim])); err != nil {
-					return err
-				}
-				ph.remove = ph.now()
-				return ph.waitServing(ph.victim, ph.inject)
-			}},
+			script: func(ph *phase) error { return s.downAndBack(ph, hold, "pause", "unpause") }},
 		{name: "killed, then started", victim: 2, stale: true, fresh: 2, two: twoRemoveToHeal,
-			script: func(ph *phase) error {
-				if _, err := docker("kill", s.p.id(leveeNodes[ph.victim])); err != nil {
-					return err
-				}
-				ph.inject = ph.now()
-				if err := ph.waitDrop(); err != nil {
-					return err
-				}
-				if err := ph.drainStale(); err != nil {
-					return err
-				}
-				time.Sleep(time.Until(ph.t0.Add(ph.inject + hold)))
-				if _, err := docker("start", s.p.id(leveeNodes[ph.victim])); err != nil {
-					return err
-				}
-				ph.remove = ph.now()
-				return ph.waitServing(ph.victim, ph.inject)
-			}},
+			script: func(ph *phase) error { return s.downAndBack(ph, hold, "kill", "start") }},
 		{name: "rolling restart", victim: -1, fresh: nodes, two: twoEachStart,
 			script: s.rollingRestart},
 		{name: "etcd leader killed", victim: -1, ringStays: true, script: func(ph *phase) error {
@@ -447,6 +413,28 @@ func (s *suite) partition(ph *phase, hold time.Duration, nets []string, cut func
 		return ph.waitServing(ph.victim, ph.inject)
 	}
 	return nil
+}
+
+// downAndBack takes the victim's container down with one docker command
+// (pause, kill) and, hold later, back with another (unpause, start); the
+// stale-bucket key is drained while the others' rings are without it.
+func (s *suite) downAndBack(ph *phase, hold time.Duration, down, back string) error {
+	if _, err := docker(down, s.p.id(leveeNodes[ph.victim])); err != nil {
+		return err
+	}
+	ph.inject = ph.now()
+	if err := ph.waitDrop(); err != nil {
+		return err
+	}
+	if err := ph.drainStale(); err != nil {
+		return err
+	}
+	time.Sleep(time.Until(ph.t0.Add(ph.inject + hold)))
+	if _, err := docker(back, s.p.id(leveeNodes[ph.victim])); err != nil {
+		return err
+	}
+	ph.remove = ph.now()
+	return ph.waitServing(ph.victim, ph.inject)
 }
 
 // rollingRestart stops each node in turn (SIGTERM: it leaves the ring and
