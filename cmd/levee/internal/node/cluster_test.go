@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
@@ -92,11 +93,14 @@ func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc me
 	ready := make(chan Addrs, 1)
 	go func() {
 		m.done <- Run(ctx, Config{
-			GRPCAddr:      "127.0.0.1:0",
-			TLS:           tc.server,
-			MetricsAddr:   "127.0.0.1:0",
-			RulesPath:     rulesDir,
-			RulesPoll:     time.Hour,
+			GRPCAddr:    "127.0.0.1:0",
+			TLS:         tc.server,
+			MetricsAddr: "127.0.0.1:0",
+			RulesPath:   rulesDir,
+			RulesPoll:   time.Hour,
+			// These tests drive the configuration through etcd; rulesDir
+			// only seeds it.
+			ConfigSource:  admin.SourceEtcd,
 			ShutdownGrace: clusterWait,
 			Cluster: &ClusterConfig{
 				EtcdEndpoints: endpoints,
