@@ -134,8 +134,15 @@ func (rt *runtimeConfig) loadStored(ctx context.Context, cfg Config) {
 			rt.refuse(rec.Meta.Version, verr)
 		}
 		if w := rt.differs(rec.Meta, rec.Bundle); w != "" {
-			log.Warn("the files given differ from the stored configuration, which this node enforces (config source etcd): apply them with levee ctl apply, or run with --config-source file",
-				"config", rt.rulesPath, "shed_policy", rt.policyPath, "files_hash", rt.boot.Hash(), "stored_version", rec.Version, "stored_hash", rec.Bundle.Hash())
+			var attrs []any
+			if rt.rulesGiven {
+				attrs = append(attrs, "config", rt.rulesPath)
+			}
+			if rt.shedGiven {
+				attrs = append(attrs, "shed_policy", rt.policyPath)
+			}
+			attrs = append(attrs, "files_hash", rt.boot.Hash(), "stored_version", rec.Version, "stored_hash", rec.Bundle.Hash())
+			log.Warn("the files given differ from the stored configuration, which this node enforces (config source etcd): apply them with levee ctl apply, or run with --config-source file", attrs...)
 		}
 		return
 	}
