@@ -74,3 +74,28 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestServeConfigSourceErrors: a config source that cannot work is refused
+// at start with the flags named.
+func TestServeConfigSourceErrors(t *testing.T) {
+	base := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--admin-addr", "", "--procs", "default"}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--standalone", "--config-source", "etcd"}, []string{"--standalone", "--config-source etcd"}},
+		{[]string{"--standalone", "--config-source", "files"}, []string{"--config-source", `"files"`}},
+	} {
+		root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}
+		root.AddCommand(serveCommand())
+		root.SetArgs(append(base, c.args...))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := root.ExecuteContext(ctx)
+		cancel()
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("levee serve %v: %v; want an error with %q", c.args, err, w)
+			}
+		}
+	}
+}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
+	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	// the built-in examples).
 	ConfigSource string
 	ConfigFiles  []string
+	// EnforcedRules, with SourceFile, gives the rules the node enforces,
+	// which Explain explains against unless asked for a stored version.
+	EnforcedRules func() *rules.Config
 	// TokenFile is a file of "name:token" lines; empty for none.
 	TokenFile string
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -169,7 +173,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	leveev1.RegisterAdminServiceServer(srv, &service{
 		store: cfg.Store, status: cfg.Status, log: cfg.Logger, now: cfg.Now, maxHistory: cfg.MaxHistory,
-		source: cfg.ConfigSource, files: cfg.ConfigFiles,
+		source: cfg.ConfigSource, files: cfg.ConfigFiles, enforced: cfg.EnforcedRules,
 	})
 	cfg.Logger.Info("admin API listening", "addr", lis.Addr().String(), "tls", tlsCfg != nil,
 		"tokens", len(auth.tokens), "mtls", auth.allowed != nil, "loopback", auth.loopback)

@@ -50,6 +50,7 @@ type service struct {
 	maxHistory int
 	source     string   // SourceEtcd or SourceFile
 	files      []string // the files a node in file mode enforces
+	enforced   func() *rules.Config
 }
 
 // Config sources: where a node takes its rules and shedding policy from.
@@ -271,13 +272,21 @@ func (s *service) Explain(ctx context.Context, req *leveev1.ExplainRequest) (*le
 		}
 		entries[i] = rules.Entry{Key: e.GetKey(), Value: e.GetValue()}
 	}
-	rec, err := s.store.Version(ctx, req.GetVersion())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	cfg, err := s.store.Validate(rec.Bundle)
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "version %d does not load, so nothing can be explained against it: %v", rec.Version, err)
+	var (
+		rec configstore.Record
+		cfg *rules.Config
+		err error
+	)
+	if req.GetVersion() == 0 && s.source == SourceFile && s.enforced != nil {
+		// The node's own files are in force, not a stored version.
+		cfg = s.enforced()
+	} else {
+		if rec, err = s.store.Version(ctx, req.GetVersion()); err != nil {
+			return nil, toStatus(err)
+		}
+		if cfg, err = s.store.Validate(rec.Bundle); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "version %d does not load, so nothing can be explained against it: %v", rec.Version, err)
+		}
 	}
 	ex := Explain(cfg, req.GetDomain(), entries)
 	resp := &leveev1.ExplainResponse{

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -17,7 +18,16 @@ import (
 func TestFileModeRefusesWrites(t *testing.T) {
 	store := newStore(t)
 	files := []string{"/etc/levee/rules", "/etc/levee/shed.yaml"}
-	addr := start(t, Config{Addr: "127.0.0.1:0", Store: store, ConfigSource: SourceFile, ConfigFiles: files})
+	d, err := rules.Parse("api.yaml", []byte("domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 42}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enforced, err := rules.NewConfig(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := start(t, Config{Addr: "127.0.0.1:0", Store: store, ConfigSource: SourceFile, ConfigFiles: files,
+		EnforcedRules: func() *rules.Config { return enforced }})
 	c := dial(t, addr, nil)
 	for name, call := range map[string]func() error{
 		"apply": func() error {
@@ -49,6 +59,11 @@ func TestFileModeRefusesWrites(t *testing.T) {
 	st, err := c.Status(withToken(""), &leveev1.StatusRequest{})
 	if err != nil || st.GetConfigSource() != SourceFile {
 		t.Fatalf("Status: %v, source %q; want %q", err, st.GetConfigSource(), SourceFile)
+	}
+	// Explain explains against the rules the node enforces.
+	ex, err := c.Explain(withToken(""), &leveev1.ExplainRequest{Domain: "api", Entries: []*leveev1.Entry{{Key: "user", Value: "alice"}}})
+	if err != nil || !ex.GetMatched() || ex.GetRule().GetRequestsPerUnit() != 42 {
+		t.Fatalf("Explain in file mode: %v, %v; want the enforced rule (42 per second)", ex, err)
 	}
 	if _, err := New(Config{Addr: "127.0.0.1:0", Store: store, ConfigSource: "files"}); err == nil {
 		t.Fatal("New accepted an unknown config source")

@@ -94,6 +94,7 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 			Status:         admin.StatusFunc(rt.clusterStatus),
 			ConfigSource:   conf.source,
 			ConfigFiles:    conf.paths,
+			EnforcedRules:  eng.Rules,
 			TokenFile:      cfg.Admin.TokenFile,
 			TLSCertFile:    cfg.Admin.TLSCertFile,
 			TLSKeyFile:     cfg.Admin.TLSKeyFile,
