@@ -228,7 +228,13 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, err
 	}
 	n.why = why
-	initial, policyData, initialPolicy, err := loadBootstrap(cfg)
+	// In file mode the watcher loads the rules, so that they are parsed
+	// once: it carries on from what it loaded.
+	var watcher *rules.Watcher
+	if src == admin.SourceFile && cfg.RulesPath != "" {
+		watcher = rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
+	}
+	initial, policyData, initialPolicy, err := loadBootstrap(cfg, watcher)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +295,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if src == admin.SourceFile {
-		n.files = newFileSource(cfg, boot, n.eng, n.shedding, n.tel, n.conf, log)
+		n.files = newFileSource(cfg, watcher, boot, n.eng, n.shedding, n.tel, n.conf, log)
 	}
 	if n.cl != nil {
 		if n.rt, err = startRuntime(ctx, cfg, n.cl, n.eng, n.shedding, n.tel, boot, n.conf, log); err != nil {
@@ -320,10 +326,15 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 }
 
 // loadBootstrap reads the rules and the shedding policy the node starts
-// with, from their files or the built-in examples; policyData is the policy
-// file's content, nil for the example.
-func loadBootstrap(cfg Config) (initial *rules.Config, policyData []byte, pol *policy.Policy, err error) {
-	if initial, err = loadRules(cfg.RulesPath); err != nil {
+// with, from their files (through w, if not nil) or the built-in examples;
+// policyData is the policy file's content, nil for the example.
+func loadBootstrap(cfg Config, w *rules.Watcher) (initial *rules.Config, policyData []byte, pol *policy.Policy, err error) {
+	if w != nil {
+		initial, err = w.Load()
+	} else {
+		initial, err = loadRules(cfg.RulesPath)
+	}
+	if err != nil {
 		return nil, nil, nil, fmt.Errorf("loading rules: %w", err)
 	}
 	if cfg.ShedPolicyPath != "" {

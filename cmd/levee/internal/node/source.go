@@ -176,12 +176,13 @@ func configInfoMetrics(meter metric.Meter, conf *enforced) error {
 // written anywhere: nodes reading different files for a while (a
 // ConfigMap reaches pods up to a minute apart) each enforce their own.
 type fileSource struct {
-	cfg  Config
-	log  *slog.Logger
-	eng  *engine.Engine
-	shed *shedSet
-	tel  *telemetry
-	conf *enforced
+	cfg     Config
+	watcher *rules.Watcher // nil without rule files
+	log     *slog.Logger
+	eng     *engine.Engine
+	shed    *shedSet
+	tel     *telemetry
+	conf    *enforced
 	// changed, if not nil, is told after each change (to publish the
 	// node's status soon).
 	changed func()
@@ -194,15 +195,15 @@ type fileSource struct {
 }
 
 // newFileSource starts from the bootstrap bundle, which the node enforces
-// from the start.
-func newFileSource(cfg Config, boot configstore.Bundle, eng *engine.Engine, sh *shedSet, tel *telemetry, conf *enforced, log *slog.Logger) *fileSource {
-	return &fileSource{cfg: cfg, log: log, eng: eng, shed: sh, tel: tel, conf: conf, rules: boot.Rules, policy: boot.Shed}
+// from the start; w, nil without rule files, is the watcher that loaded
+// the rules.
+func newFileSource(cfg Config, w *rules.Watcher, boot configstore.Bundle, eng *engine.Engine, sh *shedSet, tel *telemetry, conf *enforced, log *slog.Logger) *fileSource {
+	return &fileSource{cfg: cfg, watcher: w, log: log, eng: eng, shed: sh, tel: tel, conf: conf, rules: boot.Rules, policy: boot.Shed}
 }
 
 // run watches the files until ctx is done.
 func (fs *fileSource) run(ctx context.Context, wg *sync.WaitGroup) {
-	if fs.cfg.RulesPath != "" {
-		w := rules.NewWatcher(fs.cfg.RulesPath, fs.cfg.RulesPoll, fs.log)
+	if w := fs.watcher; w != nil {
 		w.OnError = fs.rulesRefused
 		wg.Go(func() { _ = w.Run(ctx, fs.applyRules) })
 	}
