@@ -459,9 +459,10 @@ func TestProcessEtcdMode(t *testing.T) {
 }
 
 // TestProcessCurrentKeyDeletedNoReseed: with the current-version key
-// deleted, a node starting with other files must not seed them: it
-// serves the newest stored version, like the running node, says the key
-// is gone, and a rollback repairs it.
+// deleted, or holding a malformed value, a node starting with other files
+// must not seed them: it serves the newest stored version, like the
+// running nodes, says the key is gone or unreadable, and a rollback
+// repairs it.
 func TestProcessCurrentKeyDeletedNoReseed(t *testing.T) {
 	bin := buildLevee(t)
 	flags1 := append([]string{"--config-source", "etcd", "--config", ruleDir(t, 500), "--admin-addr", "127.0.0.1:0"}, embeddedEtcd...)
@@ -498,6 +499,22 @@ func TestProcessCurrentKeyDeletedNoReseed(t *testing.T) {
 		t.Errorf("ctl status does not show d2's warning:\n%s", out)
 	}
 
+	// A malformed current value is damage too, not an empty store.
+	if _, err := c.Put(context.Background(), current, "{garbage"); err != nil {
+		t.Fatal(err)
+	}
+	p3 := startProc(t, bin, "d3", "--config-source", "etcd", "--config", ruleDir(t, 8), "--etcd-endpoints", p1.etcd)
+	waitMembers(t, 3, p1, p2, p3)
+	if l, err := p3.nativeLimit(); err != nil || l != 501 {
+		t.Errorf("d3 enforces %d (%v) with the current key malformed; want 501", l, err)
+	}
+	if resp, err := c.Get(context.Background(), current); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "{garbage" {
+		t.Errorf("current key after d3 started: %v, %v; want the malformed value left alone", resp, err)
+	}
+	if !strings.Contains(p3.logText(), "configuration store damaged: the current-version key is unreadable") {
+		t.Errorf("d3 did not log the malformed current key:\n%s", p3.logText())
+	}
+
 	out, stderr, code = runCtl("--addr", p1.admin, "rollback", "2", "--reason", "restore the current key")
 	if code != 0 || !strings.Contains(out, "applied version 3") {
 		t.Fatalf("ctl rollback: exit %d\n%s\n%s", code, out, stderr)
@@ -507,7 +524,7 @@ func TestProcessCurrentKeyDeletedNoReseed(t *testing.T) {
 		out, _, _ = runCtl("--addr", p1.admin, "status")
 		// Their --config still differs from what is stored, and they
 		// say so; the missing key is no longer reported.
-		if strings.Count(out, "v3 (warning)") == 2 && !strings.Contains(out, "current-version key") {
+		if strings.Count(out, "v3 (warning)") == 3 && !strings.Contains(out, "current-version key") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -515,11 +532,12 @@ func TestProcessCurrentKeyDeletedNoReseed(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, p := range []*proc{p2, p1} {
+	for _, p := range []*proc{p3, p2, p1} {
 		if l, err := p.nativeLimit(); err != nil || l != 501 {
 			t.Errorf("%s enforces %d (%v) after the rollback; want 501", p.id, l, err)
 		}
 	}
+	p3.stop(t)
 	p2.stop(t)
 	p1.stop(t)
 }

@@ -13,7 +13,8 @@ import (
 // Seed stores b as version 1 if the store is empty: no current key and no
 // history. It reports whether it stored it. Otherwise it stores nothing and
 // returns the current version's metadata, or a zero Meta when the current
-// key is missing (or unreadable) while the history is not empty: someone
+// key is missing while the history is not empty, or Get's *MalformedError
+// when the current key holds a value that names no usable version: someone
 // deleted or damaged it, and a node starting then must not replace the
 // cluster's configuration with its own files because a key is missing.
 // NewestLoadable finds what to serve in that case. The emptiness check and
@@ -37,7 +38,6 @@ func (s *Store) Seed(ctx context.Context, b Bundle, author, reason string) (Appl
 	resp, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(s.keys.configCurrent()), "=", 0).WithRange(s.keys.configHistoryEnd())).
 		Then(clientv3.OpPut(s.keys.configCurrent(), string(mv)), clientv3.OpPut(s.keys.historyKey(1), string(rv))).
-		Else(clientv3.OpGet(s.keys.configCurrent())).
 		Commit()
 	if err != nil {
 		return ApplyResult{}, false, fmt.Errorf("configstore: seeding version 1: %w", err)
@@ -47,13 +47,11 @@ func (s *Store) Seed(ctx context.Context, b Bundle, author, reason string) (Appl
 		s.audit("config seeded", meta, 0, res.Diff, nil)
 		return res, true, nil
 	}
-	var cur Meta
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-		if json.Unmarshal(kvs[0].Value, &cur) != nil {
-			cur = Meta{}
-		}
+	rec, err := s.Get(ctx)
+	if err != nil {
+		return ApplyResult{}, false, err
 	}
-	return ApplyResult{Meta: cur}, false, nil
+	return ApplyResult{Meta: rec.Meta}, false, nil
 }
 
 // NewestLoadable returns the newest version in the history that loads (as

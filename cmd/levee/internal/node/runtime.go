@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -120,7 +121,10 @@ func (rt *runtimeConfig) loadStored(ctx context.Context, cfg Config) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	res, seeded, err := store.Seed(sctx, rt.boot, rt.cl.self.ID, "seeded from "+seedSource(cfg))
+	var malformed *configstore.MalformedError
 	switch {
+	case errors.As(err, &malformed):
+		// Damaged, not empty: served from the history below.
 	case err != nil:
 		log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
 		return
