@@ -458,7 +458,12 @@ key's default), then the rule and limit that apply, or why none does.
 					RuleID: s.GetRuleId(), Location: s.GetLocation(), Note: s.GetNote()})
 			}
 			return o.printOut(cmd.OutOrStdout(), ex, func(w io.Writer) error {
-				fmt.Fprintf(w, "domain %s, config version %d\n", domain, ex.Version)
+				if ex.Version == 0 {
+					// Only a node enforcing its own files answers so.
+					fmt.Fprintf(w, "domain %s, the rule files the node enforces\n", domain)
+				} else {
+					fmt.Fprintf(w, "domain %s, config version %d\n", domain, ex.Version)
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				for i, s := range ex.Steps {
 					fmt.Fprintf(tw, "  %d. %s=%s\t%s\t%s\t%s\t%s\n", i+1, s.Key, s.Value, s.Match, s.RuleID, s.Location, s.Note)

@@ -74,8 +74,8 @@ func (s *service) refuseInFileMode(what string) error {
 		files = strings.Join(s.files, ", ")
 	}
 	return status.Errorf(codes.FailedPrecondition,
-		"%s refused: this cluster's nodes enforce their own files (config source %q), so a stored version would not be enforced; the files are authoritative: %s; edit the files on every node",
-		what, SourceFile, files)
+		"refused: this node enforces its own files (config source %q), so a stored version would not be enforced (%s changes only etcd); the files are authoritative: %s; edit the files on every node",
+		SourceFile, what, files)
 }
 
 func (s *service) GetConfig(ctx context.Context, req *leveev1.GetConfigRequest) (*leveev1.GetConfigResponse, error) {
