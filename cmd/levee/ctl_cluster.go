@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"strings"
@@ -207,6 +208,7 @@ func overrideTable(w io.Writer, list []ctlOverride) error {
 // ctlStatus is the cluster status in -o json and -o yaml output.
 type ctlStatus struct {
 	Self          string        `json:"self" yaml:"self"`
+	ConfigSource  string        `json:"config_source" yaml:"config_source"`
 	ConfigVersion int64         `json:"config_version" yaml:"config_version"`
 	StoreError    string        `json:"store_error,omitempty" yaml:"store_error,omitempty"`
 	Members       []ctlMember   `json:"members" yaml:"members"`
@@ -220,8 +222,14 @@ type ctlMember struct {
 	Reachable          bool               `json:"reachable" yaml:"reachable"`
 	Error              string             `json:"error,omitempty" yaml:"error,omitempty"`
 	RingShare          float64            `json:"ring_share" yaml:"ring_share"`
+	ConfigSource       string             `json:"config_source" yaml:"config_source"`
 	ConfigVersion      int64              `json:"config_version" yaml:"config_version"`
+	ConfigHash         string             `json:"config_hash" yaml:"config_hash"`
+	ConfigAppliedAt    *time.Time         `json:"config_applied_at,omitempty" yaml:"config_applied_at,omitempty"`
+	ConfigPaths        []string           `json:"config_paths,omitempty" yaml:"config_paths,omitempty"`
 	ConfigError        string             `json:"config_error,omitempty" yaml:"config_error,omitempty"`
+	ConfigWarning      string             `json:"config_warning,omitempty" yaml:"config_warning,omitempty"`
+	ConfigDiverged     *time.Time         `json:"config_diverged_since,omitempty" yaml:"config_diverged_since,omitempty"`
 	DecisionsPerSecond float64            `json:"decisions_per_second" yaml:"decisions_per_second"`
 	RefusalsPerSecond  map[string]float64 `json:"refusals_per_second" yaml:"refusals_per_second"`
 	Thresholds         []ctlThreshold     `json:"thresholds" yaml:"thresholds"`
@@ -240,9 +248,14 @@ func ctlStatusCommand(o *ctlOptions) *cobra.Command {
 		Use:   "status",
 		Short: "Show the cluster: members, ring shares, rates, thresholds, config versions",
 		Long: `Show every member of the cluster as the answering node sees it: its share of
-the ring, the config version it runs (flagged when it differs from the
-stored one, or when it refused a version), its decisions and refusals per
-second by priority, its shedding thresholds, and the overrides in force.`,
+the ring, where its configuration comes from (SOURCE: its own files, or
+etcd), what it enforces (CONFIG: the stored version, or the content hash of
+its files; -o json gives both, with the time it was applied and the files),
+its decisions and refusals per second by priority, its shedding thresholds,
+and the overrides in force. CONFIG is flagged when the node refused a
+version, runs behind the stored one, or has differed from the majority of
+nodes for over two minutes; warnings (a --config that differs from the
+stored version, a missing current-version key) are listed below the table.`,
 		Args: ctlArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := o.connect()
@@ -256,12 +269,21 @@ second by priority, its shedding thresholds, and the overrides in force.`,
 			if err != nil {
 				return c.callErr("status", err)
 			}
-			st := ctlStatus{Self: resp.GetSelf(), ConfigVersion: resp.GetConfigVersion(), StoreError: resp.GetStoreError(),
+			st := ctlStatus{Self: resp.GetSelf(), ConfigSource: resp.GetConfigSource(), ConfigVersion: resp.GetConfigVersion(), StoreError: resp.GetStoreError(),
 				Members: []ctlMember{}, Overrides: []ctlOverride{}}
 			for _, m := range resp.GetMembers() {
 				cm := ctlMember{ID: m.GetId(), Addr: m.GetAddr(), Self: m.GetSelf(), Reachable: m.GetReachable(), Error: m.GetError(),
-					RingShare: m.GetRingShare(), ConfigVersion: m.GetConfigVersion(), ConfigError: m.GetConfigError(),
+					RingShare: m.GetRingShare(), ConfigSource: m.GetConfigSource(), ConfigVersion: m.GetConfigVersion(), ConfigHash: m.GetConfigHash(),
+					ConfigPaths: m.GetConfigPaths(), ConfigError: m.GetConfigError(), ConfigWarning: m.GetConfigWarning(),
 					DecisionsPerSecond: m.GetDecisionsPerSecond(), RefusalsPerSecond: map[string]float64{}, Thresholds: []ctlThreshold{}}
+				if t := m.GetConfigAppliedAt(); t != nil {
+					at := t.AsTime()
+					cm.ConfigAppliedAt = &at
+				}
+				if t := m.GetConfigDivergedSince(); t != nil {
+					at := t.AsTime()
+					cm.ConfigDiverged = &at
+				}
 				for _, r := range m.GetRefusals() {
 					cm.RefusalsPerSecond[priorityText(r.GetPriority())] = r.GetPerSecond()
 				}
@@ -284,29 +306,45 @@ second by priority, its shedding thresholds, and the overrides in force.`,
 }
 
 func (st ctlStatus) table(w io.Writer) error {
-	if st.StoreError != "" {
+	switch {
+	case st.ConfigSource == "file":
+		fmt.Fprintln(w, "config source: file (each node enforces its own files; levee ctl apply and rollback are refused)")
+	case st.StoreError != "":
 		fmt.Fprintf(w, "configuration store unreadable: %s\n", st.StoreError)
-	} else {
+	default:
 		fmt.Fprintf(w, "stored config version: %d\n", st.ConfigVersion)
 	}
+	var warnings []string
 	if len(st.Members) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "MEMBER\tADDR\tRING\tCONFIG\tDECISIONS/S\tREFUSED/S crit/high/def/low/shed\tTHRESHOLDS")
+		fmt.Fprintln(tw, "MEMBER\tADDR\tRING\tSOURCE\tCONFIG\tDECISIONS/S\tREFUSED/S crit/high/def/low/shed\tTHRESHOLDS")
 		for _, m := range st.Members {
 			id := m.ID
 			if m.Self {
 				id += "*"
 			}
 			if !m.Reachable {
-				fmt.Fprintf(tw, "%s\t%s\t%.1f%%\tunreachable: %s\t\t\t\n", id, m.Addr, 100*m.RingShare, oneLine(m.Error))
+				fmt.Fprintf(tw, "%s\t%s\t%.1f%%\t\tunreachable: %s\t\t\t\n", id, m.Addr, 100*m.RingShare, oneLine(m.Error))
 				continue
 			}
+			// A node that predates config sources follows etcd.
+			source := cmp.Or(m.ConfigSource, "etcd")
 			cfg := fmt.Sprintf("v%d", m.ConfigVersion)
+			if source == "file" {
+				cfg = m.ConfigHash
+			}
 			switch {
 			case m.ConfigError != "":
 				cfg += " (refused: " + oneLine(m.ConfigError) + ")"
-			case m.ConfigVersion != st.ConfigVersion && st.StoreError == "":
+			case source == "etcd" && st.ConfigSource != "file" && m.ConfigVersion != st.ConfigVersion && st.StoreError == "":
 				cfg += " (behind)"
+			}
+			if m.ConfigDiverged != nil {
+				cfg += fmt.Sprintf(" (differs from the majority since %s)", m.ConfigDiverged.Local().Format("15:04:05"))
+			}
+			if m.ConfigWarning != "" {
+				cfg += " (warning)"
+				warnings = append(warnings, fmt.Sprintf("%s: %s", m.ID, oneLine(m.ConfigWarning)))
 			}
 			var ref []string
 			for _, p := range configstore.Priorities {
@@ -323,11 +361,17 @@ func (st ctlStatus) table(w io.Writer) error {
 				}
 				th = append(th, s)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.1f%%\t%s\t%.0f\t%s\t%s\n", id, m.Addr, 100*m.RingShare, cfg,
+			fmt.Fprintf(tw, "%s\t%s\t%.1f%%\t%s\t%s\t%.0f\t%s\t%s\n", id, m.Addr, 100*m.RingShare, source, cfg,
 				m.DecisionsPerSecond, strings.Join(ref, "/"), strings.Join(th, ", "))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+	}
+	if len(warnings) > 0 {
+		fmt.Fprintln(w)
+		for _, wn := range warnings {
+			fmt.Fprintln(w, "warning:", wn)
 		}
 	}
 	fmt.Fprintln(w)
@@ -414,7 +458,12 @@ key's default), then the rule and limit that apply, or why none does.
 					RuleID: s.GetRuleId(), Location: s.GetLocation(), Note: s.GetNote()})
 			}
 			return o.printOut(cmd.OutOrStdout(), ex, func(w io.Writer) error {
-				fmt.Fprintf(w, "domain %s, config version %d\n", domain, ex.Version)
+				if ex.Version == 0 {
+					// Only a node enforcing its own files answers so.
+					fmt.Fprintf(w, "domain %s, the rule files the node enforces\n", domain)
+				} else {
+					fmt.Fprintf(w, "domain %s, config version %d\n", domain, ex.Version)
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				for i, s := range ex.Steps {
 					fmt.Fprintf(tw, "  %d. %s=%s\t%s\t%s\t%s\t%s\n", i+1, s.Key, s.Value, s.Match, s.RuleID, s.Location, s.Note)

@@ -48,19 +48,44 @@ const procWait = 30 * time.Second
 // etcd's default raft timings, whose shortest lease is 2 s.
 const procTTL = 2 * time.Second
 
-// buildLevee builds this command into a temporary directory.
+// built is the levee binary the process tests share, built once.
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// TestMain removes the shared binary.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// buildLevee builds this command, once for all the tests of a run.
 func buildLevee(t *testing.T) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build levee: %v", err)
+	built.once.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			built.err = fmt.Errorf("the go command is needed to build levee: %w", err)
+			return
+		}
+		if built.dir, built.err = os.MkdirTemp("", "levee-bin-"); built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "levee")
+		if out, err := exec.Command(goTool, "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	bin := filepath.Join(t.TempDir(), "levee")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return built.bin
 }
 
 // proc is one running `levee serve`.
@@ -69,7 +94,9 @@ type proc struct {
 	cmd      *exec.Cmd
 	grpc     string
 	metrics  string
+	admin    string        // admin API address, if on
 	etcd     string        // client URL of its embedded etcd, if any
+	dataDir  string        // its embedded etcd's data directory, if any
 	exited   chan struct{} // closed once the process has exited and its log is read
 	waitErr  error
 	logMu    sync.Mutex
@@ -164,7 +191,9 @@ func (w *logWriter) line(line string) {
 		Msg       string   `json:"msg"`
 		GRPC      string   `json:"grpc"`
 		Metrics   string   `json:"metrics"`
+		Admin     string   `json:"admin"`
 		Endpoints []string `json:"endpoints"`
+		DataDir   string   `json:"data_dir"`
 	}
 	if json.Unmarshal([]byte(line), &rec) != nil {
 		return
@@ -174,9 +203,10 @@ func (w *logWriter) line(line string) {
 		if len(rec.Endpoints) > 0 {
 			p.etcd = rec.Endpoints[0]
 		}
+		p.dataDir = rec.DataDir
 	case "levee serving":
 		if w.ready != nil {
-			p.grpc, p.metrics = rec.GRPC, rec.Metrics
+			p.grpc, p.metrics, p.admin = rec.GRPC, rec.Metrics, rec.Admin
 			close(w.ready)
 			w.ready = nil
 		}

@@ -128,6 +128,8 @@ func TestProcessRuleFileEdits(t *testing.T) {
 		args []string
 	}{
 		{"standalone", []string{"--standalone"}},
+		// A clustered node given --config enforces its files too.
+		{"default", embeddedEtcd},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			dir := t.TempDir()

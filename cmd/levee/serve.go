@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -54,7 +53,20 @@ is "otlp" (see the README).
 
 With no --config, levee enforces its built-in example rules
 (deploy/examples/rules). Every flag can also be set in the environment as
-LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
+LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.
+
+Where the rules and the shedding policy come from (--config-source):
+  file  each node enforces its own --config and --shed-policy files and
+        applies a change within a couple of seconds; levee ctl apply and
+        rollback are refused. The default with --config, and with
+        --standalone.
+  etcd  every node enforces the version stored in etcd, changed with
+        levee ctl (compare-and-swap, history, rollback); --config only
+        seeds an empty store. The default without --config.
+
+Without --etcd-endpoints a node starts an embedded single-node etcd for
+development; its data lives in a fresh temporary directory, removed when
+the node stops, unless --data-dir names one to keep across runs.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
 			return bindEnv(cmd.Flags())
@@ -137,9 +149,10 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.StringVar(&peerCA, "peer-ca", "", "CA that verifies peers' --tls-cert (default: --tls-client-ca)")
 	f.StringSliceVar(&cl.PeerNames, "peer-names", nil, "certificate names (common or DNS name) of the nodes the peer API answers (empty: any certificate --tls-client-ca signs)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics, /healthz and the status page /status (empty: off)")
-	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files, watched for changes (empty: built-in examples)")
+	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files (empty: built-in examples); with --config-source file they are watched and enforced, with etcd they seed an empty store")
+	f.StringVar(&cfg.ConfigSource, "config-source", "auto", "where rules and shedding policy come from: file (this node's --config and --shed-policy, watched), etcd (the version stored in etcd, changed with levee ctl), or auto: file with --config or --standalone, etcd otherwise")
 	f.StringVar(&cfg.ShedPolicyPath, "shed-policy", "", "shedding policy file: the resources the ShedService protects (empty: built-in example)")
-	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files are checked for changes")
+	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files (and, with --config-source file, the --shed-policy file) are checked for changes")
 	f.IntVar(&cfg.MaxKeys, "max-keys", 1_000_000, "most buckets held in memory; idle ones are evicted first")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
 	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
@@ -148,7 +161,7 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.DurationVar(&cl.MemberTTL, "member-ttl", 3*time.Second, "membership lease TTL: a node that stops renewing is dropped after this")
 	f.StringVar(&cl.NodeID, "node-id", "", "this node's ID in the ring (default: host name and gRPC port)")
 	f.StringVar(&cl.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial (default: --grpc-addr)")
-	f.StringVar(&dataDir, "data-dir", filepath.Join(os.TempDir(), "levee-etcd"), "data directory of the embedded etcd")
+	f.StringVar(&dataDir, "data-dir", "", "data directory of the embedded etcd, kept across runs (empty: a fresh temporary directory, removed when the node stops)")
 	f.StringVar(&cl.Embedded.ClientURL, "embedded-etcd-client-url", "http://127.0.0.1:2379", "client URL of the embedded etcd; other nodes join with --etcd-endpoints set to it")
 	f.StringVar(&cl.Embedded.PeerURL, "embedded-etcd-peer-url", "http://127.0.0.1:2380", "raft peer URL of the embedded etcd")
 	f.StringVar(&etcdTLS.CA, "etcd-ca-file", "", "CA bundle to verify etcd's certificate")

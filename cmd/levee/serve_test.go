@@ -46,7 +46,6 @@ func TestServeTLSFlagErrors(t *testing.T) {
 	ca := tlstest.NewCA(t, "levee cluster")
 	cert, key := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
 	serverOnly, serverOnlyKey := ca.Issue(t, "server-only", tlstest.Server)
-	base := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--admin-addr", "", "--procs", "default"}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -63,14 +62,39 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "levee-0.example"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
 	} {
-		root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}
-		root.AddCommand(serveCommand())
-		root.SetArgs(append(base, c.args...))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := root.ExecuteContext(ctx)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := serveErr(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("levee serve %v: %v; want an error with %q", c.args, err, c.want)
+		}
+	}
+}
+
+// serveErr runs `levee serve` with args, on free ports and without the
+// admin API, and returns its error: for flags that are refused at start.
+func serveErr(args ...string) error {
+	base := []string{"serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--admin-addr", "", "--procs", "default"}
+	root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(serveCommand())
+	root.SetArgs(append(base, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return root.ExecuteContext(ctx)
+}
+
+// TestServeConfigSourceErrors: a config source that cannot work is refused
+// at start with the flags named.
+func TestServeConfigSourceErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--standalone", "--config-source", "etcd"}, []string{"--standalone", "--config-source etcd"}},
+		{[]string{"--standalone", "--config-source", "files"}, []string{"--config-source", `"files"`}},
+	} {
+		err := serveErr(c.args...)
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("levee serve %v: %v; want an error with %q", c.args, err, w)
+			}
 		}
 	}
 }

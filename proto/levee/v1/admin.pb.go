@@ -1479,7 +1479,10 @@ type StatusResponse struct {
 	Overrides []*Override `protobuf:"bytes,4,rep,name=overrides,proto3" json:"overrides,omitempty"`
 	// Why config_version and overrides are missing, if the configuration
 	// store (etcd) could not be read; the member figures are still reported.
-	StoreError    string `protobuf:"bytes,5,opt,name=store_error,json=storeError,proto3" json:"store_error,omitempty"`
+	StoreError string `protobuf:"bytes,5,opt,name=store_error,json=storeError,proto3" json:"store_error,omitempty"`
+	// Config source of the node that answered: "file" (each node enforces
+	// its own files; the stored version is not used) or "etcd".
+	ConfigSource  string `protobuf:"bytes,6,opt,name=config_source,json=configSource,proto3" json:"config_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1549,6 +1552,13 @@ func (x *StatusResponse) GetStoreError() string {
 	return ""
 }
 
+func (x *StatusResponse) GetConfigSource() string {
+	if x != nil {
+		return x.ConfigSource
+	}
+	return ""
+}
+
 // MemberStatus is one node of the cluster.
 type MemberStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1574,9 +1584,26 @@ type MemberStatus struct {
 	// Refusals per second by priority, recent average.
 	Refusals []*PriorityRate `protobuf:"bytes,10,rep,name=refusals,proto3" json:"refusals,omitempty"`
 	// Current shedding thresholds, one per resource.
-	Thresholds    []*ResourceThreshold `protobuf:"bytes,11,rep,name=thresholds,proto3" json:"thresholds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Thresholds []*ResourceThreshold `protobuf:"bytes,11,rep,name=thresholds,proto3" json:"thresholds,omitempty"`
+	// Where the node's rules and shedding policy come from: "file" (its own
+	// --config and --shed-policy files) or "etcd" (the stored versions).
+	ConfigSource string `protobuf:"bytes,12,opt,name=config_source,json=configSource,proto3" json:"config_source,omitempty"`
+	// Content hash of the configuration the node enforces (16 hex digits),
+	// the same on every node enforcing the same files, whatever its source.
+	ConfigHash string `protobuf:"bytes,13,opt,name=config_hash,json=configHash,proto3" json:"config_hash,omitempty"`
+	// When the node started enforcing that configuration.
+	ConfigAppliedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=config_applied_at,json=configAppliedAt,proto3" json:"config_applied_at,omitempty"`
+	// The files a node with config source "file" enforces.
+	ConfigPaths []string `protobuf:"bytes,15,rep,name=config_paths,json=configPaths,proto3" json:"config_paths,omitempty"`
+	// Something the operator should know about the node's configuration,
+	// such as a --config that differs from the stored version, or a missing
+	// current-version key.
+	ConfigWarning string `protobuf:"bytes,16,opt,name=config_warning,json=configWarning,proto3" json:"config_warning,omitempty"`
+	// Set when the node's config hash has differed from the majority's for
+	// more than two minutes: since when it has differed.
+	ConfigDivergedSince *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=config_diverged_since,json=configDivergedSince,proto3" json:"config_diverged_since,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MemberStatus) Reset() {
@@ -1682,6 +1709,48 @@ func (x *MemberStatus) GetRefusals() []*PriorityRate {
 func (x *MemberStatus) GetThresholds() []*ResourceThreshold {
 	if x != nil {
 		return x.Thresholds
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetConfigSource() string {
+	if x != nil {
+		return x.ConfigSource
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetConfigHash() string {
+	if x != nil {
+		return x.ConfigHash
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetConfigAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConfigAppliedAt
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetConfigPaths() []string {
+	if x != nil {
+		return x.ConfigPaths
+	}
+	return nil
+}
+
+func (x *MemberStatus) GetConfigWarning() string {
+	if x != nil {
+		return x.ConfigWarning
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetConfigDivergedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConfigDivergedSince
 	}
 	return nil
 }
@@ -2409,14 +2478,15 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	"\x14ListOverridesRequest\"I\n" +
 	"\x15ListOverridesResponse\x120\n" +
 	"\toverrides\x18\x01 \x03(\v2\x12.levee.v1.OverrideR\toverrides\"\x0f\n" +
-	"\rStatusRequest\"\xd0\x01\n" +
+	"\rStatusRequest\"\xf5\x01\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04self\x18\x01 \x01(\tR\x04self\x12%\n" +
 	"\x0econfig_version\x18\x02 \x01(\x03R\rconfigVersion\x120\n" +
 	"\amembers\x18\x03 \x03(\v2\x16.levee.v1.MemberStatusR\amembers\x120\n" +
 	"\toverrides\x18\x04 \x03(\v2\x12.levee.v1.OverrideR\toverrides\x12\x1f\n" +
 	"\vstore_error\x18\x05 \x01(\tR\n" +
-	"storeError\"\x86\x03\n" +
+	"storeError\x12#\n" +
+	"\rconfig_source\x18\x06 \x01(\tR\fconfigSource\"\xae\x05\n" +
 	"\fMemberStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
@@ -2432,7 +2502,14 @@ const file_levee_v1_admin_proto_rawDesc = "" +
 	" \x03(\v2\x16.levee.v1.PriorityRateR\brefusals\x12;\n" +
 	"\n" +
 	"thresholds\x18\v \x03(\v2\x1b.levee.v1.ResourceThresholdR\n" +
-	"thresholds\"]\n" +
+	"thresholds\x12#\n" +
+	"\rconfig_source\x18\f \x01(\tR\fconfigSource\x12\x1f\n" +
+	"\vconfig_hash\x18\r \x01(\tR\n" +
+	"configHash\x12F\n" +
+	"\x11config_applied_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fconfigAppliedAt\x12!\n" +
+	"\fconfig_paths\x18\x0f \x03(\tR\vconfigPaths\x12%\n" +
+	"\x0econfig_warning\x18\x10 \x01(\tR\rconfigWarning\x12N\n" +
+	"\x15config_diverged_since\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x13configDivergedSince\"]\n" +
 	"\fPriorityRate\x12.\n" +
 	"\bpriority\x18\x01 \x01(\x0e2\x12.levee.v1.PriorityR\bpriority\x12\x1d\n" +
 	"\n" +
@@ -2581,41 +2658,43 @@ var file_levee_v1_admin_proto_depIdxs = []int32{
 	15, // 21: levee.v1.StatusResponse.overrides:type_name -> levee.v1.Override
 	25, // 22: levee.v1.MemberStatus.refusals:type_name -> levee.v1.PriorityRate
 	26, // 23: levee.v1.MemberStatus.thresholds:type_name -> levee.v1.ResourceThreshold
-	33, // 24: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
-	33, // 25: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
-	32, // 26: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
-	35, // 27: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
-	35, // 28: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
-	0,  // 29: levee.v1.ExplainStep.kind:type_name -> levee.v1.MatchKind
-	33, // 30: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
-	30, // 31: levee.v1.ExplainedRule.limits:type_name -> levee.v1.ExplainedLimit
-	29, // 32: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
-	28, // 33: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
-	4,  // 34: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
-	6,  // 35: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
-	9,  // 36: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
-	11, // 37: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
-	13, // 38: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
-	16, // 39: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
-	18, // 40: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
-	20, // 41: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
-	22, // 42: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
-	27, // 43: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
-	5,  // 44: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
-	7,  // 45: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
-	10, // 46: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
-	12, // 47: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
-	14, // 48: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
-	17, // 49: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
-	19, // 50: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
-	21, // 51: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
-	23, // 52: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
-	31, // 53: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
-	44, // [44:54] is the sub-list for method output_type
-	34, // [34:44] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	32, // 24: levee.v1.MemberStatus.config_applied_at:type_name -> google.protobuf.Timestamp
+	32, // 25: levee.v1.MemberStatus.config_diverged_since:type_name -> google.protobuf.Timestamp
+	33, // 26: levee.v1.PriorityRate.priority:type_name -> levee.v1.Priority
+	33, // 27: levee.v1.ResourceThreshold.priority:type_name -> levee.v1.Priority
+	32, // 28: levee.v1.ResourceThreshold.pinned_until:type_name -> google.protobuf.Timestamp
+	35, // 29: levee.v1.ExplainRequest.entries:type_name -> levee.v1.Entry
+	35, // 30: levee.v1.ExplainStep.entry:type_name -> levee.v1.Entry
+	0,  // 31: levee.v1.ExplainStep.kind:type_name -> levee.v1.MatchKind
+	33, // 32: levee.v1.ExplainedRule.priority:type_name -> levee.v1.Priority
+	30, // 33: levee.v1.ExplainedRule.limits:type_name -> levee.v1.ExplainedLimit
+	29, // 34: levee.v1.ExplainResponse.rule:type_name -> levee.v1.ExplainedRule
+	28, // 35: levee.v1.ExplainResponse.steps:type_name -> levee.v1.ExplainStep
+	4,  // 36: levee.v1.AdminService.GetConfig:input_type -> levee.v1.GetConfigRequest
+	6,  // 37: levee.v1.AdminService.ApplyConfig:input_type -> levee.v1.ApplyConfigRequest
+	9,  // 38: levee.v1.AdminService.DiffConfig:input_type -> levee.v1.DiffConfigRequest
+	11, // 39: levee.v1.AdminService.History:input_type -> levee.v1.HistoryRequest
+	13, // 40: levee.v1.AdminService.Rollback:input_type -> levee.v1.RollbackRequest
+	16, // 41: levee.v1.AdminService.SetOverride:input_type -> levee.v1.SetOverrideRequest
+	18, // 42: levee.v1.AdminService.ClearOverride:input_type -> levee.v1.ClearOverrideRequest
+	20, // 43: levee.v1.AdminService.ListOverrides:input_type -> levee.v1.ListOverridesRequest
+	22, // 44: levee.v1.AdminService.Status:input_type -> levee.v1.StatusRequest
+	27, // 45: levee.v1.AdminService.Explain:input_type -> levee.v1.ExplainRequest
+	5,  // 46: levee.v1.AdminService.GetConfig:output_type -> levee.v1.GetConfigResponse
+	7,  // 47: levee.v1.AdminService.ApplyConfig:output_type -> levee.v1.ApplyConfigResponse
+	10, // 48: levee.v1.AdminService.DiffConfig:output_type -> levee.v1.DiffConfigResponse
+	12, // 49: levee.v1.AdminService.History:output_type -> levee.v1.HistoryResponse
+	14, // 50: levee.v1.AdminService.Rollback:output_type -> levee.v1.RollbackResponse
+	17, // 51: levee.v1.AdminService.SetOverride:output_type -> levee.v1.SetOverrideResponse
+	19, // 52: levee.v1.AdminService.ClearOverride:output_type -> levee.v1.ClearOverrideResponse
+	21, // 53: levee.v1.AdminService.ListOverrides:output_type -> levee.v1.ListOverridesResponse
+	23, // 54: levee.v1.AdminService.Status:output_type -> levee.v1.StatusResponse
+	31, // 55: levee.v1.AdminService.Explain:output_type -> levee.v1.ExplainResponse
+	46, // [46:56] is the sub-list for method output_type
+	36, // [36:46] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_levee_v1_admin_proto_init() }

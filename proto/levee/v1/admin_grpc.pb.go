@@ -58,7 +58,9 @@ type AdminServiceClient interface {
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
 	// ApplyConfig replaces the whole configuration with a new version, if the
 	// current version is still expected_version. With dry_run it only
-	// validates the bundle and returns the diff.
+	// validates the bundle and returns the diff. A node whose config source
+	// is its own files refuses it (and Rollback) with FAILED_PRECONDITION
+	// naming the files: edit them on every node instead.
 	ApplyConfig(ctx context.Context, in *ApplyConfigRequest, opts ...grpc.CallOption) (*ApplyConfigResponse, error)
 	// DiffConfig compares two stored versions, or a stored version with a
 	// proposed bundle.
@@ -216,7 +218,9 @@ type AdminServiceServer interface {
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
 	// ApplyConfig replaces the whole configuration with a new version, if the
 	// current version is still expected_version. With dry_run it only
-	// validates the bundle and returns the diff.
+	// validates the bundle and returns the diff. A node whose config source
+	// is its own files refuses it (and Rollback) with FAILED_PRECONDITION
+	// naming the files: edit them on every node instead.
 	ApplyConfig(context.Context, *ApplyConfigRequest) (*ApplyConfigResponse, error)
 	// DiffConfig compares two stored versions, or a stored version with a
 	// proposed bundle.

@@ -33,6 +33,7 @@ import (
 
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles"
+	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -51,6 +52,17 @@ type Config struct {
 	// Status gives the cluster figures for the Status call. Nil: Status
 	// reports only the stored version and the overrides.
 	Status StatusSource
+	// ConfigSource is where the node serving this API takes its rules
+	// and shedding policy from: SourceEtcd (the default) or SourceFile.
+	// With SourceFile the stored configuration is not what the node
+	// enforces, so ApplyConfig and Rollback are refused with
+	// FailedPrecondition naming ConfigFiles, the files it enforces (empty:
+	// the built-in examples).
+	ConfigSource string
+	ConfigFiles  []string
+	// EnforcedRules, with SourceFile, gives the rules the node enforces,
+	// which Explain explains against unless asked for a stored version.
+	EnforcedRules func() *rules.Config
 	// TokenFile is a file of "name:token" lines; empty for none.
 	TokenFile string
 	// TLSCertFile and TLSKeyFile are the server's certificate and key;
@@ -152,8 +164,16 @@ func New(cfg Config) (*Server, error) {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
 	srv := grpc.NewServer(opts...)
+	if cfg.ConfigSource == "" {
+		cfg.ConfigSource = SourceEtcd
+	}
+	if cfg.ConfigSource != SourceEtcd && cfg.ConfigSource != SourceFile {
+		lis.Close()
+		return nil, fmt.Errorf("admin: config source %q: want %q or %q", cfg.ConfigSource, SourceFile, SourceEtcd)
+	}
 	leveev1.RegisterAdminServiceServer(srv, &service{
 		store: cfg.Store, status: cfg.Status, log: cfg.Logger, now: cfg.Now, maxHistory: cfg.MaxHistory,
+		source: cfg.ConfigSource, files: cfg.ConfigFiles, enforced: cfg.EnforcedRules,
 	})
 	cfg.Logger.Info("admin API listening", "addr", lis.Addr().String(), "tls", tlsCfg != nil,
 		"tokens", len(auth.tokens), "mtls", auth.allowed != nil, "loopback", auth.loopback)

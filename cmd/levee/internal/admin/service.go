@@ -48,6 +48,34 @@ type service struct {
 	log        *slog.Logger
 	now        func() time.Time
 	maxHistory int
+	source     string   // SourceEtcd or SourceFile
+	files      []string // the files a node in file mode enforces
+	enforced   func() *rules.Config
+}
+
+// Config sources: where a node takes its rules and shedding policy from.
+const (
+	// SourceFile: each node enforces its own --config and --shed-policy
+	// files, and the stored versions are not used.
+	SourceFile = "file"
+	// SourceEtcd: every node enforces the current stored version, which
+	// operators change with levee ctl.
+	SourceEtcd = "etcd"
+)
+
+// refuseInFileMode refuses a write of the stored configuration on a node
+// that does not enforce it.
+func (s *service) refuseInFileMode(what string) error {
+	if s.source != SourceFile {
+		return nil
+	}
+	files := "the built-in example rules and shedding policy"
+	if len(s.files) > 0 {
+		files = strings.Join(s.files, ", ")
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"refused: this node enforces its own files (config source %q), so a stored version would not be enforced (%s changes only etcd); the files are authoritative: %s; edit the files on every node",
+		SourceFile, what, files)
 }
 
 func (s *service) GetConfig(ctx context.Context, req *leveev1.GetConfigRequest) (*leveev1.GetConfigResponse, error) {
@@ -59,6 +87,9 @@ func (s *service) GetConfig(ctx context.Context, req *leveev1.GetConfigRequest) 
 }
 
 func (s *service) ApplyConfig(ctx context.Context, req *leveev1.ApplyConfigRequest) (*leveev1.ApplyConfigResponse, error) {
+	if err := s.refuseInFileMode("apply"); err != nil {
+		return nil, err
+	}
 	b, err := bundleFromProto(req.GetBundle())
 	if err != nil {
 		return nil, err
@@ -129,6 +160,9 @@ func (s *service) History(ctx context.Context, req *leveev1.HistoryRequest) (*le
 }
 
 func (s *service) Rollback(ctx context.Context, req *leveev1.RollbackRequest) (*leveev1.RollbackResponse, error) {
+	if err := s.refuseInFileMode("rollback"); err != nil {
+		return nil, err
+	}
 	res, err := s.store.Rollback(ctx, req.GetVersion(), req.GetExpectedVersion(), Identity(ctx), req.GetReason())
 	if err != nil {
 		return nil, toStatus(err)
@@ -193,7 +227,7 @@ func (s *service) ListOverrides(ctx context.Context, _ *leveev1.ListOverridesReq
 // stored version and overrides from etcd, and either may be missing when
 // the other is not (etcd down is when operators need status most).
 func (s *service) Status(ctx context.Context, _ *leveev1.StatusRequest) (*leveev1.StatusResponse, error) {
-	resp := &leveev1.StatusResponse{}
+	resp := &leveev1.StatusResponse{ConfigSource: s.source}
 	var storeErrs []string
 	if rec, err := s.store.Get(ctx); err != nil {
 		storeErrs = append(storeErrs, err.Error())
@@ -238,13 +272,21 @@ func (s *service) Explain(ctx context.Context, req *leveev1.ExplainRequest) (*le
 		}
 		entries[i] = rules.Entry{Key: e.GetKey(), Value: e.GetValue()}
 	}
-	rec, err := s.store.Version(ctx, req.GetVersion())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	cfg, err := s.store.Validate(rec.Bundle)
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "version %d does not load, so nothing can be explained against it: %v", rec.Version, err)
+	var (
+		rec configstore.Record
+		cfg *rules.Config
+		err error
+	)
+	if req.GetVersion() == 0 && s.source == SourceFile && s.enforced != nil {
+		// The node's own files are in force, not a stored version.
+		cfg = s.enforced()
+	} else {
+		if rec, err = s.store.Version(ctx, req.GetVersion()); err != nil {
+			return nil, toStatus(err)
+		}
+		if cfg, err = s.store.Validate(rec.Bundle); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "version %d does not load, so nothing can be explained against it: %v", rec.Version, err)
+		}
 	}
 	ex := Explain(cfg, req.GetDomain(), entries)
 	resp := &leveev1.ExplainResponse{
@@ -387,6 +429,13 @@ func memberToProto(m MemberStatus, self string) *leveev1.MemberStatus {
 		Id: m.ID, Addr: m.Addr, Self: m.ID == self, Reachable: m.Reachable, Error: m.Error,
 		RingShare: m.RingShare, ConfigVersion: m.ConfigVersion, ConfigError: m.ConfigError,
 		DecisionsPerSecond: m.DecisionsPerSecond,
+		ConfigSource:       m.ConfigSource, ConfigHash: m.ConfigHash, ConfigPaths: m.ConfigPaths, ConfigWarning: m.ConfigWarning,
+	}
+	if !m.ConfigAppliedAt.IsZero() {
+		pm.ConfigAppliedAt = timestamppb.New(m.ConfigAppliedAt)
+	}
+	if !m.ConfigDivergedSince.IsZero() {
+		pm.ConfigDivergedSince = timestamppb.New(m.ConfigDivergedSince)
 	}
 	for _, p := range configstore.Priorities {
 		if r, ok := m.RefusalsPerSecond[p]; ok {

@@ -41,6 +41,16 @@
 // numbered 1, 2, 3 … by the writers, so they stay small and dense whatever
 // else is written to etcd. A bundle equal to the current one stores nothing.
 //
+// Seed is the one write that is not an operator's: a node in etcd mode
+// stores its bootstrap files as version 1 only if the store is empty, the
+// current key and the history alike, checked in the same transaction. A
+// missing current key with a history left is damage, not emptiness: the
+// node serves the newest version that loads (NewestLoadable) and says so,
+// and an operator repairs it with a rollback or an apply.
+//
+// Bundle.Hash identifies a configuration by content, so nodes that read
+// their own files and nodes that follow etcd can be compared.
+//
 // Every change is written to the audit log (Options.Logger) with its
 // version, author, reason and unified diff.
 //

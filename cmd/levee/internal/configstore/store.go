@@ -351,26 +351,6 @@ func (s *Store) DryRun(ctx context.Context, b Bundle, expected int64) (ApplyResu
 	return s.commit(ctx, change{bundle: b, expected: expected, author: "dry-run", reason: "dry-run", dryRun: true, repair: true})
 }
 
-// Seed stores b as version 1 if nothing is stored yet, as a node does with
-// its --config rule files at start-up. It reports whether it stored it; if
-// the store already holds a configuration, it leaves it alone and returns
-// the current version.
-func (s *Store) Seed(ctx context.Context, b Bundle, author, reason string) (ApplyResult, bool, error) {
-	res, err := s.write(ctx, b, 0, author, reason, 0, false)
-	var ce *ConflictError
-	if errors.As(err, &ce) {
-		rec, err := s.Get(ctx)
-		if err != nil {
-			return ApplyResult{}, false, err
-		}
-		return ApplyResult{Meta: rec.Meta}, false, nil
-	}
-	if err != nil {
-		return ApplyResult{}, false, err
-	}
-	return res, res.Changed, nil
-}
-
 // Rollback stores a new version whose content equals version to's, if the
 // current version is still expected, as Apply does. The old content is
 // validated again, so a rollback to something the nodes can no longer load

@@ -282,6 +282,78 @@ func TestSeed(t *testing.T) {
 	}
 }
 
+// TestSeedLeavesHistoryAlone: with the current key deleted but the history
+// kept, a starting node must not seed its own files over the cluster's
+// configuration; NewestLoadable finds the version to serve, skipping one
+// that does not load.
+func TestSeedLeavesHistoryAlone(t *testing.T) {
+	c := testClient(t)
+	s := newStore(t, c, Options{})
+	ctx := ctxT(t)
+	mustApply(t, s, bundle(500), 0, "a")
+	mustApply(t, s, bundle(501), 1, "b")
+	if _, err := c.Delete(ctx, s.keys.configCurrent()); err != nil {
+		t.Fatal(err)
+	}
+	res, seeded, err := s.Seed(ctx, bundle(7), "node-b", "seed from --config")
+	if err != nil || seeded || res.Meta.Version != 0 {
+		t.Fatalf("Seed with the current key deleted = %+v, %v, %v; want nothing stored", res, seeded, err)
+	}
+	if resp, err := c.Get(ctx, s.keys.configCurrent()); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("current key after Seed: %v, %v; want still missing", resp, err)
+	}
+	if h, err := s.History(ctx, 0); err != nil || len(h) != 2 {
+		t.Fatalf("history after Seed: %d versions, %v; want 2", len(h), err)
+	}
+	rec, cfg, err := s.NewestLoadable(ctx)
+	if err != nil || rec.Version != 2 || !rec.Bundle.Equal(bundle(501)) || cfg.Domain("api") == nil {
+		t.Fatalf("NewestLoadable = v%d, %v; want version 2", rec.Version, err)
+	}
+	// A newer record that does not load (hand-written) is skipped.
+	if _, err := c.Put(ctx, s.keys.historyKey(3), `{"version":3,"rules":{"api.yaml":"domain: [unclosed"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _, err := s.NewestLoadable(ctx); err != nil || rec.Version != 2 {
+		t.Fatalf("NewestLoadable with a bad newest record = v%d, %v; want version 2", rec.Version, err)
+	}
+	// An empty store has nothing to serve.
+	empty := newStore(t, c, Options{Prefix: "/" + t.Name() + "-empty/"})
+	if _, _, err := empty.NewestLoadable(ctx); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("NewestLoadable on an empty store: %v, want ErrNotFound", err)
+	}
+}
+
+func TestBundleHash(t *testing.T) {
+	b := bundle(1)
+	h := b.Hash()
+	if len(h) != 16 || strings.Trim(h, "0123456789abcdef") != "" {
+		t.Fatalf("Hash = %q, want 16 hexadecimal digits", h)
+	}
+	same := Bundle{Rules: map[string][]byte{}, Shed: slices.Clone(b.Shed)}
+	for n, d := range b.Rules {
+		same.Rules[n] = slices.Clone(d)
+	}
+	if same.Hash() != h {
+		t.Fatal("equal bundles hash differently")
+	}
+	for name, o := range map[string]Bundle{
+		"other content":   bundle(2),
+		"other shed":      {Rules: b.Rules, Shed: []byte("resources: [login]\n")},
+		"no shed":         {Rules: b.Rules},
+		"renamed":         {Rules: map[string][]byte{"api2.yaml": b.Rules["api.yaml"], "team/login.yaml": b.Rules["team/login.yaml"]}, Shed: b.Shed},
+		"name runs on":    {Rules: map[string][]byte{"a": []byte("bc")}},
+		"content runs on": {Rules: map[string][]byte{"ab": []byte("c")}},
+		"rule as shed":    {Rules: map[string][]byte{}, Shed: []byte("bc")},
+	} {
+		if o.Hash() == h {
+			t.Errorf("%s: same hash as the original", name)
+		}
+	}
+	if (Bundle{Rules: map[string][]byte{"a": []byte("bc")}}).Hash() == (Bundle{Rules: map[string][]byte{"ab": []byte("c")}}).Hash() {
+		t.Error("name and content run together")
+	}
+}
+
 func TestRollbackRestoresContent(t *testing.T) {
 	c := testClient(t)
 	s := newStore(t, c, Options{})

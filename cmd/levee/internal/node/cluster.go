@@ -28,6 +28,7 @@ type clusterNode struct {
 	router     *peer.Router
 	self       ring.Member
 	keys       configstore.Layout
+	tempDir    string // the embedded etcd's data, removed at close
 
 	stopMembership context.CancelFunc
 	membershipDone chan error
@@ -43,13 +44,23 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 	}()
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
-		e, err := cluster.StartEmbedded(ctx, cfg.Embedded)
+		ec := cfg.Embedded
+		if ec.Dir == "" {
+			// A fresh directory per run: a development node must not
+			// serve what an earlier run with other flags stored.
+			dir, err := os.MkdirTemp("", "levee-etcd-")
+			if err != nil {
+				return nil, fmt.Errorf("embedded etcd data directory: %w", err)
+			}
+			ec.Dir, cn.tempDir = dir, dir
+		}
+		e, err := cluster.StartEmbedded(ctx, ec)
 		if err != nil {
 			return nil, fmt.Errorf("%w (is another levee or etcd using the port? join it with --etcd-endpoints, or run with --standalone)", err)
 		}
 		cn.embedded = e
 		endpoints = e.Endpoints()
-		log.Info("embedded etcd started (development mode)", "endpoints", endpoints, "data_dir", e.Config().Dir)
+		log.Info("embedded etcd started (development mode)", "endpoints", endpoints, "data_dir", ec.Dir, "data_kept", cn.tempDir == "")
 	}
 	ecfg := cluster.ClientConfig(endpoints)
 	ecfg.TLS = cfg.EtcdTLS
@@ -173,5 +184,10 @@ func (cn *clusterNode) close() {
 	}
 	if cn.embedded != nil {
 		cn.embedded.Close()
+	}
+	if cn.tempDir != "" {
+		if err := os.RemoveAll(cn.tempDir); err != nil {
+			cn.log.Warn("removing the embedded etcd's data", "dir", cn.tempDir, "err", err)
+		}
 	}
 }

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
@@ -86,29 +87,43 @@ type memberTLS struct {
 // startMemberTLS is startMember with TLS.
 func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc memberTLS) *member {
 	t.Helper()
+	return startMemberConfig(t, Config{
+		GRPCAddr:    "127.0.0.1:0",
+		TLS:         tc.server,
+		MetricsAddr: "127.0.0.1:0",
+		RulesPath:   rulesDir,
+		RulesPoll:   time.Hour,
+		// These tests drive the configuration through etcd; rulesDir
+		// only seeds it.
+		ConfigSource:  admin.SourceEtcd,
+		ShutdownGrace: clusterWait,
+		Cluster: &ClusterConfig{
+			EtcdEndpoints: endpoints,
+			MemberTTL:     memberTTL,
+			NodeID:        id,
+			PeerTLS:       tc.peer,
+			PeerNames:     tc.names,
+			// Generous: a forwarded batch that timed out would be
+			// decided by its fallback, and the tests count exactly.
+			PeerTimeout: 5 * time.Second,
+		},
+	}, tc.client)
+}
+
+// startMemberConfig runs a node with cfg until the test ends (or stop);
+// client is how the test's clients dial it (nil: plaintext).
+func startMemberConfig(t *testing.T, cfg Config, client *tls.Config) *member {
+	t.Helper()
+	id := "standalone"
+	if cfg.Cluster != nil {
+		id = cfg.Cluster.NodeID
+	}
 	m := &member{id: id, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	ready := make(chan Addrs, 1)
 	go func() {
-		m.done <- Run(ctx, Config{
-			GRPCAddr:      "127.0.0.1:0",
-			TLS:           tc.server,
-			MetricsAddr:   "127.0.0.1:0",
-			RulesPath:     rulesDir,
-			RulesPoll:     time.Hour,
-			ShutdownGrace: clusterWait,
-			Cluster: &ClusterConfig{
-				EtcdEndpoints: endpoints,
-				MemberTTL:     memberTTL,
-				NodeID:        id,
-				PeerTLS:       tc.peer,
-				PeerNames:     tc.names,
-				// Generous: a forwarded batch that timed out would be
-				// decided by its fallback, and the tests count exactly.
-				PeerTimeout: 5 * time.Second,
-			},
-		}, func(a Addrs) { ready <- a })
+		m.done <- Run(ctx, cfg, func(a Addrs) { ready <- a })
 	}()
 	select {
 	case m.addrs = <-ready:
@@ -120,8 +135,8 @@ func startMemberTLS(t *testing.T, endpoints []string, id, rulesDir string, tc me
 		t.Fatalf("node %s did not become ready", id)
 	}
 	creds := insecure.NewCredentials()
-	if tc.client != nil {
-		creds = credentials.NewTLS(tc.client)
+	if client != nil {
+		creds = credentials.NewTLS(client)
 	}
 	conn, err := grpc.NewClient(m.addrs.GRPC, grpc.WithTransportCredentials(creds))
 	if err != nil {

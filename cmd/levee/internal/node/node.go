@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/levee-dev/levee/cmd/levee/internal/admin"
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter"
@@ -60,11 +61,18 @@ type Config struct {
 	// RulesPath is a rule file or directory; empty uses the built-in
 	// example rules.
 	RulesPath string
-	// RulesPoll is how often the rule files are checked for changes.
+	// RulesPoll is how often the rule files (and, in file mode, the
+	// shedding policy file) are checked for changes.
 	RulesPoll time.Duration
 	// ShedPolicyPath is the shedding policy file; empty uses the built-in
 	// example policy.
 	ShedPolicyPath string
+	// ConfigSource is where the rules and the shedding policy come from:
+	// admin.SourceFile, the files above, watched (a standalone node's only
+	// choice); admin.SourceEtcd, the versions stored in etcd, which the
+	// files only seed when etcd holds none; or empty (or "auto") for file
+	// when RulesPath is set or the node is standalone, etcd otherwise.
+	ConfigSource string
 	// Pprof serves net/http/pprof under /debug/pprof/ on MetricsAddr.
 	Pprof bool
 	// MaxProcs is the most GOMAXPROCS the node will run with, which sizes
@@ -93,6 +101,8 @@ type ClusterConfig struct {
 	// single-node etcd (Embedded) for development.
 	EtcdEndpoints []string
 	// Embedded configures the embedded etcd when EtcdEndpoints is empty.
+	// An empty Dir is a fresh temporary directory, removed when the node
+	// stops; a Dir given keeps etcd's data across runs.
 	Embedded cluster.EmbeddedConfig
 	// EtcdTLS, EtcdUsername and EtcdPassword secure the etcd connection.
 	EtcdTLS                    *tls.Config
@@ -170,6 +180,9 @@ type node struct {
 	tr       *tracing
 	shedding *shedSet
 	rt       *runtimeConfig // nil for a standalone node
+	conf     *enforced      // what the node enforces, from which source
+	why      string         // why that source
+	files    *fileSource    // nil unless the source is file
 
 	lis     net.Listener // gRPC
 	srv     *grpc.Server
@@ -210,10 +223,32 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	if err := checkGRPCAddr(cfg); err != nil {
 		return nil, err
 	}
-	initial, policyData, initialPolicy, err := loadBootstrap(cfg)
+	src, why, err := cfg.source()
 	if err != nil {
 		return nil, err
 	}
+	n.why = why
+	// In file mode the watcher loads the rules, so that they are parsed
+	// once: it carries on from what it loaded.
+	var watcher *rules.Watcher
+	if src == admin.SourceFile && cfg.RulesPath != "" {
+		watcher = rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
+	}
+	initial, policyData, initialPolicy, err := loadBootstrap(cfg, watcher)
+	if err != nil {
+		return nil, err
+	}
+	boot, err := bootstrapBundle(cfg, policyData)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	if src == admin.SourceFile {
+		paths = cfg.configPaths()
+	}
+	// Until etcd says otherwise, the node enforces its bootstrap files.
+	n.conf = newEnforced(src, paths, cfg.Now)
+	n.conf.applied(0, boot.Hash())
 	reg, provider, err := newMetrics()
 	if err != nil {
 		return nil, err
@@ -256,13 +291,18 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	if err := n.shedding.Apply(initialPolicy); err != nil {
 		return nil, fmt.Errorf("shedding policy: %w", err)
 	}
+	if err := configInfoMetrics(meter, n.conf); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if src == admin.SourceFile {
+		n.files = newFileSource(cfg, watcher, boot, n.eng, n.shedding, n.tel, n.conf, log)
+	}
 	if n.cl != nil {
-		seed, err := bootstrapBundle(cfg, policyData)
-		if err != nil {
+		if n.rt, err = startRuntime(ctx, cfg, n.cl, n.eng, n.shedding, n.tel, boot, n.conf, log); err != nil {
 			return nil, err
 		}
-		if n.rt, err = startRuntime(ctx, cfg, n.cl, n.eng, n.shedding, n.tel, seed, log); err != nil {
-			return nil, err
+		if n.files != nil {
+			n.files.changed = n.rt.publishSoon
 		}
 		if n.rt.admin != nil {
 			n.onClose(n.rt.admin.Close) // frees the port if a later step fails; a no-op after serve
@@ -286,10 +326,15 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 }
 
 // loadBootstrap reads the rules and the shedding policy the node starts
-// with, from their files or the built-in examples; policyData is the policy
-// file's content, nil for the example.
-func loadBootstrap(cfg Config) (initial *rules.Config, policyData []byte, pol *policy.Policy, err error) {
-	if initial, err = loadRules(cfg.RulesPath); err != nil {
+// with, from their files (through w, if not nil) or the built-in examples;
+// policyData is the policy file's content, nil for the example.
+func loadBootstrap(cfg Config, w *rules.Watcher) (initial *rules.Config, policyData []byte, pol *policy.Policy, err error) {
+	if w != nil {
+		initial, err = w.Load()
+	} else {
+		initial, err = loadRules(cfg.RulesPath)
+	}
+	if err != nil {
 		return nil, nil, nil, fmt.Errorf("loading rules: %w", err)
 	}
 	if cfg.ShedPolicyPath != "" {
@@ -403,10 +448,10 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 		})
 	}
 	if n.rt != nil {
-		// etcd holds the configuration; the files only seeded it.
 		n.rt.run(ctx, &wg)
-	} else if cfg.RulesPath != "" {
-		n.watchRules(ctx, &wg)
+	}
+	if n.files != nil {
+		n.files.run(ctx, &wg)
 	}
 	wg.Go(func() { sweep(ctx, n.store, cfg.Now) })
 	if n.status != nil {
@@ -425,7 +470,10 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 	if n.rt != nil && n.rt.admin != nil {
 		addrs.Admin = n.rt.admin.Addr()
 	}
-	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin, "rules", rulesSource(cfg.RulesPath), "shed_resources", len(n.shedding.Resources()), "max_keys", cfg.MaxKeys)
+	conf := n.conf.state()
+	log.Info("levee serving", "grpc", addrs.GRPC, "metrics", addrs.Metrics, "admin", addrs.Admin,
+		"config_source", conf.Source, "config_source_reason", n.why, "config_version", conf.Version, "config_hash", conf.Hash,
+		"rules", rulesSource(cfg.RulesPath), "shed_resources", len(n.shedding.Resources()), "max_keys", cfg.MaxKeys)
 	if ready != nil {
 		ready(addrs)
 	}
@@ -438,22 +486,6 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 	n.shutdown(cancel)
 	wg.Wait()
 	return runErr
-}
-
-// watchRules follows the rule files of a standalone node.
-func (n *node) watchRules(ctx context.Context, wg *sync.WaitGroup) {
-	cfg, log, tel, eng := n.cfg, n.log, n.tel, n.eng
-	w := rules.NewWatcher(cfg.RulesPath, cfg.RulesPoll, log)
-	w.OnError = func(error) { tel.reloads.Add(context.Background(), 1, tel.reloadFailed) }
-	wg.Go(func() {
-		_ = w.Run(ctx, func(c *rules.Config) {
-			if c != eng.Rules() {
-				eng.SetRules(c)
-				tel.reloads.Add(context.Background(), 1, tel.reloadOK)
-				log.Info("rules loaded", "path", cfg.RulesPath, "domains", len(c.Domains()))
-			}
-		})
-	})
 }
 
 // shutdown stops a serving node within the grace period: it reports
@@ -530,35 +562,51 @@ func loadRules(p string) (*rules.Config, error) {
 	return rules.NewConfig(domains...)
 }
 
-// bootstrapBundle is the configuration a clustered node seeds etcd with
-// when etcd holds none: the --config rule files (or the built-in examples)
-// and the shedding policy file (or the built-in example).
+// bootstrapBundle is the configuration the node starts with, as a Bundle:
+// the --config rule files (or the built-in examples) and the shedding
+// policy file (or the built-in example). In file mode it is what the node
+// enforces, and hashes; in etcd mode it seeds an empty store.
 func bootstrapBundle(cfg Config, policyData []byte) (configstore.Bundle, error) {
 	b := configstore.Bundle{Shed: policyData}
 	if b.Shed == nil {
 		b.Shed = examples.ShedPolicy
 	}
-	if cfg.RulesPath != "" {
-		files, err := configstore.ReadRules(cfg.RulesPath)
+	var err error
+	if b.Rules, err = ruleFiles(cfg.RulesPath); err != nil {
+		return b, fmt.Errorf("reading rules: %w", err)
+	}
+	return b, nil
+}
+
+// ruleFiles reads the rule files at p as a Bundle's rules, named as
+// configstore.ReadRules names them; the built-in examples when p is empty.
+// It does not refuse files larger than a stored bundle may be, as ReadRules
+// does: a node enforcing its own files stores nothing, and a node seeding
+// etcd has the store refuse them.
+func ruleFiles(p string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	if p != "" {
+		files, err := rules.ReadFiles(p)
 		if err != nil {
-			return b, fmt.Errorf("reading rules to seed etcd: %w", err)
+			return nil, err
 		}
-		b.Rules = files
-		return b, nil
+		for _, f := range files {
+			out[f.Name] = f.Data
+		}
+		return out, nil
 	}
 	names, err := fs.Glob(examples.Rules, "rules/*.yaml")
 	if err != nil {
-		return b, err
+		return nil, err
 	}
-	b.Rules = map[string][]byte{}
 	for _, name := range names {
 		data, err := examples.Rules.ReadFile(name)
 		if err != nil {
-			return b, err
+			return nil, err
 		}
-		b.Rules[path.Base(name)] = data
+		out[path.Base(name)] = data
 	}
-	return b, nil
+	return out, nil
 }
 
 // maxProcs is MaxProcs, or GOMAXPROCS now.

@@ -3,10 +3,11 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -30,9 +31,11 @@ type AdminConfig struct {
 	AllowedClients          []string
 }
 
-// runtimeConfig keeps a clustered node's rules and shedding policy in step
-// with the versions stored in etcd, applies operator overrides, publishes
-// this node's figures for `levee ctl status`, and serves the admin API.
+// runtimeConfig is a clustered node's state in etcd: in etcd mode it keeps
+// the node's rules and shedding policy in step with the stored versions (in
+// file mode a fileSource does that from the node's own files); in both it
+// applies operator overrides, publishes this node's figures for `levee ctl
+// status`, and serves the admin API.
 type runtimeConfig struct {
 	log    *slog.Logger
 	store  *configstore.Store
@@ -44,10 +47,15 @@ type runtimeConfig struct {
 	tel    *telemetry
 	admin  *admin.Server
 	tracer trace.Tracer // nil: config applies are not traced
+	conf   *enforced
 
-	version atomic.Int64
-	mu      sync.Mutex
-	lastErr string
+	// boot is the bootstrap bundle; given is whether its rules and its
+	// policy came from files the operator named (--config,
+	// --shed-policy), which an etcd-mode node compares with the stored
+	// version it enforces.
+	boot                  configstore.Bundle
+	rulesGiven, shedGiven bool
+	rulesPath, policyPath string
 	// kick asks publishStatus to publish now, after a change an operator
 	// will look for.
 	kick chan struct{}
@@ -60,9 +68,10 @@ func (rt *runtimeConfig) publishSoon() {
 	}
 }
 
-// startRuntime seeds etcd from the bootstrap files when it holds no
-// configuration yet, and opens the admin listener. Run starts the watches.
-func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.Engine, sh *shedSet, tel *telemetry, seed configstore.Bundle, log *slog.Logger) (*runtimeConfig, error) {
+// startRuntime opens the config store and the admin listener; in etcd mode
+// it seeds an empty store with the bootstrap bundle and applies the stored
+// version. Run starts the watches.
+func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.Engine, sh *shedSet, tel *telemetry, boot configstore.Bundle, conf *enforced, log *slog.Logger) (*runtimeConfig, error) {
 	store, err := configstore.New(configstore.Options{
 		Client:       cl.client,
 		Prefix:       cl.keys.Prefix(),
@@ -73,34 +82,20 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	if err != nil {
 		return nil, fmt.Errorf("config store: %w", err)
 	}
-	rt := &runtimeConfig{log: log, store: store, client: cl.client, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, kick: make(chan struct{}, 1)}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	res, seeded, err := store.Seed(sctx, seed, cl.self.ID, "seeded from "+seedSource(cfg))
-	switch {
-	case err != nil:
-		// etcd may be down: serve the bootstrap files until it is back.
-		log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
-	case seeded:
-		log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
-	}
-	// Serve the stored version from the start, not the bootstrap files: a
-	// node restarting into a cluster must not enforce stale limits until
-	// the watch catches up.
-	if err == nil {
-		if rec, gerr := store.Get(sctx); gerr == nil {
-			if rc, verr := store.Validate(rec.Bundle); verr == nil {
-				rt.apply(rec.Meta, rc, rec.Bundle)
-			} else {
-				rt.refuse(rec.Meta.Version, verr)
-			}
-		}
+	rt := &runtimeConfig{log: log, store: store, client: cl.client, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, conf: conf,
+		boot: boot, rulesGiven: cfg.RulesPath != "", shedGiven: cfg.ShedPolicyPath != "", rulesPath: cfg.RulesPath, policyPath: cfg.ShedPolicyPath,
+		kick: make(chan struct{}, 1)}
+	if conf.source == admin.SourceEtcd {
+		rt.loadStored(ctx, cfg)
 	}
 	if cfg.Admin.Addr != "" {
 		rt.admin, err = admin.New(admin.Config{
 			Addr:           cfg.Admin.Addr,
 			Store:          store,
 			Status:         admin.StatusFunc(rt.clusterStatus),
+			ConfigSource:   conf.source,
+			ConfigFiles:    conf.paths,
+			EnforcedRules:  eng.Rules,
 			TokenFile:      cfg.Admin.TokenFile,
 			TLSCertFile:    cfg.Admin.TLSCertFile,
 			TLSKeyFile:     cfg.Admin.TLSKeyFile,
@@ -114,6 +109,85 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 		}
 	}
 	return rt, nil
+}
+
+// loadStored seeds an empty store with the bootstrap bundle, then applies
+// the stored version from the start, not the bootstrap files: a node
+// restarting into a cluster must not enforce stale limits until the watch
+// catches up. If etcd cannot be read, the node serves its bootstrap files
+// until the watch delivers a version.
+func (rt *runtimeConfig) loadStored(ctx context.Context, cfg Config) {
+	log, store := rt.log, rt.store
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, seeded, err := store.Seed(sctx, rt.boot, rt.cl.self.ID, "seeded from "+seedSource(cfg))
+	var malformed *configstore.MalformedError
+	switch {
+	case errors.As(err, &malformed):
+		// Damaged, not empty: served from the history below.
+	case err != nil:
+		log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
+		return
+	case seeded:
+		log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
+	}
+	rec, err := store.Get(sctx)
+	if err == nil && rec.Version > 0 {
+		if rc, verr := store.Validate(rec.Bundle); verr == nil {
+			rt.apply(rec.Meta, rc, rec.Bundle)
+		} else {
+			rt.refuse(rec.Meta.Version, verr)
+		}
+		if w := rt.differs(rec.Meta, rec.Bundle); w != "" {
+			var attrs []any
+			if rt.rulesGiven {
+				attrs = append(attrs, "config", rt.rulesPath)
+			}
+			if rt.shedGiven {
+				attrs = append(attrs, "shed_policy", rt.policyPath)
+			}
+			attrs = append(attrs, "files_hash", rt.boot.Hash(), "stored_version", rec.Version, "stored_hash", rec.Bundle.Hash())
+			log.Warn("the files given differ from the stored configuration, which this node enforces (config source etcd): apply them with levee ctl apply, or run with --config-source file", attrs...)
+		}
+		return
+	}
+	// The store is not empty (Seed said so), yet the current key is
+	// missing or unreadable: serve what the history holds, never this
+	// node's own files, and say how to repair it.
+	why := "is missing"
+	if err != nil {
+		why = "is unreadable (" + err.Error() + ")"
+	}
+	rec, rc, nerr := store.NewestLoadable(sctx)
+	if nerr != nil {
+		msg := fmt.Sprintf("the current-version key %s and no version in the history loads (%v); serving this node's bootstrap files; repair with levee ctl apply", why, nerr)
+		rt.conf.setWarning(msg)
+		log.Error("configuration store damaged: "+msg, "err", nerr)
+		return
+	}
+	rt.apply(rec.Meta, rc, rec.Bundle)
+	msg := fmt.Sprintf("the current-version key %s; serving version %d, the newest in the history that loads; nothing was seeded; repair with levee ctl rollback %d (or levee ctl apply)", why, rec.Version, rec.Version)
+	rt.conf.setWarning(msg)
+	log.Error("configuration store damaged: "+msg, "version", rec.Version)
+}
+
+// differs says how the files this node was given differ from stored
+// version m (empty if they do not, or none were given): only the parts an
+// operator named are compared, so a --config alone is not compared with
+// the stored shedding policy.
+func (rt *runtimeConfig) differs(m configstore.Meta, b configstore.Bundle) string {
+	var named []string
+	if rt.rulesGiven && !(configstore.Bundle{Rules: rt.boot.Rules}).Equal(configstore.Bundle{Rules: b.Rules}) {
+		named = append(named, "--config "+rt.rulesPath)
+	}
+	if rt.shedGiven && string(rt.boot.Shed) != string(b.Shed) {
+		named = append(named, "--shed-policy "+rt.policyPath)
+	}
+	if len(named) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s (hash %s) differs from the stored version %d (hash %s), which is enforced",
+		strings.Join(named, " and "), rt.boot.Hash(), m.Version, b.Hash())
 }
 
 func seedSource(cfg Config) string {
@@ -130,7 +204,9 @@ func seedSource(cfg Config) string {
 // run watches the configuration and the overrides, publishes this node's
 // status and serves the admin API until ctx is done.
 func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
-	wg.Go(func() { _ = rt.store.Watch(ctx, rt.apply, rt.refuse) })
+	if rt.conf.source == admin.SourceEtcd {
+		wg.Go(func() { _ = rt.store.Watch(ctx, rt.apply, rt.refuse) })
+	}
 	wg.Go(func() {
 		_ = rt.store.WatchOverrides(ctx, func(os []configstore.Override) {
 			rt.shed.setOverrides(os)
@@ -163,32 +239,21 @@ func (rt *runtimeConfig) apply(m configstore.Meta, cfg *rules.Config, b configst
 		return
 	}
 	rt.eng.SetRules(cfg)
-	rt.version.Store(m.Version)
-	rt.setErr("")
+	hash := b.Hash()
+	rt.conf.applied(m.Version, hash)
+	rt.conf.setWarning(rt.differs(m, b))
 	rt.tel.reloads.Add(context.Background(), 1, rt.tel.reloadOK)
 	rt.publishSoon()
-	rt.log.Info("configuration applied", "version", m.Version, "author", m.Author, "reason", m.Reason, "domains", len(cfg.Domains()))
+	rt.log.Info("configuration applied", "source", admin.SourceEtcd, "version", m.Version, "hash", hash, "author", m.Author, "reason", m.Reason, "domains", len(cfg.Domains()))
 }
 
 // refuse reports a version this node cannot apply; it keeps the last good
 // one.
 func (rt *runtimeConfig) refuse(version int64, err error) {
-	rt.setErr(fmt.Sprintf("version %d: %v", version, err))
+	rt.conf.refused(fmt.Sprintf("version %d: %v", version, err))
 	rt.tel.reloads.Add(context.Background(), 1, rt.tel.reloadFailed)
 	rt.publishSoon()
-	rt.log.Error("configuration refused; keeping the last good one", "version", version, "running", rt.version.Load(), "err", err)
-}
-
-func (rt *runtimeConfig) setErr(s string) {
-	rt.mu.Lock()
-	rt.lastErr = s
-	rt.mu.Unlock()
-}
-
-func (rt *runtimeConfig) configErr() string {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	return rt.lastErr
+	rt.log.Error("configuration refused; keeping the last good one", "version", version, "running", rt.conf.state().Version, "err", err)
 }
 
 // statusTTL is how long a published status outlives its node.
@@ -239,12 +304,18 @@ func (rt *runtimeConfig) sample() rateSample { return takeSample(rt.now(), rt.en
 
 // selfStatus is this node's figures: rates between two samples.
 func (rt *runtimeConfig) selfStatus(cur, prev rateSample) admin.MemberStatus {
+	conf := rt.conf.state()
 	st := admin.MemberStatus{
-		ID:            rt.cl.self.ID,
-		Addr:          rt.cl.self.Addr,
-		Reachable:     true,
-		ConfigVersion: rt.version.Load(),
-		ConfigError:   rt.configErr(),
+		ID:              rt.cl.self.ID,
+		Addr:            rt.cl.self.Addr,
+		Reachable:       true,
+		ConfigVersion:   conf.Version,
+		ConfigError:     conf.Err,
+		ConfigSource:    conf.Source,
+		ConfigHash:      conf.Hash,
+		ConfigAppliedAt: conf.AppliedAt,
+		ConfigPaths:     conf.Paths,
+		ConfigWarning:   conf.Warning,
 	}
 	st.DecisionsPerSecond, st.RefusalsPerSecond = cur.ratesSince(prev)
 	for _, r := range rt.shed.Resources() {
@@ -287,6 +358,7 @@ func (rt *runtimeConfig) clusterStatus(ctx context.Context) (admin.ClusterStatus
 		m.RingShare = sh.Fraction
 		out.Members = append(out.Members, m)
 	}
+	admin.FlagDivergent(out.Members, rt.now())
 	return out, nil
 }
 
@@ -300,10 +372,10 @@ func configMetrics(meter metric.Meter, rt *runtimeConfig) error {
 	errAttr := metric.WithAttributeSet(attribute.NewSet(attribute.String("state", "refused_last")))
 	okAttr := metric.WithAttributeSet(attribute.NewSet(attribute.String("state", "ok")))
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		if rt.configErr() != "" {
-			o.ObserveInt64(g, rt.version.Load(), errAttr)
+		if st := rt.conf.state(); st.Err != "" {
+			o.ObserveInt64(g, st.Version, errAttr)
 		} else {
-			o.ObserveInt64(g, rt.version.Load(), okAttr)
+			o.ObserveInt64(g, st.Version, okAttr)
 		}
 		return nil
 	}, g)

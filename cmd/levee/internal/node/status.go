@@ -203,9 +203,11 @@ func (v *statusView) document(_ context.Context) statuspage.Status {
 	}
 
 	var sightings []statuspage.Sighting
+	conf := n.conf.state()
+	self.Config = pageConfig(admin.MemberStatus{ConfigVersion: conf.Version, ConfigError: conf.Err,
+		ConfigSource: conf.Source, ConfigHash: conf.Hash, ConfigAppliedAt: conf.AppliedAt})
 	if cl := n.cl; cl != nil {
 		self.ID, self.Addr = cl.self.ID, cl.self.Addr
-		self.Config = statuspage.MemberConfig{Version: n.rt.version.Load(), Error: n.rt.configErr()}
 		doc.Config.Version, doc.Config.Error = self.Config.Version, self.Config.Error
 		if rg := cl.router.Ring(); rg != nil {
 			for _, sh := range rg.Shares() {
@@ -244,16 +246,25 @@ func (v *statusView) document(_ context.Context) statuspage.Status {
 	return doc
 }
 
-// memberOf is a member's published figures as the page shows them. The
-// configuration fields are the one place that maps admin.MemberStatus's
-// configuration to the page's.
+// pageConfig is a member's configuration as the page shows it: the one
+// place that maps admin.MemberStatus's configuration to the page's.
+func pageConfig(st admin.MemberStatus) statuspage.MemberConfig {
+	c := statuspage.MemberConfig{Version: st.ConfigVersion, Error: st.ConfigError, Source: st.ConfigSource, Hash: st.ConfigHash}
+	if !st.ConfigAppliedAt.IsZero() {
+		at := st.ConfigAppliedAt
+		c.AppliedAt = &at
+	}
+	return c
+}
+
+// memberOf is a member's published figures as the page shows them.
 func memberOf(st admin.MemberStatus) statuspage.Member {
 	m := statuspage.Member{
 		ID:                 st.ID,
 		Addr:               st.Addr,
 		DecisionsPerSecond: st.DecisionsPerSecond,
 		RefusalsPerSecond:  st.RefusalsPerSecond,
-		Config:             statuspage.MemberConfig{Version: st.ConfigVersion, Error: st.ConfigError},
+		Config:             pageConfig(st),
 		Error:              st.Error,
 	}
 	if m.RefusalsPerSecond == nil {

@@ -69,12 +69,27 @@ func Alerts(st Status) []Alert {
 			add(AlertWarn, "%s is overloaded", r.Name)
 		}
 	}
-	versions := map[int64]bool{}
+	// Nodes are compared by content hash when all publish one (nodes
+	// enforcing their own files all run version 0), else by version.
+	byHash := true
+	for _, m := range st.Members {
+		if m.State != StateGone && m.Config.Hash == "" {
+			byHash = false
+		}
+	}
+	versions := map[string]bool{}
 	var on []string
 	for _, m := range st.Members {
 		if m.State != StateGone {
-			versions[m.Config.Version] = true
-			on = append(on, fmt.Sprintf("%s v%d", m.ID, m.Config.Version))
+			key, label := fmt.Sprintf("v%d", m.Config.Version), fmt.Sprintf("v%d", m.Config.Version)
+			if byHash {
+				key, label = m.Config.Hash, m.Config.Hash
+				if m.Config.Version != 0 {
+					label = fmt.Sprintf("v%d (%s)", m.Config.Version, m.Config.Hash)
+				}
+			}
+			versions[key] = true
+			on = append(on, m.ID+" "+label)
 		}
 	}
 	if len(versions) > 1 {

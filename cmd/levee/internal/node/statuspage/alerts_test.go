@@ -76,3 +76,21 @@ func TestSparkline(t *testing.T) {
 		t.Errorf("no history: %q", got)
 	}
 }
+
+// TestAlertsCompareHashes: nodes that publish content hashes are compared
+// by them: nodes enforcing their own files all run version 0, and a node
+// following etcd and one reading the same files agree.
+func TestAlertsCompareHashes(t *testing.T) {
+	member := func(id string, version int64, hash string) Member {
+		return Member{ID: id, State: StateUp, Config: MemberConfig{Version: version, Hash: hash}}
+	}
+	same := Status{GeneratedAt: at(0), Members: []Member{member("n1", 0, "aa"), member("n2", 3, "aa")}}
+	if a := Alerts(same); len(a) != 0 {
+		t.Errorf("nodes enforcing the same content: %v", a)
+	}
+	differ := Status{GeneratedAt: at(0), Members: []Member{member("n1", 0, "aa"), member("n2", 0, "bb"), member("n3", 3, "aa")}}
+	want := Alert{AlertWarn, "configuration differs between nodes: n1 aa, n2 bb, n3 v3 (aa)"}
+	if a := Alerts(differ); len(a) != 1 || a[0] != want {
+		t.Errorf("nodes on files that differ: %v, want %v", a, want)
+	}
+}
