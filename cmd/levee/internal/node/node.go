@@ -231,7 +231,6 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		log.Warn("the peer API is served in plain text beyond loopback: anyone who reaches the gRPC address can take tokens and hand buckets over; give --tls-cert, --tls-key and --tls-client-ca", "grpc", lis.Addr().String())
 	}
 	opts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newVTCodec()),
 		// A fixed pool of stream workers keeps handler goroutines (and their
 		// grown stacks) instead of starting one per call: without it about
 		// a tenth of a busy node's CPU went to growing fresh stacks. The
@@ -250,6 +249,7 @@ func Run(ctx context.Context, cfg Config, ready func(Addrs)) error {
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, newVTCodec().serverOptions()...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 		if cl != nil {
