@@ -19,7 +19,11 @@
 // batch that fails (error, or no answer within the timeout or the callers'
 // deadline) is decided by each operation's fallback: FallbackLocal decides
 // on this node with a fair share of the limit (limit ÷ live nodes), open
-// admits, closed reports the operation undecidable. After a few consecutive
+// admits, closed reports the operation undecidable. A caller with a
+// deadline is answered before it: operations whose owner has not answered
+// by the last tenth of the time left (at most 2 ms before the deadline)
+// are decided by their fallback, since an answer after the deadline
+// reaches nobody. After a few consecutive
 // failures a per-peer circuit breaker opens: operations for that peer go
 // straight to their fallback, costing no timeouts, and one probe batch per
 // cool-down tests whether the peer is back. A Take stream that answers

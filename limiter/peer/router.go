@@ -263,28 +263,69 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		r.stats.Forwarded.Add(uint64(len(g.call.reqs)))
 		g.peer.enqueue(g.call)
 	}
+	// A caller with a deadline gets an answer before it: operations whose
+	// owner has not answered by then are decided by their fallback, the
+	// rule's failure mode, rather than left to expire. (A caller woken
+	// late, past the deadline itself, is answered the same way.) Wall
+	// clock: the deadline bounds I/O.
+	var late <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(answerBy(deadline, time.Now()))
+		defer t.Stop()
+		late = t.C
+	}
+	expired := false
 	var undecided error
 	for _, g := range groups {
-		select {
-		case <-g.call.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 		c := g.call
-		if c.err == nil {
+		err := errAnswerBy
+		if !expired {
+			select {
+			case <-c.done:
+				err = c.err
+			case <-late:
+				expired = true
+			case <-ctx.Done():
+				if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					return ctx.Err() // the caller cancelled: nobody waits
+				}
+				expired = true // late wakes at the same time
+			}
+		} else {
+			select {
+			case <-c.done:
+				err = c.err
+			default:
+			}
+		}
+		if err == nil {
 			for k, i := range c.index {
 				results[i] = c.results[k]
 				r.refused(&c.reqs[k], c.results[k], now)
 			}
 			continue
 		}
+		// A call not done is still in its batch: only its requests, which
+		// the batch reads too, are read here.
 		for k, i := range c.index {
-			if err := r.fallback(&c.reqs[k], &results[i], rg.Len(), now); err != nil {
-				undecided = fmt.Errorf("owner %s: %w: %w", g.peer.member.ID, c.err, err)
+			if ferr := r.fallback(&c.reqs[k], &results[i], rg.Len(), now); ferr != nil {
+				undecided = fmt.Errorf("owner %s: %w: %w", g.peer.member.ID, err, ferr)
 			}
 		}
 	}
 	return undecided
+}
+
+// errAnswerBy is why an operation is decided by its fallback when its
+// owner has not answered by the time its caller must be answered.
+var errAnswerBy = errors.New("owner did not answer before the caller's deadline")
+
+// answerBy is how long a caller with deadline may wait at now for its
+// owners before its operations are decided here: most of the time left,
+// keeping a tenth of it, at most 2 ms, to send the answer back.
+func answerBy(deadline, now time.Time) time.Duration {
+	left := deadline.Sub(now)
+	return left - min(left/10, 2*time.Millisecond)
 }
 
 var errBreakerOpen = errors.New("circuit breaker open")
