@@ -253,24 +253,56 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		return nil
 	}
 	deadline, _ := ctx.Deadline()
+	wall := time.Now() // batch windows and deadlines bound I/O: wall clock
+	var leads []lead
 	for _, g := range groups {
-		g.call.deadline = deadline
-		g.call.done = make(chan struct{})
+		c := g.call
+		c.deadline = deadline
+		c.done = make(chan struct{})
 		if !g.peer.breaker.allow(r.cfg.Now()) {
-			r.abandon(g.call, errBreakerOpen)
+			r.abandon(c, errBreakerOpen)
 			continue
 		}
-		r.stats.Forwarded.Add(uint64(len(g.call.reqs)))
-		g.peer.enqueue(g.call)
+		r.stats.Forwarded.Add(uint64(len(c.reqs)))
+		b, l, ok := g.peer.join(c, wall)
+		if !ok {
+			continue
+		}
+		if b != nil {
+			g.peer.send(b)
+		}
+		if l.peer != nil {
+			leads = append(leads, l)
+		}
+	}
+	// This caller opened the batches in leads: it sends them when their
+	// window ends, or when it stops waiting, whichever comes first.
+	var flush <-chan time.Time
+	if len(leads) > 0 {
+		at := leads[0].at
+		for _, l := range leads[1:] {
+			if l.at.Before(at) {
+				at = l.at
+			}
+		}
+		t := time.NewTimer(at.Sub(wall))
+		defer t.Stop()
+		flush = t.C
+		defer func() {
+			if flush != nil {
+				for _, l := range leads {
+					l.flush()
+				}
+			}
+		}()
 	}
 	// A caller with a deadline gets an answer before it: operations whose
 	// owner has not answered by then are decided by their fallback, the
 	// rule's failure mode, rather than left to expire. (A caller woken
-	// late, past the deadline itself, is answered the same way.) Wall
-	// clock: the deadline bounds I/O.
+	// late, past the deadline itself, is answered the same way.)
 	var late <-chan time.Time
 	if !deadline.IsZero() {
-		t := time.NewTimer(answerBy(deadline, time.Now()))
+		t := time.NewTimer(answerBy(deadline, wall))
 		defer t.Stop()
 		late = t.C
 	}
@@ -279,10 +311,25 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	for _, g := range groups {
 		c := g.call
 		err := errAnswerBy
-		if !expired {
+	wait:
+		for {
+			if expired {
+				select {
+				case <-c.done:
+					err = c.err
+				default:
+				}
+				break wait
+			}
 			select {
 			case <-c.done:
 				err = c.err
+				break wait
+			case <-flush:
+				flush = nil
+				for _, l := range leads {
+					l.flush()
+				}
 			case <-late:
 				expired = true
 			case <-ctx.Done():
@@ -290,12 +337,6 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 					return ctx.Err() // the caller cancelled: nobody waits
 				}
 				expired = true // late wakes at the same time
-			}
-		} else {
-			select {
-			case <-c.done:
-				err = c.err
-			default:
 			}
 		}
 		if err == nil {
