@@ -66,7 +66,17 @@ if [ -n "$profile" ]; then mkdir -p "$profile"; fi
 # do not move with the machine's load the way CPU times do.
 count=${COUNT:-}
 events=context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_read,syscalls:sys_enter_write
-# Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
+# NODES=N runs N cluster nodes (default 3, at least 2); the load still goes
+# to node 1, which forwards (N-1)/N of it, split over N-1 owners.
+nodes=${NODES:-3}
+if ! [[ $nodes =~ ^[0-9]+$ ]] || [ "$nodes" -lt 2 ]; then
+	echo "NODES=$nodes: want a whole number of nodes, at least 2" >&2
+	exit 2
+fi
+# RESULTS=FILE appends one JSON line of this run's medians to FILE, the
+# input of the cost model (go run ./deploy/load/costmodel).
+results=${RESULTS:-}
+# Extra flags for the cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
 read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
@@ -200,25 +210,29 @@ load() {
 
 start single --standalone
 single_pid=$pid single_grpc=$grpc single_metrics=$metrics
+# The cluster: node 1 runs the embedded etcd, the others join it.
 start n1 --node-id n1 --data-dir "$work/etcd" "${cluster_flags[@]}" \
 	--embedded-etcd-client-url http://127.0.0.1:0 --embedded-etcd-peer-url http://127.0.0.1:0
-n1_pid=$pid n1_grpc=$grpc n1_metrics=$metrics endpoint=$etcd
-start n2 --node-id n2 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
-n2_pid=$pid n2_metrics=$metrics
-start n3 --node-id n3 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
-n3_pid=$pid n3_metrics=$metrics
+n1_grpc=$grpc endpoint=$etcd
+node_pids=("$pid") node_metrics=("$metrics")
+for i in $(seq 2 "$nodes"); do
+	start "n$i" --node-id "n$i" --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
+	node_pids+=("$pid") node_metrics+=("$metrics")
+done
+n1_pid=${node_pids[0]} n1_metrics=${node_metrics[0]} n2_metrics=${node_metrics[1]}
+formed() {
+	for m in "${node_metrics[@]}"; do
+		[ "$(gauge "$m" levee_cluster_members)" = "$nodes" ] || return 1
+	done
+}
 for _ in $(seq 300); do
-	if [ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] &&
-		[ "$(gauge "$n2_metrics" levee_cluster_members)" = 3 ] &&
-		[ "$(gauge "$n3_metrics" levee_cluster_members)" = 3 ]; then
-		break
-	fi
+	if formed; then break; fi
 	sleep 0.1
 done
-[ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] || { echo "the cluster did not form" >&2; exit 1; }
+formed || { echo "the cluster did not form" >&2; exit 1; }
 
 # cluster_round N: warm-up, then the measured run with the forwarding
-# counters of node 1 and the CPU of all three read around it; writes
+# counters of node 1 and the CPU of every node read around it; writes
 # $work/cluster.N.json and $work/cluster.N.vars.
 cluster_round() {
 	local n=$1
@@ -229,11 +243,11 @@ cluster_round() {
 	fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
 	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
 	profiling "$n" n1 "$n1_metrics" n2 "$n2_metrics"
-	counting "$work/cluster.$n" "$n1_pid" "$n2_pid" "$n3_pid"
-	t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	counting "$work/cluster.$n" "${node_pids[@]}"
+	t0=$(cpu "${node_pids[@]}")
 	r0=$(cpu "$n1_pid")
 	"$ghz" "${cluster_tls[@]}" --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
-	t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	t1=$(cpu "${node_pids[@]}")
 	r1=$(cpu "$n1_pid")
 	fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
 	bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
@@ -241,18 +255,18 @@ cluster_round() {
 	be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
 	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)") $(cut -d' ' -f1 /proc/loadavg)" >"$work/cluster.$n.vars"
 	for p in "${profiles[@]}" "${counters[@]}"; do wait "$p" || true; done
-	if [ -n "$count" ]; then echo "$n1_pid $n2_pid $n3_pid" >"$work/cluster.$n.pids"; fi
+	if [ -n "$count" ]; then echo "${node_pids[*]}" >"$work/cluster.$n.pids"; fi
 }
 
 for n in $(seq "$rounds"); do
-	echo "round $n of $rounds: single node, then the 3-node cluster (load on node 1), ${secs}s each, $conc concurrent${rate:+, $rate calls/s}..." >&2
+	echo "round $n of $rounds: single node, then the $nodes-node cluster (load on node 1), ${secs}s each, $conc concurrent${rate:+, $rate calls/s}..." >&2
 	load "$n" "$single_grpc" "$work/single.$n.json" "$single_pid"
 	cluster_round "$n"
 done
 
-python3 - "$work" "$(getconf CLK_TCK)" "$rounds" <<'PY'
+python3 - "$work" "$(getconf CLK_TCK)" "$rounds" "$nodes" "$results" "$secs" <<'PY'
 import datetime, json, statistics, sys
-work, hz, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, hz, rounds, nodes, results, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
 
 def summary(path):
     o = json.load(open(path))
@@ -319,8 +333,8 @@ for n in range(1, rounds + 1):
     owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
     print(f"round {n} (1-minute load average after the single run {load1}, after the cluster run {load3}):")
     print(f"  single node : rps={rps1:.0f} ok={ok1} errors={err1} p50={p50_1:.2f}ms p99={p99_1:.2f}ms cpu/decision={c1:.1f}us")
-    print(f"  3-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
-          f"cpu/decision={c3:.1f}us (all 3 nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
+    print(f"  {nodes}-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
+          f"cpu/decision={c3:.1f}us (all {nodes} nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
     print(f"  forwarding  : forwarded={fwd:.0f} ({100 * fwd / max(ok3, 1):.1f}% of decisions) batches={batches:.0f} "
           f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
     print(f"  cpu per forwarded decision = {cfwd:.1f}us = x{cfwd / max(c1, 1e-9):.2f} the single-node decision: "
@@ -335,12 +349,13 @@ for n in range(1, rounds + 1):
             keep(**{f"count_{ev}": (one, recv, own)})
     keep(single_rps=rps1, single_cpu=c1, single_p99=p99_1, cluster_rps=rps3, cluster_p99=p99_3,
          cfwd=cfwd, fwd_ratio=cfwd / max(c1, 1e-9), recv=recv_fwd, owner=owner_fwd, rpcs=batches / max(fwd, 1),
-         rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks)
+         rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks,
+         fwd_rate=fwd / secs, batch=fwd / max(batches, 1), load=float(load3))
 
 m = {k: statistics.median(v) for k, v in cols.items() if not k.startswith("count_")}
 print(f"medians of {rounds} rounds:")
 print(f"  single node : rps={m['single_rps']:.0f} p99={m['single_p99']:.2f}ms cpu/decision={m['single_cpu']:.1f}us")
-print(f"  3-node      : rps={m['cluster_rps']:.0f} p99={m['cluster_p99']:.2f}ms rpcs/forwarded={m['rpcs']:.4f} "
+print(f"  {nodes}-node      : rps={m['cluster_rps']:.0f} p99={m['cluster_p99']:.2f}ms rpcs/forwarded={m['rpcs']:.4f} "
       f"(errors, batch errors and fallbacks over all rounds: {sum(cols['errors']):.0f})")
 print(f"  cpu per forwarded decision = {m['cfwd']:.1f}us (rounds: "
       + ", ".join(f"{x:.1f}" for x in cols['cfwd']) + f"): receiving node {m['recv']:.1f}us + owner {m['owner']:.1f}us")
@@ -350,6 +365,12 @@ for k in sorted(cols):
         print(f"  {k[6:]:16s}: {v[0]:.2f} per single-node decision; per forwarded decision {v[1]:.2f} receiving + {v[2]:.2f} owners")
 print(f"  forwarded vs single-node decision: x{m['fwd_ratio']:.2f} [target <= 1.4] (rounds: "
       + ", ".join(f"{x:.2f}" for x in cols['fwd_ratio']) + ")")
-print(f"  3-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f} [target <= 1.3] (rounds: "
+print(f"  {nodes}-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f} [target <= 1.3] (rounds: "
       + ", ".join(f"{x:.2f}" for x in cols['p99_ratio']) + ")")
+if results:
+    with open(results, "a") as f:
+        f.write(json.dumps({"nodes": nodes, "rounds": rounds, "single_cpu_us": m["single_cpu"], "fwd_cpu_us": m["cfwd"],
+                            "recv_us": m["recv"], "owner_us": m["owner"], "batch": m["batch"], "fwd_per_s": m["fwd_rate"],
+                            "single_p99_ms": m["single_p99"], "cluster_p99_ms": m["cluster_p99"], "load": m["load"],
+                            "fwd_ratio_rounds": cols["fwd_ratio"]}) + "\n")
 PY
