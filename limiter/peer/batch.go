@@ -309,6 +309,7 @@ type flight struct {
 // takeStream is an open Take stream to a peer.
 type takeStream struct {
 	s      grpc.BidiStreamingClient[leveev1.TakeRequest, leveev1.TakeResponse]
+	ctx    context.Context
 	cancel context.CancelFunc
 	// heard is when the stream last answered a batch, or opened (unix
 	// nanoseconds).
@@ -358,6 +359,11 @@ func (p *peerConn) unblock(now time.Time) {
 func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 	p.streamMu.Lock()
 	defer p.streamMu.Unlock()
+	if p.stream != nil && p.stream.ctx.Err() != nil {
+		// Cancelled (a timeout gave it up) and not yet dropped by its
+		// receiver: a batch sent on it would be lost.
+		p.stream = nil
+	}
 	if p.stream == nil {
 		ctx, cancel := context.WithCancel(p.router.ctx)
 		done := p.watch(cancel)
@@ -367,7 +373,7 @@ func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 			cancel()
 			return err
 		}
-		ts := &takeStream{s: s, cancel: cancel}
+		ts := &takeStream{s: s, ctx: ctx, cancel: cancel}
 		ts.heard.Store(time.Now().UnixNano())
 		p.stream = ts
 		p.router.wg.Go(func() { p.receive(ts) })

@@ -263,6 +263,12 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			r.abandon(c, errBreakerOpen)
 			continue
 		}
+		if !deadline.IsZero() && answerBy(deadline, wall) < max(time.Duration(g.peer.rtt.Load()), minRTT) {
+			// No answer could come back in time: decided by the
+			// fallback now, at no cost to the owner.
+			r.abandon(c, errAnswerBy)
+			continue
+		}
 		r.stats.Forwarded.Add(uint64(len(c.reqs)))
 		b, l, ok := g.peer.join(c, wall)
 		if !ok {
@@ -356,6 +362,11 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 	}
 	return undecided
 }
+
+// minRTT is the shortest time a forwarded batch could take to be
+// answered, whatever the peer's record: a caller with less time left is
+// decided by its fallback without forwarding.
+const minRTT = 100 * time.Microsecond
 
 // errAnswerBy is why an operation is decided by its fallback when its
 // owner has not answered by the time its caller must be answered.
