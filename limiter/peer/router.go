@@ -259,14 +259,15 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		c := g.call
 		c.deadline = deadline
 		c.done = make(chan struct{})
-		if !g.peer.breaker.allow(r.cfg.Now()) {
-			r.abandon(c, errBreakerOpen)
-			continue
-		}
 		if !deadline.IsZero() && answerBy(deadline, wall) < max(time.Duration(g.peer.rtt.Load()), minRTT) {
 			// No answer could come back in time: decided by the
-			// fallback now, at no cost to the owner.
+			// fallback now, at no cost to the owner. (Before the
+			// breaker, whose probe must be sent once allowed.)
 			r.abandon(c, errAnswerBy)
+			continue
+		}
+		if !g.peer.breaker.allow(r.cfg.Now()) {
+			r.abandon(c, errBreakerOpen)
 			continue
 		}
 		r.stats.Forwarded.Add(uint64(len(c.reqs)))
