@@ -29,7 +29,9 @@ type Config struct {
 	// plaintext), e.g. TLS with a client certificate the peers' servers
 	// verify.
 	Creds credentials.TransportCredentials
-	// BatchWindow is how long a batch stays open (default 500 µs).
+	// BatchWindow is the longest a batch waits for more operations
+	// (default 500 µs): it waits only when it has company, and never past
+	// what its callers' deadlines allow (see the package doc).
 	BatchWindow time.Duration
 	// BatchMax is the most operations in one batch (default 512).
 	BatchMax int
