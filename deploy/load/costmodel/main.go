@@ -122,7 +122,10 @@ func report(w io.Writer, ms []Measurement, window, fleetWindow time.Duration, lo
 		fmt.Fprintf(w, "- no batch size suffices: a forwarded decision's own cost, %.1f us, is already over the bound\n", m.Item)
 		return nil
 	}
-	fmt.Fprintf(w, "- a peer RPC must carry %.1f decisions on average\n", need)
+	at100 := m.Predict(100, 0, load, local, rng())
+	fmt.Fprintf(w, "- a peer RPC must carry %.1f decisions on average (it carries %.2f): a window of about %v at %.0f decisions/s to each peer\n",
+		need, at100.Batch, time.Duration(max(need-1, 0)/max(at100.PerPeer, 1e-9)*float64(time.Second)).Round(time.Millisecond), at100.PerPeer)
+	fmt.Fprintf(w, "- or a peer RPC must cost at most %.0f us on both nodes (it costs %.0f us)\n", (bound*m.Local-m.Item)*at100.Batch, m.Batch)
 	for owners := 99; owners >= 2; owners-- {
 		p := m.Predict(100, owners, load, local, rng())
 		if p.Ratio <= bound {
