@@ -85,26 +85,7 @@ read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
 # 1 then dials TLS, verifying it with FILE. The single node stays plain.
 cluster_tls=(--insecure)
 if [ -n "${CLUSTER_CACERT:-}" ]; then cluster_tls=(--cacert "$CLUSTER_CACERT"); fi
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
-if [ ! -x "$ghz" ]; then
-	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
-fi
-if [ -n "${LEVEE_BIN:-}" ]; then
-	cp "$LEVEE_BIN" "$work/levee"
-else
-	echo "building levee..." >&2
-	go build -C "$root" -o "$work/levee" ./cmd/levee
-fi
+. "$(dirname "$0")/lib.sh"
 
 # start NAME ARGS...: runs `levee serve` in the background, waits until it
 # serves, and sets $pid, $grpc, $metrics (and $etcd for an embedded etcd).

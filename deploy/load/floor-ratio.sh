@@ -15,25 +15,7 @@ set -euo pipefail
 floor_dir=${1:?usage: floor-ratio.sh FLOOR_DIR [SECONDS] [ROUNDS]}
 secs=${2:-10}
 rounds=${3:-5}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
-if [ ! -x "$ghz" ]; then
-	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
-fi
-if [ -n "${LEVEE_BIN:-}" ]; then
-	cp "$LEVEE_BIN" "$work/levee"
-else
-	go build -C "$root" -o "$work/levee" ./cmd/levee
-fi
+. "$(dirname "$0")/lib.sh"
 go build -C "$floor_dir" -o "$work/floor" .
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -30,26 +30,7 @@ secs=${1:-10}
 conc=${2:-2000}
 timeout=${3:-20ms}
 rounds=${ROUNDS:-3}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
-if [ ! -x "$ghz" ]; then
-	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
-fi
-if [ -n "${LEVEE_BIN:-}" ]; then
-	cp "$LEVEE_BIN" "$work/levee"
-else
-	echo "building levee..." >&2
-	go build -C "$root" -o "$work/levee" ./cmd/levee
-fi
+. "$(dirname "$0")/lib.sh"
 
 "$work/levee" serve --standalone --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
 	--log-format json 2>"$work/levee.log" &

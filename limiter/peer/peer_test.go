@@ -421,10 +421,9 @@ func (p *silentPeer) Take(s leveev1.PeerService_TakeServer) error {
 	}
 }
 
-// TestSilentOwnerTimesOut: batches on a stream that is open but never
-// answered fail over to their fallback at the peer timeout, and the
-// breaker stops sending after three.
-func TestSilentOwnerTimesOut(t *testing.T) {
+// startSilentPeer serves a silentPeer on loopback until the test ends.
+func startSilentPeer(t *testing.T) (*silentPeer, string) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -433,12 +432,20 @@ func TestSilentOwnerTimesOut(t *testing.T) {
 	srv := grpc.NewServer()
 	leveev1.RegisterPeerServiceServer(srv, silent)
 	go srv.Serve(lis)
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
+	return silent, lis.Addr().String()
+}
+
+// TestSilentOwnerTimesOut: batches on a stream that is open but never
+// answered fail over to their fallback at the peer timeout, and the
+// breaker stops sending after three.
+func TestSilentOwnerTimesOut(t *testing.T) {
+	silent, addr := startSilentPeer(t)
 	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
 	store := limiter.NewStore(1 << 10)
 	r := NewRouter(Config{Self: self, Store: store, Timeout: 30 * time.Millisecond, BreakerCooldown: time.Hour})
 	defer r.Close()
-	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: lis.Addr().String()}})
+	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: addr}})
 	r.SetRing(rg)
 	key := keyOwnedBy(t, rg, "silent", 0)
 	l := limiter.Limit{Rate: 20, Period: time.Hour}
@@ -645,19 +652,11 @@ func TestFallbackStartsFromOwnersLastState(t *testing.T) {
 // fail-open operation is admitted, a local one decided on a fair share, a
 // fail-closed one reported undecided.
 func TestSlowOwnerAnswersByTheDeadline(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	silent := &silentPeer{}
-	srv := grpc.NewServer()
-	leveev1.RegisterPeerServiceServer(srv, silent)
-	go srv.Serve(lis)
-	defer srv.Stop()
+	_, addr := startSilentPeer(t)
 	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
 	r := NewRouter(Config{Self: self, Store: limiter.NewStore(1 << 10), Timeout: time.Hour, BreakerCooldown: time.Hour})
 	defer r.Close()
-	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: lis.Addr().String()}})
+	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: addr}})
 	r.SetRing(rg)
 	l := limiter.Limit{Rate: 20, Period: time.Hour}
 	reqs := []limiter.Request{
