@@ -53,7 +53,30 @@ if [ -n "$rate" ]; then rate_flags=(-r "$rate"); fi
 # default `levee serve --procs auto` sizes it to the load.
 procs_env=()
 if [ -n "${NODE_PROCS:-}" ]; then procs_env=("GOMAXPROCS=$NODE_PROCS"); fi
-# Extra flags for the three cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
+# PROFILE=DIR writes CPU profiles of the last round's measured runs to DIR:
+# single.pprof (the single node), n1.pprof (the receiving node) and
+# n2.pprof (an owner), for `go tool pprof`.
+profile=${PROFILE:-}
+if [ -n "$profile" ]; then mkdir -p "$profile"; fi
+# COUNT=1 also counts, with perf (if the kernel lets it), the context
+# switches and the futex, epoll_pwait, read and write system calls of every
+# levee process during the measured runs: per decision on the single node,
+# and per forwarded decision on the receiving node (beyond its local
+# decisions, charged at the single node's count) and on the owners. Counts
+# do not move with the machine's load the way CPU times do.
+count=${COUNT:-}
+events=context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_read,syscalls:sys_enter_write
+# NODES=N runs N cluster nodes (default 3, at least 2); the load still goes
+# to node 1, which forwards (N-1)/N of it, split over N-1 owners.
+nodes=${NODES:-3}
+if ! [[ $nodes =~ ^[0-9]+$ ]] || [ "$nodes" -lt 2 ]; then
+	echo "NODES=$nodes: want a whole number of nodes, at least 2" >&2
+	exit 2
+fi
+# RESULTS=FILE appends one JSON line of this run's medians to FILE, the
+# input of the cost model (go run ./deploy/load/costmodel).
+results=${RESULTS:-}
+# Extra flags for the cluster nodes, e.g. CLUSTER_FLAGS="--batch-window 1ms".
 # LEVEE_BIN measures a prebuilt binary instead of building this checkout
 # (for A/B runs in one sitting).
 read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
@@ -62,34 +85,17 @@ read -r -a cluster_flags <<<"${CLUSTER_FLAGS:-}"
 # 1 then dials TLS, verifying it with FILE. The single node stays plain.
 cluster_tls=(--insecure)
 if [ -n "${CLUSTER_CACERT:-}" ]; then cluster_tls=(--cacert "$CLUSTER_CACERT"); fi
-root=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-ghz=$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")
-if [ ! -x "$ghz" ]; then
-	go install github.com/bojand/ghz/cmd/ghz@v0.120.0
-fi
-if [ -n "${LEVEE_BIN:-}" ]; then
-	cp "$LEVEE_BIN" "$work/levee"
-else
-	echo "building levee..." >&2
-	go build -C "$root" -o "$work/levee" ./cmd/levee
-fi
+. "$(dirname "$0")/lib.sh"
 
 # start NAME ARGS...: runs `levee serve` in the background, waits until it
 # serves, and sets $pid, $grpc, $metrics (and $etcd for an embedded etcd).
 start() {
 	local name=$1
 	shift
+	local pp=()
+	if [ -n "$profile" ]; then pp=(--pprof); fi
 	env "${procs_env[@]}" "$work/levee" serve --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
-		--log-format json "$@" 2>"$work/$name.log" &
+		--log-format json "${pp[@]}" "$@" 2>"$work/$name.log" &
 	pid=$!
 	pids+=("$pid")
 	for _ in $(seq 300); do
@@ -135,40 +141,79 @@ cpu() {
 data='{"domain":"bench","descriptors":[{"entries":[{"key":"user","value":"u{{randomInt 0 10000}}"}]}]}'
 call=envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit
 
-# load ADDR OUT PIDS...: warm-up, then the measured run; writes ghz's JSON to
-# OUT and the CPU ticks the PIDs spent to OUT.cpu.
+# profiling N METRICS... : in the last round with PROFILE set, starts CPU
+# profiles of the nodes whose metrics addresses are given, named N.pprof
+# after them, for the measured run (which they must not outlast); sets
+# $profiles to the curl processes to wait for.
+profiling() {
+	local n=$1
+	shift
+	profiles=()
+	if [ -z "$profile" ] || [ "$n" != "$rounds" ]; then return; fi
+	local secs_p=$((secs > 3 ? secs - 2 : 1))
+	while [ $# -gt 0 ]; do
+		curl -fsS -o "$profile/$1.pprof" "http://$2/debug/pprof/profile?seconds=$secs_p" &
+		profiles+=($!)
+		shift 2
+	done
+}
+
+# counting OUT PID...: with COUNT set, counts $events of each PID for the
+# measured run into OUT.PID.perf; sets $counters to the perf processes.
+counting() {
+	local out=$1
+	shift
+	counters=()
+	if [ -z "$count" ]; then return; fi
+	for p in "$@"; do
+		perf stat -x, -e "$events" -p "$p" -o "$out.$p.perf" -- sleep "$secs" 2>/dev/null &
+		counters+=($!)
+	done
+}
+
+# load N ADDR OUT PIDS...: warm-up, then the measured run of round N;
+# writes ghz's JSON to OUT and the CPU ticks the PIDs spent to OUT.cpu.
 load() {
-	local addr=$1 out=$2
-	shift 2
+	local n=$1 addr=$2 out=$3
+	shift 3
 	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
 	local t0 t1
+	profiling "$n" single "$single_metrics"
+	counting "$out" "$@"
 	t0=$(cpu "$@")
 	"$ghz" --insecure --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
 	t1=$(cpu "$@")
 	echo $((t1 - t0)) >"$out.cpu"
+	cut -d' ' -f1 /proc/loadavg >"$out.load"
+	for p in "${profiles[@]}" "${counters[@]}"; do wait "$p" || true; done
+	if [ -n "$count" ]; then echo "$*" >"$out.pids"; fi
 }
 
 start single --standalone
-single_pid=$pid single_grpc=$grpc
+single_pid=$pid single_grpc=$grpc single_metrics=$metrics
+# The cluster: node 1 runs the embedded etcd, the others join it.
 start n1 --node-id n1 --data-dir "$work/etcd" "${cluster_flags[@]}" \
 	--embedded-etcd-client-url http://127.0.0.1:0 --embedded-etcd-peer-url http://127.0.0.1:0
-n1_pid=$pid n1_grpc=$grpc n1_metrics=$metrics endpoint=$etcd
-start n2 --node-id n2 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
-n2_pid=$pid n2_metrics=$metrics
-start n3 --node-id n3 --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
-n3_pid=$pid n3_metrics=$metrics
+n1_grpc=$grpc endpoint=$etcd
+node_pids=("$pid") node_metrics=("$metrics")
+for i in $(seq 2 "$nodes"); do
+	start "n$i" --node-id "n$i" --etcd-endpoints "$endpoint" "${cluster_flags[@]}"
+	node_pids+=("$pid") node_metrics+=("$metrics")
+done
+n1_pid=${node_pids[0]} n1_metrics=${node_metrics[0]} n2_metrics=${node_metrics[1]}
+formed() {
+	for m in "${node_metrics[@]}"; do
+		[ "$(gauge "$m" levee_cluster_members)" = "$nodes" ] || return 1
+	done
+}
 for _ in $(seq 300); do
-	if [ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] &&
-		[ "$(gauge "$n2_metrics" levee_cluster_members)" = 3 ] &&
-		[ "$(gauge "$n3_metrics" levee_cluster_members)" = 3 ]; then
-		break
-	fi
+	if formed; then break; fi
 	sleep 0.1
 done
-[ "$(gauge "$n1_metrics" levee_cluster_members)" = 3 ] || { echo "the cluster did not form" >&2; exit 1; }
+formed || { echo "the cluster did not form" >&2; exit 1; }
 
 # cluster_round N: warm-up, then the measured run with the forwarding
-# counters of node 1 and the CPU of all three read around it; writes
+# counters of node 1 and the CPU of every node read around it; writes
 # $work/cluster.N.json and $work/cluster.N.vars.
 cluster_round() {
 	local n=$1
@@ -178,27 +223,31 @@ cluster_round() {
 	bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
 	fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
 	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
-	t0=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	profiling "$n" n1 "$n1_metrics" n2 "$n2_metrics"
+	counting "$work/cluster.$n" "${node_pids[@]}"
+	t0=$(cpu "${node_pids[@]}")
 	r0=$(cpu "$n1_pid")
 	"$ghz" "${cluster_tls[@]}" --call "$call" -c "$conc" "${rate_flags[@]}" -z "${secs}s" -d "$data" --format json -o "$work/cluster.$n.json" "$n1_grpc" >/dev/null 2>&1 || true
-	t1=$(cpu "$n1_pid" "$n2_pid" "$n3_pid")
+	t1=$(cpu "${node_pids[@]}")
 	r1=$(cpu "$n1_pid")
 	fwd1=$(gauge "$n1_metrics" levee_peer_forwarded_total)
 	bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
 	fb1=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
 	be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
-	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)")" >"$work/cluster.$n.vars"
+	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)") $(cut -d' ' -f1 /proc/loadavg)" >"$work/cluster.$n.vars"
+	for p in "${profiles[@]}" "${counters[@]}"; do wait "$p" || true; done
+	if [ -n "$count" ]; then echo "${node_pids[*]}" >"$work/cluster.$n.pids"; fi
 }
 
 for n in $(seq "$rounds"); do
-	echo "round $n of $rounds: single node, then the 3-node cluster (load on node 1), ${secs}s each, $conc concurrent${rate:+, $rate calls/s}..." >&2
-	load "$single_grpc" "$work/single.$n.json" "$single_pid"
+	echo "round $n of $rounds: single node, then the $nodes-node cluster (load on node 1), ${secs}s each, $conc concurrent${rate:+, $rate calls/s}..." >&2
+	load "$n" "$single_grpc" "$work/single.$n.json" "$single_pid"
 	cluster_round "$n"
 done
 
-python3 - "$work" "$(getconf CLK_TCK)" "$rounds" <<'PY'
+python3 - "$work" "$(getconf CLK_TCK)" "$rounds" "$nodes" "$results" "$secs" <<'PY'
 import datetime, json, statistics, sys
-work, hz, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, hz, rounds, nodes, results, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
 
 def summary(path):
     o = json.load(open(path))
@@ -226,6 +275,24 @@ def summary(path):
     lat = {d["percentage"]: d["latency"] / 1e6 for d in o.get("latencyDistribution") or []}
     return o["rps"], ok, errs, lat.get(50, 0), lat.get(99, 0)
 
+def counts(prefix):
+    """Summed perf counts of the PIDs of a run, by event; {} without COUNT."""
+    import os
+    if not os.path.exists(prefix + ".pids"):
+        return {}
+    pids = open(prefix + ".pids").read().split()
+    total = [{} for _ in pids]
+    for i, p in enumerate(pids):
+        try:
+            lines = open(f"{prefix}.{p}.perf").read().splitlines()
+        except OSError:
+            continue
+        for l in lines:
+            f = l.split(",")
+            if len(f) > 2 and f[0].replace(".", "").isdigit():
+                total[i][f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
+    return total
+
 cols = {}
 def keep(**kw):
     for k, v in kw.items():
@@ -239,28 +306,52 @@ for n in range(1, rounds + 1):
     v = open(f"{work}/cluster.{n}.vars").read().split()
     cl_ticks, recv_ticks = int(v[0]), int(v[1])
     fwd, batches, fallbacks, batch_errors = (float(x) for x in v[2:6])
+    load1, load3 = open(f"{work}/single.{n}.json.load").read().strip(), v[6]
     c3 = cl_ticks / hz / max(ok3, 1) * 1e6
     local = ok3 - fwd
     cfwd = (cl_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
     recv_fwd = (recv_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
     owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
-    print(f"round {n}:")
+    print(f"round {n} (1-minute load average after the single run {load1}, after the cluster run {load3}):")
     print(f"  single node : rps={rps1:.0f} ok={ok1} errors={err1} p50={p50_1:.2f}ms p99={p99_1:.2f}ms cpu/decision={c1:.1f}us")
-    print(f"  3-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
-          f"cpu/decision={c3:.1f}us (all 3 nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
+    print(f"  {nodes}-node      : rps={rps3:.0f} ok={ok3} errors={err3} p50={p50_3:.2f}ms p99={p99_3:.2f}ms "
+          f"cpu/decision={c3:.1f}us (all {nodes} nodes), of which receiving node {recv_ticks / hz / max(ok3, 1) * 1e6:.1f}us")
     print(f"  forwarding  : forwarded={fwd:.0f} ({100 * fwd / max(ok3, 1):.1f}% of decisions) batches={batches:.0f} "
           f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
-    print(f"  cpu per forwarded decision = {cfwd:.1f}us: receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
+    print(f"  cpu per forwarded decision = {cfwd:.1f}us = x{cfwd / max(c1, 1e-9):.2f} the single-node decision: "
+          f"receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
+    cs, cc = counts(f"{work}/single.{n}.json"), counts(f"{work}/cluster.{n}")
+    if cs and cc:
+        for ev in cs[0]:
+            one = cs[0][ev] / max(ok1, 1)
+            recv = (cc[0].get(ev, 0) - local * one) / max(fwd, 1)
+            own = sum(c.get(ev, 0) for c in cc[1:]) / max(fwd, 1)
+            print(f"  {ev:16s}: {one:.2f} per single-node decision; per forwarded decision {recv:.2f} receiving + {own:.2f} owners")
+            keep(**{f"count_{ev}": (one, recv, own)})
     keep(single_rps=rps1, single_cpu=c1, single_p99=p99_1, cluster_rps=rps3, cluster_p99=p99_3,
-         cfwd=cfwd, recv=recv_fwd, owner=owner_fwd, rpcs=batches / max(fwd, 1),
-         rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks)
+         cfwd=cfwd, fwd_ratio=cfwd / max(c1, 1e-9), recv=recv_fwd, owner=owner_fwd, rpcs=batches / max(fwd, 1),
+         rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks,
+         fwd_rate=fwd / secs, batch=fwd / max(batches, 1), load=float(load3))
 
-m = {k: statistics.median(v) for k, v in cols.items()}
+m = {k: statistics.median(v) for k, v in cols.items() if not k.startswith("count_")}
 print(f"medians of {rounds} rounds:")
 print(f"  single node : rps={m['single_rps']:.0f} p99={m['single_p99']:.2f}ms cpu/decision={m['single_cpu']:.1f}us")
-print(f"  3-node      : rps={m['cluster_rps']:.0f} p99={m['cluster_p99']:.2f}ms rpcs/forwarded={m['rpcs']:.4f} "
+print(f"  {nodes}-node      : rps={m['cluster_rps']:.0f} p99={m['cluster_p99']:.2f}ms rpcs/forwarded={m['rpcs']:.4f} "
       f"(errors, batch errors and fallbacks over all rounds: {sum(cols['errors']):.0f})")
-print(f"  cpu per forwarded decision = {m['cfwd']:.1f}us [target <= 40us] (rounds: "
+print(f"  cpu per forwarded decision = {m['cfwd']:.1f}us (rounds: "
       + ", ".join(f"{x:.1f}" for x in cols['cfwd']) + f"): receiving node {m['recv']:.1f}us + owner {m['owner']:.1f}us")
-print(f"  3-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f}")
+for k in sorted(cols):
+    if k.startswith("count_"):
+        v = [statistics.median(x[i] for x in cols[k]) for i in range(3)]
+        print(f"  {k[6:]:16s}: {v[0]:.2f} per single-node decision; per forwarded decision {v[1]:.2f} receiving + {v[2]:.2f} owners")
+print(f"  forwarded vs single-node decision: x{m['fwd_ratio']:.2f} [target <= 1.4] (rounds: "
+      + ", ".join(f"{x:.2f}" for x in cols['fwd_ratio']) + ")")
+print(f"  {nodes}-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f} [target <= 1.3] (rounds: "
+      + ", ".join(f"{x:.2f}" for x in cols['p99_ratio']) + ")")
+if results:
+    with open(results, "a") as f:
+        f.write(json.dumps({"nodes": nodes, "rounds": rounds, "single_cpu_us": m["single_cpu"], "fwd_cpu_us": m["cfwd"],
+                            "recv_us": m["recv"], "owner_us": m["owner"], "batch": m["batch"], "fwd_per_s": m["fwd_rate"],
+                            "single_p99_ms": m["single_p99"], "cluster_p99_ms": m["cluster_p99"], "load": m["load"],
+                            "fwd_ratio_rounds": cols["fwd_ratio"]}) + "\n")
 PY

@@ -63,8 +63,18 @@ type peerConn struct {
 	mu     sync.Mutex
 	batch  []*call
 	size   int
-	timer  *time.Timer
+	opened uint64    // batches opened, so that a leader knows its batch from a later one
+	due    time.Time // when the open batch must be sent (wall clock)
 	closed bool
+	// last is how many callers the last batch sent carried; with flying,
+	// the batches in flight, it chooses the next batch's window.
+	last   int
+	flying atomic.Int32
+
+	// rtt is a moving average of how long the peer takes to answer a
+	// batch (nanoseconds): a batch must leave that long before its most
+	// urgent caller must be answered.
+	rtt atomic.Int64
 
 	// inflight counts batches and calls using conn, so close can wait for
 	// them.
@@ -82,26 +92,72 @@ type peerConn struct {
 	nextID   uint64
 }
 
-func (p *peerConn) enqueue(c *call) {
+// lead is a batch a caller opened and sends when its window ends (at),
+// unless the batch left earlier.
+type lead struct {
+	peer  *peerConn
+	batch uint64
+	at    time.Time
+}
+
+// join adds c to the peer's open batch at now (wall clock). No goroutine
+// sends batches: callers do, from their own goroutines. join returns the
+// batch for the caller to send at once when c completes it (BatchMax) or
+// when the batch may not wait (its window is zero, or c must be answered
+// before the window would end). Otherwise, when c opened the batch, join
+// returns the lead: the caller sends the batch when its window ends,
+// unless another caller sent it first. It reports false when the peer is
+// closed; c is then abandoned.
+func (p *peerConn) join(c *call, now time.Time) (send []*call, l lead, ok bool) {
 	p.mu.Lock()
 	if p.closed || p.client == nil {
 		p.mu.Unlock()
 		p.router.abandon(c, errors.Join(errors.New("peer connection closed"), p.dialErr))
-		return
+		return nil, lead{}, false
 	}
 	p.batch = append(p.batch, c)
 	p.size += len(c.reqs)
-	if p.size >= p.router.cfg.BatchMax {
+	by := p.sendBy(c, now)
+	if len(p.batch) == 1 {
+		p.opened++
+		p.due = now.Add(window(p.router.cfg.BatchWindow, int(p.flying.Load()), p.last))
+		if by.Before(p.due) {
+			p.due = by
+		}
+	}
+	if p.size >= p.router.cfg.BatchMax || !p.due.After(now) || by.Before(p.due) {
 		b := p.takeBatch()
-		p.inflight.Add(1)
 		p.mu.Unlock()
-		p.router.wg.Go(func() { p.send(b) })
-		return
+		return b, lead{}, true
 	}
 	if len(p.batch) == 1 {
-		p.timer = time.AfterFunc(p.router.cfg.BatchWindow, p.flush)
+		l = lead{peer: p, batch: p.opened, at: p.due}
 	}
 	p.mu.Unlock()
+	return nil, l, true
+}
+
+// sendBy is when a batch holding c must leave for c to be answered in
+// time: its answer-by time less the peer's usual answer time.
+func (p *peerConn) sendBy(c *call, now time.Time) time.Time {
+	if c.deadline.IsZero() {
+		return now.Add(p.router.cfg.Timeout)
+	}
+	return now.Add(answerBy(c.deadline, now) - time.Duration(p.rtt.Load()))
+}
+
+// flush sends the batch l opened, if it is still open. It runs in the
+// leader's goroutine.
+func (l lead) flush() {
+	p := l.peer
+	p.mu.Lock()
+	if p.opened != l.batch || len(p.batch) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	b := p.takeBatch()
+	p.mu.Unlock()
+	p.send(b)
 }
 
 // acquire registers a use of the connection outside a batch (a hand-off);
@@ -118,50 +174,39 @@ func (p *peerConn) acquire() bool {
 
 func (p *peerConn) release() { p.inflight.Done() }
 
-// takeBatch detaches the open batch. The caller holds p.mu.
+// takeBatch detaches the open batch and counts it in p.inflight. The
+// caller holds p.mu.
 func (p *peerConn) takeBatch() []*call {
 	b := p.batch
 	p.batch, p.size = nil, 0
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
+	if len(b) > 0 {
+		p.inflight.Add(1)
+		p.last = len(b)
 	}
 	return b
 }
 
-// flush sends the open batch when its window ends.
-func (p *peerConn) flush() {
-	p.mu.Lock()
-	b := p.takeBatch()
-	if len(b) == 0 {
-		p.mu.Unlock()
-		return
-	}
-	p.inflight.Add(1)
-	p.mu.Unlock()
-	// The timer already runs flush in a goroutine of its own: sending from
-	// it saves starting (and growing the stack of) another per batch. The
-	// router's WaitGroup counts it through inflight, which close waits on.
-	p.send(b)
-}
-
-// send sends one batch: its checks on the peer's Take stream, then its
-// leases. The caller has counted the batch in p.inflight.
+// send sends one batch: its checks on the peer's Take stream, then, in a
+// goroutine of their own (a key asks at most once per lease period, so
+// few batches carry any), its leases. The caller has counted the batch in
+// p.inflight.
 func (p *peerConn) send(b []*call) {
 	var leases []lease
 	for _, c := range b {
 		leases = append(leases, c.leases...)
 	}
-	if len(leases) == 0 {
-		p.forward(b)
-		return
+	if len(leases) > 0 {
+		// The checks' count ends when they are answered, perhaps before
+		// the leases are: the leases hold a count of their own.
+		p.inflight.Add(1)
 	}
-	// The checks' count ends when they are answered, perhaps before the
-	// leases are: the leases hold a count of their own.
-	p.inflight.Add(1)
-	defer p.inflight.Done()
 	p.forward(b)
-	p.askLeases(leases)
+	if len(leases) > 0 {
+		p.router.wg.Go(func() {
+			defer p.inflight.Done()
+			p.askLeases(leases)
+		})
+	}
 }
 
 // forward sends a batch's checks on the peer's Take stream. The answer (or
@@ -173,7 +218,8 @@ func (p *peerConn) forward(b []*call) {
 	// short deadline does not fail the others), and never past the peer
 	// timeout. Each caller stops waiting at its own deadline. Wall clock:
 	// this bounds I/O and meets the callers' context deadlines.
-	limit := time.Now().Add(r.cfg.Timeout)
+	sent := time.Now()
+	limit := sent.Add(r.cfg.Timeout)
 	var latest time.Time
 	for _, c := range b {
 		total += len(c.reqs)
@@ -195,7 +241,7 @@ func (p *peerConn) forward(b []*call) {
 			k++
 		}
 	}
-	f := &flight{calls: b, total: total, byCallers: latest.Before(limit)}
+	f := &flight{calls: b, total: total, sent: sent, byCallers: latest.Before(limit)}
 	f.flightTrace = r.trace.batch(b, p.member.ID, req)
 	p.flightMu.Lock()
 	p.nextID++
@@ -204,6 +250,7 @@ func (p *peerConn) forward(b []*call) {
 		p.flights = make(map[uint64]*flight)
 	}
 	p.flights[req.Id] = f
+	p.flying.Add(1)
 	id := req.Id
 	f.timer = time.AfterFunc(time.Until(latest), func() { p.finish(id, nil, errPeerTimeout) })
 	p.flightMu.Unlock()
@@ -260,6 +307,7 @@ type flight struct {
 	total     int
 	stream    *takeStream // the stream it went out on; under flightMu
 	timer     *time.Timer
+	sent      time.Time
 	byCallers bool // the timeout is the callers' deadline, not the peer timeout
 
 	flightTrace // the batch's span (trace.go)
@@ -268,6 +316,7 @@ type flight struct {
 // takeStream is an open Take stream to a peer.
 type takeStream struct {
 	s      grpc.BidiStreamingClient[leveev1.TakeRequest, leveev1.TakeResponse]
+	ctx    context.Context
 	cancel context.CancelFunc
 	// heard is when the stream last answered a batch, or opened (unix
 	// nanoseconds).
@@ -317,6 +366,11 @@ func (p *peerConn) unblock(now time.Time) {
 func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 	p.streamMu.Lock()
 	defer p.streamMu.Unlock()
+	if p.stream != nil && p.stream.ctx.Err() != nil {
+		// Cancelled (a timeout gave it up) and not yet dropped by its
+		// receiver: a batch sent on it would be lost.
+		p.stream = nil
+	}
 	if p.stream == nil {
 		ctx, cancel := context.WithCancel(p.router.ctx)
 		done := p.watch(cancel)
@@ -326,7 +380,7 @@ func (p *peerConn) transmit(req *leveev1.TakeRequest, f *flight) error {
 			cancel()
 			return err
 		}
-		ts := &takeStream{s: s, cancel: cancel}
+		ts := &takeStream{s: s, ctx: ctx, cancel: cancel}
 		ts.heard.Store(time.Now().UnixNano())
 		p.stream = ts
 		p.router.wg.Go(func() { p.receive(ts) })
@@ -408,6 +462,7 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 	if f == nil {
 		return
 	}
+	p.flying.Add(-1)
 	defer p.inflight.Done()
 	f.timer.Stop()
 	r := p.router
@@ -425,6 +480,12 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 		err = status.Errorf(codes.Internal, "peer answered %d results for %d takes", len(resp.GetResults()), f.total)
 	}
 	f.end(err)
+	if err == nil {
+		// A moving average over about 8 batches; a lost update between
+		// two batches answered at once is harmless.
+		rtt := p.rtt.Load()
+		p.rtt.Store(rtt + (int64(time.Since(f.sent))-rtt)/8)
+	}
 	// A batch cut short by its callers' own deadlines says nothing about
 	// the peer's health.
 	if err == nil || !f.byCallers || err != errPeerTimeout {
@@ -460,7 +521,8 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 func (p *peerConn) close() {
 	p.mu.Lock()
 	p.closed = true
-	b := p.takeBatch()
+	b := p.batch
+	p.batch, p.size = nil, 0
 	p.mu.Unlock()
 	for _, c := range b {
 		p.router.abandon(c, errors.New("peer left the ring"))

@@ -72,3 +72,52 @@ func TestLeasesRideTheBatch(t *testing.T) {
 		t.Fatalf("%d fallbacks", fb)
 	}
 }
+
+// TestWindow: a batch waits for company only when it has some: a batch to
+// the same peer in flight, or a last batch that carried several callers.
+func TestWindow(t *testing.T) {
+	const ceiling = time.Millisecond
+	for _, c := range []struct {
+		inFlight, last int
+		want           time.Duration
+	}{
+		{0, 0, 0},       // the first operation for a peer
+		{0, 1, 0},       // a lone caller
+		{1, 1, ceiling}, // a second caller overlaps the first
+		{0, 8, ceiling}, // a herd released by one answer
+		{2, 0, ceiling},
+	} {
+		if got := window(ceiling, c.inFlight, c.last); got != c.want {
+			t.Errorf("window(in flight %d, last batch %d callers) = %v, want %v", c.inFlight, c.last, got, c.want)
+		}
+	}
+}
+
+// TestLoneCallerDoesNotWait: a caller alone is sent at once, however long
+// the batch window (TestBatchingSharesRPCs has callers that overlap).
+func TestLoneCallerDoesNotWait(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.BatchWindow = time.Hour; c.Timeout = time.Hour; c.HotThreshold = -1 })
+	r := nodes[0].router
+	l := limiter.Limit{Rate: 1e6, Period: time.Second}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 20 {
+			if _, err := take(t, r, limiter.Request{Key: keyOwnedBy(t, r.Ring(), "node-1", i), Limit: l, Hits: 1}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute): // a hang guard: each take waits milliseconds
+		t.Fatal("a lone caller waited an hour-long batch window")
+	}
+	if b := r.Stats().Batches.Load(); b != 20 {
+		t.Fatalf("%d batches for 20 sequential takes, want 20", b)
+	}
+}

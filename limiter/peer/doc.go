@@ -5,13 +5,20 @@
 //
 // # Batching
 //
-// Operations for the same owner are micro-batched: the first operation for
-// an idle peer opens a batch, and the batch is sent when it has been open for
-// the batch window (500 µs by default) or holds the batch cap, whichever
-// comes first. Under load one RPC carries many callers' operations, so the
-// peer path costs a fraction of an RPC per decision. Each peer has one Take
-// stream; a batch is one message on it, and its answer comes back under the
-// batch's id.
+// Operations for the same owner are micro-batched, and no goroutine runs
+// the batches: callers do. The first operation for an idle peer opens a
+// batch; callers that come while it is open join it. The batch leaves, on
+// the goroutine of the caller that makes it leave, when it holds the batch
+// cap, when its window ends (the caller that opened it sends it), or when
+// a caller in it must be answered sooner (its deadline, less the peer's
+// usual answer time). The window is the batch window (Config.BatchWindow,
+// 500 µs by default) when the batch has company to wait for — a batch to
+// the same peer in flight, or a last batch that carried several callers —
+// and nothing otherwise, so a lone caller is never delayed for batching
+// that cannot happen. Under load one RPC carries many callers' operations,
+// so the peer path costs a fraction of an RPC per decision. Each peer has
+// one Take stream; a batch is one message on it, and its answer comes
+// back under the batch's id, read by one goroutine per stream.
 //
 // # Failure
 //
@@ -19,7 +26,11 @@
 // batch that fails (error, or no answer within the timeout or the callers'
 // deadline) is decided by each operation's fallback: FallbackLocal decides
 // on this node with a fair share of the limit (limit ÷ live nodes), open
-// admits, closed reports the operation undecidable. After a few consecutive
+// admits, closed reports the operation undecidable. A caller with a
+// deadline is answered before it: operations whose owner has not answered
+// by the last tenth of the time left (at most 2 ms before the deadline)
+// are decided by their fallback, since an answer after the deadline
+// reaches nobody. After a few consecutive
 // failures a per-peer circuit breaker opens: operations for that peer go
 // straight to their fallback, costing no timeouts, and one probe batch per
 // cool-down tests whether the peer is back. A Take stream that answers
@@ -56,8 +67,8 @@
 // of their own.
 //
 // The wall clock (time.Now and the runtime's timers) is read only where
-// it bounds real I/O, and nowhere else: the batch window (a timer that
-// sends the batch), the batch, lease and hand-off timeouts (which meet the
+// it bounds real I/O, and nowhere else: the batch window (a timer of the
+// caller that opened the batch), the batch, lease and hand-off timeouts (which meet the
 // callers' context deadlines, themselves wall-clock times), and the stream
 // watchdog, which judges whether a stream or a send has made progress for
 // a whole peer timeout. A clock frozen in a test must not stall a network

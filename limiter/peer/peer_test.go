@@ -125,7 +125,10 @@ func TestHotKeyLeasesNeverOverAdmit(t *testing.T) {
 	// a local fair share, which is the failure path, not this test's.
 	nodes := startNodes(t, 3, func(c *Config) { c.HotThreshold = 16; c.Timeout = 5 * time.Second })
 	rg := nodes[0].router.Ring()
-	l := limiter.Limit{Rate: 4000, Period: time.Hour} // no refill during the test
+	// No refill during the test, however slow the machine: at 4,000 an
+	// hour a test that took over a second under -race on a busy machine
+	// saw a token come back and admitted 4,001.
+	l := limiter.Limit{Rate: 4000, Period: 30 * 24 * time.Hour}
 	key := keyOwnedBy(t, rg, "node-2", 7)
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
@@ -300,7 +303,8 @@ func TestFairShare(t *testing.T) {
 
 // TestOneCallerDeadlineDoesNotFailTheBatch: a caller with a deadline too
 // short for the round trip shares a batch with patient callers; they are
-// answered by the owner, and the peer's breaker stays closed.
+// answered by the owner, and the peer's breaker stays closed. The
+// impatient caller itself is answered by its fallback.
 func TestOneCallerDeadlineDoesNotFailTheBatch(t *testing.T) {
 	nodes := startNodes(t, 2, func(c *Config) { c.BatchWindow = 5 * time.Millisecond; c.Timeout = 5 * time.Second })
 	rg := nodes[0].router.Ring()
@@ -323,8 +327,8 @@ func TestOneCallerDeadlineDoesNotFailTheBatch(t *testing.T) {
 		wg.Wait()
 	}
 	st := nodes[0].router.Stats()
-	if st.Fallbacks.Load() != 0 || st.BatchErrors.Load() != 0 {
-		t.Fatalf("fallbacks %d, batch errors %d: one impatient caller failed the batch", st.Fallbacks.Load(), st.BatchErrors.Load())
+	if st.Fallbacks.Load() > 5 || st.BatchErrors.Load() != 0 {
+		t.Fatalf("fallbacks %d (want at most the 5 impatient callers'), batch errors %d: one impatient caller failed the batch", st.Fallbacks.Load(), st.BatchErrors.Load())
 	}
 }
 
@@ -417,10 +421,9 @@ func (p *silentPeer) Take(s leveev1.PeerService_TakeServer) error {
 	}
 }
 
-// TestSilentOwnerTimesOut: batches on a stream that is open but never
-// answered fail over to their fallback at the peer timeout, and the
-// breaker stops sending after three.
-func TestSilentOwnerTimesOut(t *testing.T) {
+// startSilentPeer serves a silentPeer on loopback until the test ends.
+func startSilentPeer(t *testing.T) (*silentPeer, string) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -429,12 +432,20 @@ func TestSilentOwnerTimesOut(t *testing.T) {
 	srv := grpc.NewServer()
 	leveev1.RegisterPeerServiceServer(srv, silent)
 	go srv.Serve(lis)
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
+	return silent, lis.Addr().String()
+}
+
+// TestSilentOwnerTimesOut: batches on a stream that is open but never
+// answered fail over to their fallback at the peer timeout, and the
+// breaker stops sending after three.
+func TestSilentOwnerTimesOut(t *testing.T) {
+	silent, addr := startSilentPeer(t)
 	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
 	store := limiter.NewStore(1 << 10)
 	r := NewRouter(Config{Self: self, Store: store, Timeout: 30 * time.Millisecond, BreakerCooldown: time.Hour})
 	defer r.Close()
-	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: lis.Addr().String()}})
+	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: addr}})
 	r.SetRing(rg)
 	key := keyOwnedBy(t, rg, "silent", 0)
 	l := limiter.Limit{Rate: 20, Period: time.Hour}
@@ -455,6 +466,9 @@ func TestSilentOwnerTimesOut(t *testing.T) {
 	if b, e := st.Batches.Load(), st.BatchErrors.Load(); b != 3 || e != 3 {
 		t.Fatalf("batches %d, errors %d: want 3 timed out before the breaker opened", b, e)
 	}
+	// The owner reads each batch in its own time, perhaps after the
+	// caller gave up on it.
+	waitFor(t, func() bool { return silent.got.Load() >= 3 })
 	if got := silent.got.Load(); got != 3 {
 		t.Fatalf("the silent owner read %d batches, want 3", got)
 	}
@@ -629,5 +643,45 @@ func TestFallbackStartsFromOwnersLastState(t *testing.T) {
 	}
 	if admitted < 1 || admitted > 2 {
 		t.Fatalf("fallback admitted %d right after the owner spent its burst, want 1 or 2 (a fresh fair share would admit 5)", admitted)
+	}
+}
+
+// TestSlowOwnerAnswersByTheDeadline: a caller whose owner does not answer
+// is answered by its operations' fallbacks before its deadline, not with
+// the deadline's error, even though the peer timeout is far longer: a
+// fail-open operation is admitted, a local one decided on a fair share, a
+// fail-closed one reported undecided.
+func TestSlowOwnerAnswersByTheDeadline(t *testing.T) {
+	_, addr := startSilentPeer(t)
+	self := ring.Member{ID: "self", Addr: "127.0.0.1:1"}
+	r := NewRouter(Config{Self: self, Store: limiter.NewStore(1 << 10), Timeout: time.Hour, BreakerCooldown: time.Hour})
+	defer r.Close()
+	rg := ring.New([]ring.Member{self, {ID: "silent", Addr: addr}})
+	r.SetRing(rg)
+	l := limiter.Limit{Rate: 20, Period: time.Hour}
+	reqs := []limiter.Request{
+		{Key: keyOwnedBy(t, rg, "silent", 0), Limit: limiter.Limit{Period: time.Hour}, Hits: 1, Fallback: limiter.FallbackOpen},
+		{Key: keyOwnedBy(t, rg, "silent", 1), Limit: l, Hits: 1},
+	}
+	for range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		res := make([]limiter.Result, len(reqs))
+		err := r.Take(ctx, time.Now().UnixNano(), reqs, res)
+		cancel()
+		if err != nil {
+			t.Fatalf("caller saw %v, want its fallbacks' answers", err)
+		}
+		if !res[0].Allowed || !res[1].Allowed || res[1].Remaining >= 10 {
+			t.Fatalf("fail-open %+v, local %+v: want admitted, the local one from a fair share of 10", res[0], res[1])
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	closed := []limiter.Request{{Key: reqs[1].Key, Limit: l, Hits: 1, Fallback: limiter.FallbackClosed}}
+	if err := r.Take(ctx, time.Now().UnixNano(), closed, make([]limiter.Result, 1)); !errors.Is(err, limiter.ErrUndecided) {
+		t.Fatalf("fail-closed: %v, want undecided", err)
+	}
+	if n := r.Stats().Fallbacks.Load(); n != 5 {
+		t.Fatalf("%d fallbacks, want 5", n)
 	}
 }

@@ -30,7 +30,9 @@ type Config struct {
 	// plaintext), e.g. TLS with a client certificate the peers' servers
 	// verify.
 	Creds credentials.TransportCredentials
-	// BatchWindow is how long a batch stays open (default 500 µs).
+	// BatchWindow is the longest a batch waits for more operations
+	// (default 500 µs): it waits only when it has company, and never past
+	// what its callers' deadlines allow (see the package doc).
 	BatchWindow time.Duration
 	// BatchMax is the most operations in one batch (default 512).
 	BatchMax int
@@ -260,40 +262,134 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		return nil
 	}
 	deadline, _ := ctx.Deadline()
+	wall := time.Now() // batch windows and deadlines bound I/O: wall clock
+	var leads []lead
 	for _, g := range groups {
-		g.call.deadline = deadline
-		g.call.callTrace = r.trace.callerOf(ctx)
-		g.call.done = make(chan struct{})
-		if !g.peer.breaker.allow(r.cfg.Now()) {
-			r.abandon(g.call, errBreakerOpen)
+		c := g.call
+		c.deadline = deadline
+		c.callTrace = r.trace.callerOf(ctx)
+		c.done = make(chan struct{})
+		if !deadline.IsZero() && answerBy(deadline, wall) < max(time.Duration(g.peer.rtt.Load()), minRTT) {
+			// No answer could come back in time: decided by the
+			// fallback now, at no cost to the owner. (Before the
+			// breaker, whose probe must be sent once allowed.)
+			r.abandon(c, errAnswerBy)
 			continue
 		}
-		r.stats.Forwarded.Add(uint64(len(g.call.reqs)))
-		g.peer.enqueue(g.call)
+		if !g.peer.breaker.allow(r.cfg.Now()) {
+			r.abandon(c, errBreakerOpen)
+			continue
+		}
+		r.stats.Forwarded.Add(uint64(len(c.reqs)))
+		b, l, ok := g.peer.join(c, wall)
+		if !ok {
+			continue
+		}
+		if b != nil {
+			g.peer.send(b)
+		}
+		if l.peer != nil {
+			leads = append(leads, l)
+		}
 	}
+	// This caller opened the batches in leads: it sends them when their
+	// window ends, or when it stops waiting, whichever comes first.
+	var flush <-chan time.Time
+	if len(leads) > 0 {
+		at := leads[0].at
+		for _, l := range leads[1:] {
+			if l.at.Before(at) {
+				at = l.at
+			}
+		}
+		t := time.NewTimer(at.Sub(wall))
+		defer t.Stop()
+		flush = t.C
+		defer func() {
+			if flush != nil {
+				for _, l := range leads {
+					l.flush()
+				}
+			}
+		}()
+	}
+	// A caller with a deadline gets an answer before it: operations whose
+	// owner has not answered by then are decided by their fallback, the
+	// rule's failure mode, rather than left to expire. (A caller woken
+	// late, past the deadline itself, is answered the same way.)
+	var late <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(answerBy(deadline, wall))
+		defer t.Stop()
+		late = t.C
+	}
+	expired := false
 	var undecided error
 	for _, g := range groups {
-		select {
-		case <-g.call.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 		c := g.call
-		if c.err == nil {
+		err := errAnswerBy
+	wait:
+		for {
+			if expired {
+				select {
+				case <-c.done:
+					err = c.err
+				default:
+				}
+				break wait
+			}
+			select {
+			case <-c.done:
+				err = c.err
+				break wait
+			case <-flush:
+				flush = nil
+				for _, l := range leads {
+					l.flush()
+				}
+			case <-late:
+				expired = true
+			case <-ctx.Done():
+				if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					return ctx.Err() // the caller cancelled: nobody waits
+				}
+				expired = true // late wakes at the same time
+			}
+		}
+		if err == nil {
 			for k, i := range c.index {
 				results[i] = c.results[k]
 				r.refused(&c.reqs[k], c.results[k], now)
 			}
 			continue
 		}
-		r.trace.fallback(ctx, g.peer.member.ID, len(c.index), c.err)
+		r.trace.fallback(ctx, g.peer.member.ID, len(c.index), err)
+		// A call not done is still in its batch: only its requests, which
+		// the batch reads too, are read here.
 		for k, i := range c.index {
-			if err := r.fallback(&c.reqs[k], &results[i], rg.Len(), now); err != nil {
-				undecided = fmt.Errorf("owner %s: %w: %w", g.peer.member.ID, c.err, err)
+			if ferr := r.fallback(&c.reqs[k], &results[i], rg.Len(), now); ferr != nil {
+				undecided = fmt.Errorf("owner %s: %w: %w", g.peer.member.ID, err, ferr)
 			}
 		}
 	}
 	return undecided
+}
+
+// minRTT is the shortest time a forwarded batch could take to be
+// answered, whatever the peer's record: a caller with less time left is
+// decided by its fallback without forwarding.
+const minRTT = 100 * time.Microsecond
+
+// errAnswerBy is why an operation is decided by its fallback when its
+// owner has not answered by the time its caller must be answered.
+var errAnswerBy = errors.New("owner did not answer before the caller's deadline")
+
+// answerBy is how long a caller with deadline may wait at now for its
+// owners before its operations are decided here: most of the time left,
+// keeping a tenth of it, at most 2 ms, to send the answer back.
+func answerBy(deadline, now time.Time) time.Duration {
+	left := deadline.Sub(now)
+	return left - min(left/10, 2*time.Millisecond)
 }
 
 var errBreakerOpen = errors.New("circuit breaker open")

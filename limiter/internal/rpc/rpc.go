@@ -19,7 +19,15 @@ import (
 // InvalidArgument; a caller's cancelled or expired context is reported as
 // such; anything else that left items undecided (a fail-closed rule whose
 // owner is unreachable) is Unavailable.
+//
+// A call whose caller has already gone (its deadline passed, or it
+// cancelled, while the call waited for a CPU on a node past its capacity)
+// is not decided: nobody would read the answer, and deciding it would take
+// tokens nobody uses and spend the CPU the calls still waiting need.
 func Check(ctx context.Context, e *engine.Engine, b *engine.Batch, f engine.Fields, now int64) (engine.Code, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, status.FromContextError(err).Err()
+	}
 	if err := engine.Validate(b.Items, f); err != nil {
 		return 0, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -354,7 +354,6 @@ func loadBootstrap(cfg Config, w *rules.Watcher) (initial *rules.Config, policyD
 func (n *node) newGRPCServer() {
 	cfg := n.cfg
 	opts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newVTCodec()),
 		// A fixed pool of stream workers keeps handler goroutines (and their
 		// grown stacks) instead of starting one per call: without it about
 		// a tenth of a busy node's CPU went to growing fresh stacks. The
@@ -373,6 +372,8 @@ func (n *node) newGRPCServer() {
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, newVTCodec().serverOptions()...)
+
 	opts = append(opts, n.tr.serverOptions(n.log)...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
