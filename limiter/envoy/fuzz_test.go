@@ -4,53 +4,33 @@ import (
 	"context"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
-var (
-	fuzzConfigOnce sync.Once
-	fuzzConfig     *rules.Config
-)
-
 // fuzzServer returns a fresh server (empty buckets, its own metrics) on
-// testRules, at the clock *now.
+// enginetest.Rules, at the clock *now.
 func fuzzServer(t *testing.T, now *time.Time) *envoy.Server {
-	fuzzConfigOnce.Do(func() {
-		dom, err := rules.Parse("rules.yaml", []byte(testRules))
-		if err != nil {
-			panic(err)
-		}
-		if fuzzConfig, err = rules.NewConfig(dom); err != nil {
-			panic(err)
-		}
-	})
-	m, err := engine.NewMetrics(noop.NewMeterProvider().Meter("fuzz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engine.New(engine.LocalBuckets{Store: limiter.NewStore(1000)}, fuzzConfig, m)
-	return envoy.NewServer(e, func() time.Time { return *now })
+	return envoy.NewServer(enginetest.ForFuzz(t), func() time.Time { return *now })
 }
 
 // fuzzWords are the strings a fuzz program picks keys and values from,
 // besides its own: every key and value the rules know, and edge cases.
 var fuzzWords = []string{
 	"user", "action", "post", "get", "getx", "ip", "10.0.0.1", "10.1.2.1", "blocked",
-	"free", "shadow", "quota", "allow", "me", "many", "", "*", "a", "t",
+	"free", "shadow", "quota", "allow", "me", "many", "", "*", "a", enginetest.Domain,
 }
 
 // maxFuzzEntries bounds the entries a program may build; it is above the
@@ -173,7 +153,7 @@ func checkResponse(t *testing.T, req *rlsv3.RateLimitRequest, resp *rlsv3.RateLi
 	t.Helper()
 	valid := validRequest(req)
 	if err != nil {
-		if !errorsIsInvalidArgument(err) {
+		if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("error is not InvalidArgument: %v", err)
 		}
 		if msg := status.Convert(err).Message(); msg == "" || len(msg) > 512 {
@@ -208,7 +188,7 @@ func checkResponse(t *testing.T, req *rlsv3.RateLimitRequest, resp *rlsv3.RateLi
 			}
 			continue
 		}
-		if req.Domain != "t" {
+		if req.Domain != enginetest.Domain {
 			t.Fatalf("status %d: a limit in unknown domain %q: %v", i, req.Domain, st)
 		}
 		if st.DurationUntilReset == nil || st.DurationUntilReset.Seconds < 0 || st.DurationUntilReset.Nanos != 0 {
@@ -236,45 +216,27 @@ func checkResponse(t *testing.T, req *rlsv3.RateLimitRequest, resp *rlsv3.RateLi
 // per descriptor. Each request is sent twice, the second time after the
 // clock moved, so that buckets are reused.
 func FuzzShouldRateLimit(f *testing.F) {
-	f.Add("t", "", []byte{0, 0, 2}, uint32(1), int64(0), int64(time.Second))
-	f.Add("t", "x\x00y", []byte{0, 0, 0, 1, 1, 2, 0, 3, 0, 0, 4, 0, 0, 5, 0, 0, 6, 0}, uint32(0), int64(1<<62), int64(time.Hour))
-	f.Add("t", "", []byte{0, 9, 3, 3, 3, 4, 2, 7, 0, 0, 10, 10, 1, 11, 3, 9, 0, 0}, uint32(3), int64(-1), int64(-time.Hour))
-	f.Add("t", "", []byte{0, 1, 0, 4, 201, 0}, uint32(1), int64(1e18), int64(0))
-	f.Add("t", "", []byte{0, 13, 0, 5, 201, 3}, uint32(1), int64(1e18), int64(0))
-	f.Add("t", "", []byte{0, 0, 0, 6, 3, 133, 6, 3, 5, 7, 1, 1, 8, 0, 0, 9, 0, 0}, uint32(1), int64(1e18), int64(0))
+	f.Add(enginetest.Domain, "", []byte{0, 0, 2}, uint32(1), int64(0), int64(time.Second))
+	f.Add(enginetest.Domain, "x\x00y", []byte{0, 0, 0, 1, 1, 2, 0, 3, 0, 0, 4, 0, 0, 5, 0, 0, 6, 0}, uint32(0), int64(1<<62), int64(time.Hour))
+	f.Add(enginetest.Domain, "", []byte{0, 9, 3, 3, 3, 4, 2, 7, 0, 0, 10, 10, 1, 11, 3, 9, 0, 0}, uint32(3), int64(-1), int64(-time.Hour))
+	f.Add(enginetest.Domain, "", []byte{0, 1, 0, 4, 201, 0}, uint32(1), int64(1e18), int64(0))
+	f.Add(enginetest.Domain, "", []byte{0, 13, 0, 5, 201, 3}, uint32(1), int64(1e18), int64(0))
+	f.Add(enginetest.Domain, "", []byte{0, 0, 0, 6, 3, 133, 6, 3, 5, 7, 1, 1, 8, 0, 0, 9, 0, 0}, uint32(1), int64(1e18), int64(0))
 	// 240 descriptors on one override of 297 per 264 years, at the Unix
 	// epoch: the last ones' reset is the largest duration there is, which
 	// rounding up to seconds once overflowed into a negative value.
-	f.Add("t", "", []byte("211!\x03!\"00"), uint32(3), int64(0), int64(0))
+	f.Add(enginetest.Domain, "", []byte("211!\x03!\"00"), uint32(3), int64(0), int64(0))
 	f.Add("", "", []byte{0, 0, 0}, uint32(1), int64(0), int64(0))
 	f.Add("other", "", []byte{0, 0, 0, 3, 3, 3}, uint32(1), int64(0), int64(0))
 	f.Fuzz(func(t *testing.T, domain, words string, prog []byte, hits uint32, clock, step int64) {
-		// The clock runs from 1970 to the end of int64 nanoseconds; levee
-		// is never run with a clock before 1970 (the limiter's duration
-		// arithmetic assumes it, see limiter.Limit.until).
-		now := time.Unix(0, (clock&math.MaxInt64)%clockEnd) // 1970–2090, as the limiter promises
+		now := enginetest.FuzzTime(clock)
 		s := fuzzServer(t, &now)
 		pool := append(strings.Split(words, "\x00"), fuzzWords...)
 		req := buildRequest(domain, pool, prog, hits)
 		for range 2 {
 			resp, err := s.ShouldRateLimit(context.Background(), req)
 			checkResponse(t, req, resp, err)
-			now = time.Unix(0, advance(now.UnixNano(), step))
+			now = enginetest.FuzzAdvance(now, step)
 		}
 	})
-}
-
-// clockEnd bounds the fuzz clock (2090-01-01, Unix nanoseconds).
-var clockEnd = time.Date(2090, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
-
-// advance moves a clock of Unix nanoseconds by step, staying within
-// [0, clockEnd].
-func advance(clock, step int64) int64 {
-	switch {
-	case step > 0 && clock > clockEnd-step:
-		return clockEnd
-	case clock+step < 0:
-		return 0
-	}
-	return clock + step
 }

@@ -2,7 +2,6 @@ package envoy_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -15,52 +14,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/levee-dev/levee/limiter"
-	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/envoy"
-	"github.com/levee-dev/levee/limiter/rules"
 )
-
-// testRules exercise every rule feature; the fuzz test and the tests here
-// share them.
-const testRules = `
-domain: t
-descriptors:
-  - key: user
-    rate_limit: {unit: second, requests_per_unit: 5, name: per_user}
-    descriptors:
-      - key: action
-        value: post
-        rate_limit: {unit: hour, requests_per_unit: 60, burst: 5}
-      - key: action
-        value: "get*"
-        share_threshold: true
-        rate_limit: {unit: minute, requests_per_unit: 100}
-  - key: ip
-    value: "10.*.*.1"
-    detailed_metric: true
-    rate_limit: {unit: minute, requests_per_unit: 3}
-  - key: ip
-    rate_limit: {unit: day, requests_per_unit: 1000, replaces: [{name: per_user}]}
-  - key: blocked
-    rate_limit: {unit: week, requests_per_unit: 0}
-  - key: free
-    rate_limit: {unlimited: true}
-  - key: shadow
-    shadow_mode: true
-    rate_limit: {unit: month, requests_per_unit: 1}
-  - key: quota
-    quota_mode: true
-    value_to_metric: true
-    rate_limit: {unit: year, requests_per_unit: 2}
-  - key: allow
-    value: me
-  - key: many
-    rate_limit: {unit: second, requests_per_unit: 1000000}
-  - key: windows
-    rate_limits:
-      - {name: burst, unit: second, requests_per_unit: 2}
-      - {name: five_minutes, unit: minute, unit_multiplier: 5, requests_per_unit: 3}
-`
 
 // benchRules is a realistic Envoy setup: per client address, and per client
 // and path prefix, with limits high enough that a benchmark measures
@@ -76,25 +32,6 @@ descriptors:
         rate_limit: {unit: second, requests_per_unit: 1000000000}
 `
 
-func newEngine(tb testing.TB, yaml string, b engine.Buckets) *engine.Engine {
-	tb.Helper()
-	dom, err := rules.Parse("rules.yaml", []byte(yaml))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg, err := rules.NewConfig(dom)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if b == nil {
-		b = engine.LocalBuckets{Store: limiter.NewStore(100_000)}
-	}
-	return engine.New(b, cfg, nil)
-}
-
-// fixedNow is a clock that never moves.
-func fixedNow() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
-
 // desc builds a descriptor from alternating keys and values.
 func desc(kv ...string) *ratelimitv3.RateLimitDescriptor {
 	d := &ratelimitv3.RateLimitDescriptor{}
@@ -102,13 +39,6 @@ func desc(kv ...string) *ratelimitv3.RateLimitDescriptor {
 		d.Entries = append(d.Entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: kv[i], Value: kv[i+1]})
 	}
 	return d
-}
-
-// failingBuckets cannot decide anything.
-type failingBuckets struct{ err error }
-
-func (f failingBuckets) Take(context.Context, int64, []limiter.Request, []limiter.Result) error {
-	return f.err
 }
 
 func TestShouldRateLimitBucketErrors(t *testing.T) {
@@ -121,16 +51,16 @@ func TestShouldRateLimitBucketErrors(t *testing.T) {
 		{context.Canceled, codes.Canceled},
 		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 	} {
-		s := envoy.NewServer(newEngine(t, testRules, failingBuckets{c.err}), fixedNow)
+		s := envoy.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.err}), enginetest.Now)
 		_, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{
-			Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("user", "a")},
+			Domain: enginetest.Domain, Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("user", "a")},
 		})
 		if status.Code(err) != c.want {
 			t.Errorf("buckets failing with %v: got %v, want %v", c.err, err, c.want)
 		}
 		// Descriptors that need no bucket are answered without one.
 		resp, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{
-			Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("free", "x"), desc("nomatch", "x")},
+			Domain: enginetest.Domain, Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("free", "x"), desc("nomatch", "x")},
 		})
 		if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK || len(resp.Statuses) != 2 {
 			t.Errorf("unlimited and unmatched descriptors with failing buckets: %v, %v", resp, err)
@@ -143,14 +73,14 @@ func TestShouldRateLimitBucketErrors(t *testing.T) {
 // between calls (run with -race); each descriptor has a fresh bucket, so
 // every answer is known.
 func TestShouldRateLimitConcurrentRequestsOfManySizes(t *testing.T) {
-	s := envoy.NewServer(newEngine(t, testRules, nil), fixedNow)
+	s := envoy.NewServer(enginetest.New(t, enginetest.Rules, nil), enginetest.Now)
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(g), 1))
 			for i := range 200 {
 				n := 1 + rng.IntN(30)
-				req := &rlsv3.RateLimitRequest{Domain: "t", HitsAddend: uint32(1 + rng.IntN(3))}
+				req := &rlsv3.RateLimitRequest{Domain: enginetest.Domain, HitsAddend: uint32(1 + rng.IntN(3))}
 				for j := range n {
 					if j%3 == 2 {
 						req.Descriptors = append(req.Descriptors, desc("nomatch", "x"))
@@ -189,7 +119,7 @@ func TestShouldRateLimitConcurrentRequestsOfManySizes(t *testing.T) {
 // 1 and with 5 descriptors of two entries each, all admitted, with the real
 // clock.
 func BenchmarkShouldRateLimit(b *testing.B) {
-	s := envoy.NewServer(newEngine(b, benchRules, nil), nil)
+	s := envoy.NewServer(enginetest.New(b, benchRules, nil), nil)
 	ctx := context.Background()
 	for _, n := range []int{1, 5} {
 		b.Run(fmt.Sprintf("descriptors=%d", n), func(b *testing.B) {
@@ -211,21 +141,15 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 	}
 }
 
-// errorsIsInvalidArgument reports whether err is a gRPC InvalidArgument.
-func errorsIsInvalidArgument(err error) bool {
-	var se interface{ GRPCStatus() *status.Status }
-	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.InvalidArgument
-}
-
 // TestSeveralLimitsAndWindows: a descriptor with several limits answers
 // with the tightest as current_limit, a five-minute window as MINUTE with
 // unit_multiplier 5, and its remaining and reset in that limit's terms.
 func TestSeveralLimitsAndWindows(t *testing.T) {
-	now := fixedNow()
-	srv := envoy.NewServer(newEngine(t, testRules, nil), func() time.Time { return now })
+	now := enginetest.Now()
+	srv := envoy.NewServer(enginetest.New(t, enginetest.Rules, nil), func() time.Time { return now })
 	ask := func() *rlsv3.RateLimitResponse_DescriptorStatus {
 		t.Helper()
-		resp, err := srv.ShouldRateLimit(t.Context(), &rlsv3.RateLimitRequest{Domain: "t", Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("windows", "w")}})
+		resp, err := srv.ShouldRateLimit(t.Context(), &rlsv3.RateLimitRequest{Domain: enginetest.Domain, Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("windows", "w")}})
 		if err != nil {
 			t.Fatal(err)
 		}

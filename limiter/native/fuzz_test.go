@@ -4,51 +4,31 @@ import (
 	"context"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/native"
-	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
-var (
-	fuzzConfigOnce sync.Once
-	fuzzConfig     *rules.Config
-)
-
 // fuzzServer returns a fresh server (empty buckets, its own metrics) on
-// testRules, at the clock *now.
+// enginetest.Rules, at the clock *now.
 func fuzzServer(t *testing.T, now *time.Time) *native.Server {
-	fuzzConfigOnce.Do(func() {
-		dom, err := rules.Parse("rules.yaml", []byte(testRules))
-		if err != nil {
-			panic(err)
-		}
-		if fuzzConfig, err = rules.NewConfig(dom); err != nil {
-			panic(err)
-		}
-	})
-	m, err := engine.NewMetrics(noop.NewMeterProvider().Meter("fuzz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engine.New(engine.LocalBuckets{Store: limiter.NewStore(1000)}, fuzzConfig, m)
-	return native.NewServer(e, func() time.Time { return *now })
+	return native.NewServer(enginetest.ForFuzz(t), func() time.Time { return *now })
 }
 
 // fuzzWords are the strings a fuzz program picks domains, keys and values
 // from, besides its own.
 var fuzzWords = []string{
-	"app", "user", "action", "post", "get", "getx", "ip", "blocked", "free",
+	enginetest.Domain, "user", "action", "post", "get", "getx", "ip", "blocked", "free",
 	"shadow", "quota", "allow", "me", "many", "", "*", "a",
 }
 
@@ -78,7 +58,7 @@ func buildRequest(words []string, prog []byte, priority int32, cohort uint32) *l
 	entries := 0
 	cur := func() *leveev1.CheckItem {
 		if len(req.Items) == 0 {
-			req.Items = append(req.Items, ruleItem("app"))
+			req.Items = append(req.Items, ruleItem(enginetest.Domain))
 		}
 		return req.Items[len(req.Items)-1]
 	}
@@ -86,7 +66,7 @@ func buildRequest(words []string, prog []byte, priority int32, cohort uint32) *l
 		it := cur()
 		d, ok := it.Target.(*leveev1.CheckItem_Descriptor_)
 		if !ok || d.Descriptor_ == nil {
-			it = ruleItem("app")
+			it = ruleItem(enginetest.Domain)
 			req.Items = append(req.Items, it)
 			d = it.Target.(*leveev1.CheckItem_Descriptor_)
 		}
@@ -239,7 +219,7 @@ func checkResponse(t *testing.T, req *leveev1.CheckRequest, resp *leveev1.CheckR
 	t.Helper()
 	valid := validRequest(req)
 	if err != nil {
-		if !errorsIsInvalidArgument(err) {
+		if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("error is not InvalidArgument: %v", err)
 		}
 		if msg := status.Convert(err).Message(); msg == "" || len(msg) > 512 {
@@ -292,7 +272,7 @@ func checkResponse(t *testing.T, req *leveev1.CheckRequest, resp *leveev1.CheckR
 			if in.Burst > 0 {
 				capacity = in.Burst
 			}
-		} else if d := it.GetDescriptor_(); d.Domain != "app" {
+		} else if d := it.GetDescriptor_(); d.Domain != enginetest.Domain {
 			t.Fatalf("status %d: a limit in unknown domain %q: %v", i, d.Domain, st)
 		}
 		if st.Remaining > capacity {
@@ -336,32 +316,14 @@ func FuzzCheck(f *testing.F) {
 	f.Add("", []byte{0, 0, 0}, int32(9), uint32(128), int64(0), int64(0))
 	f.Add("", []byte{12, 1, 0, 12, 2, 1, 12, 3, 2, 12, 4, 3, 3, 0, 1}, int32(2), uint32(3), int64(1e18), int64(1))
 	f.Fuzz(func(t *testing.T, words string, prog []byte, priority int32, cohort uint32, clock, step int64) {
-		// The clock runs from 1970 to 2090: the limiter's token time is
-		// only promised until then (see limiter.MaxTokensPerSecond), and
-		// levee is never run with a clock before 1970.
-		now := time.Unix(0, (clock&math.MaxInt64)%clockEnd)
+		now := enginetest.FuzzTime(clock)
 		s := fuzzServer(t, &now)
 		pool := append(strings.Split(words, "\x00"), fuzzWords...)
 		req := buildRequest(pool, prog, priority, cohort)
 		for range 2 {
 			resp, err := s.Check(context.Background(), req)
 			checkResponse(t, req, resp, err)
-			now = time.Unix(0, advance(now.UnixNano(), step))
+			now = enginetest.FuzzAdvance(now, step)
 		}
 	})
-}
-
-// clockEnd bounds the fuzz clock (2090-01-01, Unix nanoseconds).
-var clockEnd = time.Date(2090, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
-
-// advance moves a clock of Unix nanoseconds by step, staying within
-// [0, clockEnd].
-func advance(clock, step int64) int64 {
-	switch {
-	case step > 0 && clock > clockEnd-step:
-		return clockEnd
-	case clock+step < 0:
-		return 0
-	}
-	return clock + step
 }

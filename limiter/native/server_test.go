@@ -2,7 +2,6 @@ package native_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -15,66 +14,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/levee-dev/levee/limiter"
-	"github.com/levee-dev/levee/limiter/engine"
+	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/native"
-	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
-
-// testRules exercise every rule feature; the fuzz test and the tests here
-// share them. Every burst is at most its rate.
-const testRules = `
-domain: app
-descriptors:
-  - key: user
-    rate_limit: {unit: second, requests_per_unit: 5, name: per_user}
-    descriptors:
-      - key: action
-        value: post
-        rate_limit: {unit: hour, requests_per_unit: 60, burst: 5}
-      - key: action
-        value: "get*"
-        share_threshold: true
-        rate_limit: {unit: minute, requests_per_unit: 100}
-  - key: ip
-    rate_limit: {unit: day, requests_per_unit: 1000, replaces: [{name: per_user}]}
-  - key: blocked
-    rate_limit: {unit: week, requests_per_unit: 0}
-  - key: free
-    rate_limit: {unlimited: true}
-  - key: shadow
-    shadow_mode: true
-    rate_limit: {unit: month, requests_per_unit: 1}
-  - key: quota
-    quota_mode: true
-    rate_limit: {unit: year, requests_per_unit: 2}
-  - key: allow
-    value: me
-  - key: many
-    rate_limit: {unit: second, requests_per_unit: 1000000}
-  - key: windows
-    rate_limits:
-      - {name: burst, unit: second, requests_per_unit: 2}
-      - {name: five_minutes, unit: minute, unit_multiplier: 5, requests_per_unit: 3}
-`
-
-func newEngine(tb testing.TB, b engine.Buckets) *engine.Engine {
-	tb.Helper()
-	dom, err := rules.Parse("rules.yaml", []byte(testRules))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg, err := rules.NewConfig(dom)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if b == nil {
-		b = engine.LocalBuckets{Store: limiter.NewStore(100_000)}
-	}
-	return engine.New(b, cfg, nil)
-}
-
-func fixedNow() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
 
 // ruleItem names a rule by domain and alternating keys and values.
 func ruleItem(domain string, kv ...string) *leveev1.CheckItem {
@@ -91,13 +34,6 @@ func inlineItem(key string, limit int64, period time.Duration, burst int64) *lev
 	}}}
 }
 
-// failingBuckets cannot decide anything.
-type failingBuckets struct{ err error }
-
-func (f failingBuckets) Take(context.Context, int64, []limiter.Request, []limiter.Result) error {
-	return f.err
-}
-
 func TestCheckBucketErrors(t *testing.T) {
 	for _, c := range []struct {
 		err  error
@@ -108,13 +44,13 @@ func TestCheckBucketErrors(t *testing.T) {
 		{context.Canceled, codes.Canceled},
 		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 	} {
-		s := native.NewServer(newEngine(t, failingBuckets{c.err}), fixedNow)
+		s := native.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.err}), enginetest.Now)
 		_, err := s.Check(context.Background(), &leveev1.CheckRequest{Items: []*leveev1.CheckItem{inlineItem("k", 1, time.Second, 0)}})
 		if status.Code(err) != c.want {
 			t.Errorf("buckets failing with %v: got %v, want %v", c.err, err, c.want)
 		}
 		// Items that need no bucket are answered without one.
-		resp, err := s.Check(context.Background(), &leveev1.CheckRequest{Items: []*leveev1.CheckItem{ruleItem("app", "free", "x"), ruleItem("app", "nomatch", "x")}})
+		resp, err := s.Check(context.Background(), &leveev1.CheckRequest{Items: []*leveev1.CheckItem{ruleItem(enginetest.Domain, "free", "x"), ruleItem(enginetest.Domain, "nomatch", "x")}})
 		if err != nil || resp.OverallCode != leveev1.Code_CODE_OK || len(resp.Statuses) != 2 {
 			t.Errorf("unlimited and unmatched items with failing buckets: %v, %v", resp, err)
 		}
@@ -125,7 +61,7 @@ func TestCheckBucketErrors(t *testing.T) {
 // at once, so the server's reused scratch space is shared between calls
 // (run with -race); every item has a fresh bucket, so every answer is known.
 func TestCheckConcurrentRequestsOfManySizes(t *testing.T) {
-	s := native.NewServer(newEngine(t, nil), fixedNow)
+	s := native.NewServer(enginetest.New(t, enginetest.Rules, nil), enginetest.Now)
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
@@ -138,11 +74,11 @@ func TestCheckConcurrentRequestsOfManySizes(t *testing.T) {
 					var it *leveev1.CheckItem
 					switch j % 3 {
 					case 0:
-						it = ruleItem("app", "many", fmt.Sprintf("%d-%d-%d", g, i, j))
+						it = ruleItem(enginetest.Domain, "many", fmt.Sprintf("%d-%d-%d", g, i, j))
 					case 1:
 						it = inlineItem(fmt.Sprintf("%d-%d-%d", g, i, j), 10, time.Second, 20)
 					default:
-						it = ruleItem("app", "nomatch", "x")
+						it = ruleItem(enginetest.Domain, "nomatch", "x")
 					}
 					it.Hits = proto.Int64(hits)
 					req.Items = append(req.Items, it)
@@ -180,18 +116,12 @@ func TestCheckConcurrentRequestsOfManySizes(t *testing.T) {
 	wg.Wait()
 }
 
-// errorsIsInvalidArgument reports whether err is a gRPC InvalidArgument.
-func errorsIsInvalidArgument(err error) bool {
-	var se interface{ GRPCStatus() *status.Status }
-	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.InvalidArgument
-}
-
 // TestSeveralLimitsReportTheTightest: levee.v1 reports the tightest limit
 // of a rule with several, by its name, with its own window, and marks
 // quota-mode items.
 func TestSeveralLimitsReportTheTightest(t *testing.T) {
-	now := fixedNow()
-	srv := native.NewServer(newEngine(t, nil), func() time.Time { return now })
+	now := enginetest.Now()
+	srv := native.NewServer(enginetest.New(t, enginetest.Rules, nil), func() time.Time { return now })
 	ask := func(items ...*leveev1.CheckItem) *leveev1.CheckResponse {
 		t.Helper()
 		resp, err := srv.Check(t.Context(), &leveev1.CheckRequest{Items: items})
@@ -201,15 +131,15 @@ func TestSeveralLimitsReportTheTightest(t *testing.T) {
 		return resp
 	}
 	for range 3 {
-		ask(ruleItem("app", "windows", "w"))
+		ask(ruleItem(enginetest.Domain, "windows", "w"))
 	}
 	now = now.Add(time.Second)
-	st := ask(ruleItem("app", "windows", "w")).Statuses[0]
+	st := ask(ruleItem(enginetest.Domain, "windows", "w")).Statuses[0]
 	if st.Code != leveev1.Code_CODE_OVER_LIMIT || st.Rule != "five_minutes" || st.Limit != 3 || st.Period.AsDuration() != 5*time.Minute ||
 		st.Remaining != 0 || st.RetryAfter.AsDuration() != 99*time.Second || st.ResetAfter.AsDuration() != 299*time.Second || st.QuotaMode {
 		t.Fatalf("status %v", st)
 	}
-	if st := ask(ruleItem("app", "quota", "q")).Statuses[0]; !st.QuotaMode {
+	if st := ask(ruleItem(enginetest.Domain, "quota", "q")).Statuses[0]; !st.QuotaMode {
 		t.Fatalf("quota-mode status %v", st)
 	}
 }
