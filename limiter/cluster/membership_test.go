@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/levee-dev/levee/limiter/cluster"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/limiter/ring"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // prefix holds the member keys, as configstore.Layout.Members does for a
@@ -142,45 +144,28 @@ func ids(r *ring.Ring) []string {
 	return out
 }
 
-// eventually polls cond until it returns "" or waitLimit passes; then it
-// fails the test with the last description cond gave.
-func eventually(t *testing.T, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v: %s", what, waitLimit, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // agree returns a cond that holds when every node's ring is want.
-func agree(want *ring.Ring, nodes ...*node) func() string {
-	return func() string {
+func agree(want *ring.Ring, nodes ...*node) func() error {
+	return func() error {
 		for _, n := range nodes {
 			if r := n.m.Ring(); !r.Equal(want) {
-				return fmt.Sprintf("%s has %v, want %v", n.id, ids(r), ids(want))
+				return fmt.Errorf("%s has %v, want %v", n.id, ids(r), ids(want))
 			}
 		}
-		return ""
+		return nil
 	}
 }
 
 // noticed returns a cond that holds when every node has ended a session
 // since the counts in before were taken.
-func noticed(before map[*node]int, nodes ...*node) func() string {
-	return func() string {
+func noticed(before map[*node]int, nodes ...*node) func() error {
+	return func() error {
 		for _, n := range nodes {
 			if n.logs.count(sessionEnded) <= before[n] {
-				return n.id + " has not ended its session"
+				return errors.New(n.id + " has not ended its session")
 			}
 		}
-		return ""
+		return nil
 	}
 }
 
@@ -225,7 +210,7 @@ func TestJoinAndGracefulLeave(t *testing.T) {
 	c := startNode(t, e.Endpoints(), "c", ttl)
 
 	all := ring.New(members("a", "b", "c"))
-	eventually(t, "all three agree", agree(all, a, b, c))
+	shedtest.Eventually(t, waitLimit, "all three agree", agree(all, a, b, c))
 	for _, n := range []*node{a, b, c} {
 		if !keyExists(t, a.client, n.id) {
 			t.Errorf("%s: no member key with etcd up", n.id)
@@ -248,7 +233,7 @@ func TestJoinAndGracefulLeave(t *testing.T) {
 	if !c.lastOnChange().Equal(two) {
 		t.Errorf("c's OnChange was not told it left: last ring %v", ids(c.lastOnChange()))
 	}
-	eventually(t, "a and b drop c", agree(two, a, b))
+	shedtest.Eventually(t, waitLimit, "a and b drop c", agree(two, a, b))
 }
 
 // TestKeepaliveStopDropsMember checks that a node that stops renewing its
@@ -262,7 +247,7 @@ func TestKeepaliveStopDropsMember(t *testing.T) {
 	b := startNode(t, e.Endpoints(), "b", ttl)
 	c := startNode(t, e.Endpoints(), "c", ttl)
 	all := ring.New(members("a", "b", "c"))
-	eventually(t, "all three agree", agree(all, a, b, c))
+	shedtest.Eventually(t, waitLimit, "all three agree", agree(all, a, b, c))
 
 	before := sessionsEnded(c)
 	if err := c.client.Close(); err != nil {
@@ -271,11 +256,11 @@ func TestKeepaliveStopDropsMember(t *testing.T) {
 	if !keyExists(t, a.client, "c") {
 		t.Fatalf("c's key vanished as soon as its client closed; want it to live until the lease expires")
 	}
-	eventually(t, "a and b drop c after its lease expires", agree(ring.New(members("a", "b")), a, b))
+	shedtest.Eventually(t, waitLimit, "a and b drop c after its lease expires", agree(ring.New(members("a", "b")), a, b))
 	if !c.m.Ring().Equal(all) {
 		t.Errorf("c, cut off from etcd, has ring %v, want its last ring %v", ids(c.m.Ring()), ids(all))
 	}
-	eventually(t, "c notices it is cut off", noticed(before, c))
+	shedtest.Eventually(t, waitLimit, "c notices it is cut off", noticed(before, c))
 	if err := c.stop(t); err == nil {
 		t.Errorf("Run of c returned nil; want an error, it could not deregister with a closed client")
 	}
@@ -291,7 +276,7 @@ func TestEtcdOutage(t *testing.T) {
 	b := startNode(t, e.Endpoints(), "b", ttl)
 	c := startNode(t, e.Endpoints(), "c", ttl)
 	all := ring.New(members("a", "b", "c"))
-	eventually(t, "all three agree", agree(all, a, b, c))
+	shedtest.Eventually(t, waitLimit, "all three agree", agree(all, a, b, c))
 	before := []*ring.Ring{a.m.Ring(), b.m.Ring(), c.m.Ring()}
 	// A member key written above etcd's revision now was registered
 	// after the outage.
@@ -306,8 +291,9 @@ func TestEtcdOutage(t *testing.T) {
 
 	cfg := e.Config()
 	e.Close()
-	eventually(t, "nodes notice the outage", noticed(ended, a, b, c))
-	// Watch the rings through a few retry rounds (RetryMax is 500 ms).
+	shedtest.Eventually(t, waitLimit, "nodes notice the outage", noticed(ended, a, b, c))
+	// Watch the rings through a few retry rounds (RetryMax is 500 ms): the
+	// sleep lets time pass on purpose, nothing here is awaited.
 	for end := time.Now().Add(3 * ttl); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		for i, n := range []*node{a, b, c} {
 			if r := n.m.Ring(); r != before[i] {
@@ -317,12 +303,12 @@ func TestEtcdOutage(t *testing.T) {
 	}
 
 	e2 := clustertest.StartEtcdWith(t, cfg)
-	eventually(t, "nodes re-register and resync", func() string {
+	shedtest.Eventually(t, waitLimit, "nodes re-register and resync", func() error {
 		for _, n := range []*node{a, b, c} {
 			if rev := keyRevision(t, a.client, n.id); rev == 0 {
-				return n.id + " has no key"
+				return errors.New(n.id + " has no key")
 			} else if rev <= lastRev {
-				return n.id + " has not registered again"
+				return errors.New(n.id + " has not registered again")
 			}
 		}
 		return agree(all, a, b, c)()
@@ -334,7 +320,7 @@ func TestEtcdOutage(t *testing.T) {
 	if err := b.stop(t); err != nil {
 		t.Fatalf("graceful stop of b after the outage: %v", err)
 	}
-	eventually(t, "a and c see b leave after the outage", agree(ring.New(members("a", "c")), a, c))
+	shedtest.Eventually(t, waitLimit, "a and c see b leave after the outage", agree(ring.New(members("a", "c")), a, c))
 }
 
 // TestKeyDeletedReRegisters checks that a node whose key is deleted behind
@@ -345,16 +331,16 @@ func TestKeyDeletedReRegisters(t *testing.T) {
 	a := startNode(t, e.Endpoints(), "a", 60*time.Second)
 	b := startNode(t, e.Endpoints(), "b", 60*time.Second)
 	both := ring.New(members("a", "b"))
-	eventually(t, "both agree", agree(both, a, b))
+	shedtest.Eventually(t, waitLimit, "both agree", agree(both, a, b))
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	if _, err := b.client.Delete(ctx, prefix+"a"); err != nil {
 		t.Fatalf("deleting a's key: %v", err)
 	}
-	eventually(t, "a re-registers", func() string {
+	shedtest.Eventually(t, waitLimit, "a re-registers", func() error {
 		if !keyExists(t, b.client, "a") {
-			return "a's key is missing"
+			return errors.New("a's key is missing")
 		}
 		return agree(both, a, b)()
 	})
@@ -380,7 +366,7 @@ func TestForeignKeys(t *testing.T) {
 	}
 	a := startNode(t, e.Endpoints(), "a", 60*time.Second)
 	want := ring.New(append(members("a"), ring.Member{ID: "bare", Addr: "10.0.0.9:7001"}))
-	eventually(t, "a reads the initial list", agree(want, a))
+	shedtest.Eventually(t, waitLimit, "a reads the initial list", agree(want, a))
 
 	// The same rules apply to keys that arrive through the watch.
 	if _, err := c.Put(ctx, prefix+"late", "10.0.0.7:7001"); err != nil {
@@ -390,7 +376,7 @@ func TestForeignKeys(t *testing.T) {
 		t.Fatalf("Put late/x: %v", err)
 	}
 	want = ring.New(append(want.Members(), ring.Member{ID: "late", Addr: "10.0.0.7:7001"}))
-	eventually(t, "a sees the late key", agree(want, a))
+	shedtest.Eventually(t, waitLimit, "a sees the late key", agree(want, a))
 	if got := ids(a.m.Ring()); !slices.Equal(got, []string{"a", "bare", "late"}) {
 		t.Errorf("ring = %v", got)
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/levee-dev/levee/limiter/ring"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // testEtcdConfig mirrors clustertest.Config, which this package's internal
@@ -103,16 +105,16 @@ func TestRunRetriesUntilEtcdAppears(t *testing.T) {
 	startTestEtcd(t, cfg)
 	kctx, kcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer kcancel()
-	for {
+	shedtest.Eventually(t, 30*time.Second, "the member key after etcd started", func() error {
 		resp, err := client.Get(kctx, key)
-		if err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].Lease != 0 {
-			break
+		if err != nil {
+			return err
 		}
-		if kctx.Err() != nil {
-			t.Fatalf("member key 30s after etcd started: %v, %v; want one key under a lease", resp, err)
+		if len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+			return fmt.Errorf("%v; want one key under a lease", resp.Kvs)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 
 	mu.Lock()
 	got := append([]time.Duration(nil), waits...)

@@ -1,0 +1,69 @@
+// Package shedtest has the helpers levee's tests share: a hand-moved clock
+// for the Clock and Now fields that shed's types and levee's servers take,
+// and a wait for a condition that another goroutine makes true.
+//
+// It imports nothing from levee, so the tests of every package can use it.
+// It sits under shed, the bottom of levee's import graph, because shed must
+// not import limiter: a helper placed anywhere else could not serve shed's
+// own tests.
+package shedtest
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Clock is a clock that moves only when told. It is safe for concurrent use:
+// the code under test may read it from its own goroutines while the test
+// moves it.
+type Clock struct {
+	ns  atomic.Int64
+	loc *time.Location
+}
+
+// NewClock returns a Clock reading start.
+func NewClock(start time.Time) *Clock {
+	c := &Clock{loc: start.Location()}
+	c.ns.Store(start.UnixNano())
+	return c
+}
+
+// Now returns the clock's time, in the location of the time it started at.
+func (c *Clock) Now() time.Time { return time.Unix(0, c.ns.Load()).In(c.loc) }
+
+// Add moves the clock by d.
+func (c *Clock) Add(d time.Duration) { c.ns.Add(int64(d)) }
+
+// Set moves the clock to t.
+func (c *Clock) Set(t time.Time) { c.ns.Store(t.UnixNano()) }
+
+// Pauses between two checks of a condition: a tenth of the time waited so
+// far, within these bounds.
+const (
+	minPoll = time.Millisecond
+	maxPoll = 50 * time.Millisecond
+)
+
+// Eventually calls check until it returns nil, and fails the test with what
+// and check's last error if that has not happened within the given time.
+// Between calls it pauses for a tenth of the time waited so far (1 ms at
+// least, 50 ms at most): a test that logs how long a condition took to hold
+// reads it to about a tenth, and a slow condition is not polled hard. The
+// bound guards against hangs: tests do not assert how fast anything
+// happens.
+func Eventually(t testing.TB, within time.Duration, what string, check func() error) {
+	t.Helper()
+	start := time.Now()
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		waited := time.Since(start)
+		if waited > within {
+			t.Fatalf("%s: not so after %v: %v", what, within, err)
+		}
+		time.Sleep(min(max(waited/10, minPoll), maxPoll))
+	}
+}
