@@ -46,6 +46,7 @@ import (
 	"github.com/levee-dev/levee/limiter/engine"
 	"github.com/levee-dev/levee/limiter/ring"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // clusterWait bounds every poll and every start or stop. It guards against
@@ -236,27 +237,10 @@ func (m *member) remaining(t *testing.T, key string, limit int64, period time.Du
 	return st[0].Remaining
 }
 
-// poll retries check every 10 ms until it returns nil, failing the test with
-// its last error after clusterWait.
-func poll(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(clusterWait)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitRing waits until every node in ms reports a ring of want members.
 func waitRing(t *testing.T, want int, ms ...*member) {
 	t.Helper()
-	poll(t, fmt.Sprintf("rings of %d", want), func() error {
+	shedtest.Eventually(t, clusterWait, fmt.Sprintf("rings of %d", want), func() error {
 		for _, m := range ms {
 			g, err := m.gauges()
 			if err != nil {
@@ -431,7 +415,7 @@ func agree(t *testing.T, phase string, taken *[]string, ms ...*member) {
 	for _, k := range *taken {
 		want[ownerOf(k, ids...)]++
 	}
-	poll(t, phase+": buckets on their owners", func() error {
+	shedtest.Eventually(t, clusterWait, phase+": buckets on their owners", func() error {
 		for _, m := range ms {
 			g, err := m.gauges()
 			if err != nil {
@@ -480,7 +464,7 @@ func TestClusterHandoff(t *testing.T) {
 	// the hand-off is asynchronous, and a look takes no token.
 	expect := func(key string, want int64, ms ...*member) {
 		t.Helper()
-		poll(t, fmt.Sprintf("remaining quota of %s", key), func() error {
+		shedtest.Eventually(t, clusterWait, fmt.Sprintf("remaining quota of %s", key), func() error {
 			for _, m := range ms {
 				if got := m.remaining(t, key, limit, period); got != want {
 					return fmt.Errorf("node %s reports %d left, want %d", m.id, got, want)
@@ -492,7 +476,7 @@ func TestClusterHandoff(t *testing.T) {
 
 	n1 := startMember(t, e.Endpoints(), "n1", "")
 	ec := clustertest.Client(t, e.Endpoints())
-	poll(t, "n1 registered", func() error {
+	shedtest.Eventually(t, clusterWait, "n1 registered", func() error {
 		if got := etcdMembers(t, ec); !slices.Equal(got, []string{"n1"}) {
 			return fmt.Errorf("etcd members %v", got)
 		}
@@ -572,7 +556,7 @@ func TestClusterEtcdOutage(t *testing.T) {
 				if st[0].Code == leveev1.Code_CODE_OK {
 					admitted.Add(1)
 				}
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // paces the load; nothing is awaited
 			}
 		})
 	}
@@ -600,7 +584,7 @@ func TestClusterEtcdOutage(t *testing.T) {
 	e = restarted
 	t.Logf("etcd down for %v", time.Since(stopped).Round(time.Millisecond))
 	ec := clustertest.Client(t, e.Endpoints())
-	poll(t, "members re-registered", func() error {
+	shedtest.Eventually(t, clusterWait, "members re-registered", func() error {
 		if got := etcdMembers(t, ec); !slices.Equal(got, ids) {
 			return fmt.Errorf("etcd members %v", got)
 		}

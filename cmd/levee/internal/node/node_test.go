@@ -40,6 +40,7 @@ import (
 
 	"github.com/levee-dev/levee/cmd/levee/internal/node"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // base is 15,330 days (the least common multiple of a week, 30 days and 365
@@ -51,38 +52,22 @@ var base = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(15330 * 24 * time.Hou
 const waitFor = 30 * time.Second
 
 // clock is a hand-moved clock, safe for the node's goroutines to read.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+type clock struct{ *shedtest.Clock }
 
 // AlignTo advances the clock to the next whole multiple of d after base
 // (staying put if it is on one), so that token boundaries of limits whose
-// token interval divides d fall on it again.
-func (c *clock) AlignTo(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if r := c.now.Sub(base) % d; r != 0 {
-		c.now = c.now.Add(d - r)
+// token interval divides d fall on it again. Only the test moves the
+// clock, so reading it and then moving it is safe.
+func (c clock) AlignTo(d time.Duration) {
+	if r := c.Now().Sub(base) % d; r != 0 {
+		c.Add(d - r)
 	}
 }
 
 // testNode is a running node and clients for it.
 type testNode struct {
 	dir    string
-	clock  *clock
+	clock  clock
 	addrs  node.Addrs
 	envoy  rlsv3.RateLimitServiceClient
 	native leveev1.RateLimitServiceClient
@@ -93,7 +78,7 @@ type testNode struct {
 // runs a node on it until the test ends.
 func startNode(t *testing.T, files map[string]string) *testNode {
 	t.Helper()
-	n := &testNode{dir: t.TempDir(), clock: &clock{now: base}}
+	n := &testNode{dir: t.TempDir(), clock: clock{shedtest.NewClock(base)}}
 	for name, body := range files {
 		n.write(t, name, body)
 	}
@@ -335,22 +320,6 @@ func metric(t *testing.T, samples []sample, name string, want map[string]string)
 	return max(found, 0)
 }
 
-// eventually retries check until it returns nil or waitFor passes.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // ============================================================================
 // Envoy rate limit service
 // ============================================================================
@@ -386,13 +355,13 @@ descriptors:
 	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
 
 	// Refused requests took nothing: after 20 s exactly one token is back.
-	n.clock.Advance(20 * time.Second)
+	n.clock.Add(20 * time.Second)
 	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOK, limited(codeOK, 3, unitMinute, "alpha", 0, 60))
 	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
 	// Partway to the next token the reset counts down, rounded up.
-	n.clock.Advance(500 * time.Millisecond)
+	n.clock.Add(500 * time.Millisecond)
 	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 60))
-	n.clock.Advance(10 * time.Second)
+	n.clock.Add(10 * time.Second)
 	expect(t, n.should(t, req("order", 0, d("a=1"))), codeOver, limited(codeOver, 3, unitMinute, "alpha", 0, 50))
 	n.clock.AlignTo(time.Minute)
 
@@ -639,7 +608,7 @@ descriptors:
 		expect(t, n.should(t, req("special", 0, d("ip=203.0.113.7"), d("ip=198.51.100.1"))), codeOver,
 			limited(codeOver, 0, unitMinute, "", 0, 0),
 			limited(codeOK, 5, unitMinute, "", 4, 12))
-		n.clock.Advance(time.Hour)
+		n.clock.Add(time.Hour)
 	}
 }
 
@@ -875,14 +844,14 @@ func TestEnvoyUnits(t *testing.T) {
 			expect(t, n.should(t, req("units", 2, d("unit="+u.name))), codeOK, limited(codeOK, 2, u.unit, "", 0, ceilSeconds(p)))
 			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p)))
 			// Just short of half a unit: still nothing.
-			n.clock.Advance(p/2 - p/100)
+			n.clock.Add(p/2 - p/100)
 			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p/2+p/100)))
 			// Half a unit: one token.
-			n.clock.Advance(p / 100)
+			n.clock.Add(p / 100)
 			expect(t, n.should(t, r), codeOK, limited(codeOK, 2, u.unit, "", 0, ceilSeconds(p)))
 			expect(t, n.should(t, r), codeOver, limited(codeOver, 2, u.unit, "", 0, ceilSeconds(p)))
 			// A whole unit: full again, and no fuller.
-			n.clock.Advance(3 * p)
+			n.clock.Add(3 * p)
 			expect(t, n.should(t, req("units", 0, withHits(d("unit="+u.name), 0))), codeOK, limited(codeOK, 2, u.unit, "", 2, 0))
 		})
 	}
@@ -909,15 +878,15 @@ descriptors:
 		expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOK, limited(codeOK, 10, unitMinute, "", 2-i, 6*int64(i+1)))
 	}
 	expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOver, limited(codeOver, 10, unitMinute, "", 0, 18))
-	n.clock.Advance(6 * time.Second)
+	n.clock.Add(6 * time.Second)
 	expect(t, n.should(t, req("burst", 0, d("small=a"))), codeOK, limited(codeOK, 10, unitMinute, "", 0, 18))
 	// Waiting longer than a full refill fills only to the burst.
-	n.clock.Advance(time.Hour)
+	n.clock.Add(time.Hour)
 	expect(t, n.should(t, req("burst", 0, withHits(d("small=a"), 0))), codeOK, limited(codeOK, 10, unitMinute, "", 3, 0))
 
 	// Burst 5 at 1 per second: 5 at once, more than the rate.
 	expect(t, n.should(t, req("burst", 5, d("big=a"))), codeOK, limited(codeOK, 1, unitSecond, "", 0, 5))
-	n.clock.Advance(time.Second)
+	n.clock.Add(time.Second)
 	expect(t, n.should(t, req("burst", 0, d("big=a"))), codeOK, limited(codeOK, 1, unitSecond, "", 0, 5))
 	// More than the burst never fits.
 	expect(t, n.should(t, req("burst", 6, d("big=b"))), codeOver, limited(codeOver, 1, unitSecond, "", 0, 0))
@@ -1112,7 +1081,7 @@ func TestReload(t *testing.T) {
 
 	okBefore := reloads("ok")
 	n.write(t, "a.yaml", rulesFile(5))
-	eventually(t, "edited limit applied", limitIs(5))
+	shedtest.Eventually(t, waitFor, "edited limit applied", limitIs(5))
 	if got := reloads("ok"); got != okBefore+1 {
 		t.Errorf("ok reloads = %v, want %v", got, okBefore+1)
 	}
@@ -1131,7 +1100,7 @@ func TestReload(t *testing.T) {
 	} {
 		t.Run(broken.name, func(t *testing.T) {
 			n.write(t, "a.yaml", broken.body)
-			eventually(t, "failed reload counted", failedAfter(failed))
+			shedtest.Eventually(t, waitFor, "failed reload counted", failedAfter(failed))
 			failed++
 			// The last good rules keep serving.
 			if err := limitIs(uint32(good))(); err != nil {
@@ -1140,7 +1109,7 @@ func TestReload(t *testing.T) {
 			// Fixing the file applies again.
 			good++
 			n.write(t, "a.yaml", rulesFile(good))
-			eventually(t, "fixed file applied", limitIs(uint32(good)))
+			shedtest.Eventually(t, waitFor, "fixed file applied", limitIs(uint32(good)))
 			if got := reloads("failed"); got != failed {
 				t.Errorf("failed reloads = %v, want %v", got, failed)
 			}
@@ -1150,10 +1119,10 @@ func TestReload(t *testing.T) {
 	// Loading is all-or-nothing across files: with b.yaml broken, a good
 	// edit of a.yaml is not applied either, and b's domain does not appear.
 	n.write(t, "b.yaml", "domain: other\ndescriptors:\n  - key: x\n    rate_limit:\n      unit: minute\n      requests_per_unit: 1\n      bogus: 1\n")
-	eventually(t, "failed reload counted", failedAfter(failed))
+	shedtest.Eventually(t, waitFor, "failed reload counted", failedAfter(failed))
 	failed++
 	n.write(t, "a.yaml", rulesFile(99))
-	eventually(t, "failed reload counted", failedAfter(failed))
+	shedtest.Eventually(t, waitFor, "failed reload counted", failedAfter(failed))
 	failed++
 	if err := limitIs(uint32(good))(); err != nil {
 		t.Fatal(err)
@@ -1161,14 +1130,14 @@ func TestReload(t *testing.T) {
 	expect(t, n.should(t, req("other", 0, d("x=1"))), codeOK, noLimit())
 	// Fixing b applies both files.
 	n.write(t, "b.yaml", "domain: other\ndescriptors:\n  - key: x\n    rate_limit:\n      unit: minute\n      requests_per_unit: 1\n")
-	eventually(t, "both files applied", limitIs(99))
+	shedtest.Eventually(t, waitFor, "both files applied", limitIs(99))
 	expect(t, n.should(t, req("other", 0, d("x=1"))), codeOK, limited(codeOK, 1, unitMinute, "", 0, 60))
 
 	// Removing a file removes its domain.
 	if err := os.Remove(filepath.Join(n.dir, "b.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "removed domain gone", func() error {
+	shedtest.Eventually(t, waitFor, "removed domain gone", func() error {
 		if st := n.look(t, "other", "x=1"); st.CurrentLimit != nil {
 			return fmt.Errorf("domain other still limited: %v", st)
 		}
@@ -1309,7 +1278,7 @@ func TestNativeDescriptorItems(t *testing.T) {
 	expectNative(t, check(t, n, items(rule("app", "user=b"), rule("app", "user=a"))), cOver,
 		nativeStatus(cOK, 2, time.Minute, 1, 30*time.Second, never, "per_user"),
 		nativeStatus(cOver, 2, time.Minute, 0, time.Minute, 30*time.Second, "per_user"))
-	n.clock.Advance(10 * time.Second)
+	n.clock.Add(10 * time.Second)
 	expectNative(t, check(t, n, items(rule("app", "user=a"))), cOver,
 		nativeStatus(cOver, 2, time.Minute, 0, 50*time.Second, 20*time.Second, "per_user"))
 
@@ -1348,7 +1317,7 @@ func TestNativeInlineItems(t *testing.T) {
 	// More than the burst never fits.
 	expectNative(t, check(t, n, items(hits(tenant(), 21))), cOver,
 		nativeStatus(cOver, 10, time.Second, 15, 500*time.Millisecond, never, ""))
-	n.clock.Advance(100 * time.Millisecond)
+	n.clock.Add(100 * time.Millisecond)
 	expectNative(t, check(t, n, items(hits(tenant(), 16))), cOK,
 		nativeStatus(cOK, 10, time.Second, 0, 2*time.Second, never, ""))
 	// Absent hits means 1.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 func propRules(limit int) []byte {
@@ -59,7 +61,12 @@ func TestConfigPropagatesToEveryNode(t *testing.T) {
 	}
 	ctx := context.Background()
 	var cur configstore.Record
-	pollUntil(t, func() bool { cur, err = store.Get(ctx); return err == nil && cur.Version >= 1 })
+	shedtest.Eventually(t, clusterWait, "the first version stored", func() error {
+		if cur, err = store.Get(ctx); err == nil && cur.Version < 1 {
+			err = fmt.Errorf("version %d", cur.Version)
+		}
+		return err
+	})
 
 	rounds := 100
 	if testing.Short() {
@@ -76,7 +83,12 @@ func TestConfigPropagatesToEveryNode(t *testing.T) {
 		committed := time.Now()
 		cur = configstore.Record{Meta: res.Meta, Bundle: b}
 		for _, m := range nodes {
-			pollUntil(t, func() bool { return enforcedLimit(t, m) == int64(1000+i) })
+			shedtest.Eventually(t, clusterWait, m.id+" enforcing round "+strconv.Itoa(i), func() error {
+				if l := enforcedLimit(t, m); l != int64(1000+i) {
+					return fmt.Errorf("limit %d", l)
+				}
+				return nil
+			})
 		}
 		lags = append(lags, time.Since(committed))
 	}
@@ -134,28 +146,25 @@ func TestOverrideExpiresOnEveryNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range nodes {
-		pollUntil(t, func() bool {
-			return admit(m, leveev1.Priority_PRIORITY_LOW).Reason == leveev1.RefusalReason_REFUSAL_REASON_OVERRIDE
+		shedtest.Eventually(t, clusterWait, m.id+" refusing low by the override", func() error {
+			if r := admit(m, leveev1.Priority_PRIORITY_LOW); r.Reason != leveev1.RefusalReason_REFUSAL_REASON_OVERRIDE {
+				return fmt.Errorf("admit low: %v", r)
+			}
+			return nil
 		})
 		if !admit(m, leveev1.Priority_PRIORITY_CRITICAL).Admitted {
 			t.Fatalf("%s refuses critical under a critical-only override", m.id)
 		}
 	}
 	for _, m := range nodes {
-		pollUntil(t, func() bool { return admit(m, leveev1.Priority_PRIORITY_LOW).Admitted })
+		shedtest.Eventually(t, clusterWait, m.id+" admitting low after the override", func() error {
+			if r := admit(m, leveev1.Priority_PRIORITY_LOW); !r.Admitted {
+				return fmt.Errorf("admit low: %v", r)
+			}
+			return nil
+		})
 	}
 	if time.Now().Before(until) {
 		t.Fatal("the override lapsed before its expiry")
-	}
-}
-
-func pollUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(clusterWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", clusterWait)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

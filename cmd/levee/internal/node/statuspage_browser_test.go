@@ -23,6 +23,7 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // chromiumPath finds the browser: $LEVEE_CHROMIUM, else chromium on PATH.
@@ -101,21 +102,18 @@ func (c *consoleErrors) list() []string {
 func evalUntil(t *testing.T, ctx context.Context, what, expr string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	deadline := start.Add(clusterWait)
-	for {
+	shedtest.Eventually(t, clusterWait, what, func() error {
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
 		if err != nil {
 			t.Fatalf("%s: evaluating %s: %v", what, expr, err)
 		}
 		if ok {
-			return time.Since(start)
+			return nil
 		}
-		if time.Now().After(deadline) {
-			body, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("main").innerText`))
-			t.Fatalf("%s: not shown within %v; the page reads:\n%s", what, clusterWait, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		body, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("main").innerText`))
+		return fmt.Errorf("not shown; the page reads:\n%s", body)
+	})
+	return time.Since(start)
 }
 
 // statusLoad keeps the nodes busy: rate limit checks on every node and
@@ -145,7 +143,7 @@ func statusLoad(ctx context.Context, t *testing.T, wg *sync.WaitGroup, ms []*mem
 						_, _ = shedc.Release(ctx, &leveev1.ReleaseRequest{Resource: "timeline", Permit: resp.Permit})
 					}
 				}
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(2 * time.Millisecond) // paces the load; nothing is awaited
 			}
 		})
 	}
@@ -194,7 +192,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Fatalf("LEVEE_STATUS_SCREENSHOT_LOAD: %v", err)
 		}
 		fill /= 2
-		time.Sleep(fill)
+		time.Sleep(fill) // lets the load fill the charts; nothing is awaited
 	}
 
 	store, err := configstore.New(configstore.Options{Client: clustertest.Client(t, etcd.Endpoints()), Prefix: configstore.DefaultPrefix, ValidateShed: validateShedPolicy})
@@ -222,7 +220,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// a shared machine's scheduling is not the page's behaviour.
 	evalUntil(t, ctx, "the override listed", `!!document.querySelector('#overrides tr[data-override="timeline"]')`)
 
-	time.Sleep(fill)
+	time.Sleep(fill) // as above
 
 	ms[2].stop(t)
 	evalUntil(t, ctx, "n3 marked gone", `!!document.querySelector('#members tr[data-member="n3"][data-state="gone"]')`)
