@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 func TestThroughputTargetReadings(t *testing.T) {
@@ -396,7 +398,7 @@ var simPrios = []Priority{Critical, High, Low, Sheddable}
 // FIFO worker with exponential service at simMu.
 type sim struct {
 	r        *Resource
-	clk      *fakeClock
+	clk      *shedtest.Clock
 	rng      *rand.Rand
 	salt     uint64
 	queue    []simRequest
@@ -415,7 +417,7 @@ type simRequest struct {
 }
 
 func newSim(t *testing.T, seed1, seed2 uint64) *sim {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	return &sim{
 		r:       mustResource(t, Config{Clock: clk.Now}),
 		clk:     clk,

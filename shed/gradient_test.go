@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 func mustGradient(t testing.TB, cfg GradientConfig) *GradientLimit {
@@ -413,7 +415,7 @@ func TestLatencyHistogramQuantiles(t *testing.T) {
 // releases in it, the throughput target's capacity.
 func TestGradientMeasuresFullTime(t *testing.T) {
 	g := mustGradient(t, GradientConfig{InitialLimit: 4, MinLimit: 1})
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	g.setClock(clk.Now)
 	at := func(ms int) { clk.Set(t0.Add(time.Duration(ms) * time.Millisecond)) }
 	g.Read(t0)

@@ -14,19 +14,9 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-// fakeClock is a settable clock for Config.Clock.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock(t time.Time) *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(t.UnixNano())
-	return c
-}
-func (c *fakeClock) Now() time.Time      { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Set(t time.Time)     { c.ns.Store(t.UnixNano()) }
-func (c *fakeClock) Add(d time.Duration) { c.ns.Add(int64(d)) }
 
 // deadlineCtx is a context with a deadline in fake time and no timer.
 type deadlineCtx struct {
@@ -46,7 +36,7 @@ func mustResource(t testing.TB, cfg Config) *Resource {
 }
 
 func TestRefusalCarriesReasonAndRetry(t *testing.T) {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now})
 	r.Controller().threshold.Store(uint32(LevelOf(Default, 0)))
 	_, err := r.Acquire(context.Background(), LevelOf(Low, 127))
@@ -95,7 +85,7 @@ func TestRefusalCarriesReasonAndRetry(t *testing.T) {
 }
 
 func TestShadowModeAdmitsButCounts(t *testing.T) {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now, Shadow: true, Concurrency: GradientConfig{InitialLimit: 5, MinLimit: 1}})
 	r.Controller().threshold.Store(uint32(LevelOf(Default, 0)))
 	var permits []Permit
@@ -151,7 +141,7 @@ func TestShadowModeAdmitsButCounts(t *testing.T) {
 }
 
 func TestDeadlineRefusal(t *testing.T) {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now})
 	r.Tick(clk.Now())
 	for range 20 {
@@ -180,7 +170,7 @@ func TestDeadlineRefusal(t *testing.T) {
 
 func TestResourceWithoutConcurrencyLimit(t *testing.T) {
 	var overloaded atomic.Bool
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{
 		Clock: clk.Now, NoConcurrencyLimit: true, NoDeadline: true,
 		Signals: []Signal{SignalFunc(func(time.Time) Reading { return Reading{Overloaded: overloaded.Load()} })},
@@ -234,7 +224,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestPermitTableExpiry(t *testing.T) {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now, Concurrency: GradientConfig{InitialLimit: 3, MinLimit: 1}})
 	pt := NewPermitTable(r)
 	ctx := context.Background()
@@ -310,7 +300,7 @@ func TestResourceConcurrentUse(t *testing.T) {
 		if i == 20 {
 			r.SetShadow(true)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // lets the load run between ticks; nothing is awaited
 	}
 	cancel()
 	wg.Wait()
@@ -344,7 +334,7 @@ func TestMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now})
 	reg, err := m.Register(r)
 	if err != nil {
@@ -449,7 +439,7 @@ func (h *jobHeap) Pop() any {
 // at 0.25C, then a 12× sheddable flood (3C) for 20 s. Every request carries
 // a 100 ms deadline and a user id hashed into a cohort.
 func TestSimulationLowPriorityFlood(t *testing.T) {
-	clk := newFakeClock(t0)
+	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now})
 	const (
 		slots  = 20

@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -10,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/levee-dev/levee/shed"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,6 +21,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+
+	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // testService counts the calls that reached a handler.
@@ -230,18 +233,12 @@ func TestStreamHoldsPermit(t *testing.T) {
 	if inside.Load() != 1 {
 		t.Fatalf("inflight inside the stream handler %d, want 1", inside.Load())
 	}
-	waitFor(t, func() bool { return h.res.Inflight() == 0 })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for range 500 {
-		if cond() {
-			return
+	shedtest.Eventually(t, time.Second, "the stream's permit released", func() error {
+		if n := h.res.Inflight(); n != 0 {
+			return fmt.Errorf("inflight %d, want 0", n)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	t.Fatal("condition not met within a second")
+		return nil
+	})
 }
 
 func TestConcurrencyRefusal(t *testing.T) {

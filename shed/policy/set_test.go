@@ -11,15 +11,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-// clock is a manual clock; the tests that use it run in one goroutine.
-type clock struct{ now time.Time }
-
-func (c *clock) Now() time.Time      { return c.now }
-func (c *clock) Add(d time.Duration) { c.now = c.now.Add(d) }
-
-func newClock() *clock { return &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)} }
 
 func mustParse(t *testing.T, yaml string) *Policy {
 	t.Helper()
@@ -46,7 +39,7 @@ func byName(s *Set) map[string]*shed.Resource {
 }
 
 func TestApplyKeepsUnchangedResources(t *testing.T) {
-	clk := newClock()
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	s := NewSet(clk.Now, nil)
 	mustApply(t, s, "resources:\n  - name: a\n  - name: b\n")
 	before := byName(s)
@@ -154,7 +147,7 @@ func TestApplyRegistersMetrics(t *testing.T) {
 }
 
 func TestPinsApplyAndExpire(t *testing.T) {
-	clk := newClock()
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	s := NewSet(clk.Now, nil)
 	mustApply(t, s, "resources:\n  - name: a\n  - name: b\n")
 	until := clk.Now().Add(time.Minute)
@@ -210,7 +203,7 @@ func TestPinsApplyAndExpire(t *testing.T) {
 }
 
 func TestTickExpiresPermits(t *testing.T) {
-	clk := newClock()
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	s := NewSet(clk.Now, nil)
 	mustApply(t, s, "resources:\n  - name: a\n")
 	for range 3 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,19 +16,8 @@ import (
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
 	"github.com/levee-dev/levee/shed/policy"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // start serves the resources of a Set built from the policy file text,
 // with clock now (nil: time.Now).
@@ -115,7 +103,7 @@ func TestBadInputNamesTheField(t *testing.T) {
 }
 
 func TestPinnedResourceRefusesWithReason(t *testing.T) {
-	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	set, c := start(t, clk.Now, timeline)
 	if err := set.Pin([]policy.Pin{{Resource: "timeline", Level: shed.CriticalOnly, Until: clk.Now().Add(time.Minute)}}); err != nil {
 		t.Fatal(err)
@@ -132,7 +120,7 @@ func TestPinnedResourceRefusesWithReason(t *testing.T) {
 }
 
 func TestUnreleasedPermitsExpire(t *testing.T) {
-	clk := &clock{now: time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)}
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	s, c := start(t, clk.Now, timeline)
 	r := s.Resources()[0]
 	for range 3 {
