@@ -1,6 +1,6 @@
-// Package enginetest builds engines from rule text for the tests of the
-// front ends that translate a wire API into engine calls (limiter/envoy,
-// limiter/native) and of what wires them.
+// Package enginetest builds rule configurations and engines from rule text
+// for the tests of the front ends that translate a wire API into engine
+// calls (limiter/envoy, limiter/native) and of the tools built on them.
 //
 // The engine's own tests cannot use it (it imports the engine) and keep
 // their own rules.
@@ -68,11 +68,11 @@ descriptors:
 // Now is a clock that never moves.
 func Now() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
 
-// Config parses yaml as one rule file and returns its Config, failing tb
-// if it does not parse.
-func Config(tb testing.TB, yaml string) *rules.Config {
+// Config parses yaml as the rule file named file and returns its Config,
+// failing tb if it does not parse.
+func Config(tb testing.TB, file, yaml string) *rules.Config {
 	tb.Helper()
-	d, err := rules.Parse("rules.yaml", []byte(yaml))
+	d, err := rules.Parse(file, []byte(yaml))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func New(tb testing.TB, yaml string, b engine.Buckets) *engine.Engine {
 	if b == nil {
 		b = engine.LocalBuckets{Store: limiter.NewStore(100_000)}
 	}
-	return engine.New(b, Config(tb, yaml), nil)
+	return engine.New(b, Config(tb, "rules.yaml", yaml), nil)
 }
 
 // FailingBuckets cannot decide anything: every Take returns Err.

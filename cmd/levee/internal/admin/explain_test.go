@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
@@ -54,21 +55,7 @@ descriptors:
 
 func explainCfg(t *testing.T) *rules.Config {
 	t.Helper()
-	return configOf(t, "example.yaml", explainRules)
-}
-
-// configOf parses one rule file into a Config.
-func configOf(t *testing.T, file, yaml string) *rules.Config {
-	t.Helper()
-	d, err := rules.Parse(file, []byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := rules.NewConfig(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
+	return enginetest.Config(t, "example.yaml", explainRules)
 }
 
 func entries(kv ...string) []rules.Entry {
@@ -156,7 +143,7 @@ func TestExplain(t *testing.T) {
 // does not match that rule: matching compares keys and values apart, and
 // Explain reports the walk Match takes.
 func TestExplainKeyValueCollision(t *testing.T) {
-	cfg := configOf(t, "collide.yaml", `domain: collide
+	cfg := enginetest.Config(t, "collide.yaml", `domain: collide
 descriptors:
   - key: a
     value: b_c
