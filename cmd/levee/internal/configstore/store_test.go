@@ -18,6 +18,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/limiter/rules"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // testShed is a stand-in for the shedding policy loader, which lives in
@@ -569,17 +570,14 @@ func TestOverrideExpiresByItself(t *testing.T) {
 
 	// Wait for the watcher's first (empty) delivery, so that it sees the
 	// override arrive rather than find it on its first read.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	shedtest.Eventually(t, 10*time.Second, "WatchOverrides' first delivery", func() error {
 		mu.Lock()
-		n := len(seen)
-		mu.Unlock()
-		if n > 0 {
-			break
+		defer mu.Unlock()
+		if len(seen) == 0 {
+			return errors.New("nothing delivered")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("WatchOverrides delivered nothing within 10 s")
-		}
-	}
+		return nil
+	})
 	set := time.Now()
 	if _, _, err := s.SetOverride(ctx, Override{Resource: "timeline", MinPriority: "critical", Until: set.Add(2 * time.Second), Author: "alice", Reason: "drill"}); err != nil {
 		t.Fatal(err)
@@ -590,20 +588,16 @@ func TestOverrideExpiresByItself(t *testing.T) {
 	// Poll the key itself: etcd must delete it when the lease runs out,
 	// with nobody clearing it.
 	key := s.keys.overrides() + "timeline"
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	shedtest.Eventually(t, 15*time.Second, "etcd deleting the key of a 2 s override", func() error {
 		resp, err := c.Get(ctx, key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(resp.Kvs) == 0 {
-			break
+		if len(resp.Kvs) != 0 {
+			return errors.New("override key still present")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("override key still present 15 s after a 2 s override")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	gone := time.Since(set)
 	if gone < 2*time.Second {
 		t.Fatalf("override key gone after %v, before its 2 s expiry", gone)
@@ -611,22 +605,16 @@ func TestOverrideExpiresByItself(t *testing.T) {
 	t.Logf("override key deleted by etcd %v after a 2 s override was set", gone.Round(10*time.Millisecond))
 
 	// The watcher saw it come and go.
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	shedtest.Eventually(t, 10*time.Second, "the watcher seeing the override come and go", func() error {
 		mu.Lock()
+		defer mu.Unlock()
 		n := len(seen)
-		ok := n >= 3 && len(seen[0]) == 0 && len(seen[n-1]) == 0 &&
-			slices.ContainsFunc(seen, func(o []Override) bool { return len(o) == 1 && o[0].Resource == "timeline" })
-		mu.Unlock()
-		if ok {
-			break
+		if n >= 3 && len(seen[0]) == 0 && len(seen[n-1]) == 0 &&
+			slices.ContainsFunc(seen, func(o []Override) bool { return len(o) == 1 && o[0].Resource == "timeline" }) {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			mu.Lock()
-			t.Fatalf("watcher saw %+v; want empty, the override, then empty", seen)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("watcher saw %+v; want empty, the override, then empty", seen)
+	})
 }
 
 // TestWatchDeliversToThreeNodes applies 100 versions and checks that three
@@ -776,20 +764,15 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 	waitFor := func(v int64) {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		t.Helper()
+		shedtest.Eventually(t, 20*time.Second, fmt.Sprintf("version %d delivered", v), func() error {
 			mu.Lock()
-			ok := len(got) > 0 && got[len(got)-1] == v
-			mu.Unlock()
-			if ok {
-				return
+			defer mu.Unlock()
+			if len(got) == 0 || got[len(got)-1] != v {
+				return fmt.Errorf("watcher has %v", got)
 			}
-			if time.Now().After(deadline) {
-				mu.Lock()
-				t.Fatalf("watcher has %v, want version %d", got, v)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitFor(1)
 	e.Close()

@@ -3,11 +3,14 @@ package procs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
@@ -148,22 +151,14 @@ func TestRunAppliesTheCount(t *testing.T) {
 	go func() {
 		done <- run(ctx, NewTuner(4, time.Second), 5*time.Millisecond, busy, set, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	shedtest.Eventually(t, 10*time.Second, "counts reaching 4", func() error {
 		mu.Lock()
-		last := 0
-		if len(counts) > 0 {
-			last = counts[len(counts)-1]
+		defer mu.Unlock()
+		if len(counts) == 0 || counts[len(counts)-1] != 4 {
+			return fmt.Errorf("counts applied %v", counts)
 		}
-		mu.Unlock()
-		if last == 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("counts applied %v, want them to reach 4", counts)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("run returned %v, want context.Canceled", err)
