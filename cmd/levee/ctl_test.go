@@ -21,6 +21,7 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	"github.com/levee-dev/levee/shed/policy"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 const ctlAliceToken = "alice-token-0123456789"
@@ -413,17 +414,13 @@ func TestCtlOverrideExpiresByItself(t *testing.T) {
 	if out := env.ok(t, "status"); !strings.Contains(out, "timeline  critical") {
 		t.Fatalf("status does not show the override:\n%s", out)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	shedtest.Eventually(t, 15*time.Second, "the 2 s override gone from the list", func() error {
 		must(t, json.Unmarshal([]byte(env.ok(t, "override", "list", "-o", "json")), &list))
-		if len(list) == 0 {
-			break
+		if len(list) != 0 {
+			return fmt.Errorf("still listed: %+v", list)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the 2 s override is still listed after 15 s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	// Clearing it now finds nothing in force.
 	_, stderr, code := env.ctl("override", "clear", "timeline", "--reason", "late")
 	if code != 1 || !strings.Contains(stderr, `no override on resource "timeline"`) {

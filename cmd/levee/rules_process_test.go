@@ -20,6 +20,7 @@ import (
 
 	"github.com/levee-dev/levee/limiter/rules/rulestest"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // hourlyRules is a rule file limiting each value of key "user" in domain
@@ -83,16 +84,13 @@ func (p *proc) enforced(t *testing.T, domain string) int64 {
 func (p *proc) waitEnforced(t *testing.T, domain string, want int64) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		got := p.enforced(t, domain)
-		if got == want {
-			return time.Since(start)
+	shedtest.Eventually(t, procWait, fmt.Sprintf("%s enforcing %s limit %d", p.id, domain, want), func() error {
+		if got := p.enforced(t, domain); got != want {
+			return fmt.Errorf("limit is %d", got)
 		}
-		if time.Since(start) > procWait {
-			t.Fatalf("%s: %s limit is %d, not %d, %v after the change", p.id, domain, got, want, procWait)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return time.Since(start)
 }
 
 // logRecords returns the node's JSON log records with message msg.
@@ -147,13 +145,12 @@ func TestProcessRuleFileEdits(t *testing.T) {
 			// A broken edit: refused, reported with path and line, and the
 			// last good rules keep serving.
 			writeRuleFile(t, api, hourlyRules("api", 6)+"    burst: 0\n")
-			start := time.Now()
-			for len(p.logRecords(notReloaded)) == 0 {
-				if time.Since(start) > procWait {
-					t.Fatalf("the broken file was not reported\n%s", p.logText())
+			shedtest.Eventually(t, procWait, "the broken file reported", func() error {
+				if len(p.logRecords(notReloaded)) == 0 {
+					return fmt.Errorf("not in the log:\n%s", p.logText())
 				}
-				time.Sleep(20 * time.Millisecond)
-			}
+				return nil
+			})
 			rec := p.logRecords(notReloaded)[0]
 			if rec["path"] != api || rec["line"] != float64(7) || rec["level"] != "ERROR" {
 				t.Errorf("refusal logged as %v; want level ERROR, path %s, line 7", rec, api)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // childEnv makes the test binary serve one backend (the child half of
@@ -310,7 +311,13 @@ func TestTimedWorkerServesInOrderAndSkipsExpired(t *testing.T) {
 	// a deadline shorter than the wait is skipped, not served late.
 	done := make(chan error, 1)
 	go func() { done <- work(ctx, cc, "low", 300*time.Millisecond) }()
-	time.Sleep(50 * time.Millisecond)
+	shedtest.Eventually(t, 10*time.Second, "the long request given the worker", func() error {
+		s, err := pollStats(ctx, cc, time.Second)
+		if err == nil && s.Queue != 1 {
+			err = fmt.Errorf("queue %d, want 1", s.Queue)
+		}
+		return err
+	})
 	sctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if err := work(sctx, cc, "critical", time.Millisecond); status.Code(err) != codes.DeadlineExceeded {
