@@ -2,10 +2,12 @@ package peer
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // TestWatchdog: the stream watchdog's judgements, at times the test
@@ -56,7 +58,12 @@ func TestLeasesRideTheBatch(t *testing.T) {
 	if b, n := st.Batches.Load(), st.Leases.Load(); b != 1 || n != 10 {
 		t.Fatalf("%d batches and %d leases for one call of 10 hot keys, want 1 and 10", b, n)
 	}
-	waitFor(t, func() bool { return st.Leased.Load() == 10 })
+	shedtest.Eventually(t, 10*time.Second, "10 leases granted", func() error {
+		if n := st.Leased.Load(); n != 10 {
+			return fmt.Errorf("%d leased", n)
+		}
+		return nil
+	})
 	if err := r.Take(context.Background(), time.Now().UnixNano(), reqs, res); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/ring"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 type testNode struct {
@@ -248,7 +249,12 @@ func TestHandoffOnJoinAndLeave(t *testing.T) {
 	for _, nd := range nodes {
 		nd.router.SetRing(three)
 	}
-	waitFor(t, func() bool { return nodes[2].store.Len() == len(keys) })
+	shedtest.Eventually(t, 10*time.Second, "node-2 handed its keys", func() error {
+		if n := nodes[2].store.Len(); n != len(keys) {
+			return fmt.Errorf("node-2 holds %d buckets, want %d", n, len(keys))
+		}
+		return nil
+	})
 	for _, k := range keys {
 		r, err := take(t, nodes[0].router, limiter.Request{Key: k, Limit: l, Hits: 0})
 		if err != nil || r.Remaining != 3 {
@@ -270,17 +276,6 @@ func TestHandoffOnJoinAndLeave(t *testing.T) {
 		if err != nil || r.Remaining != 3 {
 			t.Fatalf("after leave: remaining %d (err %v), want 3", r.Remaining, err)
 		}
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
