@@ -112,7 +112,7 @@ func (r *running) failure(what string) error {
 // report.
 func (r *running) quiet() {
 	r.t.Helper()
-	time.Sleep(10 * r.interval)
+	time.Sleep(10 * r.interval) // lets ten polls pass; nothing is awaited
 	select {
 	case c := <-r.applied:
 		r.t.Fatalf("config applied without a change: %v", domainNames(c))
