@@ -1,8 +1,13 @@
 // Package node assembles one levee node: the rule files and their watcher,
 // the bucket store, the engine, the gRPC front ends (Envoy's rate limit
-// service and levee.v1), health and reflection, and the HTTP listener for
-// metrics and health checks. `levee serve` runs one; tests run several in
-// one process.
+// service and levee.v1), the shedding policy's resources (a policy.Set the
+// node owns and drives) and the ShedService sidecar, health and
+// reflection, and the HTTP listener for metrics, health checks and the
+// status page. With etcd it also joins the cluster (membership, the peer
+// router and server), follows the runtime configuration and overrides and
+// writes its status under the keys configstore lays out, and serves the
+// admin API. Run builds a node, serves it and shuts it down; `levee serve`
+// runs one, tests run several in one process.
 package node
 
 import (
