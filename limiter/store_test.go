@@ -137,7 +137,7 @@ func BenchmarkStoreTakeSingleKey(b *testing.B) {
 }
 
 // BenchmarkStoreTakeMillionKeys decides on a store holding 1,000,000 partial
-// buckets, spread across goroutines (run with -cpu 2 for the issue's
+// buckets, spread across goroutines (run with -cpu 2 for the two-core
 // figure). Keys are derived from an index by a mixing function, as a
 // request's key is hashed from its descriptor, rather than read from a
 // million-entry slice, which would add a cache miss of its own.

@@ -621,7 +621,7 @@ descriptors:
 `
 
 // accuracySeconds is how long each accuracy run lasts: 3 s by default, 1.5 s
-// with -short, or LEVEE_ACCURACY_SECONDS (the issue's figure is 10).
+// with -short, or LEVEE_ACCURACY_SECONDS (10 gives a steadier figure).
 func accuracySeconds(t *testing.T) time.Duration {
 	if s := os.Getenv("LEVEE_ACCURACY_SECONDS"); s != "" {
 		v, err := strconv.ParseFloat(s, 64)
