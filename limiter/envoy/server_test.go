@@ -10,10 +10,8 @@ import (
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/envoy"
 )
@@ -42,21 +40,13 @@ func desc(kv ...string) *ratelimitv3.RateLimitDescriptor {
 }
 
 func TestShouldRateLimitBucketErrors(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want codes.Code
-	}{
-		{limiter.ErrUndecided, codes.Unavailable},
-		{fmt.Errorf("owner unreachable: %w", limiter.ErrUndecided), codes.Unavailable},
-		{context.Canceled, codes.Canceled},
-		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
-	} {
-		s := envoy.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.err}), enginetest.Now)
+	for _, c := range enginetest.BucketErrors {
+		s := envoy.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.Err}), enginetest.Now)
 		_, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{
 			Domain: enginetest.Domain, Descriptors: []*ratelimitv3.RateLimitDescriptor{desc("user", "a")},
 		})
-		if status.Code(err) != c.want {
-			t.Errorf("buckets failing with %v: got %v, want %v", c.err, err, c.want)
+		if status.Code(err) != c.Code {
+			t.Errorf("buckets failing with %v: got %v, want %v", c.Err, err, c.Code)
 		}
 		// Descriptors that need no bucket are answered without one.
 		resp, err := s.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{

@@ -8,12 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine/enginetest"
 	"github.com/levee-dev/levee/limiter/native"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
@@ -35,19 +33,11 @@ func inlineItem(key string, limit int64, period time.Duration, burst int64) *lev
 }
 
 func TestCheckBucketErrors(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want codes.Code
-	}{
-		{limiter.ErrUndecided, codes.Unavailable},
-		{fmt.Errorf("owner unreachable: %w", limiter.ErrUndecided), codes.Unavailable},
-		{context.Canceled, codes.Canceled},
-		{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
-	} {
-		s := native.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.err}), enginetest.Now)
+	for _, c := range enginetest.BucketErrors {
+		s := native.NewServer(enginetest.New(t, enginetest.Rules, enginetest.FailingBuckets{Err: c.Err}), enginetest.Now)
 		_, err := s.Check(context.Background(), &leveev1.CheckRequest{Items: []*leveev1.CheckItem{inlineItem("k", 1, time.Second, 0)}})
-		if status.Code(err) != c.want {
-			t.Errorf("buckets failing with %v: got %v, want %v", c.err, err, c.want)
+		if status.Code(err) != c.Code {
+			t.Errorf("buckets failing with %v: got %v, want %v", c.Err, err, c.Code)
 		}
 		// Items that need no bucket are answered without one.
 		resp, err := s.Check(context.Background(), &leveev1.CheckRequest{Items: []*leveev1.CheckItem{ruleItem(enginetest.Domain, "free", "x"), ruleItem(enginetest.Domain, "nomatch", "x")}})

@@ -8,12 +8,15 @@ package enginetest
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sync"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/levee-dev/levee/limiter"
 	"github.com/levee-dev/levee/limiter/engine"
@@ -113,6 +116,18 @@ func New(tb testing.TB, yaml string, b engine.Buckets) *engine.Engine {
 	return engine.New(b, Config(tb, "rules.yaml", yaml), nil)
 }
 
+// BucketErrors are errors the buckets may fail with and the gRPC code a
+// front end must answer each with (limiter/internal/rpc maps them).
+var BucketErrors = []struct {
+	Err  error
+	Code codes.Code
+}{
+	{limiter.ErrUndecided, codes.Unavailable},
+	{fmt.Errorf("owner unreachable: %w", limiter.ErrUndecided), codes.Unavailable},
+	{context.Canceled, codes.Canceled},
+	{fmt.Errorf("forwarding: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+}
+
 // FailingBuckets cannot decide anything: every Take returns Err.
 type FailingBuckets struct{ Err error }
 
@@ -155,4 +170,30 @@ func FuzzAdvance(t time.Time, step int64) time.Time {
 		ns += step
 	}
 	return time.Unix(0, ns)
+}
+
+// CheckRefusal checks a front end's error for a request that a fuzz
+// target's own model of the request contract judges valid or not: a
+// refusal is InvalidArgument with a message of 1 to 512 bytes, and only an
+// invalid request is refused. size describes the request for the failure
+// message. It reports whether the request was answered, so that the caller
+// goes on to check the statuses.
+func CheckRefusal(tb testing.TB, valid bool, err error, size string) (answered bool) {
+	tb.Helper()
+	if err != nil {
+		if status.Code(err) != codes.InvalidArgument {
+			tb.Fatalf("error is not InvalidArgument: %v", err)
+		}
+		if msg := status.Convert(err).Message(); msg == "" || len(msg) > 512 {
+			tb.Fatalf("error message of %d bytes: %.600q", len(msg), msg)
+		}
+		if valid {
+			tb.Fatalf("valid request refused: %v", err)
+		}
+		return false
+	}
+	if !valid {
+		tb.Fatalf("invalid request accepted (%s)", size)
+	}
+	return true
 }
