@@ -19,6 +19,7 @@ import (
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 const testRules = `
@@ -127,7 +128,7 @@ func TestRefusalCacheMakesNoCalls(t *testing.T) {
 	}
 	for i := range 100 {
 		if i == 50 {
-			sc.Clock.Advance(30*time.Minute - time.Nanosecond - 1000*time.Second)
+			sc.Clock.Add(30*time.Minute - time.Nanosecond - 1000*time.Second)
 		}
 		d := c.Check(t.Context(), user("bob"), client.Inline("other", limiter.Limit{Rate: 1, Period: time.Second}))
 		if d.Allowed || !d.Cached || d.Err != nil || !d.Items[0].OverLimit || d.Items[0].Policy != "per_user" || d.Items[1].Limited {
@@ -144,7 +145,7 @@ func TestRefusalCacheMakesNoCalls(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	// Exact: one nanosecond before retry_after the sidecar agrees.
-	sc.Clock.Advance(1000 * time.Second)
+	sc.Clock.Add(1000 * time.Second)
 	raw := leveev1.NewRateLimitServiceClient(dial(t, sc.Target))
 	look := &leveev1.CheckRequest{Items: []*leveev1.CheckItem{{
 		Target: &leveev1.CheckItem_Descriptor_{Descriptor_: &leveev1.RuleDescriptor{Domain: "api", Entries: []*leveev1.Entry{{Key: "user", Value: "bob"}}}},
@@ -156,7 +157,7 @@ func TestRefusalCacheMakesNoCalls(t *testing.T) {
 	if d := c.Check(t.Context(), user("bob")); !d.Cached {
 		t.Fatalf("cache expired early: %+v", d)
 	}
-	sc.Clock.Advance(time.Nanosecond)
+	sc.Clock.Add(time.Nanosecond)
 	calls = sc.Calls()
 	if d := c.Check(t.Context(), user("bob")); !d.Allowed || d.Cached || sc.Calls() != calls+1 {
 		t.Fatalf("at retry_after: %+v, %d calls", d, sc.Calls()-calls)
@@ -262,7 +263,7 @@ func TestFailOpenAndClosed(t *testing.T) {
 			if err := sc.Restart(); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, func() error {
+			shedtest.Eventually(t, waitFor, "a check allowed once the sidecar is back", func() error {
 				if d := closed.Check(t.Context(), it); !d.Allowed || d.Err != nil {
 					return fmt.Errorf("after the restart: %+v", d)
 				}
@@ -320,21 +321,6 @@ func dial(t *testing.T, target string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-func eventually(t *testing.T, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestNoItems: a check of nothing is allowed without a call.

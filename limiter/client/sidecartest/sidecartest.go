@@ -25,45 +25,21 @@ import (
 	"github.com/levee-dev/levee/limiter/native"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
-// Clock is a clock a test sets and moves. It starts at Epoch.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// Epoch is where every Clock starts: a fixed instant, so that tests see
-// the same bucket arithmetic on every run.
+// Epoch is where every sidecar's clock starts: a fixed instant, so that
+// tests see the same bucket arithmetic on every run.
 var Epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.now.IsZero() {
-		c.now = Epoch
-	}
-	return c.now
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.now.IsZero() {
-		c.now = Epoch
-	}
-	c.now = c.now.Add(d)
-}
 
 // Sidecar is a levee sidecar serving levee.v1.
 type Sidecar struct {
 	// Target is what a client dials: "127.0.0.1:port", or "unix://" and
 	// the socket's path.
 	Target string
-	// Clock is the sidecar's clock; a client given Clock.Now shares it.
-	Clock *Clock
+	// Clock is the sidecar's clock, from Epoch; a client given Clock.Now
+	// shares it.
+	Clock *shedtest.Clock
 	// Engine decides the checks; SetRules on it changes the rules.
 	Engine *engine.Engine
 
@@ -111,7 +87,7 @@ func Start(ruleYAML string, network Network) (*Sidecar, error) {
 			return nil, err
 		}
 	}
-	s := &Sidecar{Clock: &Clock{}, network: string(network)}
+	s := &Sidecar{Clock: shedtest.NewClock(Epoch), network: string(network)}
 	s.Engine = engine.New(engine.LocalBuckets{Store: limiter.NewStore(100_000)}, cfg, nil)
 	switch network {
 	case TCP:
