@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // procRules is a rule file limiting domain proc, key k, to limit a minute.
@@ -79,17 +81,12 @@ func (p *proc) envoyLimit(value string) (uint32, error) {
 // waitLimit polls p until it enforces limit through levee.v1.
 func (p *proc) waitLimit(t *testing.T, limit int64) {
 	t.Helper()
-	deadline := time.Now().Add(procWait)
-	for {
-		got, err := p.nativeLimit()
-		if err == nil && got == limit {
-			return
+	shedtest.Eventually(t, procWait, fmt.Sprintf("%s enforcing %d", p.id, limit), func() error {
+		if got, err := p.nativeLimit(); err != nil || got != limit {
+			return fmt.Errorf("enforces %d (err %v)", got, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s enforces %d (err %v), want %d", p.id, got, err, limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // servingRecord is p's "levee serving" log record.
@@ -256,17 +253,17 @@ func TestProcessFileModeCluster(t *testing.T) {
 				}
 				v.samples++
 				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond) // paces the samplers; nothing is awaited
 			}
 		})
 	}
 	defer func() { stop.Store(true); wg.Wait() }()
 
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // samples of the old rules first; nothing is awaited
 	t0 := time.Now()
 	writeRuleFile(t, ruleFiles[0], procRules(after))
 	ps[0].waitLimit(t, after)
-	time.Sleep(lag - time.Since(t0))
+	time.Sleep(lag - time.Since(t0)) // lets the others' lag pass on purpose
 	// Until their own files change, the others keep theirs.
 	mu.Lock()
 	for i := 1; i < len(ps); i++ {
@@ -359,13 +356,12 @@ func TestProcessFileModeCluster(t *testing.T) {
 	// A broken file is refused, with its path and line, and the last
 	// good rules keep serving.
 	writeRuleFile(t, ruleFiles[2], "domain: proc\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 3}\n")
-	deadline := time.Now().Add(procWait)
-	for len(ps[2].logRecords("rules not reloaded; keeping the last good rules")) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not report the broken file", ps[2].id)
+	shedtest.Eventually(t, procWait, ps[2].id+" reporting the broken file", func() error {
+		if len(ps[2].logRecords("rules not reloaded; keeping the last good rules")) == 0 {
+			return errors.New("not in its log")
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	rec := ps[2].logRecords("rules not reloaded; keeping the last good rules")[0]
 	if rec["path"] != ruleFiles[2] || rec["line"] != float64(4) {
 		t.Errorf("refusal logged as %v", rec)
@@ -519,19 +515,15 @@ func TestProcessCurrentKeyDeletedNoReseed(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "applied version 3") {
 		t.Fatalf("ctl rollback: exit %d\n%s\n%s", code, out, stderr)
 	}
-	deadline := time.Now().Add(procWait)
-	for {
+	shedtest.Eventually(t, procWait, "status after the rollback", func() error {
 		out, _, _ = runCtl("--addr", p1.admin, "status")
 		// Their --config still differs from what is stored, and they
 		// say so; the missing key is no longer reported.
-		if strings.Count(out, "v3 (warning)") == 3 && !strings.Contains(out, "current-version key") {
-			break
+		if strings.Count(out, "v3 (warning)") != 3 || strings.Contains(out, "current-version key") {
+			return fmt.Errorf("status is\n%s", out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the rollback, status is\n%s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	for _, p := range []*proc{p3, p2, p1} {
 		if l, err := p.nativeLimit(); err != nil || l != 501 {
 			t.Errorf("%s enforces %d (%v) after the rollback; want 501", p.id, l, err)

@@ -463,7 +463,12 @@ func TestSilentOwnerTimesOut(t *testing.T) {
 	}
 	// The owner reads each batch in its own time, perhaps after the
 	// caller gave up on it.
-	waitFor(t, func() bool { return silent.got.Load() >= 3 })
+	shedtest.Eventually(t, 10*time.Second, "the silent owner reading 3 batches", func() error {
+		if got := silent.got.Load(); got < 3 {
+			return fmt.Errorf("read %d", got)
+		}
+		return nil
+	})
 	if got := silent.got.Load(); got != 3 {
 		t.Fatalf("the silent owner read %d batches, want 3", got)
 	}

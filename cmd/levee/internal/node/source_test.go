@@ -24,6 +24,7 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
 	"github.com/levee-dev/levee/deploy/examples"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // configInfo reads the labels of m's levee_config_info series.
@@ -114,7 +115,7 @@ func TestFileAndEtcdSources(t *testing.T) {
 	var resources []string
 	statusOf := func(check func(admin.MemberStatus) error) {
 		t.Helper()
-		poll(t, "nf's published status", func() error {
+		shedtest.Eventually(t, clusterWait, "nf's published status", func() error {
 			st, err := published("nf")
 			if err != nil {
 				return err
