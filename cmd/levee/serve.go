@@ -142,6 +142,8 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files are checked for changes")
 	f.IntVar(&cfg.MaxKeys, "max-keys", 1_000_000, "most buckets held in memory; idle ones are evicted first")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
+	f.IntVar(&cfg.MaxConnections, "max-connections", 10_000, "most gRPC connections open at once; one past it is closed when accepted (0: unbounded)")
+	f.DurationVar(&cfg.MaxConnectionIdle, "max-connection-idle", 5*time.Minute, "close a gRPC connection with no call in flight for this long (0: never)")
 	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
 	f.StringSliceVar(&cl.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated (empty: start an embedded single-node etcd for development)")
 	f.StringVar(&cl.Prefix, "etcd-prefix", configstore.DefaultPrefix, "etcd key prefix of the cluster")
