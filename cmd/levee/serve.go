@@ -79,6 +79,11 @@ LEVEE_<FLAG>, e.g. LEVEE_GRPC_ADDR.`,
 			if cfg.TLS, err = grpcTLS.Server(); err != nil {
 				return fmt.Errorf("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca): %w", err)
 			}
+			if standalone && cmd.Flags().Changed("admin-addr") && cfg.Admin.Addr != "" {
+				// The admin API manages the configuration in etcd, which
+				// a standalone node has none of.
+				log.Warn("no admin API: a standalone node has no etcd, which the admin API needs; --admin-addr is ignored", "admin_addr", cfg.Admin.Addr)
+			}
 			if peerCA != "" && (standalone || cfg.TLS == nil) {
 				return errors.New("--peer-ca verifies peers' TLS certificates: it needs a cluster node serving TLS (--tls-cert, --tls-key)")
 			}
