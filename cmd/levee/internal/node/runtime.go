@@ -48,6 +48,9 @@ type runtimeConfig struct {
 	version atomic.Int64
 	mu      sync.Mutex
 	lastErr string
+	// catchUp, when etcd did not answer at start, seeds it once it does
+	// (the watches load what it holds); nil otherwise.
+	catchUp func(context.Context)
 	// kick asks publishStatus to publish now, after a change an operator
 	// will look for.
 	kick chan struct{}
@@ -76,13 +79,11 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	rt := &runtimeConfig{log: log, store: store, client: cl.client, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, kick: make(chan struct{}, 1)}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	res, seeded, err := store.Seed(sctx, seed, cl.self.ID, "seeded from "+seedSource(cfg))
-	switch {
-	case err != nil:
-		// etcd may be down: serve the bootstrap files until it is back.
-		log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
-	case seeded:
-		log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
+	err = errEtcdLate
+	if cl.answers(sctx) {
+		err = rt.seed(sctx, cfg, seed)
+	} else {
+		rt.catchUp = func(ctx context.Context) { rt.seedWhenEtcdAnswers(ctx, cfg, seed) }
 	}
 	// Serve the stored version from the start, not the bootstrap files: a
 	// node restarting into a cluster must not enforce stale limits until
@@ -116,6 +117,20 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	return rt, nil
 }
 
+// seed writes the bootstrap files to etcd when it holds no configuration
+// yet.
+func (rt *runtimeConfig) seed(ctx context.Context, cfg Config, seed configstore.Bundle) error {
+	res, seeded, err := rt.store.Seed(ctx, seed, rt.cl.self.ID, "seeded from "+seedSource(cfg))
+	switch {
+	case err != nil:
+		// etcd may be down: serve the bootstrap files until it is back.
+		rt.log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
+	case seeded:
+		rt.log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
+	}
+	return err
+}
+
 func seedSource(cfg Config) string {
 	src := "the built-in example rules"
 	if cfg.RulesPath != "" {
@@ -130,6 +145,9 @@ func seedSource(cfg Config) string {
 // run watches the configuration and the overrides, publishes this node's
 // status and serves the admin API until ctx is done.
 func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
+	if rt.catchUp != nil {
+		wg.Go(func() { rt.catchUp(ctx) })
+	}
 	wg.Go(func() { _ = rt.store.Watch(ctx, rt.apply, rt.refuse) })
 	wg.Go(func() {
 		_ = rt.store.WatchOverrides(ctx, func(os []configstore.Override) {
