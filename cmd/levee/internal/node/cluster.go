@@ -134,7 +134,7 @@ func (cn *clusterNode) answers(ctx context.Context) bool {
 // retries, or ctx's error when ctx is done first.
 func (cn *clusterNode) awaitEtcd(ctx context.Context) error {
 	err := cluster.Await(ctx, cn.client, cn.keys.Prefix(), etcdStartTimeout, func(err error, retryIn time.Duration) {
-		cn.log.Info("still waiting for etcd", "etcd_endpoints", cn.endpoints, "err", err, "retry_in", retryIn)
+		cn.log.Debug("still waiting for etcd", "etcd_endpoints", cn.endpoints, "err", err, "retry_in", retryIn)
 	}, 0)
 	if err == nil {
 		cn.log.Info("etcd answers; catching up", "etcd_endpoints", cn.endpoints)
