@@ -91,6 +91,11 @@ the node stops, unless --data-dir names one to keep across runs.`,
 			if cfg.TLS, err = grpcTLS.Server(); err != nil {
 				return fmt.Errorf("gRPC TLS (--tls-cert, --tls-key, --tls-client-ca): %w", err)
 			}
+			if standalone && cmd.Flags().Changed("admin-addr") && cfg.Admin.Addr != "" {
+				// The admin API manages the configuration in etcd, which
+				// a standalone node has none of.
+				log.Warn("no admin API: a standalone node has no etcd, which the admin API needs; --admin-addr is ignored", "admin_addr", cfg.Admin.Addr)
+			}
 			if peerCA != "" && (standalone || cfg.TLS == nil) {
 				return errors.New("--peer-ca verifies peers' TLS certificates: it needs a cluster node serving TLS (--tls-cert, --tls-key)")
 			}
@@ -155,6 +160,8 @@ the node stops, unless --data-dir names one to keep across runs.`,
 	f.DurationVar(&cfg.RulesPoll, "config-poll", time.Second, "how often the rule files (and, with --config-source file, the --shed-policy file) are checked for changes")
 	f.IntVar(&cfg.MaxKeys, "max-keys", 1_000_000, "most buckets held in memory; idle ones are evicted first")
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
+	f.IntVar(&cfg.MaxConnections, "max-connections", 10_000, "most gRPC connections open at once; one past it is closed when accepted (0: unbounded)")
+	f.DurationVar(&cfg.MaxConnectionIdle, "max-connection-idle", 5*time.Minute, "close a gRPC connection with no call in flight for this long (0: never)")
 	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
 	f.StringSliceVar(&cl.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated (empty: start an embedded single-node etcd for development)")
 	f.StringVar(&cl.Prefix, "etcd-prefix", configstore.DefaultPrefix, "etcd key prefix of the cluster")

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -97,4 +99,71 @@ func TestServeConfigSourceErrors(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestServeStandaloneAdminAddrWarns: a standalone node given --admin-addr
+// starts without the admin API (it needs etcd) and says so; one left at
+// the default does not warn.
+func TestServeStandaloneAdminAddrWarns(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		warn bool
+	}{
+		{[]string{"--admin-addr", "127.0.0.1:0"}, true},
+		{nil, false},
+	} {
+		out := serveLogUntilServing(t, append([]string{"serve", "--standalone", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "", "--procs", "default"}, c.args...))
+		if got := strings.Contains(out, "no admin API"); got != c.warn {
+			t.Errorf("levee serve --standalone %v: warned %v, want %v; log:\n%s", c.args, got, c.warn, out)
+		}
+	}
+}
+
+// serveLogUntilServing runs `levee` with args in-process, returns what it
+// logged on stderr up to "levee serving", and stops it.
+func serveLogUntilServing(t *testing.T, args []string) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := os.Stderr
+	os.Stderr = w // newLogger writes to os.Stderr as it is when serve starts
+	defer func() { os.Stderr = stderr }()
+	root := &cobra.Command{Use: "levee", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(serveCommand())
+	root.SetArgs(args)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	var log strings.Builder
+	lines := bufio.NewScanner(r)
+	serving := make(chan bool, 1)
+	go func() {
+		for lines.Scan() {
+			log.WriteString(lines.Text() + "\n")
+			if strings.Contains(lines.Text(), "levee serving") {
+				serving <- true
+				return
+			}
+		}
+		serving <- false
+	}()
+	select {
+	case ok := <-serving:
+		if !ok {
+			t.Fatal("stderr closed before levee served")
+		}
+	case err := <-done:
+		t.Fatalf("levee %v returned before serving: %v", args, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("levee %v did not serve", args)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("levee %v: %v", args, err)
+	}
+	_ = w.Close()
+	_ = r.Close()
+	return log.String()
 }

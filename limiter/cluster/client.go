@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"math/rand/v2"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -32,5 +34,38 @@ func ClientConfig(endpoints []string) clientv3.Config {
 				MinConnectTimeout: 5 * time.Second,
 			}),
 		},
+	}
+}
+
+// Await returns nil once a read of key through client succeeds. Each
+// attempt may take timeout; after attempts failures (0: no limit) it
+// returns the last error, and it returns ctx's error when ctx is done.
+// Between failed attempts it waits as membership does (capped exponential
+// backoff with jitter, DefaultRetryMin to DefaultRetryMax). It reports
+// each failure and the wait before the next attempt to onFail, if not
+// nil. A node uses it to tell whether etcd answers at start, and to catch
+// up on what it skipped while it did not.
+func Await(ctx context.Context, client *clientv3.Client, key string, timeout time.Duration, onFail func(err error, retryIn time.Duration), attempts int) error {
+	b := backoff{min: DefaultRetryMin, max: DefaultRetryMax}
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		_, err := client.Get(actx, key, clientv3.WithCountOnly())
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		d := b.next(rand.Float64())
+		if onFail != nil {
+			onFail(err, d)
+		}
+		if attempts > 0 && n >= attempts {
+			return err
+		}
+		if err := sleepCtx(ctx, d); err != nil {
+			return err
+		}
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,7 +29,8 @@ type clusterNode struct {
 	router     *peer.Router
 	self       ring.Member
 	keys       configstore.Layout
-	tempDir    string // the embedded etcd's data, removed at close
+	tempDir    string   // the embedded etcd's data, removed at close
+	endpoints  []string // etcd's client URLs, named in logs while etcd does not answer
 
 	stopMembership context.CancelFunc
 	membershipDone chan error
@@ -62,6 +64,7 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 		endpoints = e.Endpoints()
 		log.Info("embedded etcd started (development mode)", "endpoints", endpoints, "data_dir", ec.Dir, "data_kept", cn.tempDir == "")
 	}
+	cn.endpoints = endpoints
 	ecfg := cluster.ClientConfig(endpoints)
 	ecfg.TLS = cfg.EtcdTLS
 	ecfg.Username, ecfg.Password = cfg.EtcdUsername, cfg.EtcdPassword
@@ -121,6 +124,33 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 	cn.router.SetRing(cn.membership.Ring())
 	ok = true
 	return cn, nil
+}
+
+// etcdStartTimeout bounds the read that tells, at start, whether etcd
+// answers: a node whose etcd is down must start serving its bootstrap
+// rules soon rather than wait out a long timeout in silence.
+const etcdStartTimeout = 2 * time.Second
+
+// answers reports whether etcd answers a read now, within
+// etcdStartTimeout. If it does not, it logs the endpoints the node will
+// keep retrying.
+func (cn *clusterNode) answers(ctx context.Context) bool {
+	err := cluster.Await(ctx, cn.client, cn.keys.Prefix(), etcdStartTimeout, func(err error, _ time.Duration) {
+		cn.log.Warn("etcd does not answer; serving the bootstrap configuration and retrying in the background", "etcd_endpoints", cn.endpoints, "err", err)
+	}, 1)
+	return err == nil
+}
+
+// awaitEtcd returns nil once etcd answers, logging the endpoints it
+// retries, or ctx's error when ctx is done first.
+func (cn *clusterNode) awaitEtcd(ctx context.Context) error {
+	err := cluster.Await(ctx, cn.client, cn.keys.Prefix(), etcdStartTimeout, func(err error, retryIn time.Duration) {
+		cn.log.Debug("still waiting for etcd", "etcd_endpoints", cn.endpoints, "err", err, "retry_in", retryIn)
+	}, 0)
+	if err == nil {
+		cn.log.Info("etcd answers; catching up", "etcd_endpoints", cn.endpoints)
+	}
+	return err
 }
 
 // defaultNodeID names a node after its host and gRPC port, which is unique
@@ -188,6 +218,33 @@ func (cn *clusterNode) close() {
 	if cn.tempDir != "" {
 		if err := os.RemoveAll(cn.tempDir); err != nil {
 			cn.log.Warn("removing the embedded etcd's data", "dir", cn.tempDir, "err", err)
+		}
+	}
+}
+
+// seedWhenEtcdAnswers catches up an etcd-mode node that started while etcd
+// did not answer: once it does, the bootstrap files seed it if it holds no
+// configuration yet (Seed's own rule). Membership and the configuration
+// watches retry on their own; the watch then applies whatever version etcd
+// holds, so nothing is applied here.
+func (rt *runtimeConfig) seedWhenEtcdAnswers(ctx context.Context, cfg Config) {
+	for rt.cl.awaitEtcd(ctx) == nil {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		res, seeded, err := rt.store.Seed(sctx, rt.boot, rt.cl.self.ID, "seeded from "+seedSource(cfg))
+		cancel()
+		var malformed *configstore.MalformedError
+		switch {
+		case err == nil && seeded:
+			rt.log.Info("configuration seeded in etcd", "version", res.Meta.Version, "from", seedSource(cfg))
+			return
+		case err == nil || errors.As(err, &malformed):
+			return // not empty: the watch loads what it holds
+		}
+		rt.log.Warn("could not seed the configuration in etcd; serving the bootstrap files", "err", err)
+		select { // etcd answers reads but refused the seed: retry, slowly
+		case <-ctx.Done():
+			return
+		case <-time.After(cluster.DefaultRetryMax):
 		}
 	}
 }

@@ -88,6 +88,12 @@ type Config struct {
 	MaxKeys int
 	// ShutdownGrace bounds a graceful stop: in-flight calls get this long.
 	ShutdownGrace time.Duration
+	// MaxConnections bounds the gRPC connections open at once; one past
+	// it is closed as soon as it is accepted (0: unbounded).
+	MaxConnections int
+	// MaxConnectionIdle closes a gRPC connection with no call in flight
+	// for this long (0: never).
+	MaxConnectionIdle time.Duration
 	// Logger receives the node's logs (nil: discarded).
 	Logger *slog.Logger
 	// Now is the clock (nil: time.Now).
@@ -269,6 +275,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
 	n.onClose(func() { _ = n.lis.Close() })
+	n.lis = limitConns(n.lis, cfg.MaxConnections)
 
 	n.store = limiter.NewStore(cfg.MaxKeys)
 	var buckets engine.Buckets = engine.LocalBuckets{Store: n.store}
@@ -373,7 +380,9 @@ func (n *node) newGRPCServer() {
 		// that is a write, a read and a wake-up more per call.
 		grpc.InitialWindowSize(peer.WindowSize), grpc.InitialConnWindowSize(peer.WindowSize),
 		grpc.ChainUnaryInterceptor(n.tel.unaryInterceptor),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// An idle client connection holds a file descriptor and goroutines
+		// until its client closes it; MaxConnectionIdle sends it GOAWAY.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: cfg.MaxConnectionIdle}),
 		// Envoy and sidecar clients keep long-lived connections and may ping.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}

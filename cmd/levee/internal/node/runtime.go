@@ -56,6 +56,9 @@ type runtimeConfig struct {
 	boot                  configstore.Bundle
 	rulesGiven, shedGiven bool
 	rulesPath, policyPath string
+	// catchUp, when etcd did not answer at start, seeds it once it does;
+	// nil otherwise.
+	catchUp func(context.Context)
 	// kick asks publishStatus to publish now, after a change an operator
 	// will look for.
 	kick chan struct{}
@@ -85,8 +88,16 @@ func startRuntime(ctx context.Context, cfg Config, cl *clusterNode, eng *engine.
 	rt := &runtimeConfig{log: log, store: store, client: cl.client, cl: cl, eng: eng, shed: sh, now: cfg.Now, tel: tel, conf: conf,
 		boot: boot, rulesGiven: cfg.RulesPath != "", shedGiven: cfg.ShedPolicyPath != "", rulesPath: cfg.RulesPath, policyPath: cfg.ShedPolicyPath,
 		kick: make(chan struct{}, 1)}
+	// A node whose etcd does not answer serves its bootstrap files at once
+	// and names the endpoints it retries (answers logs them); membership,
+	// overrides and status retry on their own.
+	up := cl.answers(ctx)
 	if conf.source == admin.SourceEtcd {
-		rt.loadStored(ctx, cfg)
+		if up {
+			rt.loadStored(ctx, cfg)
+		} else {
+			rt.catchUp = func(ctx context.Context) { rt.seedWhenEtcdAnswers(ctx, cfg) }
+		}
 	}
 	if cfg.Admin.Addr != "" {
 		rt.admin, err = admin.New(admin.Config{
@@ -204,6 +215,9 @@ func seedSource(cfg Config) string {
 // run watches the configuration and the overrides, publishes this node's
 // status and serves the admin API until ctx is done.
 func (rt *runtimeConfig) run(ctx context.Context, wg *sync.WaitGroup) {
+	if rt.catchUp != nil {
+		wg.Go(func() { rt.catchUp(ctx) })
+	}
 	if rt.conf.source == admin.SourceEtcd {
 		wg.Go(func() { _ = rt.store.Watch(ctx, rt.apply, rt.refuse) })
 	}

@@ -1,0 +1,56 @@
+package node
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// limitListener bounds the connections a node holds open at once. A
+// connection past the bound is accepted and closed at once rather than
+// left in the kernel's backlog: its client sees the refusal and can go to
+// another node, instead of hanging until its own deadline. Each open
+// connection costs a file descriptor and, in gRPC, a few goroutines, so
+// the bound is what keeps clients that connect and never close from
+// exhausting the process.
+type limitListener struct {
+	net.Listener
+	max  int64
+	open atomic.Int64
+}
+
+// limitConns wraps lis so that at most max connections are open at once;
+// max <= 0 leaves it unbounded.
+func limitConns(lis net.Listener, max int) net.Listener {
+	if max <= 0 {
+		return lis
+	}
+	return &limitListener{Listener: lis, max: int64(max)}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) <= l.max {
+			return &limitedConn{Conn: c, release: func() { l.open.Add(-1) }}, nil
+		}
+		l.open.Add(-1)
+		_ = c.Close()
+	}
+}
+
+// limitedConn gives its slot back once, however often it is closed.
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
