@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 
 	"github.com/levee-dev/levee/limiter/engine"
@@ -84,6 +86,7 @@ type phase struct {
 	drop    time.Duration   // when the others' rings dropped the victim (0: they did not)
 	healed  time.Duration   // when every node's ring held every node again
 	heals   []time.Duration // rolling restart: from each node's start to a whole ring
+	started time.Duration   // etcd down at start: when the victim was started again
 	excused []window
 
 	// The stale-bucket check.
@@ -212,6 +215,7 @@ const (
 	twoDropToHeal                 // the others dropped the victim, which still serves its callers, until the ring is whole
 	twoRemoveToHeal               // the victim serves again (resumed, restarted, reconnected) until the others take it back
 	twoEachStart                  // each restarted node, from its start until the ring is whole
+	twoStartToHeal                // the victim, restarted without etcd, from its start until the ring is whole
 )
 
 // bound is the over-admission bound of README.md ("Over-admission bounds")
@@ -248,6 +252,8 @@ func (ph *phase) bound(f fault) bound {
 		b.two = ph.healed - ph.drop
 	case twoRemoveToHeal:
 		b.two = ph.healed - ph.remove
+	case twoStartToHeal:
+		b.two = ph.healed - ph.started
 	case twoEachStart:
 		for _, h := range ph.heals {
 			b.two += h
@@ -326,6 +332,13 @@ func TestFaults(t *testing.T) {
 			script: func(ph *phase) error { return s.downAndBack(ph, hold, "kill", "start") }},
 		{name: "rolling restart", victim: -1, fresh: nodes, two: twoEachStart,
 			script: s.rollingRestart},
+		// A node that starts while no etcd member answers serves its
+		// files at once, on a ring of itself; the others still hold it in
+		// theirs (no lease lapses while etcd is down). Fresh twice, as
+		// for a killed node: it starts empty, and its hand-off on SIGTERM
+		// goes to a node that stops owning the key when it is back.
+		{name: "etcd down at start", victim: 2, fresh: 2, two: twoStartToHeal,
+			script: func(ph *phase) error { return s.etcdDownAtStart(ph, hold) }},
 		{name: "etcd leader killed", victim: -1, ringStays: true, script: func(ph *phase) error {
 			leader, err := s.p.etcdLeader()
 			if err != nil {
@@ -435,6 +448,67 @@ func (s *suite) downAndBack(ph *phase, hold time.Duration, down, back string) er
 	}
 	ph.remove = ph.now()
 	return ph.waitServing(ph.victim, ph.inject)
+}
+
+// etcdDownAtStart stops every etcd member, restarts the victim (so it
+// starts while etcd does not answer), checks that it serves its rules from
+// its first call and that its log names the endpoints it retries, holds,
+// and starts etcd again; run then waits for the rings to be whole.
+func (s *suite) etcdDownAtStart(ph *phase, hold time.Duration) error {
+	for _, m := range etcdMembers {
+		if _, err := docker("kill", s.p.id(m)); err != nil {
+			return err
+		}
+	}
+	ph.inject = ph.now()
+	victim := s.p.id(leveeNodes[ph.victim])
+	if _, err := docker("stop", "-t", "15", victim); err != nil {
+		return err
+	}
+	since := time.Now().UTC().Format(time.RFC3339Nano)
+	if _, err := docker("start", victim); err != nil {
+		return err
+	}
+	ph.started = ph.now()
+	if err := ph.waitServing(ph.victim, ph.inject); err != nil {
+		return err
+	}
+	ph.t.Logf("%s serving %.1f s after its start, etcd down", leveeNodes[ph.victim], (ph.now() - ph.started).Seconds())
+
+	// Its first call after it is healthy: the file's rule, not a default.
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	r, err := s.c.envoy[ph.victim].ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{
+		Domain: "example",
+		Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{
+			{Key: "user", Value: s.id + "-etcd-down"}, {Key: "action", Value: "post"}}}},
+	})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("first call to %s after it is healthy, etcd down: %w", leveeNodes[ph.victim], err)
+	}
+	if st := r.GetStatuses(); r.GetOverallCode() != rlsv3.RateLimitResponse_OK || len(st) != 1 ||
+		st[0].GetCurrentLimit().GetName() != "post" || st[0].GetCurrentLimit().GetRequestsPerUnit() != 60 {
+		ph.t.Errorf("etcd down at start: first call to %s did not get the file's rule (post, 60 an hour): %v", leveeNodes[ph.victim], r)
+	}
+
+	// The container's standard error is docker logs' standard error.
+	out, err := exec.Command("docker", "logs", "--since", since, victim).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("docker logs %s: %w: %s", leveeNodes[ph.victim], err, out)
+	}
+	logs := string(out)
+	if !strings.Contains(logs, "etcd does not answer") || !strings.Contains(logs, "http://etcd-0:2379") {
+		ph.t.Errorf("etcd down at start: %s's log does not name the etcd endpoints it retries:\n%s", leveeNodes[ph.victim], logs)
+	}
+
+	time.Sleep(max(time.Until(ph.t0.Add(ph.inject+hold)), 2*time.Second))
+	for _, m := range etcdMembers {
+		if _, err := docker("start", s.p.id(m)); err != nil {
+			return err
+		}
+	}
+	ph.remove = ph.now()
+	return s.waitEtcd()
 }
 
 // rollingRestart stops each node in turn (SIGTERM: it leaves the ring and
