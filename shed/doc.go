@@ -60,9 +60,10 @@
 // the surge built drains, and in between they read as saturated. When the
 // traffic the gate does not refuse alone keeps more than twice the limit in
 // flight, that is overload too, and the marginal priority does not fit
-// (MarginUnfit). Once critical is all that is left, the gate
-// trims critical, and its refusals beyond the tolerance are the evidence
-// that critical demand alone exceeds capacity.
+// (MarginUnfit); while that queue still grows with the resource working,
+// it counts even just after a raise. Once critical is all that is left,
+// the gate trims critical, and its refusals beyond the tolerance are the
+// evidence that critical demand alone exceeds capacity.
 //
 // # Throughput target
 //
@@ -75,9 +76,16 @@
 // threshold lets through to (1 − Headroom) × that throughput, 90% by
 // default. When the traffic the gate does not refuse alone passes the
 // target beyond the noise of its count, the threshold sheds the measured
-// excess in one move, rather than creeping up while the queue stands;
-// when what it lets through falls short of the target beyond the noise,
-// it readmits most of the measured room at once, without waiting out its
+// excess in one move, rather than creeping up while the queue stands. A
+// surge, the traffic past the gate outrunning the target by a quarter and
+// four standard deviations over the last two ticks, is shed at once
+// (Reading.Fit): on the demand per level of those two ticks, across as
+// many priorities as it takes, so that what is admitted does not queue
+// to its deadline while the threshold climbs a priority at a time. The
+// critical band opens the same way only when critical demand alone
+// outruns the target as clearly. When what it lets through falls short of
+// the target beyond the noise (and the last three ticks did too), it
+// readmits most of the measured room at once, without waiting out its
 // hold. A fall by a third or more shows in the last three ticks alone, so
 // the end of a surge is not waited out for the two seconds the decayed
 // count takes. Between the two it holds, so it settles instead of probing.

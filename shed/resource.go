@@ -184,6 +184,7 @@ type Resource struct {
 	gateAll, gateRefused float64 // decayed gate counts, under tickMu
 	sinceRaise           int     // ticks since the threshold last rose, up to raiseSettle
 	tput                 throughputTarget
+	lastCritical         uint64 // critical demand counted at the last tick
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -398,11 +399,12 @@ func (r *Resource) Tick(now time.Time) Reading {
 			share = r.gateRefused / r.gateAll
 		}
 		switch {
-		case r.sinceRaise < raiseSettle && (gr.standing || gr.refused >= minGateRefusals):
+		case r.sinceRaise < raiseSettle && !gr.MarginUnfit && (gr.standing || gr.refused >= minGateRefusals):
 			// Just after a raise the queue the overload built still
 			// drains, and the gate refuses (or the exempt traffic
 			// overflows) for that alone: wait for the raise to show
-			// before shedding more.
+			// before shedding more. A queue that still grows while the
+			// resource works shows the raise fell short.
 			cr = Reading{Saturated: true}
 		case gr.standing:
 			// Traffic more important than the margin, which the gate
@@ -423,11 +425,15 @@ func (r *Resource) Tick(now time.Time) Reading {
 			cr = Reading{} // a burst; room to readmit
 		}
 		if r.tput.headroom >= 0 {
-			r.tput.observe(now, gr)
-			if tr := r.tput.read(now); tr.Room > 0 && !cr.Overloaded {
-				// Measured room outranks a gate that trims within its
-				// tolerance: the threshold lets through less than the
-				// resource serves, and the gate is there for bursts.
+			crit := r.demand(Critical)
+			r.tput.observe(now, gr, crit-r.lastCritical)
+			r.lastCritical = crit
+			if tr := r.tput.read(now); tr.Fit || tr.Room > 0 && !cr.Overloaded {
+				// A surge measured against the capacity outranks
+				// everything the gate says, and measured room outranks
+				// a gate that trims within its tolerance: the threshold
+				// lets through less than the resource serves, and the
+				// gate is there for bursts.
 				cr = tr
 			} else {
 				cr = cr.Or(tr)
@@ -531,6 +537,17 @@ func (r *Resource) Counts(p Priority) PriorityCounts {
 		c.WouldShed[i] = st.wouldShed[i].Load()
 	}
 	return c
+}
+
+// demand returns the requests of priority p offered so far, admitted or
+// refused.
+func (r *Resource) demand(p Priority) uint64 {
+	st := &r.stats[p.index()]
+	n := st.admitted.Load()
+	for i := range st.refused {
+		n += st.refused[i].Load()
+	}
+	return n
 }
 
 // Controller returns the resource's admission controller.
