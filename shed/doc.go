@@ -49,10 +49,11 @@
 // [DeadlineGate] drops requests whose remaining deadline is shorter than the
 // expected service time, rather than serving them late.
 //
-// A [Resource] applies the concurrency gate to the marginal priority only:
-// more important requests take their slot without being refused, so a
-// priority never loses a request to the gate while a less important one is
-// still admitted, and the gate's refusals, which fall on randomly chosen
+// A [Resource] applies the concurrency gate (and the deadline gate) to the
+// marginal priority only: more important requests take their slot without
+// being refused (or held to their deadline), so a priority never loses a
+// request to a gate while a less important one is still admitted, and the
+// gate's refusals, which fall on randomly chosen
 // requests, stay within the priority the threshold is shedding by cohorts
 // anyway. The gate trims the bursts of the marginal priority; its refusals
 // count as overload only beyond a tolerance (what a full gate refuses from

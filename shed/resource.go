@@ -292,7 +292,11 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 	if reason != ReasonNone && !shadow {
 		return r.refuse(st, reason)
 	}
-	if reason == ReasonNone && r.dl != nil {
+	marginal := r.ctrl.Marginal()
+	if reason == ReasonNone && r.dl != nil && p >= marginal {
+		// Only the marginal priority and below: a request more important
+		// than what is being shed is never refused while less important
+		// ones are admitted, even if it may be served late.
 		if d, ok := ctx.Deadline(); ok {
 			if now.IsZero() {
 				now = r.clock()
@@ -306,7 +310,7 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		}
 	}
 	if r.conc != nil {
-		if p < r.ctrl.Marginal() && !shadow {
+		if p < marginal && !shadow {
 			// More important than the priority being shed at the margin:
 			// the gate takes its slot but does not refuse it, so a
 			// priority never loses a request to the gate while less
