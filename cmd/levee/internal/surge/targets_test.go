@@ -105,9 +105,19 @@ var spoils = map[string]func(*ScenarioResult){
 		calls(res, from, to, 3, refuse) // low and sheddable: 3C left of a 4C peak
 		calls(res, from, to, 4, refuse)
 	},
-	"priorities shed strictly in order": func(res *ScenarioResult) {
-		from, to := phaseRange(res.Scenario, 2)
-		calls(res, from, to, 0, refuse)
+	"priorities shed in strict order": func(res *ScenarioResult) {
+		from, _ := phaseRange(res.Scenario, 2)
+		n := 0
+		calls(res, from+2*time.Second, from+3*time.Second, 1, func(c *callResult) {
+			if n++; n == 1 {
+				c.out = outTimeout // one high call lost while default, low and sheddable were admitted
+				c.end = c.sent + 100*time.Millisecond
+			}
+		})
+	},
+	"admitted calls' p99": func(res *ScenarioResult) {
+		from, _ := phaseRange(res.Scenario, 3)
+		calls(res, from+time.Second, from+2*time.Second, 4, func(c *callResult) { c.end = c.sent + 60*time.Millisecond })
 	},
 	"goroutines flat": func(res *ScenarioResult) {
 		from, to := steady(res.Scenario, len(res.Scenario.Phases)-1)
