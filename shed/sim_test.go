@@ -26,6 +26,7 @@ import (
 // its end, at once (the arrivals with their scheduled times and deadlines,
 // one tick for all the ticks it swallowed).
 type sim struct {
+	tb       testing.TB
 	r        *Resource
 	clk      *fakeClock
 	seed     uint64
@@ -35,9 +36,12 @@ type sim struct {
 	freezes  []span // nothing runs
 	reqs     []*simReq
 	ticks    []simTick
-	noTicks  bool // the caller ticks (TickAt)
 	onTick   func(now time.Time)
 	duration time.Duration
+	// permits, when set, takes every request through the table the
+	// sidecar serves (Acquire and Release by id, Sweep on every tick)
+	// instead of the resource directly.
+	permits *PermitTable
 }
 
 type span struct{ from, to time.Duration }
@@ -49,6 +53,7 @@ type simReq struct {
 	user     uint32
 	svc      time.Duration
 	permit   Permit
+	id       uint64 // with permits
 	reason   Reason // ReasonNone: admitted
 	done     time.Time
 	ok       bool // served by its deadline
@@ -79,7 +84,7 @@ const (
 func newSim(t testing.TB, seed uint64, cfg Config) *sim {
 	clk := newFakeClock(t0)
 	cfg.Clock = clk.Now
-	return &sim{r: mustResource(t, cfg), clk: clk, seed: seed, mu: simMu, salt: CohortSalter{Seed: 1}.Salt(t0)}
+	return &sim{tb: t, r: mustResource(t, cfg), clk: clk, seed: seed, mu: simMu, salt: CohortSalter{Seed: 1}.Salt(t0)}
 }
 
 // frozen returns the end of the freeze at offset d, or d.
@@ -156,9 +161,10 @@ func (s *sim) run(phases ...simPhase) []*simReq {
 		s.clk.Set(tnow)
 		switch kind {
 		case 0:
-			if !s.noTicks {
-				rd := s.r.Tick(tnow)
-				s.ticks = append(s.ticks, simTick{at: now, rd: rd, st: s.r.Status(tnow)})
+			rd := s.r.Tick(tnow)
+			s.ticks = append(s.ticks, simTick{at: now, rd: rd, st: s.r.Status(tnow)})
+			if s.permits != nil {
+				s.permits.Sweep(tnow)
 			}
 			if s.onTick != nil {
 				s.onTick(tnow)
@@ -170,12 +176,18 @@ func (s *sim) run(phases ...simPhase) []*simReq {
 			q := s.reqs[next]
 			next++
 			l := LevelOf(q.prio, Cohort(fmt.Sprintf("u%d", q.user), s.salt))
-			p, err := s.r.Acquire(deadlineCtx{context.Background(), q.at.Add(simDeadline)}, l)
+			ctx := deadlineCtx{context.Background(), q.at.Add(simDeadline)}
+			var err error
+			if s.permits != nil {
+				q.id, err = s.permits.Acquire(ctx, l, tnow, 30*time.Second)
+			} else {
+				q.permit, err = s.r.Acquire(ctx, l)
+			}
 			if err != nil {
 				q.reason, q.done = err.(*Refusal).Reason, tnow
 				break
 			}
-			q.permit, q.admitted = p, true
+			q.admitted = true
 			queue = append(queue, q)
 		case 2:
 			if serving != nil {
@@ -204,6 +216,12 @@ func (s *sim) finish(q *simReq, now time.Time, ok bool) {
 	o := OutcomeSuccess
 	if !ok {
 		o = OutcomeDropped
+	}
+	if s.permits != nil {
+		if err := s.permits.Release(q.id, now.Sub(q.at), o); err != nil {
+			s.tb.Errorf("release of a permit held %v: %v", now.Sub(q.at), err)
+		}
+		return
 	}
 	s.r.Release(q.permit, now.Sub(q.at), o)
 }
@@ -332,6 +350,31 @@ func TestSimulationRampStrictOrder(t *testing.T) {
 				start += ph.dur
 			}
 		})
+	}
+}
+
+// TestSimulationRampThroughPermits: the ramp holds its order and latency
+// when every request goes through the permit table the sidecar serves
+// (Admit and Release by id, with the latency the caller reports).
+func TestSimulationRampThroughPermits(t *testing.T) {
+	for seed := range uint64(3) {
+		phases := rampPhases()
+		s := newSim(t, seed, Config{})
+		s.permits = NewPermitTable(s.r)
+		s.run(phases...)
+		for _, v := range s.orderViolations(phases) {
+			t.Errorf("seed %d: order: %s", seed, v)
+		}
+		var start time.Duration
+		for i, ph := range phases {
+			if p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99); p99 > simDeadline/2 {
+				t.Errorf("seed %d step %d: admitted p99 %v, want at most %v", seed, i, p99, simDeadline/2)
+			}
+			start += ph.dur
+		}
+		if n := s.permits.Len(); n != 0 {
+			t.Errorf("seed %d: %d permits left in the table", seed, n)
+		}
 	}
 }
 

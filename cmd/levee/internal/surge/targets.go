@@ -116,7 +116,16 @@ var targets = []target{
 		metric: ofLevee(func(res *ScenarioResult, lv *PolicyRun) reading {
 			fs, fe := phaseRange(res.Scenario, 1)
 			n := max(lv.serverRefused(0), uint64(lv.Agg(fs, fe, 0).Refused))
-			return absolute(float64(n), "%d", n)
+			if n == 0 || len(lv.stats) == 0 {
+				return absolute(float64(n), "%d", n)
+			}
+			var by []string
+			for reason, k := range lv.stats[len(lv.stats)-1].CriticalBy {
+				if k > 0 {
+					by = append(by, fmt.Sprintf("%s %d", shed.Reason(reason), k))
+				}
+			}
+			return absolute(float64(n), "%d (%s)", n, strings.Join(by, ", "))
 		}),
 	},
 	{
