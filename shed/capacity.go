@@ -79,13 +79,14 @@ type throughputTarget struct {
 }
 
 // surgeTicks is how many of the last ticks (since the last move) a surge
-// is read over: two, a fifth of a second, so that it is shed within a
-// tick or two of its start, on a count large enough to size it.
+// is read over: the last one, and the last two, so that a surge is shed
+// within a tick or two of its start, on a count large enough to size it.
 const surgeTicks = 2
 
-// surgeSigmas and surgeMargin: the traffic taken past the gate over those
-// ticks must pass what the target would bring over them by this many
-// standard deviations of that count and by this share to read as a surge.
+// surgeSigmas and surgeMargin: the traffic taken past the gate over the
+// last tick, or the last two, must pass what the target would bring over
+// them by this many standard deviations of that count and by this share
+// to read as a surge.
 // Smaller excesses are the decayed rate's, and the gate's.
 const (
 	surgeSigmas = 4
@@ -223,15 +224,17 @@ func (t *throughputTarget) surge() (Reading, bool) {
 		ex += t.recentEx[i]
 		crit += t.recentCrit[i]
 		sec += t.recentSec[i]
+		// The last tick alone shows a large surge one tick sooner; the
+		// last two show a smaller one.
+		expect := (1 - t.headroom) * t.capacity * sec
+		outruns := func(n float64) bool {
+			return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect
+		}
+		if sec > 0 && outruns(ex) {
+			return Reading{Overloaded: true, Fit: true, Excess: 1 - expect/all, Critical: outruns(crit)}, true
+		}
 	}
-	expect := (1 - t.headroom) * t.capacity * sec
-	outruns := func(n float64) bool {
-		return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect
-	}
-	if sec == 0 || !outruns(ex) {
-		return Reading{}, false
-	}
-	return Reading{Overloaded: true, Fit: true, Excess: 1 - expect/all, Critical: outruns(crit)}, true
+	return Reading{}, false
 }
 
 // room is the reading for a rate below the target: the share that could be

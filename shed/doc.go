@@ -79,8 +79,8 @@
 // target beyond the noise of its count, the threshold sheds the measured
 // excess in one move, rather than creeping up while the queue stands. A
 // surge, the traffic past the gate outrunning the target by a quarter and
-// four standard deviations over the last two ticks, is shed at once
-// (Reading.Fit): on the demand per level of those two ticks, across as
+// four standard deviations over the last tick or two, is shed at once
+// (Reading.Fit): on the demand per level of the last two ticks, across as
 // many priorities as it takes, so that what is admitted does not queue
 // to its deadline while the threshold climbs a priority at a time. The
 // critical band opens the same way only when critical demand alone
