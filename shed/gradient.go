@@ -185,7 +185,7 @@ type GradientLimit struct {
 	lastRead                 time.Time
 	lastIn                   int64 // inflight at the last Read
 	floorRun                 int
-	peak                     float64 // the highest recent window's p90 (ns), decayed above the floor
+	peak                     float64 // the highest recent window's p90 (ns), decayed
 	corr                     corrRing
 	scratch                  [latBuckets]uint32
 }
@@ -511,11 +511,7 @@ func (g *GradientLimit) update(p90, maxIn, throughput float64, refused bool) {
 	if p90 < g.baseline {
 		g.baseline = (g.baseline + p90) / 2 // faster service: follow quickly
 	}
-	if est <= float64(g.cfg.MinLimit) {
-		g.peak = max(p90, g.peak) // what the limit came down from
-	} else {
-		g.peak = max(p90, peakDecay*g.peak)
-	}
+	g.peak = max(p90, peakDecay*g.peak)
 	if est <= float64(g.cfg.MinLimit) {
 		g.floorRun++
 		if g.floorRun >= g.cfg.FloorWindows {
@@ -536,10 +532,10 @@ func (g *GradientLimit) update(p90, maxIn, throughput float64, refused bool) {
 	g.far.Store(int64(2 * g.cfg.Tolerance * g.baseline))
 }
 
-// peakDecay is the weight per window, above the floor, of the highest
-// recent p90: it halves in about seven seconds. At the floor it holds, so
-// that it remembers what the limit came down from however long it stays.
-const peakDecay = 0.99
+// peakDecay is the weight per window of the highest recent p90: it halves
+// in about three and a half seconds, so that a spike does not keep the
+// floor from re-measuring for long.
+const peakDecay = 0.98
 
 // floorFell: at the floor, a p90 under this share of the recent peak fell
 // with the limit.
