@@ -162,7 +162,7 @@ var targets = []target{
 		}),
 	},
 	{
-		scenario: "ramp", desc: "priorities shed in strict order (from the second second of each step, in 1 s bins: a priority loses no call while a less important one has calls admitted)", cmp: atMost, bound: 0,
+		scenario: "ramp", desc: "priorities shed in strict order (from the second second of each step, between two moves of the threshold: a priority loses no call while a less important one has calls admitted)", cmp: atMost, bound: 0,
 		metric: ofLevee(func(res *ScenarioResult, lv *PolicyRun) reading {
 			viol := orderViolations(res.Scenario, lv)
 			return absolute(float64(len(viol)), "%s", orNone(viol))
@@ -400,35 +400,56 @@ func highPhases(sc *Scenario) []int {
 	return out
 }
 
-// orderViolations lists, in 1 s bins from the second second of each
-// phase, the priorities that lost calls (refused, throttled, timed out or
-// failed) while a less important one had calls admitted (not refused or
-// throttled), with the first such less important one.
+// orderViolations lists, from the second second of each phase, the
+// intervals between two polls of the backend (100 ms) in which levee's
+// threshold stood still and a priority lost a call sent in the interval
+// (refused, throttled, timed out or failed) while a less important one
+// had a call sent in it admitted (not refused or throttled). An interval
+// in which the threshold moved is the move's: the calls already in flight
+// when it moves are allowed. One line per phase with violations.
 func orderViolations(sc *Scenario, r *PolicyRun) []string {
 	var viol []string
 	for i, ph := range sc.Phases {
 		from, to := phaseRange(sc, i)
-		for b := from + time.Second; b+time.Second <= to; b += time.Second {
+		from += time.Second
+		n, first := 0, ""
+		for k := 1; k < len(r.stats); k++ {
+			a, b := r.stats[k-1], r.stats[k]
+			if a.at < from || b.at > to || a.Threshold != b.Threshold {
+				continue
+			}
 			var agg [shed.NumPriorities]Agg
 			for p := range shed.NumPriorities {
-				agg[p] = r.Agg(b, b+time.Second, p)
+				agg[p] = r.Agg(a.at, b.at, p)
 			}
-			for h := range shed.NumPriorities {
-				lost := agg[h].Offered - agg[h].OK
-				if lost == 0 {
-					continue
-				}
-				for l := h + 1; l < shed.NumPriorities; l++ {
-					if adm := agg[l].Offered - agg[l].Refused - agg[l].Throttled; adm > 0 {
-						viol = append(viol, fmt.Sprintf("at %s %v–%v s %s lost %d of %d while %s had %d admitted",
-							ph.Name, b.Seconds(), (b+time.Second).Seconds(), prioNames[h], lost, agg[h].Offered, prioNames[l], adm))
-						break
-					}
+			if v := lostWhileLessAdmitted(&agg); v != "" {
+				if n++; n == 1 {
+					first = fmt.Sprintf("%s at %.1f s", v, a.at.Seconds())
 				}
 			}
 		}
+		if n > 0 {
+			viol = append(viol, fmt.Sprintf("at %s %d interval(s), first: %s", ph.Name, n, first))
+		}
 	}
 	return viol
+}
+
+// lostWhileLessAdmitted names the first priority that lost calls while a
+// less important one had calls admitted, or returns "".
+func lostWhileLessAdmitted(agg *[shed.NumPriorities]Agg) string {
+	for h := range shed.NumPriorities {
+		lost := agg[h].Offered - agg[h].OK
+		if lost == 0 {
+			continue
+		}
+		for l := h + 1; l < shed.NumPriorities; l++ {
+			if adm := agg[l].Offered - agg[l].Refused - agg[l].Throttled; adm > 0 {
+				return fmt.Sprintf("%s lost %d of %d while %s had %d admitted", prioNames[h], lost, agg[h].Offered, prioNames[l], adm)
+			}
+		}
+	}
+	return ""
 }
 
 type state struct {

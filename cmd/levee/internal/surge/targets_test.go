@@ -303,3 +303,29 @@ func TestTargetsNeedLevee(t *testing.T) {
 		}
 	}
 }
+
+// TestOrderExcusesTheMove: a call lost in an interval in which levee's
+// threshold moved is the move's (what was in flight when it moved), not a
+// violation of strict order; the same loss with the threshold standing
+// still is one.
+func TestOrderExcusesTheMove(t *testing.T) {
+	res := passing(t, "ramp")
+	from, _ := phaseRange(res.Scenario, 2)
+	at := from + 2*time.Second + 50*time.Millisecond
+	n := 0
+	calls(res, at, at+10*time.Millisecond, 0, func(c *callResult) {
+		if n++; n == 1 {
+			c.out = outTimeout
+		}
+	})
+	if n == 0 {
+		t.Fatal("no critical call to lose")
+	}
+	if v := orderViolations(res.Scenario, res.Run(PolicyLevee)); len(v) != 1 {
+		t.Fatalf("a critical call lost with the threshold standing still: %q, want one violation", v)
+	}
+	samples(res, at, at+time.Second, func(s *BackendStats) { s.Threshold = 5 })
+	if v := orderViolations(res.Scenario, res.Run(PolicyLevee)); len(v) != 0 {
+		t.Fatalf("a critical call lost as the threshold moved: %q, want none", v)
+	}
+}
