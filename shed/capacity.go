@@ -86,8 +86,8 @@ const surgeTicks = 2
 // surgeSigmas and surgeMargin: the traffic taken past the gate over the
 // last tick, or the last two, must pass what the target would bring over
 // them by this many standard deviations of that count and by this share
-// to read as a surge.
-// Smaller excesses are the decayed rate's, and the gate's.
+// to read as a surge. Smaller excesses are the decayed rate's, and the
+// gate's.
 const (
 	surgeSigmas = 4
 	surgeMargin = 0.25
@@ -210,7 +210,7 @@ func (t *throughputTarget) read(now time.Time) Reading {
 	return Reading{Saturated: true}
 }
 
-// surge reads the last surgeTicks ticks since the last move: when the
+// surge reads the last one or two ticks since the last move: when the
 // traffic taken past the gate alone outruns the target by far, a surge is
 // under way, and the queue grows by the difference every tick the
 // threshold waits. It is shed at once (Fit), sized on those ticks; the
