@@ -1,6 +1,7 @@
 package shed
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -315,6 +316,23 @@ func quarters(total float64) [NumPriorities]float64 {
 // admitted in it. A request admitted before a move of the threshold and
 // still in flight after it is the move's, not a violation.
 func (s *sim) orderViolations(phases []simPhase) []string {
+	// Per control interval k (from tick k-1 to tick k), the requests lost
+	// and admitted by priority, of those that called Acquire in it.
+	type counts struct{ lost, admitted [NumPriorities + 1]int }
+	per := make([]counts, len(s.ticks))
+	for _, q := range s.reqs {
+		d := q.acq.Sub(t0)
+		k, _ := slices.BinarySearchFunc(s.ticks, d, func(tk simTick, d time.Duration) int { return cmp.Compare(tk.at, d+1) })
+		if k == 0 || k == len(s.ticks) {
+			continue
+		}
+		if q.admitted {
+			per[k].admitted[q.prio]++
+		}
+		if !q.ok {
+			per[k].lost[q.prio]++
+		}
+	}
 	var out []string
 	var start time.Duration
 	for i, ph := range phases {
@@ -325,22 +343,11 @@ func (s *sim) orderViolations(phases []simPhase) []string {
 			if a < from || b > to {
 				continue
 			}
-			var lost, admitted [NumPriorities + 1]int
-			for _, q := range s.reqs {
-				if d := q.acq.Sub(t0); d < a || d >= b {
-					continue
-				}
-				if q.admitted {
-					admitted[q.prio]++
-				}
-				if !q.ok {
-					lost[q.prio]++
-				}
-			}
+			c := &per[k]
 			for p := Critical; p < Sheddable; p++ {
 				for q := p + 1; q <= Sheddable; q++ {
-					if lost[p] > 0 && admitted[q] > 0 {
-						out = append(out, fmt.Sprintf("phase %d, %v–%v: %v lost %d while %v had %d admitted", i, a, b, p, lost[p], q, admitted[q]))
+					if c.lost[p] > 0 && c.admitted[q] > 0 {
+						out = append(out, fmt.Sprintf("phase %d, %v–%v: %v lost %d while %v had %d admitted", i, a, b, p, c.lost[p], q, c.admitted[q]))
 						break
 					}
 				}
