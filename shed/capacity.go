@@ -29,6 +29,16 @@ const minFull = 5 * time.Millisecond
 // more, and read as the capacity it would shed traffic that fits.
 const minFullDone = 100
 
+// stallShare: a tick whose gate was full while it served at under this
+// share of the measured capacity is a stall, left out of the measure.
+const stallShare = 0.25
+
+// fitFullDone is how many requests served while full a capacity must rest
+// on before a surge is shed by it in one move (Reading.Fit): more than it
+// takes to be trusted, since a capacity measured low would shed at once
+// traffic that fits, critical included.
+const fitFullDone = 3 * minFullDone
+
 // fullDecay is the weight of the past in the capacity's sums, per tick
 // that had full time: the capacity rests on the last ten or so of them.
 const fullDecay = 0.9
@@ -123,12 +133,15 @@ func (t *throughputTarget) observe(now time.Time, g gateReading, critical uint64
 	// The full time cannot exceed the tick; a clock that stepped could
 	// make it seem to.
 	full := min(g.full, g.interval)
-	if full >= minFull && g.fullDone > 0 {
+	stalled := t.fullSeen >= minFullDone && float64(g.fullDone) < stallShare*t.capacity*full.Seconds()
+	if full >= minFull && g.fullDone > 0 && !stalled {
 		// The requests served while the gate was full, over that time:
 		// for as long as it is full the resource works flat out. Summed
 		// with a decay, so that a resource whose capacity changed is
-		// followed. A tick in which nothing completed is a stall, which
-		// says nothing about what the resource does when it works.
+		// followed. A tick in which nothing was served, or in which it
+		// was served at a small share of the rate measured, is a stall (a
+		// pause of the process, a dependency that hung), which says
+		// nothing about what the resource does when it works.
 		if now.Sub(t.measured) > t.memory {
 			t.fullDone, t.fullSec, t.fullSeen = 0, 0, 0 // forgotten: start afresh
 		}
@@ -176,7 +189,7 @@ func (t *throughputTarget) read(now time.Time) Reading {
 	if t.known(now) == 0 {
 		return Reading{}
 	}
-	if r, ok := t.surge(); ok {
+	if r, ok := t.surge(); ok && t.fullSeen >= fitFullDone {
 		return r
 	}
 	if t.ticks < minRateTicks || t.dur == 0 {

@@ -43,6 +43,13 @@ func TestThroughputTargetReadings(t *testing.T) {
 	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
 		t.Fatalf("after a partly full tick: capacity %v, want 1000", c)
 	}
+	// A tick full all along that served at under a quarter of it is a
+	// stall, left out.
+	now = now.Add(tick)
+	tt.observe(now, gateReading{all: 70, completed: 20, full: tick, fullDone: 20, interval: tick}, 0)
+	if c := tt.capacity; math.Abs(c-1000) > 1e-9 {
+		t.Fatalf("after a stalled tick: capacity %v, want 1000", c)
+	}
 	// A tick full for less than minFull says nothing.
 	now = now.Add(tick)
 	tt.observe(now, gateReading{all: 70, completed: 70, full: time.Millisecond, fullDone: 5, interval: tick}, 0)

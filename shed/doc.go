@@ -69,11 +69,13 @@
 // # Throughput target
 //
 // With the gate on, a Resource also learns the throughput it sustains: the
-// requests that leave while the gate is full (at least limit − 1 in
-// flight), over the time it is full — what the resource can do, not what
-// it was offered, and not only the ticks that stayed full throughout,
-// which are the ticks whose service happened to be slow. The measure is
-// trusted once 100 requests left a full gate. It steers what the
+// requests served while the gate is full (at least limit − 1 in flight),
+// over the time it is full — what the resource can do, not what it was
+// offered, and not only the ticks that stayed full throughout, which are
+// the ticks whose service happened to be slow. A tick that served at under
+// a quarter of the measured rate is a stall and left out. The measure is
+// trusted once 100 requests were served from a full gate (300 before a
+// surge is shed by it in one move). It steers what the
 // threshold lets through to (1 − Headroom) × that throughput, 90% by
 // default. When the traffic the gate does not refuse alone passes the
 // target beyond the noise of its count, the threshold sheds the measured

@@ -161,8 +161,8 @@ type GradientLimit struct {
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
 	// The time the gate was full (at least limit−1 in flight) and the
-	// requests that left it in that time, served or timed out (Releases
-	// with a latency sample): the resource's capacity, measured without
+	// requests served in that time (not dropped or timed out, which say
+	// nothing of the rate it serves at): the resource's capacity, measured without
 	// choosing ticks by how fast the service happened to be in them. The
 	// clock is read only when the gate fills or stops being full.
 	clock     func() time.Time
@@ -265,9 +265,17 @@ func (g *GradientLimit) full() int64 { return max(g.limit.Load()-1, 1) }
 // about the service: cancelled, failed fast, health checks, streams); only
 // such requests count towards the capacity while the gate is full.
 func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
+	g.release(p, rtt, sample, sample)
+}
+
+// release is Release where served says whether the request was served
+// (not dropped or timed out): only those count towards the capacity.
+func (g *GradientLimit) release(p Priority, rtt time.Duration, sample, served bool) {
 	i := p.index()
-	if sample && g.fullSince.Load() != 0 {
+	if served && g.fullSince.Load() != 0 {
 		g.fullDone.Add(1)
+	}
+	if sample && g.fullSince.Load() != 0 {
 		if far := g.far.Load(); far > 0 && int64(rtt) > far && g.refused.Load()-g.winRef.Load() >= uint64(g.limit.Load()) {
 			g.shrink()
 		}
@@ -365,7 +373,7 @@ type gateReading struct {
 	exempt       uint64        // slots taken past the gate (more important than the margin)
 	completed    uint64        // releases
 	full         time.Duration // how long the gate was full (at least limit−1 in flight)
-	fullDone     uint64        // sampled releases while it was
+	fullDone     uint64        // requests served while it was
 	interval     time.Duration
 }
 

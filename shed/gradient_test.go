@@ -529,3 +529,22 @@ func TestGradientHoldsItsFloorForItsOwnQueue(t *testing.T) {
 		t.Errorf("baseline %v after 60 s of flood, was %v: re-measured on the queue's own latency", b, base)
 	}
 }
+
+// TestGradientCountsOnlyServedWhileFull: requests dropped or timed out
+// leave a full gate without counting towards the capacity; their latency
+// is still a sample.
+func TestGradientCountsOnlyServedWhileFull(t *testing.T) {
+	g := mustGradient(t, GradientConfig{InitialLimit: 4, MinLimit: 1})
+	for range 4 {
+		g.Acquire(Default, false)
+	}
+	g.release(Default, time.Millisecond, true, false) // dropped
+	g.Acquire(Default, false)
+	g.release(Default, time.Millisecond, true, true) // served
+	if n := g.fullDone.Load(); n != 1 {
+		t.Fatalf("%d counted as served while full, want 1", n)
+	}
+	if n := g.lat.count(); n != 2 {
+		t.Fatalf("%d latency samples, want 2", n)
+	}
+}

@@ -365,7 +365,7 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	}
 	sample := o == OutcomeSuccess || o == OutcomeDropped
 	if r.conc != nil {
-		r.conc.Release(p.prio, latency, sample)
+		r.conc.release(p.prio, latency, sample, o == OutcomeSuccess)
 	} else {
 		r.inflight.Add(-1)
 	}
