@@ -86,6 +86,7 @@ type throughputTarget struct {
 	// gate, and the critical demand) and seconds, undecayed: a surge or a
 	// fall in demand shows here long before the decayed rate follows it.
 	recentAll, recentEx, recentCrit, recentSec [recentTicks]float64
+	lastSec, prevSec                           float64 // the last tick's length and the one's before it, resets or not
 }
 
 // surgeTicks is how many of the last ticks (since the last move) a surge
@@ -161,6 +162,7 @@ func (t *throughputTarget) observe(now time.Time, g gateReading, critical uint64
 	t.dur = rateDecay*t.dur + sec
 	i := t.ticks % recentTicks
 	t.recentAll[i], t.recentEx[i], t.recentCrit[i], t.recentSec[i] = float64(g.all), float64(g.exempt), float64(critical), sec
+	t.prevSec, t.lastSec = t.lastSec, sec
 	t.ticks++
 }
 
@@ -238,7 +240,12 @@ func (t *throughputTarget) surge() (Reading, bool) {
 		crit += t.recentCrit[i]
 		sec += t.recentSec[i]
 		// The last tick alone shows a large surge one tick sooner; the
-		// last two show a smaller one.
+		// last two show a smaller one. Not the last alone after a long
+		// tick (a pause of the process, whose tick came late): what
+		// arrived in the pause reaches the gate in the tick after it.
+		if k == 0 && t.prevSec > 1.5*sec {
+			continue
+		}
 		expect := (1 - t.headroom) * t.capacity * sec
 		outruns := func(n float64) bool {
 			return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect

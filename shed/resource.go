@@ -402,7 +402,20 @@ func (r *Resource) Tick(now time.Time) Reading {
 		if r.gateAll > 0 {
 			share = r.gateRefused / r.gateAll
 		}
+		// A stall: with work waiting, the resource completed a small
+		// share of what it completes when it works (or, before that is
+		// measured, of what came to it) — a pause of the process, a hung
+		// dependency. What the gate refuses then, or lets pile up, says
+		// nothing about the mix, and shedding for it would empty
+		// priorities, critical included, that fit once it ends: hold.
+		expect := float64(gr.all)
+		if c := r.tput.known(now); c > 0 {
+			expect = c * gr.interval.Seconds()
+		}
+		stalled := r.conc.Inflight() >= r.conc.Limit() && float64(gr.completed) < stallShare*expect
 		switch {
+		case stalled:
+			cr = Reading{Saturated: true}
 		case r.sinceRaise < raiseSettle && !gr.MarginUnfit && (gr.standing || gr.refused >= minGateRefusals):
 			// Just after a raise the queue the overload built still
 			// drains, and the gate refuses (or the exempt traffic

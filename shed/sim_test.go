@@ -507,3 +507,26 @@ func TestSimulationPausesKeepOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulationLongPausesDoNotShedCritical: a flood with the process
+// stopped for 200 ms at its start and 300 ms in the middle (what was due
+// in a pause arrives at its end, at once): what waited past its deadline
+// is lost, but no pause is taken for critical demand beyond capacity.
+func TestSimulationLongPausesDoNotShedCritical(t *testing.T) {
+	c := simC * simMu
+	for seed := range uint64(5) {
+		s := newSim(t, seed, Config{})
+		s.freezes = []span{{50 * time.Millisecond, 250 * time.Millisecond}, {6 * time.Second, 6300 * time.Millisecond}}
+		s.run(
+			simPhase{4 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 0.25 * c}},
+			simPhase{8 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 3 * c}},
+		)
+		maxTh := Level(0)
+		for _, tk := range s.ticks {
+			maxTh = max(maxTh, tk.st.Threshold)
+		}
+		if st := s.stats(Critical, 0, s.duration); st.refused > 0 || maxTh >= CriticalOnly {
+			t.Errorf("seed %d: %d critical requests refused, threshold up to %v", seed, st.refused, maxTh)
+		}
+	}
+}
