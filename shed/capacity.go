@@ -29,6 +29,16 @@ const minFull = 5 * time.Millisecond
 // more, and read as the capacity it would shed traffic that fits.
 const minFullDone = 100
 
+// stallShare: a tick whose gate was full while it served at under this
+// share of the measured capacity is a stall, left out of the measure.
+const stallShare = 0.25
+
+// fitFullDone is how many requests served while full a capacity must rest
+// on before a surge is shed by it in one move (Reading.Fit): more than it
+// takes to be trusted, since a capacity measured low would shed at once
+// traffic that fits, critical included.
+const fitFullDone = 3 * minFullDone
+
 // fullDecay is the weight of the past in the capacity's sums, per tick
 // that had full time: the capacity rests on the last ten or so of them.
 const fullDecay = 0.9
@@ -72,10 +82,27 @@ type throughputTarget struct {
 	exempt   float64   // of the arrivals, those taken past the gate, decayed alike
 	ticks    int       // ticks observed since the last reset
 
-	// The last recentTicks ticks' arrivals and seconds, undecayed: a fall
-	// in demand shows here long before the decayed rate follows it.
-	recentAll, recentSec [recentTicks]float64
+	// The last recentTicks ticks' arrivals (all, those taken past the
+	// gate, and the critical demand) and seconds, undecayed: a surge or a
+	// fall in demand shows here long before the decayed rate follows it.
+	recentAll, recentEx, recentCrit, recentSec [recentTicks]float64
+	lastSec, prevSec                           float64 // the last tick's length and the one's before it, resets or not
 }
+
+// surgeTicks is how many of the last ticks (since the last move) a surge
+// is read over: the last one, and the last two, so that a surge is shed
+// within a tick or two of its start, on a count large enough to size it.
+const surgeTicks = 2
+
+// surgeSigmas and surgeMargin: the traffic taken past the gate over the
+// last tick, or the last two, must pass what the target would bring over
+// them by this many standard deviations of that count and by this share
+// to read as a surge. Smaller excesses are the decayed rate's, and the
+// gate's.
+const (
+	surgeSigmas = 4
+	surgeMargin = 0.25
+)
 
 // recentTicks is how many of the last ticks the recent rate is taken over.
 const recentTicks = 3
@@ -97,7 +124,9 @@ const recentFall = 0.3
 // not) and of those the ones more important than the margin, which the gate
 // does not refuse; those that completed; and how long the gate was full and
 // what completed meanwhile.
-func (t *throughputTarget) observe(now time.Time, g gateReading) {
+//
+// critical is the critical demand of the tick, refused or not.
+func (t *throughputTarget) observe(now time.Time, g gateReading, critical uint64) {
 	sec := g.interval.Seconds()
 	if sec <= 0 {
 		return
@@ -105,12 +134,15 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	// The full time cannot exceed the tick; a clock that stepped could
 	// make it seem to.
 	full := min(g.full, g.interval)
-	if full >= minFull && g.fullDone > 0 {
+	stalled := t.fullSeen >= minFullDone && float64(g.fullDone) < stallShare*t.capacity*full.Seconds()
+	if full >= minFull && g.fullDone > 0 && !stalled {
 		// The requests served while the gate was full, over that time:
 		// for as long as it is full the resource works flat out. Summed
 		// with a decay, so that a resource whose capacity changed is
-		// followed. A tick in which nothing completed is a stall, which
-		// says nothing about what the resource does when it works.
+		// followed. A tick in which nothing was served, or in which it
+		// was served at a small share of the rate measured, is a stall (a
+		// pause of the process, a dependency that hung), which says
+		// nothing about what the resource does when it works.
 		if now.Sub(t.measured) > t.memory {
 			t.fullDone, t.fullSec, t.fullSeen = 0, 0, 0 // forgotten: start afresh
 		}
@@ -129,7 +161,8 @@ func (t *throughputTarget) observe(now time.Time, g gateReading) {
 	t.exempt = rateDecay*t.exempt + float64(g.exempt)
 	t.dur = rateDecay*t.dur + sec
 	i := t.ticks % recentTicks
-	t.recentAll[i], t.recentSec[i] = float64(g.all), sec
+	t.recentAll[i], t.recentEx[i], t.recentCrit[i], t.recentSec[i] = float64(g.all), float64(g.exempt), float64(critical), sec
+	t.prevSec, t.lastSec = t.lastSec, sec
 	t.ticks++
 }
 
@@ -158,6 +191,9 @@ func (t *throughputTarget) read(now time.Time) Reading {
 	if t.known(now) == 0 {
 		return Reading{}
 	}
+	if r, ok := t.surge(); ok && t.fullSeen >= fitFullDone {
+		return r
+	}
 	if t.ticks < minRateTicks || t.dur == 0 {
 		return Reading{Saturated: true} // measuring what the last move did
 	}
@@ -177,13 +213,48 @@ func (t *throughputTarget) read(now time.Time) Reading {
 		sec += t.recentSec[i]
 	}
 	recent := math.Inf(1)
-	if expect := target * sec; sec > 0 && n < expect-recentSigmas*math.Sqrt(expect) && n < (1-recentFall)*expect {
+	expect := target * sec
+	if sec > 0 && n < expect-recentSigmas*math.Sqrt(expect) && n < (1-recentFall)*expect {
 		recent = n / sec
 	}
-	if rate < target*(1-tolerance(t.adm)) || recent < math.Inf(1) {
+	// The decayed rate lags a rise as much as a fall: no room while the
+	// last few ticks brought the target or more.
+	if rate < target*(1-tolerance(t.adm)) && n < expect || recent < math.Inf(1) {
 		return room(min(rate, recent), target)
 	}
 	return Reading{Saturated: true}
+}
+
+// surge reads the last one or two ticks since the last move: when the
+// traffic taken past the gate alone outruns the target by far, a surge is
+// under way, and the queue grows by the difference every tick the
+// threshold waits. It is shed at once (Fit), sized on those ticks; the
+// critical band is opened when critical demand alone outruns the target
+// as clearly.
+func (t *throughputTarget) surge() (Reading, bool) {
+	var all, ex, crit, sec float64
+	for k := range min(t.ticks, surgeTicks) {
+		i := (t.ticks - 1 - k) % recentTicks
+		all += t.recentAll[i]
+		ex += t.recentEx[i]
+		crit += t.recentCrit[i]
+		sec += t.recentSec[i]
+		// The last tick alone shows a large surge one tick sooner; the
+		// last two show a smaller one. Not the last alone after a long
+		// tick (a pause of the process, whose tick came late): what
+		// arrived in the pause reaches the gate in the tick after it.
+		if k == 0 && t.prevSec > 1.5*sec {
+			continue
+		}
+		expect := (1 - t.headroom) * t.capacity * sec
+		outruns := func(n float64) bool {
+			return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect
+		}
+		if sec > 0 && outruns(ex) {
+			return Reading{Overloaded: true, Fit: true, Excess: 1 - expect/all, Critical: outruns(crit)}, true
+		}
+	}
+	return Reading{}, false
 }
 
 // room is the reading for a rate below the target: the share that could be

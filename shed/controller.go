@@ -109,6 +109,11 @@ type Controller struct {
 	lastMove    int // +1 after a raise, -1 after a lower
 	counts      [NumLevels]uint64
 	recent      [NumLevels]uint64
+	// The demand per level of the last two ticks (ticks[0] the last):
+	// the histogram's sum before a tick's rotation less its sum after the
+	// previous one.
+	ticks   [2][NumLevels]uint64
+	rotated [NumLevels]uint64 // the histogram's sum after the last rotation
 }
 
 // NewController returns a controller with threshold 0 (admit everything).
@@ -229,6 +234,13 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
+	// The demand since the last tick: what the windows hold now beyond
+	// what they held after the last rotation.
+	c.ticks[1] = c.ticks[0]
+	c.hist.sum(&c.counts)
+	for l, n := range c.counts {
+		c.ticks[0][l] = n - min(n, c.rotated[l])
+	}
 	if c.windowStart.IsZero() {
 		c.windowStart = now
 	} else if el := now.Sub(c.windowStart); el >= c.cfg.Window {
@@ -241,6 +253,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 
 	t := Level(c.threshold.Load())
 	c.hist.sum(&c.counts)
+	c.rotated = c.counts
 	if p := c.pin.Load(); p != nil {
 		if now.UnixNano() < p.nanos {
 			c.setMarginal(p.level)
@@ -250,6 +263,19 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	}
 
 	switch {
+	case r.Overloaded && r.Fit:
+		// A surge measured against the capacity: shed what it measured
+		// in one raise, on the demand of the ticks it measured.
+		ceiling := MaxLevel
+		if !r.Critical {
+			ceiling = max(t, CriticalOnly)
+		}
+		for l := range c.recent {
+			c.recent[l] = c.ticks[0][l] + c.ticks[1][l]
+		}
+		if nt := raiseStep(&c.recent, t, min(r.Excess, maxFit), ceiling); nt > t {
+			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, nt
+		}
 	case r.Overloaded:
 		frac := c.cfg.RaiseStep
 		if r.Excess > 0 {
@@ -321,6 +347,11 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	c.setMarginal(t)
 	return t
 }
+
+// maxFit caps the share of the traffic one fitted raise sheds: a
+// measurement that says nearly all of it must go is more likely a stall
+// than a surge.
+const maxFit = 0.95
 
 // roomGain is the share of a measured room (see Reading.Room) one lower
 // readmits: most of it, as the room is measured beyond its noise, but not

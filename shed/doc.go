@@ -49,10 +49,11 @@
 // [DeadlineGate] drops requests whose remaining deadline is shorter than the
 // expected service time, rather than serving them late.
 //
-// A [Resource] applies the concurrency gate to the marginal priority only:
-// more important requests take their slot without being refused, so a
-// priority never loses a request to the gate while a less important one is
-// still admitted, and the gate's refusals, which fall on randomly chosen
+// A [Resource] applies the concurrency gate (and the deadline gate) to the
+// marginal priority only: more important requests take their slot without
+// being refused (or held to their deadline), so a priority never loses a
+// request to a gate while a less important one is still admitted, and the
+// gate's refusals, which fall on randomly chosen
 // requests, stay within the priority the threshold is shedding by cohorts
 // anyway. The gate trims the bursts of the marginal priority; its refusals
 // count as overload only beyond a tolerance (what a full gate refuses from
@@ -60,24 +61,34 @@
 // the surge built drains, and in between they read as saturated. When the
 // traffic the gate does not refuse alone keeps more than twice the limit in
 // flight, that is overload too, and the marginal priority does not fit
-// (MarginUnfit). Once critical is all that is left, the gate
-// trims critical, and its refusals beyond the tolerance are the evidence
-// that critical demand alone exceeds capacity.
+// (MarginUnfit); while that queue still grows with the resource working,
+// it counts even just after a raise. Once critical is all that is left,
+// the gate trims critical, and its refusals beyond the tolerance are the
+// evidence that critical demand alone exceeds capacity.
 //
 // # Throughput target
 //
 // With the gate on, a Resource also learns the throughput it sustains: the
-// requests that leave while the gate is full (at least limit − 1 in
-// flight), over the time it is full — what the resource can do, not what
-// it was offered, and not only the ticks that stayed full throughout,
-// which are the ticks whose service happened to be slow. The measure is
-// trusted once 100 requests left a full gate. It steers what the
+// requests served while the gate is full (at least limit − 1 in flight),
+// over the time it is full — what the resource can do, not what it was
+// offered, and not only the ticks that stayed full throughout, which are
+// the ticks whose service happened to be slow. A tick that served at under
+// a quarter of the measured rate is a stall and left out. The measure is
+// trusted once 100 requests were served from a full gate (300 before a
+// surge is shed by it in one move). It steers what the
 // threshold lets through to (1 − Headroom) × that throughput, 90% by
 // default. When the traffic the gate does not refuse alone passes the
 // target beyond the noise of its count, the threshold sheds the measured
-// excess in one move, rather than creeping up while the queue stands;
-// when what it lets through falls short of the target beyond the noise,
-// it readmits most of the measured room at once, without waiting out its
+// excess in one move, rather than creeping up while the queue stands. A
+// surge, the traffic past the gate outrunning the target by a quarter and
+// four standard deviations over the last tick or two, is shed at once
+// (Reading.Fit): on the demand per level of the last two ticks, across as
+// many priorities as it takes, so that what is admitted does not queue
+// to its deadline while the threshold climbs a priority at a time. The
+// critical band opens the same way only when critical demand alone
+// outruns the target as clearly. When what it lets through falls short of
+// the target beyond the noise (and the last three ticks did too), it
+// readmits most of the measured room at once, without waiting out its
 // hold. A fall by a third or more shows in the last three ticks alone, so
 // the end of a surge is not waited out for the two seconds the decayed
 // count takes. Between the two it holds, so it settles instead of probing.

@@ -12,12 +12,13 @@ import (
 // GradientConfig tunes a GradientLimit. The zero value gives the defaults.
 type GradientConfig struct {
 	InitialLimit int // starting limit (20)
-	// MinLimit is the floor of the limit (6). It bounds the queue the gate
+	// MinLimit is the floor of the limit (4). It bounds the queue the gate
 	// lets the marginal priority build in front of a service with few
-	// workers: at the floor, a one-worker service queues about six service
+	// workers: at the floor, a one-worker service queues about four service
 	// times of it (slots taken past the gate by more important traffic come
 	// on top until the threshold sheds into that traffic), which keeps the
-	// latency of what remains close to unloaded.
+	// latency of what remains close to unloaded while the worker stays
+	// busy.
 	MinLimit int
 	MaxLimit int // cap of the limit (1000)
 	// Tolerance is how much latency above the baseline is accepted before
@@ -34,7 +35,8 @@ type GradientConfig struct {
 	// cut as hard as the gradient allows, whatever the baseline says.
 	LatencyCeiling time.Duration
 	// FloorWindows is how many windows the limit may sit at MinLimit before
-	// the baseline is re-measured (5): the service itself got slower.
+	// the baseline is re-measured (5), if latency did not fall with the
+	// limit: the service itself got slower.
 	FloorWindows int
 	// CorrelationWindows is how many utilised windows are compared to see
 	// whether more concurrency still buys throughput (50); a negative value
@@ -47,7 +49,7 @@ func (c GradientConfig) withDefaults() (GradientConfig, error) {
 		c.InitialLimit = 20
 	}
 	if c.MinLimit == 0 {
-		c.MinLimit = 6
+		c.MinLimit = 4
 	}
 	if c.MaxLimit == 0 {
 		c.MaxLimit = 1000
@@ -125,9 +127,19 @@ type paddedInt64 struct {
 // slower (a slow dependency rather than our own queueing): then latency
 // stops following inflight as the limit shrinks, so when the correlation of
 // inflight and p90 over those windows is ≤ 0, or the limit sat at MinLimit
-// for FloorWindows, the current p90 becomes the baseline. A step in latency
-// (beyond twice or under half the windows' mean) restarts the correlation
-// windows.
+// for FloorWindows with latency that did not fall with it (p90 at 90% or
+// more of the highest recent p90), the current p90 becomes the baseline.
+// (Latency that fell with the limit was a queue in front of few workers,
+// which the floor holds: re-measuring it would let the queue grow back.)
+// A step in latency (beyond twice or under half the windows' mean)
+// restarts the correlation windows.
+//
+// A request that leaves a full gate with a latency beyond twice what the
+// limit tolerates, while the gate refuses as many as it holds, takes a
+// slot off the limit at once (see shrink). Once a window's latency is past
+// the tolerance and the gate refused requests in it, the √limit headroom
+// is withheld: the limit settles where latency is tolerated, not a
+// quarter beyond it.
 //
 // The gate is priority-aware: a request of priority p is admitted while the
 // requests in flight at p or more important number fewer than the limit.
@@ -149,8 +161,8 @@ type GradientLimit struct {
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
 	// The time the gate was full (at least limit−1 in flight) and the
-	// requests that left it in that time, served or timed out (Releases
-	// with a latency sample): the resource's capacity, measured without
+	// requests served in that time (not dropped or timed out, which say
+	// nothing of the rate it serves at): the resource's capacity, measured without
 	// choosing ticks by how fast the service happened to be in them. The
 	// clock is read only when the gate fills or stops being full.
 	clock     func() time.Time
@@ -159,6 +171,11 @@ type GradientLimit struct {
 	fullNanos atomic.Int64 // full time closed since the last Read
 	fullDone  atomic.Uint64
 	lat       latencyHistogram
+	// far is the latency (ns) beyond which a request leaving a full gate
+	// takes a slot off the limit at once (twice Tolerance × baseline; 0
+	// before the first window).
+	far    atomic.Int64
+	winRef atomic.Uint64 // refusals counted when the last window closed
 
 	mu                       sync.Mutex // owner state below
 	est, baseline            float64    // limit estimate; baseline p90 in ns
@@ -168,6 +185,7 @@ type GradientLimit struct {
 	lastRead                 time.Time
 	lastIn                   int64 // inflight at the last Read
 	floorRun                 int
+	peak                     float64 // the highest recent window's p90 (ns), decayed
 	corr                     corrRing
 	scratch                  [latBuckets]uint32
 }
@@ -247,9 +265,20 @@ func (g *GradientLimit) full() int64 { return max(g.limit.Load()-1, 1) }
 // about the service: cancelled, failed fast, health checks, streams); only
 // such requests count towards the capacity while the gate is full.
 func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
+	g.release(p, rtt, sample, sample)
+}
+
+// release is Release where served says whether the request was served
+// (not dropped or timed out): only those count towards the capacity.
+func (g *GradientLimit) release(p Priority, rtt time.Duration, sample, served bool) {
 	i := p.index()
-	if sample && g.fullSince.Load() != 0 {
+	if served && g.fullSince.Load() != 0 {
 		g.fullDone.Add(1)
+	}
+	if sample && g.fullSince.Load() != 0 {
+		if far := g.far.Load(); far > 0 && int64(rtt) > far && g.refused.Load()-g.winRef.Load() >= uint64(g.limit.Load()) {
+			g.shrink()
+		}
 	}
 	if sample {
 		total := g.Inflight()
@@ -275,6 +304,23 @@ func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 			if left >= cur || g.minInflight.CompareAndSwap(cur, left) {
 				break
 			}
+		}
+	}
+}
+
+// shrink takes one off the limit, down to MinLimit: a request left a full
+// gate with a latency far beyond what the limit tolerates, and the gate
+// refused as many as it holds since the last window (a surge, not a
+// burst). At the start of a surge the gate fills at once; the windows
+// would take the limit down by a few percent per tick while the surge
+// queues behind it, whereas one slot per such request brings it down
+// within the time the queue takes to drain, since latency in a queue grows
+// with what is in it.
+func (g *GradientLimit) shrink() {
+	for {
+		cur := g.limit.Load()
+		if cur <= int64(g.cfg.MinLimit) || g.limit.CompareAndSwap(cur, cur-1) {
+			return
 		}
 	}
 }
@@ -327,7 +373,7 @@ type gateReading struct {
 	exempt       uint64        // slots taken past the gate (more important than the margin)
 	completed    uint64        // releases
 	full         time.Duration // how long the gate was full (at least limit−1 in flight)
-	fullDone     uint64        // sampled releases while it was
+	fullDone     uint64        // requests served while it was
 	interval     time.Duration
 }
 
@@ -416,23 +462,32 @@ func (g *GradientLimit) closeWindow(now time.Time) {
 		return
 	}
 	p90 := float64(quantile(&g.scratch, n, 0.9))
-	g.update(p90, maxIn, float64(n)/el.Seconds())
+	ref := g.refused.Load()
+	g.update(p90, maxIn, float64(n)/el.Seconds(), ref > g.winRef.Load())
+	g.winRef.Store(ref)
 }
 
 // update applies one window: p90 latency (ns), the most requests seen in
-// flight, and the throughput (samples per second).
-func (g *GradientLimit) update(p90, maxIn, throughput float64) {
+// flight, the throughput (samples per second), and whether the gate
+// refused requests.
+func (g *GradientLimit) update(p90, maxIn, throughput float64, refused bool) {
 	if g.baseline == 0 {
 		g.baseline = p90
 	}
 	est := g.est
+	if l := g.limit.Load(); l < int64(est) {
+		est = float64(l) // shrink took slots since the last window
+	}
 	utilized := maxIn >= est/2
 
 	grad := min(max(g.cfg.Tolerance*g.baseline/p90, 0.5), 1.5)
 	if g.cfg.LatencyCeiling > 0 && p90 > float64(g.cfg.LatencyCeiling) {
 		grad = 0.5
 	}
-	next := est*grad + math.Sqrt(est)
+	next := est * grad
+	if grad >= 1 || !refused {
+		next += math.Sqrt(est)
+	}
 	switch {
 	case next > est && maxIn < 0.8*est:
 		// No evidence the extra room would be used: the limit grows only
@@ -464,18 +519,35 @@ func (g *GradientLimit) update(p90, maxIn, throughput float64) {
 	if p90 < g.baseline {
 		g.baseline = (g.baseline + p90) / 2 // faster service: follow quickly
 	}
+	g.peak = max(p90, peakDecay*g.peak)
 	if est <= float64(g.cfg.MinLimit) {
 		g.floorRun++
-		rebaseline = rebaseline || g.floorRun >= g.cfg.FloorWindows
+		if g.floorRun >= g.cfg.FloorWindows {
+			// Latency that fell with the limit was our own queue's, and
+			// the floor holds it; latency that stayed up (or rose) is
+			// the service's.
+			rebaseline = rebaseline || p90 >= floorFell*g.peak
+			g.floorRun = 0
+		}
 	} else {
 		g.floorRun = 0
 	}
 	if rebaseline {
-		g.baseline, g.floorRun = p90, 0
+		g.baseline, g.floorRun, g.peak = p90, 0, p90
 	}
 	g.est = est
 	g.limit.Store(int64(est))
+	g.far.Store(int64(2 * g.cfg.Tolerance * g.baseline))
 }
+
+// peakDecay is the weight per window of the highest recent p90: it halves
+// in about three and a half seconds, so that a spike does not keep the
+// floor from re-measuring for long.
+const peakDecay = 0.98
+
+// floorFell: at the floor, a p90 under this share of the recent peak fell
+// with the limit.
+const floorFell = 0.9
 
 // corrRing holds the last utilised windows' inflight, throughput and p90.
 type corrRing struct {

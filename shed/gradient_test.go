@@ -464,3 +464,89 @@ func TestGradientMeasuresFullTime(t *testing.T) {
 		t.Fatalf("after releases with no full period open: full %v with %d served, want none", r.full, r.fullDone)
 	}
 }
+
+// TestGradientShrinksAtOnceInASurge: when a surge fills the gate and the
+// requests leaving it took far longer than the limit tolerates, each takes
+// a slot off the limit at once, down to MinLimit, rather than waiting for
+// windows; a burst that the gate does not refuse in numbers does not.
+func TestGradientShrinksAtOnceInASurge(t *testing.T) {
+	g := mustGradient(t, GradientConfig{InitialLimit: 20})
+	now := t0
+	for range 3 { // baseline: 1 ms
+		for range 30 {
+			g.Acquire(Default, false)
+			g.Release(Default, time.Millisecond, true)
+		}
+		now = now.Add(100 * time.Millisecond)
+		g.Read(now)
+	}
+	for g.Acquire(Default, false) { // the gate fills
+	}
+	// A burst: full, one refusal, slow releases: the limit stays.
+	g.Release(Default, 20*time.Millisecond, true)
+	g.Acquire(Default, false)
+	if l := g.Limit(); l != 20 {
+		t.Fatalf("limit %d after a slow release without a surge of refusals, want 20", l)
+	}
+	// A surge: the gate refuses more than it holds.
+	for range 40 {
+		g.Acquire(Default, false)
+	}
+	for i := range 30 {
+		g.Release(Default, 20*time.Millisecond, true)
+		g.Acquire(Default, false)
+		if want := max(20-(i+1), 4); g.Limit() != want {
+			t.Fatalf("after %d slow releases from a full gate: limit %d, want %d", i+1, g.Limit(), want)
+		}
+	}
+}
+
+// TestGradientHoldsItsFloorForItsOwnQueue: in front of one worker (latency
+// grows with every request in flight) under a flood, the limit comes down
+// to its floor and stays there: latency fell with the limit, so the floor
+// is not taken for a slower service, and the baseline is not re-measured
+// upward.
+func TestGradientHoldsItsFloorForItsOwnQueue(t *testing.T) {
+	g := mustGradient(t, GradientConfig{})
+	srv := &server{k: 1, s0: time.Millisecond, demand: 2}
+	now := t0
+	for range 20 {
+		now = now.Add(100 * time.Millisecond)
+		srv.window(g, now)
+	}
+	base := g.Baseline()
+	srv.demand = 1000
+	worst := 0
+	for i := range 600 { // 60 s
+		now = now.Add(100 * time.Millisecond)
+		srv.window(g, now)
+		if i >= 50 {
+			worst = max(worst, g.Limit())
+		}
+	}
+	if worst > 6 {
+		t.Errorf("limit up to %d in a one-worker flood after 5 s, want it held near its floor of 4", worst)
+	}
+	if b := g.Baseline(); b > 2*base {
+		t.Errorf("baseline %v after 60 s of flood, was %v: re-measured on the queue's own latency", b, base)
+	}
+}
+
+// TestGradientCountsOnlyServedWhileFull: requests dropped or timed out
+// leave a full gate without counting towards the capacity; their latency
+// is still a sample.
+func TestGradientCountsOnlyServedWhileFull(t *testing.T) {
+	g := mustGradient(t, GradientConfig{InitialLimit: 4, MinLimit: 1})
+	for range 4 {
+		g.Acquire(Default, false)
+	}
+	g.release(Default, time.Millisecond, true, false) // dropped
+	g.Acquire(Default, false)
+	g.release(Default, time.Millisecond, true, true) // served
+	if n := g.fullDone.Load(); n != 1 {
+		t.Fatalf("%d counted as served while full, want 1", n)
+	}
+	if n := g.lat.count(); n != 2 {
+		t.Fatalf("%d latency samples, want 2", n)
+	}
+}

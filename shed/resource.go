@@ -184,6 +184,7 @@ type Resource struct {
 	gateAll, gateRefused float64 // decayed gate counts, under tickMu
 	sinceRaise           int     // ticks since the threshold last rose, up to raiseSettle
 	tput                 throughputTarget
+	lastCritical         uint64 // critical demand counted at the last tick
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -291,7 +292,11 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 	if reason != ReasonNone && !shadow {
 		return r.refuse(st, reason)
 	}
-	if reason == ReasonNone && r.dl != nil {
+	marginal := r.ctrl.Marginal()
+	if reason == ReasonNone && r.dl != nil && p >= marginal {
+		// Only the marginal priority and below: a request more important
+		// than what is being shed is never refused while less important
+		// ones are admitted, even if it may be served late.
 		if d, ok := ctx.Deadline(); ok {
 			if now.IsZero() {
 				now = r.clock()
@@ -305,7 +310,7 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		}
 	}
 	if r.conc != nil {
-		if p < r.ctrl.Marginal() && !shadow {
+		if p < marginal && !shadow {
 			// More important than the priority being shed at the margin:
 			// the gate takes its slot but does not refuse it, so a
 			// priority never loses a request to the gate while less
@@ -360,7 +365,7 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	}
 	sample := o == OutcomeSuccess || o == OutcomeDropped
 	if r.conc != nil {
-		r.conc.Release(p.prio, latency, sample)
+		r.conc.release(p.prio, latency, sample, o == OutcomeSuccess)
 	} else {
 		r.inflight.Add(-1)
 	}
@@ -397,12 +402,26 @@ func (r *Resource) Tick(now time.Time) Reading {
 		if r.gateAll > 0 {
 			share = r.gateRefused / r.gateAll
 		}
+		// A stall: with work waiting, the resource completed a small
+		// share of what it completes when it works (or, before that is
+		// measured, of what came to it) — a pause of the process, a hung
+		// dependency. What the gate refuses then, or lets pile up, says
+		// nothing about the mix, and shedding for it would empty
+		// priorities, critical included, that fit once it ends: hold.
+		expect := float64(gr.all)
+		if c := r.tput.known(now); c > 0 {
+			expect = c * gr.interval.Seconds()
+		}
+		stalled := r.conc.Inflight() >= r.conc.Limit() && float64(gr.completed) < stallShare*expect
 		switch {
-		case r.sinceRaise < raiseSettle && (gr.standing || gr.refused >= minGateRefusals):
+		case stalled:
+			cr = Reading{Saturated: true}
+		case r.sinceRaise < raiseSettle && !gr.MarginUnfit && (gr.standing || gr.refused >= minGateRefusals):
 			// Just after a raise the queue the overload built still
 			// drains, and the gate refuses (or the exempt traffic
 			// overflows) for that alone: wait for the raise to show
-			// before shedding more.
+			// before shedding more. A queue that still grows while the
+			// resource works shows the raise fell short.
 			cr = Reading{Saturated: true}
 		case gr.standing:
 			// Traffic more important than the margin, which the gate
@@ -423,11 +442,15 @@ func (r *Resource) Tick(now time.Time) Reading {
 			cr = Reading{} // a burst; room to readmit
 		}
 		if r.tput.headroom >= 0 {
-			r.tput.observe(now, gr)
-			if tr := r.tput.read(now); tr.Room > 0 && !cr.Overloaded {
-				// Measured room outranks a gate that trims within its
-				// tolerance: the threshold lets through less than the
-				// resource serves, and the gate is there for bursts.
+			crit := r.demand(Critical)
+			r.tput.observe(now, gr, crit-r.lastCritical)
+			r.lastCritical = crit
+			if tr := r.tput.read(now); tr.Fit || tr.Room > 0 && !cr.Overloaded {
+				// A surge measured against the capacity outranks
+				// everything the gate says, and measured room outranks
+				// a gate that trims within its tolerance: the threshold
+				// lets through less than the resource serves, and the
+				// gate is there for bursts.
 				cr = tr
 			} else {
 				cr = cr.Or(tr)
@@ -531,6 +554,17 @@ func (r *Resource) Counts(p Priority) PriorityCounts {
 		c.WouldShed[i] = st.wouldShed[i].Load()
 	}
 	return c
+}
+
+// demand returns the requests of priority p offered so far, admitted or
+// refused.
+func (r *Resource) demand(p Priority) uint64 {
+	st := &r.stats[p.index()]
+	n := st.admitted.Load()
+	for i := range st.refused {
+		n += st.refused[i].Load()
+	}
+	return n
 }
 
 // Controller returns the resource's admission controller.

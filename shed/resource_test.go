@@ -166,6 +166,29 @@ func TestDeadlineRefusal(t *testing.T) {
 		t.Fatalf("100 ms left: %v", err)
 	}
 	r.Release(p, 0, OutcomeIgnored)
+	// With default traffic the marginal priority, the gate refuses it
+	// and anything less important, and never a more important request.
+	for range 20 {
+		p, err := r.Acquire(context.Background(), LevelOf(Default, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Release(p, 30*time.Millisecond, OutcomeSuccess)
+	}
+	clk.Add(100 * time.Millisecond)
+	r.Tick(clk.Now())
+	if m := r.Controller().Marginal(); m != Default {
+		t.Fatalf("marginal %v, want default", m)
+	}
+	short := deadlineCtx{context.Background(), clk.Now().Add(10 * time.Millisecond)}
+	if _, err := r.Acquire(short, LevelOf(Default, 1)); !errors.As(err, &ref) || ref.Reason != ReasonDeadline {
+		t.Fatalf("default with 10 ms left: %v; want a deadline refusal", err)
+	}
+	p, err = r.Acquire(short, LevelOf(High, 1))
+	if err != nil {
+		t.Fatalf("high, more important than the margin, with 10 ms left: %v; want it admitted", err)
+	}
+	r.Release(p, 0, OutcomeIgnored)
 }
 
 func TestResourceWithoutConcurrencyLimit(t *testing.T) {

@@ -26,6 +26,13 @@ type Reading struct {
 	// all that is left of it at once, however large a share of the
 	// traffic that is.
 	MarginUnfit bool
+	// Fit says Excess was measured against the resource's capacity on the
+	// traffic of the last tick or two (a surge, see throughputTarget):
+	// the controller sheds it in one raise, computed on the demand of the
+	// last two ticks, across priorities if that is where it falls, rather
+	// than a bounded step per tick and one priority per raise. The
+	// critical band still needs Critical.
+	Fit bool
 	// Room is the fraction of the currently admitted traffic that could be
 	// added before the resource reaches its target load, when a signal
 	// measured it beyond its noise (the throughput target); 0 means
@@ -41,6 +48,7 @@ func (r Reading) Or(o Reading) Reading {
 	r.Critical = r.Critical || o.Critical
 	r.Saturated = r.Saturated || o.Saturated
 	r.MarginUnfit = r.MarginUnfit || o.MarginUnfit
+	r.Fit = r.Fit || o.Fit
 	if o.Excess > r.Excess {
 		r.Excess = o.Excess
 	}

@@ -24,6 +24,7 @@ func surgeCommand() *cobra.Command {
 		meanService time.Duration
 		deadline    time.Duration
 		backend     string
+		harness     string
 		procs       int
 		// Hidden: the re-executed backend.
 		work     string
@@ -48,6 +49,15 @@ Scenarios: flood (low-priority flood), ramp (0.5C to 6C), step (0.7C to
 policies. Results go to --out: NAME.md, NAME.csv and NAME.svg per
 scenario and index.md.
 
+--harness library drops gRPC: the load runs in this process as a service
+that imports the shed package would run it, one goroutine per request
+calling Resource.Acquire with a deadline 100 ms after its scheduled
+arrival, an unbounded FIFO queue in front of one worker that burns CPU,
+and Release with the latency since the scheduled arrival. levee's
+resource has its default configuration, ticked by Resource.Run, and sees
+nothing but Acquire and Release. The retry scenario needs gRPC clients
+and is left out.
+
 Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -56,6 +66,16 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			h, err := surge.ParseHarness(harness)
+			if err != nil {
+				return err
+			}
+			if work == "" {
+				// The library harness reproduces a CPU-bound service;
+				// over gRPC the wall-clock worker keeps C put on a
+				// shared machine.
+				work = map[surge.Harness]string{surge.HarnessGRPC: "timed", surge.HarnessLibrary: "spin"}[h]
+			}
 			w, err := surge.ParseWork(work)
 			if err != nil {
 				return err
@@ -69,7 +89,7 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 					os.Stdin, cmd.OutOrStdout())
 			}
 			o := surge.Options{Scale: scale, Seed: seed, Capacity: capacity, MeanService: meanService, Deadline: deadline,
-				Work: w, Progress: cmd.ErrOrStderr()}
+				Work: w, Harness: h, Progress: cmd.ErrOrStderr()}
 			if scenario != "all" {
 				o.Scenarios = strings.Split(scenario, ",")
 			}
@@ -112,8 +132,9 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 	f.Float64Var(&capacity, "capacity", 0, "capacity C in requests per second (0: measure it first)")
 	f.DurationVar(&meanService, "mean-service", time.Millisecond, "mean of the backend's exponential service time")
 	f.DurationVar(&deadline, "deadline", 100*time.Millisecond, "gRPC deadline of each attempt")
-	f.StringVar(&work, "work", "timed", "how the backend's worker spends service time: timed (a wall-clock FIFO server, capacity immune to other load on the machine) or spin (burns CPU; for a quiet machine)")
-	f.StringVar(&backend, "backend", "child", "where backends run: child (a process of their own) or inprocess")
+	f.StringVar(&work, "work", "", "how the worker spends service time: timed (a wall-clock FIFO server, capacity immune to other load on the machine; the grpc harness's default) or spin (burns CPU; the library harness's default)")
+	f.StringVar(&harness, "harness", "grpc", "how the load reaches the policies: grpc (calls to a backend with levee's middleware) or library (Acquire and Release in process, a goroutine per request, no gRPC)")
+	f.StringVar(&backend, "backend", "child", "where grpc backends run: child (a process of their own) or inprocess")
 	f.IntVar(&procs, "backend-procs", 1, "GOMAXPROCS of a child backend (1: the backend and its shedder on one core)")
 	f.BoolVar(&child, "backend-child", false, "serve one backend and print its address (used by surge itself)")
 	f.StringVar(&childCfg.policy, "policy", "none", "policy of a --backend-child")

@@ -79,6 +79,21 @@ func (r *PolicyRun) Agg(from, to time.Duration, prio int) Agg {
 	return a
 }
 
+// admittedP99 is the 99th percentile of the latency of the calls scheduled
+// in [from, to) that the policy admitted, whatever became of them: every
+// call not refused or throttled, a timed-out one at the time it ended.
+func (r *PolicyRun) admittedP99(from, to time.Duration) time.Duration {
+	var lat []time.Duration
+	lo, _ := slices.BinarySearchFunc(r.arrivals, from, func(x arrival, t time.Duration) int { return cmpDur(x.at, t) })
+	for i := lo; i < len(r.arrivals) && r.arrivals[i].at < to; i++ {
+		if c := &r.calls[i]; c.out != outRefused && c.out != outThrottled {
+			lat = append(lat, c.end-c.sent)
+		}
+	}
+	_, p99 := quantiles(lat)
+	return p99
+}
+
 func (a *Agg) add(c *callResult) {
 	a.Offered++
 	a.Attempts += int(c.attempts)

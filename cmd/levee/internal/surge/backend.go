@@ -470,37 +470,49 @@ func (b *Backend) Stats() BackendStats {
 		Critical:   b.ticks[2].Load(),
 		Saturated:  b.ticks[3].Load(),
 	}
-	sample := []metrics.Sample{heapMetric[0]}
-	metrics.Read(sample)
-	if sample[0].Value.Kind() == metrics.KindUint64 {
-		s.HeapBytes = sample[0].Value.Uint64()
-	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		s.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
-	}
+	s.HeapBytes, s.CPUNanos = processState()
 	for i := range s.Admitted {
 		s.Admitted[i] = b.admitted[i].Load()
 	}
 	switch {
 	case b.res != nil:
-		st := b.res.Status(time.Now())
-		s.Threshold, s.Limit, s.Inflight = int(st.Threshold), st.Limit, st.Inflight
-		for p := shed.Critical; p <= shed.Sheddable; p++ {
-			c := b.res.Counts(p)
-			for reason, n := range c.Refused {
-				s.Refused[p-1] += n
-				if p == shed.Critical {
-					s.CriticalBy[reason] = n
-				}
-			}
-		}
+		resourceStats(&s, b.res)
 	case b.static != nil:
 		for i := range s.Refused {
 			s.Refused[i] = b.static.refused[i].Load()
 		}
 	}
 	return s
+}
+
+// processState returns the process's live heap and its CPU time so far
+// (user and system).
+func processState() (heap uint64, cpu int64) {
+	sample := []metrics.Sample{heapMetric[0]}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() == metrics.KindUint64 {
+		heap = sample[0].Value.Uint64()
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		cpu = ru.Utime.Nano() + ru.Stime.Nano()
+	}
+	return heap, cpu
+}
+
+// resourceStats fills s with levee's state and refusals.
+func resourceStats(s *BackendStats, res *shed.Resource) {
+	st := res.Status(time.Now())
+	s.Threshold, s.Limit, s.Inflight = int(st.Threshold), st.Limit, st.Inflight
+	for p := shed.Critical; p <= shed.Sheddable; p++ {
+		c := res.Counts(p)
+		for reason, n := range c.Refused {
+			s.Refused[p-1] += n
+			if p == shed.Critical {
+				s.CriticalBy[reason] = n
+			}
+		}
+	}
 }
 
 // staticLimit is the priority-blind baseline: one token bucket (levee's
@@ -527,16 +539,20 @@ func (s *staticLimit) tap(ctx context.Context, info *tap.Info) (context.Context,
 	if info.FullMethodName != MethodWork {
 		return ctx, nil
 	}
-	now := time.Now().UnixNano()
-	s.mu.Lock()
-	tat, res := s.lim.Take(s.tat, 1, now)
-	if res.Allowed {
-		s.tat = tat
-	}
-	s.mu.Unlock()
-	if !res.Allowed {
+	if !s.allow(time.Now()) {
 		s.refused[headerIndex(info.Header)].Add(1)
 		return ctx, errStaticRefused
 	}
 	return ctx, nil
+}
+
+// allow takes a token at now if there is one.
+func (s *staticLimit) allow(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tat, res := s.lim.Take(s.tat, 1, now.UnixNano())
+	if res.Allowed {
+		s.tat = tat
+	}
+	return res.Allowed
 }

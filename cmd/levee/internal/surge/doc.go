@@ -2,9 +2,24 @@
 // offers the same open-loop load to a backend under three shedding
 // policies, side by side, and records what each one kept alive.
 //
-// # The harness
+// # The harnesses
 //
-// The backend is a gRPC server over loopback with one worker that serves
+// Two harnesses offer the same schedules (Options.Harness). The grpc
+// harness (the default) calls a backend over gRPC, where levee is the shed
+// middleware. The library harness (Local) drops gRPC and runs the shape a
+// service that imports shed has: in process, one goroutine per request
+// started at its scheduled time, Resource.Acquire with a deadline 100 ms
+// after the scheduled arrival, an unbounded first come, first served queue
+// in front of one worker that burns CPU for the service time (WorkSpin,
+// which `levee surge --harness library` picks unless told otherwise) on
+// the process's own GOMAXPROCS, a request dropped when the worker dequeues
+// it past its deadline, and Release with the latency since the scheduled
+// arrival and Success or Dropped. levee's resource there has the default configuration,
+// is ticked every 100 ms by Resource.Run and is told nothing else (no
+// queueing delay). The retry scenario needs gRPC clients and is left out
+// of it.
+//
+// The gRPC backend is a server over loopback with one worker that serves
 // requests first come, first served, each for the service time it carries
 // (exponential, 1 ms mean: "one 1 ms worker"). By default the worker is
 // kept on the wall clock (WorkTimed): each request's start and end are
@@ -37,8 +52,8 @@
 //
 // # Scenarios
 //
-// flood (critical 0.5C steady, sheddable 0.25C then 3C), ramp (four
-// priorities at 25%, 0.5C to 6C), step (0.7C to 1.4C, four times), retry
+// flood (critical 0.5C steady, sheddable 0.25C then 3C), ramp (five
+// priorities at 20%, 0.5C to 6C), step (0.7C to 1.4C, four times), retry
 // (2C with clients that retry: a naive three-attempt client against the
 // baselines, levee's throttling client against levee) and calm (0.5C, plus
 // the sidecar's admit/release round trip and an in-process benchmark of

@@ -118,6 +118,12 @@ func quarters(total float64) [shed.NumPriorities]float64 {
 	return rates(q, q, 0, q, q)
 }
 
+// fifths splits a load equally over the five priorities.
+func fifths(total float64) [shed.NumPriorities]float64 {
+	f := total / 5
+	return rates(f, f, f, f, f)
+}
+
 func secs(scale, s float64) time.Duration {
 	return time.Duration(math.Round(scale*s*1000)) * time.Millisecond
 }
@@ -139,9 +145,9 @@ func NewScenario(name string, scale float64) (*Scenario, error) {
 			{Name: "after", Duration: secs(scale, 6), Rate: rates(0.5, 0, 0, 0, 0.25)},
 		}
 	case "ramp":
-		s.Title = "Ramp: four priorities at 25% each, 0.5C → 6C"
+		s.Title = "Ramp: five priorities at 20% each, 0.5C → 6C"
 		for _, x := range []float64{0.5, 1, 2, 4, 6} {
-			s.Phases = append(s.Phases, Phase{Name: fmt.Sprintf("%gC", x), Duration: secs(scale, 11), Rate: quarters(x)})
+			s.Phases = append(s.Phases, Phase{Name: fmt.Sprintf("%gC", x), Duration: secs(scale, 11), Rate: fifths(x)})
 		}
 	case "step":
 		s.Title = "Step: 0.7C → 1.4C, four times"

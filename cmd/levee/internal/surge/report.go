@@ -96,7 +96,8 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	o := rep.Options
 	ew.printf("# levee surge\n\n")
 	ew.printf("%d CPUs; load average %.2f at the start, %.2f at the end (other work shares the machine); ", runtime.NumCPU(), rep.LoadAvg[0], rep.LoadAvg[1])
-	ew.printf("seed %d, duration scale %g, mean service %v, deadline %v per attempt; total %v.\n\n", o.Seed, o.Scale, o.MeanService, o.Deadline, rep.Elapsed.Round(time.Second))
+	ew.printf("seed %d, duration scale %g, mean service %v (%s worker), deadline %v per attempt; total %v.\n\n", o.Seed, o.Scale, o.MeanService, o.Work, o.Deadline, rep.Elapsed.Round(time.Second))
+	ew.printf("Harness: %s.\n\n", harnessText[o.Harness])
 	cal := rep.Calibration
 	if cal.Given {
 		ew.printf("C = %.0f/s (given).\n\n", cal.C)
@@ -121,6 +122,13 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	return ew.err
+}
+
+var harnessText = [numHarnesses]string{
+	HarnessGRPC: "grpc — open-loop gRPC calls to a backend with one worker; levee is the shed middleware (tap handle and interceptor)",
+	HarnessLibrary: "library — in process, no gRPC: a goroutine per request calls Resource.Acquire (deadline 100 ms after its scheduled arrival), " +
+		"queues for one worker (unbounded FIFO, dropped when dequeued past its deadline) and calls Release with the latency since its scheduled arrival; " +
+		"levee's resource has the default configuration, is ticked every 100 ms by Resource.Run and sees nothing else",
 }
 
 func verdict(ok bool) string {

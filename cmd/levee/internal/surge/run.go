@@ -37,15 +37,25 @@ type Options struct {
 	Work Work
 	// Deadline is each attempt's gRPC deadline (100 ms).
 	Deadline time.Duration
-	// Launch starts a backend for each policy run (nil: InProcess).
+	// Harness is how the load reaches the policies (HarnessGRPC).
+	Harness Harness
+	// Launch starts a gRPC backend for each policy run (nil: InProcess);
+	// the library harness has no backend to launch.
 	Launch Launcher
 	// Progress receives one line per step (nil: nothing).
 	Progress io.Writer
 }
 
 func (o Options) withDefaults() (Options, error) {
+	if o.Harness >= numHarnesses {
+		return o, fmt.Errorf("surge: options: unknown harness %v", o.Harness)
+	}
 	if len(o.Scenarios) == 0 {
-		o.Scenarios = ScenarioNames
+		for _, name := range ScenarioNames {
+			if o.Harness == HarnessGRPC || name != "retry" {
+				o.Scenarios = append(o.Scenarios, name)
+			}
+		}
 	}
 	if len(o.Policies) == 0 {
 		o.Policies = []Policy{PolicyNone, PolicyStatic, PolicyLevee}
@@ -235,15 +245,11 @@ const (
 func calibrate(ctx context.Context, o Options) (Calibration, error) {
 	start := time.Now()
 	cal := Calibration{}
-	addr, stop, err := o.Launch(ctx, BackendConfig{Policy: PolicyNone, Work: o.Work, SaltSeed: o.Seed})
-	if err != nil {
-		return cal, err
-	}
-	defer func() { _ = stop() }()
-	lc := loadConfig{addr: addr, mode: ClientPlain, deadline: o.Deadline, attempts: 1, poll: 250 * time.Millisecond}
+	cfg := BackendConfig{Policy: PolicyNone, Work: o.Work, SaltSeed: o.Seed}
+	lc := loadConfig{mode: ClientPlain, deadline: o.Deadline, attempts: 1, poll: 250 * time.Millisecond}
 	nominal := float64(time.Second) / float64(o.MeanService)
 	probe := &Scenario{Name: "calibrate", Phases: []Phase{{Name: "probe", Duration: secs(1, 2.5), Rate: quarters(1)}}}
-	run, err := runLoad(ctx, schedule(probe, 0.7*nominal, o.MeanService, o.Seed), lc)
+	run, err := offer(ctx, o, cfg, schedule(probe, 0.7*nominal, o.MeanService, o.Seed), lc)
 	if err != nil {
 		return cal, err
 	}
@@ -260,7 +266,7 @@ func calibrate(ctx context.Context, o Options) (Calibration, error) {
 	for cal.Tries < 5 {
 		cal.Tries++
 		fmt.Fprintf(o.Progress, "calibration: μ = %.0f/s, verifying C = %.0f/s without shedding\n", cal.ServiceRate, cal.C)
-		run, err := runLoad(ctx, schedule(verify, cal.C, o.MeanService, o.Seed+uint64(cal.Tries)), lc)
+		run, err := offer(ctx, o, cfg, schedule(verify, cal.C, o.MeanService, o.Seed+uint64(cal.Tries)), lc)
 		if err != nil {
 			return cal, err
 		}
@@ -330,6 +336,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if o.Harness == HarnessLibrary && len(sc.Clients) > 0 {
+			return nil, fmt.Errorf("surge: scenario %s needs gRPC clients; the library harness has none", name)
+		}
 		h := fnv.New64a()
 		_, _ = h.Write([]byte(name))
 		arr := schedule(sc, c, o.MeanService, o.Seed^h.Sum64())
@@ -358,24 +367,39 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 }
 
 func runPolicy(ctx context.Context, o Options, sc *Scenario, p Policy, arr []arrival, c float64) (*PolicyRun, error) {
-	cfg := BackendConfig{Policy: p, Work: o.Work, Capacity: c, SaltSeed: o.Seed, Sidecar: sc.Sidecar && p == PolicyLevee}
-	addr, stop, err := o.Launch(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
+	cfg := BackendConfig{Policy: p, Work: o.Work, Capacity: c, SaltSeed: o.Seed,
+		Sidecar: sc.Sidecar && p == PolicyLevee && o.Harness == HarnessGRPC}
 	mode := sc.Client(p)
 	attempts := 1
 	if mode != ClientPlain {
 		attempts = 3
 	}
-	run, err := runLoad(ctx, arr, loadConfig{addr: addr, mode: mode, deadline: o.Deadline, attempts: attempts,
+	run, err := offer(ctx, o, cfg, arr, loadConfig{mode: mode, deadline: o.Deadline, attempts: attempts,
 		sidecar: cfg.Sidecar, poll: 100 * time.Millisecond})
-	if serr := stop(); err == nil && serr != nil {
-		err = fmt.Errorf("surge: backend: %w", serr)
-	}
 	if err != nil {
 		return nil, err
 	}
 	run.Policy = p
 	return run, nil
+}
+
+// offer runs the schedule against a fresh backend for cfg through o's
+// harness: a gRPC backend from o.Launch, or the library harness's Local.
+func offer(ctx context.Context, o Options, cfg BackendConfig, arr []arrival, lc loadConfig) (*PolicyRun, error) {
+	if o.Harness == HarnessLibrary {
+		if lc.mode != ClientPlain {
+			return nil, fmt.Errorf("surge: the library harness has no client to retry with (client mode %d)", lc.mode)
+		}
+		return runLocal(ctx, arr, cfg, o.Deadline, lc.poll)
+	}
+	addr, stop, err := o.Launch(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	lc.addr = addr
+	run, err := runLoad(ctx, arr, lc)
+	if serr := stop(); err == nil && serr != nil {
+		err = fmt.Errorf("surge: backend: %w", serr)
+	}
+	return run, err
 }

@@ -116,7 +116,16 @@ var targets = []target{
 		metric: ofLevee(func(res *ScenarioResult, lv *PolicyRun) reading {
 			fs, fe := phaseRange(res.Scenario, 1)
 			n := max(lv.serverRefused(0), uint64(lv.Agg(fs, fe, 0).Refused))
-			return absolute(float64(n), "%d", n)
+			if n == 0 || len(lv.stats) == 0 {
+				return absolute(float64(n), "%d", n)
+			}
+			var by []string
+			for reason, k := range lv.stats[len(lv.stats)-1].CriticalBy {
+				if k > 0 {
+					by = append(by, fmt.Sprintf("%s %d", shed.Reason(reason), k))
+				}
+			}
+			return absolute(float64(n), "%d (%s)", n, strings.Join(by, ", "))
 		}),
 	},
 	{
@@ -153,10 +162,24 @@ var targets = []target{
 		}),
 	},
 	{
-		scenario: "ramp", desc: "priorities shed strictly in order (a higher one ≥ 99% while a lower one > 1%: none)", cmp: atMost, bound: 0,
+		scenario: "ramp", desc: "priorities shed in strict order (from the second second of each step, between two moves of the threshold: a priority loses no call while a less important one has calls admitted)", cmp: atMost, bound: 0,
 		metric: ofLevee(func(res *ScenarioResult, lv *PolicyRun) reading {
 			viol := orderViolations(res.Scenario, lv)
 			return absolute(float64(len(viol)), "%s", orNone(viol))
+		}),
+	},
+	{
+		scenario: "ramp", desc: "admitted calls' p99 ≤ 50 ms from the second second of each step (all calls not refused, timed-out ones included)", cmp: atMost, bound: float64(50 * time.Millisecond),
+		metric: ofLevee(func(res *ScenarioResult, lv *PolicyRun) reading {
+			var worst time.Duration
+			var each []string
+			for i := range res.Scenario.Phases {
+				from, to := phaseRange(res.Scenario, i)
+				p99 := lv.admittedP99(min(from+time.Second, to), to)
+				worst = max(worst, p99)
+				each = append(each, ms(p99))
+			}
+			return absolute(float64(worst), "worst %s (steps: %s)", ms(worst), strings.Join(each, ", "))
 		}),
 	},
 	{
@@ -377,30 +400,56 @@ func highPhases(sc *Scenario) []int {
 	return out
 }
 
-// orderViolations lists, for each phase's steady window, the pairs of
-// offered priorities where a higher one kept under 99% of its calls while
-// a lower one kept over 1%.
+// orderViolations lists, from the second second of each phase, the
+// intervals between two polls of the backend (100 ms) in which levee's
+// threshold stood still and a priority lost a call sent in the interval
+// (refused, throttled, timed out or failed) while a less important one
+// had a call sent in it admitted (not refused or throttled). An interval
+// in which the threshold moved is the move's: the calls already in flight
+// when it moves are allowed. One line per phase with violations.
 func orderViolations(sc *Scenario, r *PolicyRun) []string {
 	var viol []string
 	for i, ph := range sc.Phases {
-		from, to := steady(sc, i)
-		var succ []float64
-		var names []string
-		for p := range shed.NumPriorities {
-			if ph.Rate[p] > 0 {
-				succ = append(succ, r.Agg(from, to, p).Success())
-				names = append(names, prioNames[p])
+		from, to := phaseRange(sc, i)
+		from += time.Second
+		n, first := 0, ""
+		for k := 1; k < len(r.stats); k++ {
+			a, b := r.stats[k-1], r.stats[k]
+			if a.at < from || b.at > to || a.Threshold != b.Threshold {
+				continue
 			}
-		}
-		for h := range succ {
-			for l := h + 1; l < len(succ); l++ {
-				if succ[h] < 0.99 && succ[l] > 0.01 {
-					viol = append(viol, fmt.Sprintf("at %s %s %s while %s %s", ph.Name, names[h], pct(succ[h]), names[l], pct(succ[l])))
+			var agg [shed.NumPriorities]Agg
+			for p := range shed.NumPriorities {
+				agg[p] = r.Agg(a.at, b.at, p)
+			}
+			if v := lostWhileLessAdmitted(&agg); v != "" {
+				if n++; n == 1 {
+					first = fmt.Sprintf("%s at %.1f s", v, a.at.Seconds())
 				}
 			}
 		}
+		if n > 0 {
+			viol = append(viol, fmt.Sprintf("at %s %d interval(s), first: %s", ph.Name, n, first))
+		}
 	}
 	return viol
+}
+
+// lostWhileLessAdmitted names the first priority that lost calls while a
+// less important one had calls admitted, or returns "".
+func lostWhileLessAdmitted(agg *[shed.NumPriorities]Agg) string {
+	for h := range shed.NumPriorities {
+		lost := agg[h].Offered - agg[h].OK
+		if lost == 0 {
+			continue
+		}
+		for l := h + 1; l < shed.NumPriorities; l++ {
+			if adm := agg[l].Offered - agg[l].Refused - agg[l].Throttled; adm > 0 {
+				return fmt.Sprintf("%s lost %d of %d while %s had %d admitted", prioNames[h], lost, agg[h].Offered, prioNames[l], adm)
+			}
+		}
+	}
+	return ""
 }
 
 type state struct {

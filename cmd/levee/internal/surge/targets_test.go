@@ -105,9 +105,19 @@ var spoils = map[string]func(*ScenarioResult){
 		calls(res, from, to, 3, refuse) // low and sheddable: 3C left of a 4C peak
 		calls(res, from, to, 4, refuse)
 	},
-	"priorities shed strictly in order": func(res *ScenarioResult) {
-		from, to := phaseRange(res.Scenario, 2)
-		calls(res, from, to, 0, refuse)
+	"priorities shed in strict order": func(res *ScenarioResult) {
+		from, _ := phaseRange(res.Scenario, 2)
+		n := 0
+		calls(res, from+2*time.Second, from+3*time.Second, 1, func(c *callResult) {
+			if n++; n == 1 {
+				c.out = outTimeout // one high call lost while default, low and sheddable were admitted
+				c.end = c.sent + 100*time.Millisecond
+			}
+		})
+	},
+	"admitted calls' p99": func(res *ScenarioResult) {
+		from, _ := phaseRange(res.Scenario, 3)
+		calls(res, from+time.Second, from+2*time.Second, 4, func(c *callResult) { c.end = c.sent + 60*time.Millisecond })
 	},
 	"goroutines flat": func(res *ScenarioResult) {
 		from, to := steady(res.Scenario, len(res.Scenario.Phases)-1)
@@ -291,5 +301,31 @@ func TestTargetsNeedLevee(t *testing.T) {
 				t.Errorf("%s: target %q reported without a levee run", name, ch.Target)
 			}
 		}
+	}
+}
+
+// TestOrderExcusesTheMove: a call lost in an interval in which levee's
+// threshold moved is the move's (what was in flight when it moved), not a
+// violation of strict order; the same loss with the threshold standing
+// still is one.
+func TestOrderExcusesTheMove(t *testing.T) {
+	res := passing(t, "ramp")
+	from, _ := phaseRange(res.Scenario, 2)
+	at := from + 2*time.Second + 50*time.Millisecond
+	n := 0
+	calls(res, at, at+10*time.Millisecond, 0, func(c *callResult) {
+		if n++; n == 1 {
+			c.out = outTimeout
+		}
+	})
+	if n == 0 {
+		t.Fatal("no critical call to lose")
+	}
+	if v := orderViolations(res.Scenario, res.Run(PolicyLevee)); len(v) != 1 {
+		t.Fatalf("a critical call lost with the threshold standing still: %q, want one violation", v)
+	}
+	samples(res, at, at+time.Second, func(s *BackendStats) { s.Threshold = 5 })
+	if v := orderViolations(res.Scenario, res.Run(PolicyLevee)); len(v) != 0 {
+		t.Fatalf("a critical call lost as the threshold moved: %q, want none", v)
 	}
 }

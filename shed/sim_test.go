@@ -1,0 +1,534 @@
+package shed
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/levee-dev/levee/shed/shedtest"
+)
+
+// sim drives a Resource in fake time with the shape of a service that
+// imports shed and sees nothing but Acquire and Release: open-loop Poisson
+// arrivals per priority, drawn up front from a seed, each with a user id
+// hashed into a cohort and a deadline simDeadline after its arrival;
+// Acquire at arrival; an unbounded FIFO queue in front of one worker with
+// exponential service at rate mu; a request whose deadline passed while it
+// queued is dropped when the worker dequeues it; Release with the latency
+// since arrival and Success (finished by the deadline) or Dropped; Tick
+// every simTickEvery. It is event driven: arrivals, completions and ticks in
+// time order.
+//
+// Disturbances: during a worker stall the worker completes nothing (the
+// rest runs); during a freeze nothing runs at all, as when the process is
+// descheduled or stopped by the collector: what was due in it happens at
+// its end, at once (the arrivals with their scheduled times and deadlines,
+// one tick for all the ticks it swallowed).
+type sim struct {
+	tb       testing.TB
+	r        *Resource
+	clk      *shedtest.Clock
+	seed     uint64
+	mu       float64
+	salt     uint64
+	stalls   []span // the worker completes nothing
+	freezes  []span // nothing runs
+	reqs     []*simReq
+	ticks    []simTick
+	onTick   func(now time.Time)
+	duration time.Duration
+	// permits, when set, takes every request through the table the
+	// sidecar serves (Acquire and Release by id, Sweep on every tick)
+	// instead of the resource directly.
+	permits *PermitTable
+	// startLag and wakeLag, when set, draw how late a request's goroutine
+	// starts after its scheduled arrival, and how long after the worker
+	// finished with it (or dropped it) it wakes to see so and Release:
+	// the scheduling delays of a process whose requests are goroutines.
+	startLag, wakeLag func(*rand.Rand) time.Duration
+}
+
+type span struct{ from, to time.Duration }
+
+// simReq is one request and what became of it.
+type simReq struct {
+	at       time.Time // scheduled arrival
+	start    time.Time // when its goroutine calls Acquire
+	acq      time.Time // when it did (start, or the end of a freeze)
+	prio     Priority
+	user     uint32
+	svc      time.Duration
+	permit   Permit
+	id       uint64 // with permits
+	reason   Reason // ReasonNone: admitted
+	done     time.Time
+	ok       bool // served by its deadline
+	dropped  bool // dequeued past its deadline
+	admitted bool
+}
+
+// simTick is the resource's state after one tick.
+type simTick struct {
+	at time.Duration
+	rd Reading
+	st Status
+}
+
+// simPhase is a stretch of constant offered load, per priority in
+// requests per second (index 0 critical).
+type simPhase struct {
+	dur   time.Duration
+	rates [NumPriorities]float64
+}
+
+const (
+	simMu        = 1000.0 // service rate: exponential service, 1 ms mean
+	simDeadline  = 100 * time.Millisecond
+	simTickEvery = 100 * time.Millisecond
+	simUsers     = 20000 // per priority
+)
+
+func newSim(t testing.TB, seed uint64, cfg Config) *sim {
+	clk := shedtest.NewClock(t0)
+	cfg.Clock = clk.Now
+	return &sim{tb: t, r: mustResource(t, cfg), clk: clk, seed: seed, mu: simMu, salt: CohortSalter{Seed: 1}.Salt(t0)}
+}
+
+// frozen returns the end of the freeze at offset d, or d.
+func (s *sim) frozen(d time.Duration) time.Duration {
+	for _, f := range s.freezes {
+		if d >= f.from && d < f.to {
+			return f.to
+		}
+	}
+	return d
+}
+
+// stalled returns the end of the worker stall at offset d, or d.
+func (s *sim) stalled(d time.Duration) time.Duration {
+	for _, f := range s.stalls {
+		if d >= f.from && d < f.to {
+			return f.to
+		}
+	}
+	return d
+}
+
+// run offers the phases, one after the other, and returns the requests.
+func (s *sim) run(phases ...simPhase) []*simReq {
+	rng := rand.New(rand.NewPCG(s.seed, 0x51))
+	var start time.Duration
+	for _, ph := range phases {
+		for p, rate := range ph.rates {
+			if rate <= 0 {
+				continue
+			}
+			for at := start; ; {
+				at += time.Duration(rng.ExpFloat64() / rate * float64(time.Second))
+				if at >= start+ph.dur {
+					break
+				}
+				s.reqs = append(s.reqs, &simReq{at: t0.Add(at), prio: Priority(p + 1), user: uint32(rng.IntN(simUsers)),
+					svc: time.Duration(rng.ExpFloat64() / s.mu * float64(time.Second))})
+			}
+		}
+		start += ph.dur
+	}
+	s.duration = start
+	lag := rand.New(rand.NewPCG(s.seed, 0x1a9))
+	for _, q := range s.reqs {
+		q.start = q.at
+		if s.startLag != nil {
+			q.start = q.at.Add(s.startLag(lag))
+		}
+	}
+	slices.SortStableFunc(s.reqs, func(a, b *simReq) int { return a.start.Compare(b.start) })
+
+	var (
+		queue    []*simReq
+		serving  *simReq
+		busyTill time.Duration
+		nextTick = simTickEvery
+		next     int
+		waking   []*simReq // served or dropped, waking up to Release, by done
+	)
+	finish := func(q *simReq, now time.Time) {
+		q.done = now
+		if s.wakeLag != nil {
+			q.done = now.Add(s.wakeLag(lag))
+		}
+		i, _ := slices.BinarySearchFunc(waking, q.done, func(w *simReq, t time.Time) int { return w.done.Compare(t) })
+		waking = slices.Insert(waking, i, q)
+	}
+	end := start + simDeadline + simTickEvery
+	for {
+		// The next event: a tick, an arrival or a completion, whichever
+		// is due first (ticks first on a tie, then completions), each
+		// moved to the end of a freeze it falls in.
+		now, kind := s.frozen(nextTick), 0
+		if next < len(s.reqs) {
+			if d := s.frozen(s.reqs[next].start.Sub(t0)); d < now {
+				now, kind = d, 1
+			}
+		}
+		if len(waking) > 0 {
+			if d := s.frozen(waking[0].done.Sub(t0)); d < now {
+				now, kind = d, 3
+			}
+		}
+		if serving != nil || len(queue) > 0 {
+			// A completion, or the end of a stall that left work queued.
+			if d := s.frozen(s.stalled(busyTill)); d < now || d == now && kind == 1 {
+				now, kind = d, 2
+			}
+		}
+		if now > end {
+			break
+		}
+		tnow := t0.Add(now)
+		s.clk.Set(tnow)
+		switch kind {
+		case 0:
+			rd := s.r.Tick(tnow)
+			s.ticks = append(s.ticks, simTick{at: now, rd: rd, st: s.r.Status(tnow)})
+			if s.permits != nil {
+				s.permits.Sweep(tnow)
+			}
+			if s.onTick != nil {
+				s.onTick(tnow)
+			}
+			for nextTick <= now {
+				nextTick += simTickEvery
+			}
+		case 1:
+			q := s.reqs[next]
+			next++
+			q.acq = tnow
+			l := LevelOf(q.prio, Cohort(fmt.Sprintf("u%d", q.user), s.salt))
+			ctx := deadlineCtx{context.Background(), q.at.Add(simDeadline)}
+			var err error
+			if s.permits != nil {
+				q.id, err = s.permits.Acquire(ctx, l, tnow, 30*time.Second)
+			} else {
+				q.permit, err = s.r.Acquire(ctx, l)
+			}
+			if err != nil {
+				q.reason, q.done = err.(*Refusal).Reason, tnow
+				break
+			}
+			q.admitted = true
+			queue = append(queue, q)
+		case 2:
+			if serving != nil {
+				finish(serving, tnow)
+				serving = nil
+			}
+		case 3:
+			q := waking[0]
+			waking = waking[1:]
+			s.release(q, tnow)
+		}
+		for serving == nil && len(queue) > 0 && s.stalled(now) == now {
+			q := queue[0]
+			queue = queue[1:]
+			if !tnow.Before(q.at.Add(simDeadline)) {
+				q.dropped = true
+				finish(q, tnow)
+				continue
+			}
+			serving, busyTill = q, now+q.svc
+		}
+		if serving == nil {
+			busyTill = now // the queue, if any, waits for the stall's end
+		}
+	}
+	return s.reqs
+}
+
+// release ends q, woken at now: served by its deadline, or not.
+func (s *sim) release(q *simReq, now time.Time) {
+	q.done, q.ok = now, !q.dropped && !now.After(q.at.Add(simDeadline))
+	o := OutcomeSuccess
+	if !q.ok {
+		o = OutcomeDropped
+	}
+	if s.permits != nil {
+		if err := s.permits.Release(q.id, now.Sub(q.at), o); err != nil {
+			s.tb.Errorf("release of a permit held %v: %v", now.Sub(q.at), err)
+		}
+		return
+	}
+	s.r.Release(q.permit, now.Sub(q.at), o)
+}
+
+// simStats are what happened to the requests of one priority (or all)
+// that arrived in a stretch of time.
+type simStats struct {
+	offered, ok, refused, dropped int
+	lat                           []time.Duration // admitted requests', from arrival to their end
+	okLat                         []time.Duration // served requests'
+}
+
+func (st simStats) lost() int { return st.refused + st.dropped }
+
+// stats returns the figures of priority p (0: all) over [from, to).
+func (s *sim) stats(p Priority, from, to time.Duration) simStats {
+	var st simStats
+	for _, q := range s.reqs {
+		d := q.at.Sub(t0)
+		if d < from || d >= to || p != 0 && q.prio != p {
+			continue
+		}
+		st.offered++
+		switch {
+		case !q.admitted:
+			st.refused++
+			continue
+		case q.ok:
+			st.ok++
+			st.okLat = append(st.okLat, q.done.Sub(q.at))
+		default:
+			st.dropped++
+		}
+		st.lat = append(st.lat, q.done.Sub(q.at))
+	}
+	return st
+}
+
+// fifths spreads total (a multiple of simMu) over the five priorities.
+func fifths(total float64) [NumPriorities]float64 {
+	f := total * simMu / 5
+	return [NumPriorities]float64{f, f, f, f, f}
+}
+
+// quarters spreads total over critical, high, low and sheddable.
+func quarters(total float64) [NumPriorities]float64 {
+	q := total * simMu / 4
+	return [NumPriorities]float64{q, q, 0, q, q}
+}
+
+// orderViolations lists, from the second second of each phase on, the
+// control intervals (between two ticks, while the threshold stands still)
+// in which a priority lost a request that called Acquire in it (refused,
+// or admitted and dropped) while a less important one had a request
+// admitted in it. A request admitted before a move of the threshold and
+// still in flight after it is the move's, not a violation.
+func (s *sim) orderViolations(phases []simPhase) []string {
+	// Per control interval k (from tick k-1 to tick k), the requests lost
+	// and admitted by priority, of those that called Acquire in it.
+	type counts struct{ lost, admitted [NumPriorities + 1]int }
+	per := make([]counts, len(s.ticks))
+	for _, q := range s.reqs {
+		d := q.acq.Sub(t0)
+		k, _ := slices.BinarySearchFunc(s.ticks, d, func(tk simTick, d time.Duration) int { return cmp.Compare(tk.at, d+1) })
+		if k == 0 || k == len(s.ticks) {
+			continue
+		}
+		if q.admitted {
+			per[k].admitted[q.prio]++
+		}
+		if !q.ok {
+			per[k].lost[q.prio]++
+		}
+	}
+	var out []string
+	var start time.Duration
+	for i, ph := range phases {
+		from, to := start+time.Second, start+ph.dur
+		start = to
+		for k := 1; k < len(s.ticks); k++ {
+			a, b := s.ticks[k-1].at, s.ticks[k].at
+			if a < from || b > to {
+				continue
+			}
+			c := &per[k]
+			for p := Critical; p < Sheddable; p++ {
+				for q := p + 1; q <= Sheddable; q++ {
+					if c.lost[p] > 0 && c.admitted[q] > 0 {
+						out = append(out, fmt.Sprintf("phase %d, %v–%v: %v lost %d while %v had %d admitted", i, a, b, p, c.lost[p], q, c.admitted[q]))
+						break
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// simC is the capacity the scenarios are expressed in, as levee surge
+// calibrates it: 90% of the worker's service rate.
+const simC = 0.9
+
+// rampPhases are the ramp of the overload harness: five priorities at 20%
+// each, 0.5C to 6C, 4 s a step.
+func rampPhases() []simPhase {
+	var out []simPhase
+	for _, x := range []float64{0.5, 1, 2, 4, 6} {
+		out = append(out, simPhase{4 * time.Second, fifths(simC * x)})
+	}
+	return out
+}
+
+// TestSimulationRampStrictOrder drives a Resource with its default
+// configuration through the ramp (five priorities at 20% each, 0.5C → 1C →
+// 2C → 4C → 6C, 4 s a step) for ten seeds, and holds it to the overload
+// targets from the second second of each step on: priorities are shed in
+// strict order (in no control interval does a priority lose a request,
+// refused or admitted and dropped, while a less important one has requests
+// admitted; see orderViolations); what is admitted waits at most half its
+// deadline (p99); the
+// worker serves at least 0.8C; and critical loses nothing while its own
+// demand fits.
+func TestSimulationRampStrictOrder(t *testing.T) {
+	for seed := range uint64(10) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			phases := rampPhases()
+			s := newSim(t, seed, Config{})
+			s.run(phases...)
+			for _, v := range s.orderViolations(phases) {
+				t.Error("order: ", v)
+			}
+			var start time.Duration
+			for i, ph := range phases {
+				from, to := start+time.Second, start+ph.dur
+				all, crit := s.stats(0, from, to), s.stats(Critical, from, to)
+				p99 := pct(all.lat, 0.99)
+				served := float64(all.ok) / (to - from).Seconds()
+				t.Logf("step %d: admitted p99 %v, served %.0f/s, critical %d of %d", i, p99, served, crit.ok, crit.offered)
+				if p99 > simDeadline/2 {
+					t.Errorf("step %d: admitted p99 %v, want at most %v", i, p99, simDeadline/2)
+				}
+				if want := 0.8 * simC * simMu; served < min(want, 0.95*float64(all.offered)/(to-from).Seconds()) {
+					t.Errorf("step %d: served %.0f/s, want at least %.0f/s", i, served, want)
+				}
+				if ph.rates[0] < simC*simMu && crit.ok != crit.offered {
+					t.Errorf("step %d: critical lost %d of %d while its demand fits", i, crit.offered-crit.ok, crit.offered)
+				}
+				start += ph.dur
+			}
+		})
+	}
+}
+
+// TestSimulationRampThroughPermits: the ramp holds its order and latency
+// when every request goes through the permit table the sidecar serves
+// (Admit and Release by id, with the latency the caller reports).
+func TestSimulationRampThroughPermits(t *testing.T) {
+	for seed := range uint64(3) {
+		phases := rampPhases()
+		s := newSim(t, seed, Config{})
+		s.permits = NewPermitTable(s.r)
+		s.run(phases...)
+		for _, v := range s.orderViolations(phases) {
+			t.Errorf("seed %d: order: %s", seed, v)
+		}
+		var start time.Duration
+		for i, ph := range phases {
+			if p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99); p99 > simDeadline/2 {
+				t.Errorf("seed %d step %d: admitted p99 %v, want at most %v", seed, i, p99, simDeadline/2)
+			}
+			start += ph.dur
+		}
+		if n := s.permits.Len(); n != 0 {
+			t.Errorf("seed %d: %d permits left in the table", seed, n)
+		}
+	}
+}
+
+// TestSimulationFloodKeepsCriticalFast drives a Resource with its default
+// configuration through a low-priority flood (critical 0.5C throughout,
+// sheddable 0.25C, then 3C for 8 s, then 0.25C) for ten seeds: critical
+// loses nothing, its p99 in the flood stays within 1.5× its p99 before it,
+// and the worker serves at least 0.9C in the flood.
+func TestSimulationFloodKeepsCriticalFast(t *testing.T) {
+	c := simC * simMu
+	for seed := range uint64(10) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			s := newSim(t, seed, Config{})
+			s.run(
+				simPhase{8 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 0.25 * c}},
+				simPhase{8 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 3 * c}},
+				simPhase{4 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 0.25 * c}},
+			)
+			before, flood := s.stats(Critical, time.Second, 8*time.Second), s.stats(Critical, 8*time.Second, 16*time.Second)
+			p99, base := pct(flood.okLat, 0.99), pct(before.okLat, 0.99)
+			served := float64(s.stats(0, 8*time.Second, 16*time.Second).ok) / 8
+			t.Logf("critical p99 %v in the flood, %v before (%.2f×); served %.0f/s", p99, base, float64(p99)/float64(base), served)
+			if lost := s.stats(Critical, 0, s.duration); lost.ok != lost.offered {
+				t.Errorf("critical lost %d of %d", lost.offered-lost.ok, lost.offered)
+			}
+			if float64(p99) > 1.5*float64(base) {
+				t.Errorf("critical p99 %v in the flood, want at most 1.5 × %v", p99, base)
+			}
+			if served < 0.9*c {
+				t.Errorf("served %.0f/s in the flood, want at least 0.9C = %.0f/s", served, 0.9*c)
+			}
+		})
+	}
+}
+
+// TestSimulationCalmRefusesNothing: at 0.5C, five priorities at 20% each,
+// nothing is refused.
+func TestSimulationCalmRefusesNothing(t *testing.T) {
+	for seed := range uint64(5) {
+		s := newSim(t, seed, Config{})
+		s.run(simPhase{30 * time.Second, fifths(simC * 0.5)})
+		if st := s.stats(0, 0, s.duration); st.refused > 0 {
+			t.Errorf("seed %d: %d of %d refused at 0.5C", seed, st.refused, st.offered)
+		}
+	}
+}
+
+// TestSimulationPausesKeepOrder runs the ramp through the pauses a
+// process sees (a collector or the scheduler stopping it for 30 ms every
+// 700 ms): what was due in a pause arrives at its end, at once. Order
+// still holds, and what is admitted waits at most half its deadline
+// beyond the pause itself.
+func TestSimulationPausesKeepOrder(t *testing.T) {
+	const pause = 30 * time.Millisecond
+	for seed := range uint64(5) {
+		phases := rampPhases()
+		s := newSim(t, seed, Config{})
+		for f := 500 * time.Millisecond; f < 20*time.Second; f += 700 * time.Millisecond {
+			s.freezes = append(s.freezes, span{f, f + pause})
+		}
+		s.run(phases...)
+		for _, v := range s.orderViolations(phases) {
+			t.Errorf("seed %d: order: %s", seed, v)
+		}
+		var start time.Duration
+		for i, ph := range phases {
+			if p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99); p99 > simDeadline/2+pause {
+				t.Errorf("seed %d step %d: admitted p99 %v, want at most %v", seed, i, p99, simDeadline/2+pause)
+			}
+			start += ph.dur
+		}
+	}
+}
+
+// TestSimulationLongPausesDoNotShedCritical: a flood with the process
+// stopped for 200 ms at its start and 300 ms in the middle (what was due
+// in a pause arrives at its end, at once): what waited past its deadline
+// is lost, but no pause is taken for critical demand beyond capacity.
+func TestSimulationLongPausesDoNotShedCritical(t *testing.T) {
+	c := simC * simMu
+	for seed := range uint64(5) {
+		s := newSim(t, seed, Config{})
+		s.freezes = []span{{50 * time.Millisecond, 250 * time.Millisecond}, {6 * time.Second, 6300 * time.Millisecond}}
+		s.run(
+			simPhase{4 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 0.25 * c}},
+			simPhase{8 * time.Second, [NumPriorities]float64{0.5 * c, 0, 0, 0, 3 * c}},
+		)
+		maxTh := Level(0)
+		for _, tk := range s.ticks {
+			maxTh = max(maxTh, tk.st.Threshold)
+		}
+		if st := s.stats(Critical, 0, s.duration); st.refused > 0 || maxTh >= CriticalOnly {
+			t.Errorf("seed %d: %d critical requests refused, threshold up to %v", seed, st.refused, maxTh)
+		}
+	}
+}
