@@ -86,6 +86,7 @@ type throughputTarget struct {
 	// gate, and the critical demand) and seconds, undecayed: a surge or a
 	// fall in demand shows here long before the decayed rate follows it.
 	recentAll, recentEx, recentCrit, recentSec [recentTicks]float64
+	recentServed                               [recentTicks]float64
 	lastSec, prevSec                           float64 // the last tick's length and the one's before it, resets or not
 }
 
@@ -162,6 +163,7 @@ func (t *throughputTarget) observe(now time.Time, g gateReading, critical uint64
 	t.dur = rateDecay*t.dur + sec
 	i := t.ticks % recentTicks
 	t.recentAll[i], t.recentEx[i], t.recentCrit[i], t.recentSec[i] = float64(g.all), float64(g.exempt), float64(critical), sec
+	t.recentServed[i] = float64(g.served)
 	t.prevSec, t.lastSec = t.lastSec, sec
 	t.ticks++
 }
@@ -232,12 +234,13 @@ func (t *throughputTarget) read(now time.Time) Reading {
 // critical band is opened when critical demand alone outruns the target
 // as clearly.
 func (t *throughputTarget) surge() (Reading, bool) {
-	var all, ex, crit, sec float64
+	var all, ex, crit, served, sec float64
 	for k := range min(t.ticks, surgeTicks) {
 		i := (t.ticks - 1 - k) % recentTicks
 		all += t.recentAll[i]
 		ex += t.recentEx[i]
 		crit += t.recentCrit[i]
+		served += t.recentServed[i]
 		sec += t.recentSec[i]
 		// The last tick alone shows a large surge one tick sooner; the
 		// last two show a smaller one. Not the last alone after a long
@@ -246,7 +249,11 @@ func (t *throughputTarget) surge() (Reading, bool) {
 		if k == 0 && t.prevSec > 1.5*sec {
 			continue
 		}
-		expect := (1 - t.headroom) * t.capacity * sec
+		// While a surge queues, the resource serves flat out: what it
+		// served is its capacity too, should the measure (taken while a
+		// gate of a few is full, some of them on their way out) fall
+		// short of it.
+		expect := (1 - t.headroom) * max(t.capacity*sec, served)
 		outruns := func(n float64) bool {
 			return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect
 		}

@@ -273,7 +273,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		for l := range c.recent {
 			c.recent[l] = c.ticks[0][l] + c.ticks[1][l]
 		}
-		if nt := raiseStep(&c.recent, t, min(r.Excess, maxFit), ceiling); nt > t {
+		if nt := raiseStep(&c.recent, t, min(fitGain*r.Excess, maxFit), ceiling); nt > t {
 			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, nt
 		}
 	case r.Overloaded:
@@ -347,6 +347,14 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	c.setMarginal(t)
 	return t
 }
+
+// fitGain is the share of a fitted excess one raise sheds: most of it, but
+// not all, since the capacity it was measured against errs low more often
+// than high (it is measured while a gate of a few requests is full, some
+// of them on their way out), and what the raise leaves the gate trims and
+// the next reading sheds, whereas what it takes too much stays shed until
+// room is measured.
+const fitGain = 0.8
 
 // maxFit caps the share of the traffic one fitted raise sheds: a
 // measurement that says nearly all of it must go is more likely a stall

@@ -473,36 +473,40 @@ func TestMarginUnfitNeverEmptiesCritical(t *testing.T) {
 }
 
 // TestFitShedsAMeasuredSurgeInOneRaise: a fitted excess is shed in one
-// raise on the last two ticks' demand, across priorities, however large;
-// it stops at the critical band unless the reading says critical alone
-// does not fit.
+// raise (fitGain of it) on the last two ticks' demand, across priorities,
+// however large; it stops at the critical band unless the reading says
+// critical alone does not fit.
 func TestFitShedsAMeasuredSurgeInOneRaise(t *testing.T) {
 	c := mustController(t, ControllerConfig{})
 	now := t0
-	// Two ticks of demand: 100 of each priority per tick.
-	for range 2 {
-		offer(c, now, [NumPriorities]int{100, 100, 100, 100, 100}, 0)
+	tickOf := func(demand [NumPriorities]int) {
+		offer(c, now, demand, 0)
 		now = now.Add(tick)
-		c.Update(now, Reading{})
 	}
-	offer(c, now, [NumPriorities]int{100, 100, 100, 100, 100}, 0)
-	now = now.Add(tick)
-	// 70% must go: sheddable, low, default and half of high, in one raise.
-	th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.7})
+	even := [NumPriorities]int{100, 100, 100, 100, 100}
+	tickOf(even)
+	c.Update(now, Reading{})
+	tickOf(even)
+	c.Update(now, Reading{})
+	tickOf(even)
+	// 87.5% measured, 70% shed: sheddable, low, default and half of high.
+	th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.875})
 	if lo, hi := LevelOf(High, 50), LevelOf(High, 78); th < lo || th > hi {
-		t.Fatalf("threshold %v after a fitted excess of 70%%, want about high/64", th)
+		t.Fatalf("threshold %v after a fitted excess of 87.5%%, want about high/64", th)
 	}
 	if c.Marginal() != High {
 		t.Fatalf("marginal %v, want high", c.Marginal())
 	}
-	// All but critical, and more: without Critical it stops at the band.
-	offer(c, now, [NumPriorities]int{100, 100, 100, 100, 100}, 0)
-	now = now.Add(tick)
-	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.95}); th != CriticalOnly {
-		t.Fatalf("threshold %v after a fitted excess of 95%% without Critical, want %v", th, CriticalOnly)
+	// Critical is half the demand: all of the rest and more measured,
+	// but without Critical it stops at the band.
+	heavy := [NumPriorities]int{400, 100, 100, 100, 100}
+	tickOf(heavy)
+	c.Update(now, Reading{})
+	tickOf(heavy)
+	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.9}); th != CriticalOnly {
+		t.Fatalf("threshold %v after a fitted excess of 90%% without Critical, want %v", th, CriticalOnly)
 	}
-	offer(c, now, [NumPriorities]int{100, 100, 100, 100, 100}, 0)
-	now = now.Add(tick)
+	tickOf(heavy)
 	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.9, Critical: true}); th <= CriticalOnly || th.Priority() != Critical {
 		t.Fatalf("threshold %v after a fitted excess of 90%% with Critical, want within critical", th)
 	}

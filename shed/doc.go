@@ -82,9 +82,10 @@
 // excess in one move, rather than creeping up while the queue stands. A
 // surge, the traffic past the gate outrunning the target by a quarter and
 // four standard deviations over the last tick or two, is shed at once
-// (Reading.Fit): on the demand per level of the last two ticks, across as
-// many priorities as it takes, so that what is admitted does not queue
-// to its deadline while the threshold climbs a priority at a time. The
+// (Reading.Fit), 80% of it, on the demand per level of the last two ticks,
+// across as many priorities as it takes, so that what is admitted does not
+// queue to its deadline while the threshold climbs a priority at a time;
+// the gate trims what the raise leaves. The
 // critical band opens the same way only when critical demand alone
 // outruns the target as clearly. When what it lets through falls short of
 // the target beyond the noise (and the last three ticks did too), it

@@ -157,6 +157,7 @@ type GradientLimit struct {
 
 	admitted, refused, refusedCritical atomic.Uint64
 	completed                          atomic.Uint64 // Releases
+	served                             atomic.Uint64 // of them, requests served
 	exempt                             atomic.Uint64 // slots taken past the gate (take)
 	maxInflight                        atomic.Int64  // max total inflight seen at Release this window
 	minInflight                        atomic.Int64  // min total inflight left by a Release since the last Read
@@ -182,6 +183,7 @@ type GradientLimit struct {
 	windowStart              time.Time
 	lastAdm, lastRef, lastCr uint64
 	lastEx, lastDone         uint64
+	lastServed               uint64
 	lastRead                 time.Time
 	lastIn                   int64 // inflight at the last Read
 	floorRun                 int
@@ -272,8 +274,11 @@ func (g *GradientLimit) Release(p Priority, rtt time.Duration, sample bool) {
 // (not dropped or timed out): only those count towards the capacity.
 func (g *GradientLimit) release(p Priority, rtt time.Duration, sample, served bool) {
 	i := p.index()
-	if served && g.fullSince.Load() != 0 {
-		g.fullDone.Add(1)
+	if served {
+		g.served.Add(1)
+		if g.fullSince.Load() != 0 {
+			g.fullDone.Add(1)
+		}
 	}
 	if sample && g.fullSince.Load() != 0 {
 		if far := g.far.Load(); far > 0 && int64(rtt) > far && g.refused.Load()-g.winRef.Load() >= uint64(g.limit.Load()) {
@@ -372,6 +377,7 @@ type gateReading struct {
 	standing     bool          // more than twice the limit stayed in flight all interval
 	exempt       uint64        // slots taken past the gate (more important than the margin)
 	completed    uint64        // releases
+	served       uint64        // of them, requests served
 	full         time.Duration // how long the gate was full (at least limit−1 in flight)
 	fullDone     uint64        // requests served while it was
 	interval     time.Duration
@@ -384,7 +390,9 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 	dAdm, dRef, dCr, dEx := adm-g.lastAdm, ref-g.lastRef, cr-g.lastCr, ex-g.lastEx
 	g.lastAdm, g.lastRef, g.lastCr, g.lastEx = adm, ref, cr, ex
 	done := g.completed.Load()
-	r := gateReading{all: dAdm + dEx + dRef, refused: dRef, exempt: dEx, completed: done - g.lastDone}
+	srv := g.served.Load()
+	r := gateReading{all: dAdm + dEx + dRef, refused: dRef, exempt: dEx, completed: done - g.lastDone, served: srv - g.lastServed}
+	g.lastServed = srv
 	g.lastDone = done
 	if !g.lastRead.IsZero() {
 		r.interval = now.Sub(g.lastRead)
