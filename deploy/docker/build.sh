@@ -73,7 +73,9 @@ for img in "${images[@]}"; do
 		for p in etcd:go.etcd.io/etcd/server/v3 etcdctl:go.etcd.io/etcd/etcdctl/v3; do
 			CGO_ENABLED=0 "$go" build -C "$here/etcd" -trimpath -ldflags "-s -w" -o "$ctx/${p%%:*}" "${p#*:}"
 		done
-		"$ctx/etcd" --version | head -1
+		# sed, not head: head exits after one line and etcd, writing the next, dies
+		# of SIGPIPE, which pipefail turns into a failed build.
+		"$ctx/etcd" --version | sed -n 1p
 		image "levee-etcd:$tag" "$here/etcd.Dockerfile" "$ctx"
 		;;
 	*)
