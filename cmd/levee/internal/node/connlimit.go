@@ -15,18 +15,24 @@ import (
 // exhausting the process.
 type limitListener struct {
 	net.Listener
-	max  int64
-	open atomic.Int64
+	max     int64 // <= 0: unbounded
+	open    atomic.Int64
+	refused atomic.Uint64
 }
 
 // limitConns wraps lis so that at most max connections are open at once;
-// max <= 0 leaves it unbounded.
-func limitConns(lis net.Listener, max int) net.Listener {
-	if max <= 0 {
-		return lis
-	}
+// max <= 0 leaves it unbounded (the connections are still counted, for
+// the metrics).
+func limitConns(lis net.Listener, max int) *limitListener {
 	return &limitListener{Listener: lis, max: int64(max)}
 }
+
+// Open is the number of connections accepted and not yet closed.
+func (l *limitListener) Open() int64 { return l.open.Load() }
+
+// Refused is the number of connections closed at once because the bound
+// was reached.
+func (l *limitListener) Refused() uint64 { return l.refused.Load() }
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -34,10 +40,11 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) <= l.max {
+		if n := l.open.Add(1); l.max <= 0 || n <= l.max {
 			return &limitedConn{Conn: c, release: func() { l.open.Add(-1) }}, nil
 		}
 		l.open.Add(-1)
+		l.refused.Add(1)
 		_ = c.Close()
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -87,7 +90,8 @@ func TestLimitConnsClosesPastTheBound(t *testing.T) {
 // TestNodeClosesIdleAndExcessConnections runs a node with a short
 // MaxConnectionIdle and a bound of two connections: an HTTP/2 client that
 // opens a connection and sends nothing more gets GOAWAY and then EOF, and
-// while two connections are open a third is closed at once.
+// while two connections are open a third is closed at once, and counted
+// in /metrics.
 func TestNodeClosesIdleAndExcessConnections(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Addrs, 1)
@@ -95,6 +99,7 @@ func TestNodeClosesIdleAndExcessConnections(t *testing.T) {
 	go func() {
 		done <- Run(ctx, Config{
 			GRPCAddr:          "127.0.0.1:0",
+			MetricsAddr:       "127.0.0.1:0",
 			MaxConnections:    2,
 			MaxConnectionIdle: 200 * time.Millisecond,
 		}, func(a Addrs) { ready <- a })
@@ -181,4 +186,35 @@ func TestNodeClosesIdleAndExcessConnections(t *testing.T) {
 		}
 	}
 	_ = third.Close()
+	if got := metricValue(t, addrs.Metrics, "levee_grpc_connections_refused_total"); got < 1 {
+		t.Errorf("levee_grpc_connections_refused_total = %v after a refused connection, want >= 1", got)
+	}
+	if got := metricValue(t, addrs.Metrics, "levee_grpc_connections"); got != 2 {
+		t.Errorf("levee_grpc_connections = %v while two connections hold both slots, want 2", got)
+	}
+}
+
+// metricValue reads one series of the node's /metrics by name (its
+// labels ignored; the series must be unique), failing if it is absent.
+func metricValue(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? (\S+)$`)
+	m := re.FindAllSubmatch(body, -1)
+	if len(m) != 1 {
+		t.Fatalf("/metrics has %d series named %s, want 1", len(m), name)
+	}
+	v, err := strconv.ParseFloat(string(m[0][1]), 64)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return v
 }

@@ -188,6 +188,7 @@ type node struct {
 	cl       *clusterNode // nil for a standalone node
 	eng      *engine.Engine
 	tel      *telemetry
+	conns    *limitListener // the gRPC listener's connection bound and counts
 	tr       *tracing
 	shedding *shedSet
 	rt       *runtimeConfig // nil for a standalone node
@@ -275,7 +276,8 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
 	n.onClose(func() { _ = n.lis.Close() })
-	n.lis = limitConns(n.lis, cfg.MaxConnections)
+	n.conns = limitConns(n.lis, cfg.MaxConnections)
+	n.lis = n.conns
 
 	n.store = limiter.NewStore(cfg.MaxKeys)
 	var buckets engine.Buckets = engine.LocalBuckets{Store: n.store}
@@ -291,7 +293,7 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	n.eng = engine.New(buckets, initial, em)
-	if n.tel, err = newTelemetry(meter, n.store, n.cl); err != nil {
+	if n.tel, err = newTelemetry(meter, n.store, n.cl, n.conns); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	sm, err := shed.NewMetrics(meter)

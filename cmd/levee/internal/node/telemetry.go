@@ -26,7 +26,7 @@ type telemetry struct {
 
 type methodCode struct{ method, code string }
 
-func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode) (*telemetry, error) {
+func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode, conns *limitListener) (*telemetry, error) {
 	t := &telemetry{methods: make(map[methodCode]metric.RecordOption)}
 	var err error
 	t.latency, err = meter.Float64Histogram("levee.request.duration",
@@ -56,11 +56,25 @@ func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode) (*t
 	if err != nil {
 		return nil, err
 	}
+	open, err := meter.Int64ObservableGauge("levee.grpc.connections",
+		metric.WithDescription("gRPC connections open on the node's listener."),
+		metric.WithUnit("{connection}"))
+	if err != nil {
+		return nil, err
+	}
+	refused, err := meter.Int64ObservableCounter("levee.grpc.connections_refused",
+		metric.WithDescription("gRPC connections closed when accepted because --max-connections were open; clients see the refusal and go to another node."),
+		metric.WithUnit("{connection}"))
+	if err != nil {
+		return nil, err
+	}
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(keys, int64(store.Len()))
 		o.ObserveInt64(evictions, int64(store.Evictions()))
+		o.ObserveInt64(open, conns.Open())
+		o.ObserveInt64(refused, int64(conns.Refused()))
 		return nil
-	}, keys, evictions)
+	}, keys, evictions, open, refused)
 	if err != nil || cl == nil {
 		return t, err
 	}
