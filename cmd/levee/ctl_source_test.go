@@ -54,6 +54,14 @@ func TestCtlFileMode(t *testing.T) {
 	if rec, err := store.Get(context.Background()); err != nil || rec.Version != 0 {
 		t.Fatalf("stored after refused writes: v%d, %v", rec.Version, err)
 	}
+	// The current stored version is not what the node enforces: get and
+	// diff refuse to show it as if it were.
+	for _, args := range [][]string{{"get"}, {"diff", "-f", dir}} {
+		_, stderr, code := runCtl(append([]string{"--addr", srv.Addr()}, args...)...)
+		if code != ctlExitError || !strings.Contains(stderr, "not a stored version") || !strings.Contains(stderr, rulesDir) {
+			t.Errorf("ctl %s in file mode: exit %d, %q", args[0], code, stderr)
+		}
+	}
 
 	out, stderr, code := runCtl("--addr", srv.Addr(), "status")
 	if code != 0 {

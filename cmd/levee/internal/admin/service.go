@@ -69,16 +69,38 @@ func (s *service) refuseInFileMode(what string) error {
 	if s.source != SourceFile {
 		return nil
 	}
-	files := "the built-in example rules and shedding policy"
-	if len(s.files) > 0 {
-		files = strings.Join(s.files, ", ")
-	}
 	return status.Errorf(codes.FailedPrecondition,
 		"refused: this node enforces its own files (config source %q), so a stored version would not be enforced (%s changes only etcd); the files are authoritative: %s; edit the files on every node",
-		SourceFile, what, files)
+		SourceFile, what, s.fileList())
+}
+
+// refuseCurrentInFileMode refuses a read of the current stored version on
+// a node in file mode: what is stored there is not what the node
+// enforces, and showing it as "the configuration" would mislead. Older
+// versions, asked for by number, are still read.
+func (s *service) refuseCurrentInFileMode(what string) error {
+	if s.source != SourceFile {
+		return nil
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"refused: this node enforces its own files (config source %q), not a stored version, so %s of the current version would show a configuration that is not in force; the files are: %s; levee ctl explain shows what they decide; give a version number to read a stored version",
+		SourceFile, what, s.fileList())
+}
+
+// fileList names the files a node in file mode enforces.
+func (s *service) fileList() string {
+	if len(s.files) == 0 {
+		return "the built-in example rules and shedding policy"
+	}
+	return strings.Join(s.files, ", ")
 }
 
 func (s *service) GetConfig(ctx context.Context, req *leveev1.GetConfigRequest) (*leveev1.GetConfigResponse, error) {
+	if req.GetVersion() == 0 {
+		if err := s.refuseCurrentInFileMode("a get"); err != nil {
+			return nil, err
+		}
+	}
 	rec, err := s.store.Version(ctx, req.GetVersion())
 	if err != nil {
 		return nil, toStatus(err)
@@ -110,6 +132,11 @@ func (s *service) ApplyConfig(ctx context.Context, req *leveev1.ApplyConfigReque
 }
 
 func (s *service) DiffConfig(ctx context.Context, req *leveev1.DiffConfigRequest) (*leveev1.DiffConfigResponse, error) {
+	if req.GetFromVersion() == 0 || (req.GetBundle() == nil && req.GetToVersion() == 0) {
+		if err := s.refuseCurrentInFileMode("a diff"); err != nil {
+			return nil, err
+		}
+	}
 	from, err := s.store.Version(ctx, req.GetFromVersion())
 	if err != nil {
 		return nil, toStatus(err)

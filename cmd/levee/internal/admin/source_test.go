@@ -13,8 +13,9 @@ import (
 )
 
 // TestFileModeRefusesWrites: a node enforcing its own files refuses apply
-// and rollback, naming the files, and stores nothing; reads and overrides
-// still work.
+// and rollback, naming the files, and stores nothing; it refuses to show
+// the current stored version as if it were in force (get, diff), while a
+// stored version asked for by number is still read.
 func TestFileModeRefusesWrites(t *testing.T) {
 	store := newStore(t)
 	files := []string{"/etc/levee/rules", "/etc/levee/shed.yaml"}
@@ -55,6 +56,38 @@ func TestFileModeRefusesWrites(t *testing.T) {
 	}
 	if rec, err := store.Get(withToken("")); err != nil || rec.Version != 0 {
 		t.Fatalf("store after refused writes: v%d, %v; want nothing stored", rec.Version, err)
+	}
+	for name, call := range map[string]func() error{
+		"get": func() error {
+			_, err := c.GetConfig(withToken(""), &leveev1.GetConfigRequest{})
+			return err
+		},
+		"diff from the current version": func() error {
+			_, err := c.DiffConfig(withToken(""), &leveev1.DiffConfigRequest{To: &leveev1.DiffConfigRequest_Bundle{Bundle: rulesBundle("10")}})
+			return err
+		},
+	} {
+		err := call()
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("%s in file mode: %v; want FailedPrecondition", name, err)
+		}
+		for _, want := range append([]string{"not a stored version", "levee ctl explain"}, files...) {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s in file mode: %q lacks %q", name, err, want)
+			}
+		}
+	}
+	// A stored version asked for by number is read: one written while the
+	// node ran from etcd, say.
+	stored, err := bundleFromProto(rulesBundle("7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Apply(withToken(""), stored, 0, "test", "before file mode"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.GetConfig(withToken(""), &leveev1.GetConfigRequest{Version: 1}); err != nil || got.GetVersion().GetVersion() != 1 {
+		t.Fatalf("get of stored version 1 in file mode: %v, %v", got, err)
 	}
 	st, err := c.Status(withToken(""), &leveev1.StatusRequest{})
 	if err != nil || st.GetConfigSource() != SourceFile {
