@@ -51,7 +51,7 @@ func TestMaxMinExamples(t *testing.T) {
 	}{
 		{100, []float64{10, 1000}, []float64{10, 90}},
 		{100, []float64{1000, 10}, []float64{90, 10}},
-		{100, []float64{10, 20}, []float64{45, 55}},            // slack split on top
+		{100, []float64{10, 20}, []float64{45, 55}},                  // slack split on top
 		{90, []float64{Unknown, 10, Unknown}, []float64{40, 10, 40}}, // unknown is unbounded
 		{100, []float64{0, 0, 0, 0}, []float64{25, 25, 25, 25}},
 		{100, []float64{-5, math.NaN()}, []float64{50, 50}},

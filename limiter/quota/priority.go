@@ -1,8 +1,6 @@
 package quota
 
-
 import "github.com/levee-dev/levee/shed"
-
 
 // Admitted returns the fraction of priority p's cohorts that a shedding
 // threshold admits: 1 when it admits them all, 0 when it sheds them all.
