@@ -239,16 +239,17 @@ func (s *Server) Drain() {
 
 // Stats is what the service holds, for metrics and tests.
 type Stats struct {
-	Streams int // open streams
-	Clients int // (stream, bucket id) pairs on this node
-	Owned   int // buckets this node owns
-	Pairs   int // (node, client) pairs in the owned buckets
+	Streams int    // open streams
+	Clients int    // (stream, bucket id) pairs on this node
+	Owned   int    // buckets this node owns
+	Pairs   int    // (node, client) pairs in the owned buckets
+	Reports uint64 // bucket usage reports received, ever
 }
 
 // Stats returns what the service holds.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	st := Stats{Streams: len(s.streams)}
+	st := Stats{Streams: len(s.streams), Reports: s.reports}
 	for ss := range s.streams {
 		st.Clients += len(ss.clients)
 	}
