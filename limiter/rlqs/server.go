@@ -209,7 +209,11 @@ func New(cfg Config) *Server {
 		cfg:     cfg,
 		kick:    make(chan struct{}, 1),
 		streams: make(map[*stream]struct{}),
-		alloc:   quota.NewAllocator(cfg.Idle),
+		// Nodes send the whole demand of their clients every Sync, so a
+		// node's clients that the owner has not heard of for three syncs
+		// went with their node: their share must not stay reserved for
+		// the Envoys' own idle time.
+		alloc: quota.NewAllocator(max(3*cfg.Sync, 3*time.Second)),
 	}
 }
 

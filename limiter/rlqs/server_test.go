@@ -2,6 +2,7 @@ package rlqs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -302,6 +303,12 @@ func TestStreamEnds(t *testing.T) {
 	if err := st.Send(&rlqsv3.RateLimitQuotaUsageReports{Domain: "rlqs", BucketQuotaUsages: []*rlqsv3.RateLimitQuotaUsageReports_BucketQuotaUsage{{BucketId: bucketID("name=api")}}}); err != nil {
 		t.Fatal(err)
 	}
+	shedtest.Eventually(t, 5*time.Second, "first stream's report counted", func() error {
+		if h.srv.Stats().Reports == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	a.report(usage{bucket: "name=api"})
 	h.sync()
 	if n, _, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 50 {
