@@ -358,7 +358,7 @@ func (s *Server) report(ss *stream, m *rlqsv3.RateLimitQuotaUsageReports) error 
 				return status.Errorf(codes.ResourceExhausted, "bucket_quota_usages[%d]: more than %d buckets on one stream", i, MaxBucketsPerStream)
 			}
 			s.nextID++
-			c = &client{id: s.nextID, bucketID: &rlqsv3.BucketId{Bucket: maps.Clone(bid)}, entries: entries(bid)}
+			c = &client{id: s.nextID, bucketID: &rlqsv3.BucketId{Bucket: maps.Clone(bid)}, entries: Descriptor(bid)}
 			ss.clients[canon] = c
 			subscribed = true
 		}
@@ -506,8 +506,9 @@ func canonical(bid map[string]string) string {
 	return b.String()
 }
 
-// entries is a bucket id as a descriptor: its entries sorted by key.
-func entries(bid map[string]string) []rules.Entry {
+// Descriptor is a bucket id as the descriptor the rules match: its entries
+// sorted by key. levee ctl explain --bucket-id uses it too.
+func Descriptor(bid map[string]string) []rules.Entry {
 	es := make([]rules.Entry, 0, len(bid))
 	for k, v := range bid {
 		es = append(es, rules.Entry{Key: k, Value: v})

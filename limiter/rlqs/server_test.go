@@ -195,7 +195,7 @@ func idString(b *rlqsv3.BucketId) string {
 
 func entryStrings(m map[string]string) []string {
 	var out []string
-	for _, e := range entries(m) {
+	for _, e := range Descriptor(m) {
 		out = append(out, e.Key+"="+e.Value)
 	}
 	return out
