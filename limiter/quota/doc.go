@@ -23,6 +23,12 @@
 // shares always add up to the rate: a client whose demand grows finds room
 // at once, and the total admitted never exceeds the limit.
 //
+// The owner divides demands in tokens per fill, each measured demand with
+// 5% headroom and rounded up to whole tokens (DemandTokens): a client asking
+// for less than its share then gets at least what it asks for after
+// rounding, with room for its bursts, and a demand that jitters between
+// reports leaves the shares, and so the clients' token buckets, unchanged.
+//
 // # Tokens
 //
 // Shares become token buckets with a fill interval of a whole number of
