@@ -2,7 +2,6 @@ package quota
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"time"
 
@@ -37,10 +36,9 @@ type Allocator struct {
 
 	// scratch for allocate
 	demands []float64
-	shares  []float64
 	tokens  []uint64
-	order   []int
 	keys    []partKey
+	div     Divider
 }
 
 type partKey struct {
@@ -128,16 +126,15 @@ func (a *Allocator) allocate(b *bucket) {
 	})
 	a.demands = resize(a.demands, len(a.keys))
 	b.demand = 0
-	b.fill, b.pool = FillInterval(b.limit)
 	for i, k := range a.keys {
 		r := b.parts[k].rate
-		a.demands[i] = DemandTokens(r, b.fill)
+		a.demands[i] = r
 		if r != Unknown {
 			b.demand += r
 		}
 	}
-	a.shares = MaxMin(float64(b.pool), a.demands, a.shares, a.order)
-	a.tokens = Quantize(a.shares, b.pool, a.tokens, a.order)
+	b.fill, b.pool = FillInterval(b.limit)
+	a.tokens = a.div.Divide(b.pool, b.fill, a.demands, a.tokens)
 	b.assigned = 0
 	for i, k := range a.keys {
 		b.parts[k].tokens = a.tokens[i]
@@ -191,25 +188,4 @@ func (a *Allocator) Each(f func(BucketStats)) {
 		f(BucketStats{Key: key, Limit: b.limit, Clients: len(b.parts), Demand: b.demand,
 			Assigned: float64(b.assigned) / b.fill.Seconds()})
 	}
-}
-
-// Headroom is added to a measured demand before it is divided: a client
-// that asks for less than its share gets its demand and this much more, so
-// that the bursts of its traffic fit in its token bucket and measurement
-// noise does not take requests it makes.
-const Headroom = 0.05
-
-// DemandTokens is a demand in requests per second as the tokens per fill
-// it asks for: with Headroom, rounded up to whole tokens, so that a client
-// asking for less than its share receives at least its demand after
-// rounding, and a demand that moves a little does not move the shares.
-// Unknown stays Unknown.
-func DemandTokens(rate float64, fill time.Duration) float64 {
-	if rate == Unknown || math.IsNaN(rate) {
-		return rate
-	}
-	if rate <= 0 {
-		return 0
-	}
-	return math.Ceil(rate * (1 + Headroom) * fill.Seconds())
 }

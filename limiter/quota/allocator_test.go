@@ -16,22 +16,23 @@ func TestAllocatorTwoNodes(t *testing.T) {
 	a := NewAllocator(10 * time.Second)
 	t0 := time.Unix(1000, 0)
 	// Node a's client asks 10/s, node b's 1000/s: 11 (10 with 5% headroom,
-	// rounded up) and 89.
+	// rounded up) and 90 (the limit less a's demand).
 	a.Report(t0, 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
 	g := a.Report(t0, 1, perSecond, "b", []Demand{{ID: 1, Rate: 1000}}, nil)
-	if g.FillInterval != time.Second || g.Pool != 100 || g.Tokens[0] != 89 {
-		t.Fatalf("b's grant %+v, want 89 of 100 every 1 s", g)
+	if g.FillInterval != time.Second || g.Pool != 100 || g.Tokens[0] != 90 {
+		t.Fatalf("b's grant %+v, want 90 of 100 every 1 s", g)
 	}
 	g = a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
 	if g.Tokens[0] != 11 {
 		t.Fatalf("a's grant %+v, want 11", g)
 	}
-	// A demand that jitters around 10/s leaves the shares as they are.
+	// A demand that jitters around 10/s leaves its grant as it is.
 	for _, r := range []float64{9.6, 10.1, 10.4} {
 		if g = a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: r}}, nil); g.Tokens[0] != 11 {
 			t.Fatalf("a's grant %+v at %v/s, want 11 still", g, r)
 		}
 	}
+	a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
 	// a's client leaves (a reports none): b gets everything.
 	a.Report(t0.Add(2*time.Second), 1, perSecond, "a", nil, nil)
 	g = a.Report(t0.Add(2*time.Second), 1, perSecond, "b", []Demand{{ID: 1, Rate: 1000}}, nil)
@@ -132,24 +133,5 @@ func BenchmarkPairMemory(b *testing.B) {
 		_, pairs := a.Len()
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(pairs), "B/pair")
 		runtime.KeepAlive(a)
-	}
-}
-
-func TestDemandTokens(t *testing.T) {
-	for _, c := range []struct {
-		rate float64
-		fill time.Duration
-		want float64
-	}{
-		{10, time.Second, 11},
-		{9.5, time.Second, 10},
-		{0, time.Second, 0},
-		{-1, time.Second, 0},
-		{1, 3 * time.Second, 4},
-		{Unknown, time.Second, Unknown},
-	} {
-		if got := DemandTokens(c.rate, c.fill); got != c.want {
-			t.Errorf("DemandTokens(%v, %v) = %v, want %v", c.rate, c.fill, got, c.want)
-		}
 	}
 }

@@ -23,11 +23,13 @@
 // shares always add up to the rate: a client whose demand grows finds room
 // at once, and the total admitted never exceeds the limit.
 //
-// The owner divides demands in tokens per fill, each measured demand with
-// 5% headroom and rounded up to whole tokens (DemandTokens): a client asking
-// for less than its share then gets at least what it asks for after
-// rounding, with room for its bursts, and a demand that jitters between
-// reports leaves the shares, and so the clients' token buckets, unchanged.
+// A client's demand that fits under the level the others share is granted
+// with 5% headroom, rounded up to whole tokens (Divider): it receives at
+// least what it asks for, with room for its bursts, and a demand that
+// jitters between reports leaves its grant unchanged. The headroom is
+// counted as unused: the clients above the level split what the limit
+// holds beyond the others' demands, not beyond their grants, so the tokens
+// used add up to the limit.
 //
 // # Tokens
 //
@@ -36,8 +38,8 @@
 // whole seconds and divides by zero below one. The pool of one fill —
 // the limit's rate times the interval, rounded down — is split into whole
 // tokens by the largest-remainder method (Quantize), so the tokens granted
-// never add up to more than the pool; a share below one token may round
-// to none.
+// never add up to more than the pool, the headroom of clients below the
+// level aside; a share below one token may round to none. Divider puts the two together.
 //
 // # Owner state
 //

@@ -274,12 +274,13 @@ func TestFairShare(t *testing.T) {
 	a.report(usage{bucket: "name=api", allowed: 50, elapsed: 5 * time.Second})
 	b.report(usage{bucket: "name=api", allowed: 250, denied: 4750, elapsed: 5 * time.Second})
 	h.sync()
-	// 10/s with 5% headroom, rounded up: 11; the rest to the other.
+	// 10/s with 5% headroom, rounded up: 11; the other gets the limit less
+	// the 10 asked for.
 	if n, m, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 11 || m != 11 {
 		t.Errorf("10/s Envoy: %d per fill, max %d; want 11, 11", n, m)
 	}
-	if n, _, _ := tokenBucket(t, b.next()["name=api"], ttl); n != 89 {
-		t.Errorf("1000/s Envoy: %d per fill, want 89", n)
+	if n, _, _ := tokenBucket(t, b.next()["name=api"], ttl); n != 90 {
+		t.Errorf("1000/s Envoy: %d per fill, want 90", n)
 	}
 	// Nothing changed: nothing pushed until a third of the TTL has passed.
 	h.clock.Add(time.Second)
@@ -572,20 +573,20 @@ func TestDrift(t *testing.T) {
 		h.sync()
 	}
 	step(1000, 9) // b asks 9/s: 10 tokens; a gets 90
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 90 {
-		t.Fatalf("a: %d, want 90", n)
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
+		t.Fatalf("a: %d, want 91", n)
 	}
 	b.next()
-	step(1000, 10) // b: 11 tokens; a's 89 is within 2% of 90: not pushed
+	step(1000, 10) // b: 11 tokens; a's 90 is within 2% of 91: not pushed
 	if n, _, _ := tokenBucket(t, b.next()["name=api"], 30*time.Second); n != 11 {
 		t.Fatalf("b: %d, want 11", n)
 	}
-	step(1000, 10) // the refresh repeats what a applies; 89 was never sent
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 90 {
-		t.Fatalf("a's next push: %d, want 90 (the refresh of the assignment it has)", n)
+	step(1000, 10) // the refresh repeats what a applies; 90 was never sent
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
+		t.Fatalf("a's next push: %d, want 91 (the refresh of the assignment it has)", n)
 	}
-	step(1000, 15) // b: 16 tokens; a's 84 is 6 from 90: pushed
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 84 {
-		t.Fatalf("a: %d, want 84", n)
+	step(1000, 15) // b: 16 tokens; a's 85 is 6 from 91: pushed
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 85 {
+		t.Fatalf("a: %d, want 85", n)
 	}
 }
