@@ -14,7 +14,8 @@
 // matched descriptor's limit (the tightest, with rate_limits) is the
 // bucket's global limit; its counter key (rules.Rule.LimitKeyHash) names the
 // bucket, so the ring gives it one owner in the cluster. A descriptor that
-// is unlimited, or a leaf without a limit, is answered ALLOW_ALL; a limit
+// is unlimited, in shadow mode, or a leaf without a limit, is answered
+// ALLOW_ALL; a limit
 // of 0 DENY_ALL; a bucket id no rule matches gets Config.Unmatched. Every
 // report is matched again, so a rule edit applies at the next report.
 //

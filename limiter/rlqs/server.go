@@ -409,7 +409,9 @@ func (s *Server) match(rc *rules.Config, domain string, c *client) bool {
 		if s.cfg.Unmatched == UnmatchedDeny {
 			c.kind = kindDeny
 		}
-	case !r.HasLimit || r.Unlimited || len(r.Limits) == 0:
+	case !r.HasLimit || r.Unlimited || len(r.Limits) == 0 || r.ShadowMode:
+		// A shadow-mode rule is only counted, never enforced: with
+		// enforcement in Envoy there is nothing to count it against.
 		c.rule, c.kind = r.ID, kindAllow
 	default:
 		c.rule, c.priority = r.ID, r.Priority

@@ -378,8 +378,16 @@ func TestBlanketRules(t *testing.T) {
 			}
 		})
 	}
+	// A shadow-mode rule is never enforced.
+	h := newHarness(t, Config{})
+	h.rules.Store(parseRules(t, "domain: rlqs\ndescriptors:\n  - key: name\n    shadow_mode: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n"))
+	s := h.envoy("rlqs")
+	s.report(usage{bucket: "name=x"})
+	if got := blanket(t, s.next()["name=x"], ttl); got != typev3.RateLimitStrategy_ALLOW_ALL {
+		t.Fatalf("shadow mode: %v, want ALLOW_ALL", got)
+	}
 	// An unknown domain is unmatched too.
-	h := newHarness(t, Config{Unmatched: UnmatchedDeny})
+	h = newHarness(t, Config{Unmatched: UnmatchedDeny})
 	a := h.envoy("nosuch")
 	a.report(usage{bucket: "name=api"})
 	if got := blanket(t, a.next()["name=api"], ttl); got != typev3.RateLimitStrategy_DENY_ALL {
