@@ -82,8 +82,10 @@ func (s *service) refuseCurrentInFileMode(what string) error {
 	if s.source != SourceFile {
 		return nil
 	}
+	// The wording shares refuseInFileMode's ending: ctl apply and rollback
+	// read the current version first, so this is the refusal they show.
 	return status.Errorf(codes.FailedPrecondition,
-		"refused: this node enforces its own files (config source %q), not a stored version, so %s of the current version would show a configuration that is not in force; the files are: %s; levee ctl explain shows what they decide; give a version number to read a stored version",
+		"refused: this node enforces its own files (config source %q), not a stored version, so %s of the current version would show a configuration that is not in force (levee ctl explain shows what the files decide; a version number reads a stored version); the files are authoritative: %s; edit the files on every node",
 		SourceFile, what, s.fileList())
 }
 
