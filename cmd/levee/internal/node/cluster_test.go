@@ -624,7 +624,10 @@ func TestClusterEtcdOutage(t *testing.T) {
 	t.Logf("etcd closed in %v", time.Since(stopped).Round(time.Millisecond))
 
 	// Serve through all three nodes for longer than the lease TTL, so
-	// every node's membership session has failed at least once.
+	// every node's membership session has failed at least once, and until
+	// each node has sent a burst of calls, so that whichever node it takes
+	// for the key's owner has its bucket emptied (a starved host made
+	// 20 calls in 3 s).
 	const period = 1000 * time.Hour
 	hot := keyOwned(t, "outage", "n2", ids, "")
 	const burst = 40
@@ -635,7 +638,7 @@ func TestClusterEtcdOutage(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, m := range ms {
 		wg.Go(func() {
-			for time.Now().Before(until) {
+			for n := 0; n < burst || time.Now().Before(until); n++ {
 				st, err := m.checkInline(ctx, inlineItem(hot, burst, period, 1), inlineItem("spread-"+m.id+strconv.Itoa(int(calls.Load())), 10, period, 1))
 				calls.Add(1)
 				if err != nil {
