@@ -26,6 +26,7 @@ type testNode struct {
 	store  *limiter.Store
 	router *Router
 	srv    *grpc.Server
+	peer   *Server
 }
 
 // startNodes runs n nodes with real gRPC servers on loopback and a shared
@@ -41,7 +42,8 @@ func startNodes(t testing.TB, n int, tweak func(*Config)) []*testNode {
 		}
 		nd := &testNode{member: ring.Member{ID: fmt.Sprintf("node-%d", i), Addr: lis.Addr().String()}, store: limiter.NewStore(1 << 16)}
 		nd.srv = grpc.NewServer(grpc.InitialWindowSize(WindowSize), grpc.InitialConnWindowSize(WindowSize))
-		leveev1.RegisterPeerServiceServer(nd.srv, NewServer(nd.store, nil))
+		nd.peer = NewServer(nd.store, nil)
+		leveev1.RegisterPeerServiceServer(nd.srv, nd.peer)
 		go nd.srv.Serve(lis)
 		cfg := Config{Self: nd.member, Store: nd.store, BreakerCooldown: time.Hour}
 		if tweak != nil {
@@ -553,6 +555,38 @@ func testStuckStreamIsReplaced(t *testing.T, callerDeadline time.Duration) {
 // TestOwnerRestartOpensANewStream: when the owner's server goes away the
 // stream's waiting batches fail over, and once it is back on the same
 // address the next batch opens a new stream and is decided there.
+// TestDrainEndsTakeStreams: a peer whose ring still names a stopping node
+// (it has not seen it leave: etcd is down) keeps its Take stream open, and
+// the node's GracefulStop waited for it until its grace ran out. Drain ends
+// the stream, so GracefulStop returns while the peer still runs, and the
+// peer decides by its fallback.
+func TestDrainEndsTakeStreams(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) {
+		c.Timeout = time.Second
+		c.HotThreshold = -1
+	})
+	key := keyOwnedBy(t, nodes[0].router.Ring(), "node-1", 0)
+	l := limiter.Limit{Rate: 1000, Period: 1000 * time.Hour}
+	if res, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil || !res.Allowed {
+		t.Fatalf("forwarded take: %+v %v", res, err)
+	}
+	nodes[1].peer.Drain()
+	stopped := make(chan struct{})
+	go func() { nodes[1].srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("GracefulStop still waits for the peer's Take stream 10 s after Drain")
+	}
+	fb := nodes[0].router.Stats().Fallbacks.Load()
+	if res, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: l, Hits: 1}); err != nil || !res.Allowed {
+		t.Fatalf("take after the owner drained: %+v %v (want the fair-share fallback)", res, err)
+	}
+	if nodes[0].router.Stats().Fallbacks.Load() == fb {
+		t.Fatal("a take for a drained owner was not decided by its fallback")
+	}
+}
+
 func TestOwnerRestartOpensANewStream(t *testing.T) {
 	nodes := startNodes(t, 2, func(c *Config) {
 		c.Timeout = time.Second

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -24,6 +25,9 @@ type Server struct {
 	now   func() time.Time
 	trace *tracer      // nil: no spans (WithTracing)
 	quota QuotaHandler // nil: Quota is unimplemented (WithQuota)
+
+	drained   chan struct{} // closed by Drain
+	drainOnce sync.Once
 }
 
 // NewServer returns a Server on store; now is the clock (nil: time.Now).
@@ -31,8 +35,18 @@ func NewServer(store *limiter.Store, now func() time.Time) *Server {
 	if now == nil {
 		now = time.Now
 	}
-	return &Server{store: store, now: now}
+	return &Server{store: store, now: now, drained: make(chan struct{})}
 }
+
+// Drain ends every Take stream, open or opened later, with Unavailable once
+// the batch it is deciding (if any) is answered. A node calls it when it has
+// left the ring and handed its buckets off, before its gRPC server's
+// GracefulStop: peers keep a Take stream open for as long as their rings
+// name this node, so while they have not seen it leave (etcd unreachable)
+// GracefulStop would wait for them until its grace ran out. A peer whose
+// stream ends decides its pending batches by their fallback and dials again
+// for the next.
+func (s *Server) Drain() { s.drainOnce.Do(func() { close(s.drained) }) }
 
 // MaxBatch is the most takes or buckets one peer call may carry.
 const MaxBatch = 100_000
@@ -40,15 +54,38 @@ const MaxBatch = 100_000
 // Take implements leveev1.PeerServiceServer: it answers each batch on the
 // stream as it reads it, in the stream's goroutine (a batch costs
 // microseconds and never blocks). An invalid batch is answered with its
-// error; the stream goes on.
+// error; the stream goes on. A reader goroutine receives, so that Drain can
+// end a stream that waits for its next batch; it ends with the stream.
 func (s *Server) Take(stream leveev1.PeerService_TakeServer) error {
+	reqs := make(chan *leveev1.TakeRequest)
+	errc := make(chan error, 1)
+	ctx := stream.Context()
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
+		}
+	}()
 	for {
-		req, err := stream.Recv()
-		if err != nil {
+		var req *leveev1.TakeRequest
+		select {
+		case <-s.drained:
+			return status.Error(codes.Unavailable, "peer: this node is leaving the cluster")
+		case err := <-errc:
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
+		case req = <-reqs:
 		}
 		span := s.trace.take(req.GetTraceparent(), req.GetFrom(), len(req.GetTakes()))
 		resp, err := s.take(req)

@@ -18,10 +18,12 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,6 +69,9 @@ type member struct {
 	native  leveev1.RateLimitServiceClient
 	envoy   rlsv3.RateLimitServiceClient
 	stopped bool
+	// logs holds the node's log (info and up) when the test did not give
+	// it a logger of its own; failure messages quote its ring changes.
+	logs *logBuffer
 }
 
 // startMember runs a clustered node named id against etcd at endpoints until
@@ -120,6 +125,10 @@ func startMemberConfig(t *testing.T, cfg Config, client *tls.Config) *member {
 		id = cfg.Cluster.NodeID
 	}
 	m := &member{id: id, done: make(chan error, 1)}
+	if cfg.Logger == nil {
+		m.logs = &logBuffer{}
+		cfg.Logger = slog.New(slog.NewTextHandler(m.logs, nil))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	ready := make(chan Addrs, 1)
@@ -166,8 +175,23 @@ func (m *member) stop(t *testing.T) {
 			t.Errorf("node %s: Run: %v", m.id, err)
 		}
 	case <-time.After(clusterWait):
-		t.Errorf("node %s did not stop", m.id)
+		t.Errorf("node %s did not stop in %v; where its goroutines wait:%s", m.id, clusterWait, nodeStacks())
 	}
+}
+
+// nodeStacks returns the stacks of the goroutines that run node, cluster
+// or peer code, for a node that did not stop: they name the step it waits
+// in.
+func nodeStacks() string {
+	var buf strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	var b strings.Builder
+	for g := range strings.SplitSeq(buf.String(), "\n\n") {
+		if strings.Contains(g, "internal/node.") || strings.Contains(g, "limiter/cluster.") || strings.Contains(g, "limiter/peer.") {
+			b.WriteString("\n" + g)
+		}
+	}
+	return b.String()
 }
 
 // gauges reads the node's unlabelled /metrics series.
@@ -247,11 +271,61 @@ func waitRing(t *testing.T, want int, ms ...*member) {
 				return err
 			}
 			if got := g["levee_cluster_members"]; got != float64(want) {
-				return fmt.Errorf("node %s: ring of %v members", m.id, got)
+				// The report is read on every poll; Eventually
+				// quotes only the last one.
+				return fmt.Errorf("node %s: ring of %v members%s", m.id, got, clusterReport(ms...))
 			}
 		}
 		return nil
 	})
+}
+
+// clusterReport describes each node's ring and peer counters and the
+// membership lines of its log, for a failure message: it tells a lost member
+// (a ring change, a hand-off) from a fallback or a double count.
+func clusterReport(ms ...*member) string {
+	var b strings.Builder
+	for _, m := range ms {
+		fmt.Fprintf(&b, "\nnode %s:", m.id)
+		g, err := m.gauges()
+		if err != nil {
+			fmt.Fprintf(&b, " /metrics: %v", err)
+		}
+		for _, name := range []string{"levee_cluster_members", "levee_peer_forwarded_total", "levee_peer_fallbacks_total", "levee_peer_handed_off_total"} {
+			fmt.Fprintf(&b, " %s=%v", name, g[name])
+		}
+		if m.logs == nil {
+			continue
+		}
+		for line := range strings.Lines(m.logs.String()) {
+			if strings.Contains(line, "membership") || strings.Contains(line, "ring changed") || strings.Contains(line, "lease") {
+				b.WriteString("\n  " + strings.TrimSuffix(line, "\n"))
+			}
+		}
+	}
+	return b.String()
+}
+
+// recreatedMembers returns the IDs whose member keys were created after
+// revision rev, sorted: keys etcd deleted since (a lapsed lease) and the node
+// wrote again. A key only updated keeps its creation revision.
+func recreatedMembers(t *testing.T, c *clientv3.Client, rev int64) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clusterWait)
+	defer cancel()
+	dir := configstore.NewLayout("").Members()
+	resp, err := c.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatalf("listing %s: %v", dir, err)
+	}
+	var ids []string
+	for _, kv := range resp.Kvs {
+		if kv.CreateRevision > rev {
+			ids = append(ids, strings.TrimPrefix(string(kv.Key), dir))
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // etcdMembers returns the IDs registered in etcd, sorted.
@@ -510,6 +584,15 @@ func TestClusterHandoff(t *testing.T) {
 // their rings and keep serving (forwarding still enforces one limit), and
 // once etcd is back they take part in membership again (a new node joins and
 // all of them see it).
+//
+// etcd's Close first waits up to its request timeout (about 5 s) for open
+// streams while its lessor still runs; on a loaded machine a node's
+// keepalive can then miss the 1 s TTL, etcd deletes that node's key, and
+// nodes whose watches still run drop it from their rings for the rest of the
+// outage. That is a real lease expiry, and levee's documented answer is a
+// second owner with a bucket of its own (at most one burst more per node
+// whose ring changed). The test then checks in etcd that it did delete
+// member keys, and asserts that bound instead of one exact bucket.
 func TestClusterEtcdOutage(t *testing.T) {
 	e := clustertest.StartEtcd(t)
 	// The restarted etcd must outlive the nodes (cleanups run last-in,
@@ -527,13 +610,24 @@ func TestClusterEtcdOutage(t *testing.T) {
 	}
 	waitRing(t, 3, ms...)
 
+	// The revision before the outage: what etcd deleted after it is read
+	// back once etcd is up again.
+	rctx, rcancel := context.WithTimeout(context.Background(), clusterWait)
+	before, err := clustertest.Client(t, e.Endpoints()).Get(rctx, configstore.NewLayout("").Members(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	rcancel()
+	if err != nil {
+		t.Fatalf("reading the members before the outage: %v", err)
+	}
 	cfg := e.Config()
 	stopped := time.Now()
 	e.Close()
 	t.Logf("etcd closed in %v", time.Since(stopped).Round(time.Millisecond))
 
 	// Serve through all three nodes for longer than the lease TTL, so
-	// every node's membership session has failed at least once.
+	// every node's membership session has failed at least once, and until
+	// each node has sent a burst of calls, so that whichever node it takes
+	// for the key's owner has its bucket emptied (a starved host made
+	// 20 calls in 3 s).
 	const period = 1000 * time.Hour
 	hot := keyOwned(t, "outage", "n2", ids, "")
 	const burst = 40
@@ -544,7 +638,7 @@ func TestClusterEtcdOutage(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, m := range ms {
 		wg.Go(func() {
-			for time.Now().Before(until) {
+			for n := 0; n < burst || time.Now().Before(until); n++ {
 				st, err := m.checkInline(ctx, inlineItem(hot, burst, period, 1), inlineItem("spread-"+m.id+strconv.Itoa(int(calls.Load())), 10, period, 1))
 				calls.Add(1)
 				if err != nil {
@@ -562,22 +656,38 @@ func TestClusterEtcdOutage(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("during the outage: %d calls, %d errors, %d admitted of a burst of %d", calls.Load(), errs.Load(), admitted.Load(), burst)
-	if errs.Load() != 0 || admitted.Load() != burst {
-		t.Fatalf("during the etcd outage: %d errors, %d admitted; want 0 errors and exactly %d admitted", errs.Load(), admitted.Load(), burst)
+	if errs.Load() != 0 {
+		t.Fatalf("during the etcd outage: %d errors; want 0%s", errs.Load(), clusterReport(ms...))
 	}
+	// Nodes whose rings lost a member. No node can register while etcd is
+	// closing (it accepts no new calls), so a ring of 3 here is the ring the
+	// node had before the outage.
+	var shrunk []string
+	smallest := len(ids)
 	for _, m := range ms {
-		if got := m.gauge(t, "levee_cluster_members"); got != 3 {
-			t.Fatalf("node %s: ring of %v members during the outage, want the last ring seen (3)", m.id, got)
+		if got := int(m.gauge(t, "levee_cluster_members")); got != len(ids) {
+			shrunk = append(shrunk, m.id)
+			smallest = min(smallest, got)
 		}
 		if got := m.gauge(t, "levee_peer_fallbacks_total"); got != 0 {
-			t.Fatalf("node %s: %v fallbacks during the outage; peers were all up", m.id, got)
+			t.Fatalf("node %s: %v fallbacks during the outage; peers were all up%s", m.id, got, clusterReport(ms...))
 		}
+	}
+	if len(shrunk) == 0 && admitted.Load() != burst {
+		t.Fatalf("during the etcd outage: %d admitted with every ring whole; want exactly %d (one bucket)%s", admitted.Load(), burst, clusterReport(ms...))
+	}
+	// Each node whose ring lost the key's owner gives the key an owner of
+	// its own, with a bucket nobody handed it: at most one burst more per
+	// such node (deploy/compose/README.md, over-admission term 3; term 4,
+	// r·t, is under one token at this rate).
+	if bound := int64(burst * (1 + len(shrunk))); len(shrunk) > 0 && (admitted.Load() < burst || admitted.Load() > bound) {
+		t.Fatalf("during the etcd outage: %d admitted with the rings of %v shrunk; want %d to %d (a bucket per owner)%s", admitted.Load(), shrunk, burst, bound, clusterReport(ms...))
 	}
 
 	// etcd comes back on the same data and addresses.
 	sctx, scancel := context.WithTimeout(context.Background(), clusterWait)
 	defer scancel()
-	restarted, err := cluster.StartEmbedded(sctx, cfg)
+	restarted, err = cluster.StartEmbedded(sctx, cfg)
 	if err != nil {
 		t.Fatalf("restarting etcd: %v", err)
 	}
@@ -590,6 +700,16 @@ func TestClusterEtcdOutage(t *testing.T) {
 		}
 		return nil
 	})
+	if len(shrunk) > 0 {
+		// A ring shrinks only when etcd deletes a member key: it did so
+		// while it was closing (a lapsed lease), for at least as many
+		// members as the smallest ring lacks, and they registered again.
+		deleted := recreatedMembers(t, ec, before.Header.Revision)
+		t.Logf("rings of %v shrank during the outage (smallest %d); etcd deleted the keys of %v; %d admitted of a burst of %d%s", shrunk, smallest, deleted, admitted.Load(), burst, clusterReport(ms...))
+		if len(deleted) < len(ids)-smallest {
+			t.Fatalf("a ring of %d during the outage, but etcd deleted only the member keys of %v: a node dropped a member etcd did not delete", smallest, deleted)
+		}
+	}
 	// Every node follows etcd again: a new node's arrival and departure
 	// reach all of them.
 	t.Logf("members registered %v after etcd stopped", time.Since(stopped).Round(time.Millisecond))

@@ -218,6 +218,7 @@ type node struct {
 
 	lis     net.Listener // gRPC
 	srv     *grpc.Server
+	peerSrv *peer.Server // nil when standalone
 	health  *health.Server
 	httpLis net.Listener // nil without a MetricsAddr
 	httpSrv *http.Server
@@ -431,7 +432,8 @@ func (n *node) newGRPCServer() {
 	if n.cl != nil {
 		// Only a cluster has peers: a standalone node must not let
 		// anyone take from or hand over its buckets.
-		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()).WithQuota(n.quota))
+		n.peerSrv = peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()).WithQuota(n.quota)
+		leveev1.RegisterPeerServiceServer(srv, n.peerSrv)
 	}
 	leveev1.RegisterShedServiceServer(srv, n.shedding.sidecar)
 	n.srv = srv
@@ -534,7 +536,8 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 // NOT_SERVING first so that load balancers send new traffic elsewhere;
 // then leaves the ring, so peers stop forwarding here, and hands the
 // buckets to their new owners while still answering; then stops the
-// background work (cancel) and the servers.
+// background work (cancel), ends the peers' Take streams and stops the
+// servers.
 func (n *node) shutdown(cancel context.CancelFunc) {
 	grace := n.cfg.ShutdownGrace
 	n.log.Info("levee stopping")
@@ -546,6 +549,13 @@ func (n *node) shutdown(cancel context.CancelFunc) {
 		n.cl.leave(grace)
 	}
 	cancel()
+	if n.peerSrv != nil {
+		// Peers whose rings still name this node (they have not seen it
+		// leave: etcd is down) keep their Take streams open, and
+		// GracefulStop would wait for them for the whole grace. The
+		// buckets are handed off: they decide by their fallback now.
+		n.peerSrv.Drain()
+	}
 	stopped := make(chan struct{})
 	go func() { n.srv.GracefulStop(); close(stopped) }()
 	select {
