@@ -60,9 +60,10 @@ and is left out.
 
 --harness sidecar is the library harness with levee behind its sidecar:
 each request asks levee.v1.ShedService's Admit over gRPC on loopback
-(with its remaining time budget) and reports to Release the latency
-since its scheduled arrival; the sidecar's resource has the default
-configuration. Baselines (none, static) are the library harness's.
+(with its remaining time budget, and a permit_ttl of that budget plus
+one deadline) and reports to Release the latency since its scheduled
+arrival; the sidecar's resource has the default configuration. Baselines
+(none, static) are the library harness's.
 
 Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 		Args: cobra.NoArgs,

@@ -163,7 +163,7 @@ func (l *Local) Do(ctx context.Context, sched time.Time, prio int, user string, 
 	switch {
 	case l.side != nil:
 		var out outcome
-		if sidePermit, out = l.side.admit(ctx, prio, user, dl); out != outOK {
+		if sidePermit, out = l.side.admit(ctx, prio, user, dl, deadline); out != outOK {
 			return out, time.Now()
 		}
 	case l.res != nil:

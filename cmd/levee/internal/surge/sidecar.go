@@ -31,6 +31,13 @@ const sidecarResource = "surge-sidecar"
 // with its remaining time budget and reports to Release the latency it
 // saw since the request's scheduled arrival, and nothing else.
 //
+// The caller cannot tell whether an Admit it gave up on (its deadline
+// passed before the answer came) was admitted, so it never releases that
+// permit: it asks for a permit that lives its remaining budget plus one
+// more deadline, time enough for the work it admits, and the sidecar
+// sweeps the rest soon. (With the default permit_ttl of 30 s, a handful of
+// such permits hold a concurrency gate of a few slots full for 30 s.)
+//
 // The server runs in the harness's process, so its CPU competes with the
 // worker's as a sidecar on the same host does.
 type viaSidecar struct {
@@ -42,6 +49,8 @@ type viaSidecar struct {
 	// failed counts Admit and Release calls that failed for another
 	// reason than the caller's deadline: a run with any is an error.
 	failed atomic.Uint64
+	// expired counts Releases of permits the sidecar had swept.
+	expired atomic.Uint64
 }
 
 func newViaSidecar(saltSeed uint64) (*viaSidecar, error) {
@@ -95,7 +104,7 @@ func (v *viaSidecar) close() {
 // admit asks the sidecar to admit a request of priority prio (0 critical)
 // for user, due by dl. It returns the permit, or how the request ended if
 // it was not admitted: refused, or timed out waiting for the answer.
-func (v *viaSidecar) admit(ctx context.Context, prio int, user string, dl time.Time) (uint64, outcome) {
+func (v *viaSidecar) admit(ctx context.Context, prio int, user string, dl time.Time, deadline time.Duration) (uint64, outcome) {
 	left := time.Until(dl)
 	if left <= 0 {
 		return 0, outTimeout
@@ -104,7 +113,7 @@ func (v *viaSidecar) admit(ctx context.Context, prio int, user string, dl time.T
 	defer cancel()
 	cc := v.conns[v.next.Add(1)%uint32(len(v.conns))]
 	resp, err := leveev1.NewShedServiceClient(cc).Admit(ctx, &leveev1.AdmitRequest{Resource: sidecarResource,
-		Priority: leveev1.Priority(prio + 1), User: user, Timeout: durationpb.New(left)})
+		Priority: leveev1.Priority(prio + 1), User: user, Timeout: durationpb.New(left), PermitTtl: durationpb.New(left + deadline)})
 	switch {
 	case err == nil && resp.GetAdmitted():
 		return resp.GetPermit(), outOK
@@ -128,7 +137,9 @@ func (v *viaSidecar) release(ctx context.Context, permit uint64, latency time.Du
 	defer cancel()
 	cc := v.conns[v.next.Add(1)%uint32(len(v.conns))]
 	if _, err := leveev1.NewShedServiceClient(cc).Release(ctx, &leveev1.ReleaseRequest{Resource: sidecarResource,
-		Permit: permit, Latency: durationpb.New(latency), Outcome: out}); err != nil {
+		Permit: permit, Latency: durationpb.New(latency), Outcome: out}); status.Code(err) == codes.NotFound {
+		v.expired.Add(1)
+	} else if err != nil {
 		v.failed.Add(1)
 	}
 }
