@@ -20,7 +20,8 @@
 // of it. The sidecar harness is the library harness with levee reached as
 // a service in another language reaches it: levee.v1.ShedService's Admit
 // and Release over gRPC on loopback, served in the same process, with the
-// caller's remaining time budget and the latency it saw.
+// caller's remaining time budget (and a permit_ttl of that budget plus one
+// deadline) and the latency it saw.
 //
 // The gRPC backend is a server over loopback with one worker that serves
 // requests first come, first served, each for the service time it carries
