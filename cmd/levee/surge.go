@@ -58,6 +58,13 @@ resource has its default configuration, ticked by Resource.Run, and sees
 nothing but Acquire and Release. The retry scenario needs gRPC clients
 and is left out.
 
+--harness sidecar is the library harness with levee behind its sidecar:
+each request asks levee.v1.ShedService's Admit over gRPC on loopback
+(with its remaining time budget, and a permit_ttl of that budget plus
+one deadline) and reports to Release the latency since its scheduled
+arrival; the sidecar's resource has the default configuration. Baselines
+(none, static) are the library harness's.
+
 Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -74,7 +81,7 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 				// The library harness reproduces a CPU-bound service;
 				// over gRPC the wall-clock worker keeps C put on a
 				// shared machine.
-				work = map[surge.Harness]string{surge.HarnessGRPC: "timed", surge.HarnessLibrary: "spin"}[h]
+				work = map[surge.Harness]string{surge.HarnessGRPC: "timed", surge.HarnessLibrary: "spin", surge.HarnessSidecar: "spin"}[h]
 			}
 			w, err := surge.ParseWork(work)
 			if err != nil {
@@ -132,8 +139,8 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 	f.Float64Var(&capacity, "capacity", 0, "capacity C in requests per second (0: measure it first)")
 	f.DurationVar(&meanService, "mean-service", time.Millisecond, "mean of the backend's exponential service time")
 	f.DurationVar(&deadline, "deadline", 100*time.Millisecond, "gRPC deadline of each attempt")
-	f.StringVar(&work, "work", "", "how the worker spends service time: timed (a wall-clock FIFO server, capacity immune to other load on the machine; the grpc harness's default) or spin (burns CPU; the library harness's default)")
-	f.StringVar(&harness, "harness", "grpc", "how the load reaches the policies: grpc (calls to a backend with levee's middleware) or library (Acquire and Release in process, a goroutine per request, no gRPC)")
+	f.StringVar(&work, "work", "", "how the worker spends service time: timed (a wall-clock FIFO server, capacity immune to other load on the machine; the grpc harness's default) or spin (burns CPU; the library and sidecar harnesses' default)")
+	f.StringVar(&harness, "harness", "grpc", "how the load reaches the policies: grpc (calls to a backend with levee's middleware) library (Acquire and Release in process, a goroutine per request, no gRPC) or sidecar (the library harness asking the sidecar's Admit and Release over gRPC)")
 	f.StringVar(&backend, "backend", "child", "where grpc backends run: child (a process of their own) or inprocess")
 	f.IntVar(&procs, "backend-procs", 1, "GOMAXPROCS of a child backend (1: the backend and its shedder on one core)")
 	f.BoolVar(&child, "backend-child", false, "serve one backend and print its address (used by surge itself)")

@@ -100,7 +100,19 @@ func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1
 	} else {
 		actx = context.WithoutCancel(ctx)
 	}
+	// A caller that gave up on this call (its deadline passed while the
+	// call waited for the sidecar, or it went away) never sees a permit
+	// given to it, nor releases it: held until it expired, every such
+	// permit would take a slot of the concurrency gate, and a few of them
+	// close a gate of a few slots to everyone, critical included.
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
 	id, err := permits.Acquire(actx, shed.LevelOf(shed.Priority(p), cohort), now, ttl)
+	if err == nil && ctx.Err() != nil {
+		_ = permits.Release(id, 0, shed.OutcomeIgnored)
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	if err != nil {
 		var ref *shed.Refusal
 		if !errors.As(err, &ref) {

@@ -119,6 +119,43 @@ func TestPinnedResourceRefusesWithReason(t *testing.T) {
 	}
 }
 
+// TestAdmitAfterTheCallerGaveUp: an Admit whose call's context is done
+// by the time the sidecar answers it (the caller's deadline passed while
+// the call waited) takes no permit, since the caller never sees it to
+// release it, and says why.
+func TestAdmitAfterTheCallerGaveUp(t *testing.T) {
+	set, _ := start(t, nil, timeline)
+	r := set.Resources()[0]
+	s := NewServer(set, shed.CohortSalter{}, nil)
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		code codes.Code
+	}{
+		{"deadline passed", func() (context.Context, context.CancelFunc) {
+			return context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
+		}, codes.DeadlineExceeded},
+		{"canceled", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx, cancel
+		}, codes.Canceled},
+	} {
+		ctx, cancel := tc.ctx()
+		resp, err := s.Admit(ctx, &leveev1.AdmitRequest{Resource: "timeline", Priority: leveev1.Priority_PRIORITY_CRITICAL, Timeout: durationpb.New(time.Second)})
+		cancel()
+		if status.Code(err) != tc.code || resp.GetAdmitted() {
+			t.Errorf("%s: admit: %v, %v; want %v and no permit", tc.name, resp, err, tc.code)
+		}
+		if n := r.Inflight(); n != 0 {
+			t.Fatalf("%s: inflight %d after an admit nobody waited for", tc.name, n)
+		}
+		if n := set.Permits("timeline").Len(); n != 0 {
+			t.Fatalf("%s: %d permits held after an admit nobody waited for", tc.name, n)
+		}
+	}
+}
+
 func TestUnreleasedPermitsExpire(t *testing.T) {
 	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
 	s, c := start(t, clk.Now, timeline)

@@ -4,7 +4,7 @@
 //
 // # The harnesses
 //
-// Two harnesses offer the same schedules (Options.Harness). The grpc
+// Three harnesses offer the same schedules (Options.Harness). The grpc
 // harness (the default) calls a backend over gRPC, where levee is the shed
 // middleware. The library harness (Local) drops gRPC and runs the shape a
 // service that imports shed has: in process, one goroutine per request
@@ -17,7 +17,11 @@
 // arrival and Success or Dropped. levee's resource there has the default configuration,
 // is ticked every 100 ms by Resource.Run and is told nothing else (no
 // queueing delay). The retry scenario needs gRPC clients and is left out
-// of it.
+// of it. The sidecar harness is the library harness with levee reached as
+// a service in another language reaches it: levee.v1.ShedService's Admit
+// and Release over gRPC on loopback, served in the same process, with the
+// caller's remaining time budget (and a permit_ttl of that budget plus one
+// deadline) and the latency it saw.
 //
 // The gRPC backend is a server over loopback with one worker that serves
 // requests first come, first served, each for the service time it carries

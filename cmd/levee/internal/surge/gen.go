@@ -177,24 +177,7 @@ func runLoad(ctx context.Context, arr []arrival, lc loadConfig) (*PolicyRun, err
 		bg.Go(func() { run.sidecar = probeSidecar(pctx, ctl) })
 	}
 
-	var calls sync.WaitGroup
-	for i := 0; i < len(arr); {
-		if ctx.Err() != nil {
-			break
-		}
-		now := time.Since(t0)
-		for ; i < len(arr) && arr[i].at <= now; i++ {
-			run.lag[i] = now - arr[i].at
-			k, cc := i, conns[i%nconn]
-			calls.Go(func() { run.calls[k] = call(ctx, cc, t0, arr[k], lc) })
-		}
-		if i < len(arr) {
-			if d := arr[i].at - time.Since(t0); d > 0 {
-				time.Sleep(d)
-			}
-		}
-	}
-	calls.Wait()
+	dispatch(ctx, arr, t0, run.lag, func(k int) { run.calls[k] = call(ctx, conns[k%nconn], t0, arr[k], lc) })
 	run.Elapsed = time.Since(t0)
 	stopPoll()
 	bg.Wait()
@@ -204,6 +187,31 @@ func runLoad(ctx context.Context, arr []arrival, lc loadConfig) (*PolicyRun, err
 	}
 	run.LoadAvg[1] = loadAvg()
 	return run, ctx.Err()
+}
+
+// dispatch runs do(k) in a goroutine of its own at the scheduled time of
+// each arrival k from t0, open loop: whatever happened to the earlier ones.
+// It records each arrival's lag (start minus scheduled time) in lag, stops
+// starting calls when ctx is done, and returns when every call started has.
+func dispatch(ctx context.Context, arr []arrival, t0 time.Time, lag []time.Duration, do func(k int)) {
+	var calls sync.WaitGroup
+	for i := 0; i < len(arr); {
+		if ctx.Err() != nil {
+			break
+		}
+		now := time.Since(t0)
+		for ; i < len(arr) && arr[i].at <= now; i++ {
+			lag[i] = now - arr[i].at
+			k := i
+			calls.Go(func() { do(k) })
+		}
+		if i < len(arr) {
+			if d := arr[i].at - time.Since(t0); d > 0 {
+				time.Sleep(d)
+			}
+		}
+	}
+	calls.Wait()
 }
 
 func call(ctx context.Context, cc *grpc.ClientConn, t0 time.Time, a arrival, lc loadConfig) callResult {

@@ -24,10 +24,14 @@ const (
 	// that calls Resource.Acquire, queues for the worker and reports its
 	// latency since its scheduled arrival to Resource.Release.
 	HarnessLibrary
+	// HarnessSidecar is the library harness with levee behind the
+	// sidecar: each request asks levee.v1.ShedService's Admit over gRPC
+	// and reports its latency to Release (see viaSidecar).
+	HarnessSidecar
 	numHarnesses
 )
 
-var harnessNames = [numHarnesses]string{"grpc", "library"}
+var harnessNames = [numHarnesses]string{"grpc", "library", "sidecar"}
 
 // String returns the harness's name as used in flags and reports.
 func (h Harness) String() string {
@@ -37,14 +41,14 @@ func (h Harness) String() string {
 	return fmt.Sprintf("harness(%d)", uint8(h))
 }
 
-// ParseHarness parses "grpc" or "library".
+// ParseHarness parses "grpc", "library" or "sidecar".
 func ParseHarness(s string) (Harness, error) {
 	for h := range numHarnesses {
 		if s == harnessNames[h] {
 			return h, nil
 		}
 	}
-	return 0, fmt.Errorf("surge: unknown harness %q (want grpc or library)", s)
+	return 0, fmt.Errorf("surge: unknown harness %q (want grpc, library or sidecar)", s)
 }
 
 // Local is the protected service of the library harness: an unbounded
@@ -62,6 +66,7 @@ func ParseHarness(s string) (Harness, error) {
 type Local struct {
 	cfg    BackendConfig
 	res    *shed.Resource
+	side   *viaSidecar // HarnessSidecar: res is reached through it
 	static *staticLimit
 	salt   uint64 // turns a user id into a cohort
 
@@ -85,9 +90,13 @@ type localJob struct {
 	done     chan struct{} // closed when served or dropped
 }
 
-// NewLocal returns the library harness's service for cfg (its Sidecar and
-// QueueSignal do not apply); Serve runs it.
-func NewLocal(cfg BackendConfig) (*Local, error) {
+// NewLocal returns the service of harness h (HarnessLibrary or
+// HarnessSidecar) for cfg (its Sidecar and QueueSignal do not apply);
+// Serve runs it.
+func NewLocal(cfg BackendConfig, h Harness) (*Local, error) {
+	if h != HarnessLibrary && h != HarnessSidecar {
+		return nil, fmt.Errorf("surge: harness %v does not run in process", h)
+	}
 	l := &Local{cfg: cfg, wake: make(chan struct{}, 1), salt: shed.CohortSalter{Seed: cfg.SaltSeed, Period: 1 << 62}.Salt(time.Now())}
 	switch cfg.Work {
 	case WorkTimed, WorkSpin:
@@ -102,6 +111,16 @@ func NewLocal(cfg BackendConfig) (*Local, error) {
 		}
 		l.static = newStaticLimit(cfg.Capacity)
 	case PolicyLevee:
+		if h == HarnessSidecar {
+			// The sidecar's resource comes from its policy, with
+			// shed.Config's defaults: cfg.Levee does not apply.
+			var err error
+			if l.side, err = newViaSidecar(cfg.SaltSeed); err != nil {
+				return nil, err
+			}
+			l.res = l.side.resource()
+			break
+		}
 		var err error
 		if l.res, err = shed.New("surge-library", cfg.Levee); err != nil {
 			return nil, err
@@ -122,7 +141,10 @@ func (l *Local) Serve(ctx context.Context) {
 	if l.cfg.Work == WorkSpin {
 		wg.Go(func() { l.worker(ctx) })
 	}
-	if l.res != nil {
+	switch {
+	case l.side != nil:
+		wg.Go(func() { l.side.serve(ctx) })
+	case l.res != nil:
 		wg.Go(func() { _ = l.res.Run(ctx, 100*time.Millisecond) })
 	}
 	wg.Wait()
@@ -137,7 +159,13 @@ func (l *Local) Do(ctx context.Context, sched time.Time, prio int, user string, 
 	p := shed.Priority(prio + 1)
 	dl := sched.Add(deadline)
 	var permit shed.Permit
+	var sidePermit uint64
 	switch {
+	case l.side != nil:
+		var out outcome
+		if sidePermit, out = l.side.admit(ctx, prio, user, dl, deadline); out != outOK {
+			return out, time.Now()
+		}
 	case l.res != nil:
 		ctx, cancel := context.WithDeadline(ctx, dl)
 		var err error
@@ -161,7 +189,10 @@ func (l *Local) Do(ctx context.Context, sched time.Time, prio int, user string, 
 	if !j.ran || end.After(dl) {
 		out, o = outTimeout, shed.OutcomeDropped
 	}
-	if l.res != nil {
+	switch {
+	case l.side != nil:
+		l.side.release(ctx, sidePermit, end.Sub(sched), o)
+	case l.res != nil:
 		l.res.Release(permit, end.Sub(sched), o)
 	}
 	return out, end
@@ -275,8 +306,8 @@ func (l *Local) Stats() BackendStats {
 // runLocal offers the schedule to a fresh Local for cfg, open loop: each
 // request's goroutine starts at its scheduled time whatever happened to
 // the earlier ones, and the service's stats are sampled every poll.
-func runLocal(ctx context.Context, arr []arrival, cfg BackendConfig, deadline, poll time.Duration) (*PolicyRun, error) {
-	l, err := NewLocal(cfg)
+func runLocal(ctx context.Context, arr []arrival, cfg BackendConfig, h Harness, deadline, poll time.Duration) (*PolicyRun, error) {
+	l, err := NewLocal(cfg, h)
 	if err != nil {
 		return nil, err
 	}
@@ -298,33 +329,21 @@ func runLocal(ctx context.Context, arr []arrival, cfg BackendConfig, deadline, p
 			}
 		}
 	})
-	var calls sync.WaitGroup
-	for i := 0; i < len(arr); {
-		if ctx.Err() != nil {
-			break
-		}
-		now := time.Since(t0)
-		for ; i < len(arr) && arr[i].at <= now; i++ {
-			run.lag[i] = now - arr[i].at
-			k := i
-			calls.Go(func() {
-				a := arr[k]
-				out, end := l.Do(ctx, t0.Add(a.at), int(a.prio), userID(a.user), a.service, deadline)
-				run.calls[k] = callResult{sent: a.at, end: end.Sub(t0), attempts: 1, out: out}
-			})
-		}
-		if i < len(arr) {
-			if d := arr[i].at - time.Since(t0); d > 0 {
-				time.Sleep(d)
-			}
-		}
-	}
-	calls.Wait()
+	dispatch(ctx, arr, t0, run.lag, func(k int) {
+		a := arr[k]
+		out, end := l.Do(ctx, t0.Add(a.at), int(a.prio), userID(a.user), a.service, deadline)
+		run.calls[k] = callResult{sent: a.at, end: end.Sub(t0), attempts: 1, out: out}
+	})
 	run.Elapsed = time.Since(t0)
 	stop()
 	bg.Wait()
 	// A last sample after the tail of the requests has drained.
 	run.stats = append(run.stats, statSample{at: time.Since(t0), BackendStats: l.Stats()})
 	run.LoadAvg[1] = loadAvg()
+	if l.side != nil {
+		if n := l.side.failed.Load(); n > 0 {
+			return nil, fmt.Errorf("surge: %d sidecar calls failed", n)
+		}
+	}
 	return run, ctx.Err()
 }

@@ -129,6 +129,9 @@ var harnessText = [numHarnesses]string{
 	HarnessLibrary: "library — in process, no gRPC: a goroutine per request calls Resource.Acquire (deadline 100 ms after its scheduled arrival), " +
 		"queues for one worker (unbounded FIFO, dropped when dequeued past its deadline) and calls Release with the latency since its scheduled arrival; " +
 		"levee's resource has the default configuration, is ticked every 100 ms by Resource.Run and sees nothing else",
+	HarnessSidecar: "sidecar — the library harness with levee behind its sidecar: each request asks levee.v1.ShedService's Admit over gRPC on loopback " +
+		"with its remaining time budget (and a permit_ttl of that budget plus one deadline) and reports to Release the latency since its scheduled arrival; the sidecar's resource has the default configuration " +
+		"and is ticked every 100 ms; levee sees nothing else",
 }
 
 func verdict(ok bool) string {

@@ -40,7 +40,7 @@ type Options struct {
 	// Harness is how the load reaches the policies (HarnessGRPC).
 	Harness Harness
 	// Launch starts a gRPC backend for each policy run (nil: InProcess);
-	// the library harness has no backend to launch.
+	// the library and sidecar harnesses have no backend to launch.
 	Launch Launcher
 	// Progress receives one line per step (nil: nothing).
 	Progress io.Writer
@@ -336,8 +336,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		if o.Harness == HarnessLibrary && len(sc.Clients) > 0 {
-			return nil, fmt.Errorf("surge: scenario %s needs gRPC clients; the library harness has none", name)
+		if o.Harness != HarnessGRPC && len(sc.Clients) > 0 {
+			return nil, fmt.Errorf("surge: scenario %s needs gRPC clients; the %s harness has none", name, o.Harness)
 		}
 		h := fnv.New64a()
 		_, _ = h.Write([]byte(name))
@@ -384,13 +384,13 @@ func runPolicy(ctx context.Context, o Options, sc *Scenario, p Policy, arr []arr
 }
 
 // offer runs the schedule against a fresh backend for cfg through o's
-// harness: a gRPC backend from o.Launch, or the library harness's Local.
+// harness: a gRPC backend from o.Launch, or the in-process harnesses' Local.
 func offer(ctx context.Context, o Options, cfg BackendConfig, arr []arrival, lc loadConfig) (*PolicyRun, error) {
-	if o.Harness == HarnessLibrary {
+	if o.Harness != HarnessGRPC {
 		if lc.mode != ClientPlain {
-			return nil, fmt.Errorf("surge: the library harness has no client to retry with (client mode %d)", lc.mode)
+			return nil, fmt.Errorf("surge: the %s harness has no client to retry with (client mode %d)", o.Harness, lc.mode)
 		}
-		return runLocal(ctx, arr, cfg, o.Deadline, lc.poll)
+		return runLocal(ctx, arr, cfg, o.Harness, o.Deadline, lc.poll)
 	}
 	addr, stop, err := o.Launch(ctx, cfg)
 	if err != nil {
