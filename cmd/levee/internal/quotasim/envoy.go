@@ -35,6 +35,7 @@ type envoy struct {
 // stream is one StreamRateLimitQuotas call.
 type stream struct {
 	cli    rlqsv3.RateLimitQuotaService_StreamRateLimitQuotasClient
+	ctx    context.Context // ended by closeStream or the run's end
 	cancel context.CancelFunc
 	node   int
 	done   chan struct{}
@@ -164,7 +165,7 @@ func (e *envoy) openStream(ctx context.Context, now time.Time) error {
 		e.rec.event(Event{At: now.Sub(e.fl.start), Envoy: e.id, Kind: EventOpenFailed, Node: e.fl.nodes[e.node], Err: err.Error()})
 		return err
 	}
-	st := &stream{cli: cli, cancel: cancel, node: e.node, done: make(chan struct{}), opened: now}
+	st := &stream{cli: cli, ctx: sctx, cancel: cancel, node: e.node, done: make(chan struct{}), opened: now}
 	e.mu.Lock()
 	e.st, e.broken = st, false
 	e.mu.Unlock()
@@ -194,6 +195,9 @@ func (e *envoy) receive(st *stream) {
 		resp, err := st.cli.Recv()
 		now := e.fl.now()
 		if err != nil {
+			if st.ctx.Err() != nil {
+				return // closed by this Envoy, or the run ended
+			}
 			e.mu.Lock()
 			if e.st == st {
 				e.broken = true
