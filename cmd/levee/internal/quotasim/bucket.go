@@ -28,8 +28,8 @@ const (
 	// ExpiredAsNoAssignment: none configured; the bucket falls back to its
 	// no-assignment behaviour.
 	ExpiredAsNoAssignment Expired = iota
-	ExpiredAllowAll // fallback_rate_limit: blanket_rule ALLOW_ALL
-	ExpiredDenyAll  // fallback_rate_limit: blanket_rule DENY_ALL
+	ExpiredAllowAll               // fallback_rate_limit: blanket_rule ALLOW_ALL
+	ExpiredDenyAll                // fallback_rate_limit: blanket_rule DENY_ALL
 	ExpiredReuseLast
 )
 

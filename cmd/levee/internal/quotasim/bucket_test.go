@@ -81,7 +81,9 @@ func blanket(rule typev3.RateLimitStrategy_BlanketRule, ttl *durationpb.Duration
 	}
 }
 
-func sec(s float64) *durationpb.Duration { return durationpb.New(time.Duration(s * float64(time.Second))) }
+func sec(s float64) *durationpb.Duration {
+	return durationpb.New(time.Duration(s * float64(time.Second)))
+}
 
 func decideN(b *Bucket, now time.Time, n int) (admitted int) {
 	for range n {
