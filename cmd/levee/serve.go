@@ -162,6 +162,8 @@ the node stops, unless --data-dir names one to keep across runs.`,
 	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight calls may take before connections are closed")
 	f.IntVar(&cfg.MaxConnections, "max-connections", 10_000, "most gRPC connections open at once; one past it is closed when accepted (0: unbounded)")
 	f.DurationVar(&cfg.MaxConnectionIdle, "max-connection-idle", 5*time.Minute, "close a gRPC connection with no call in flight for this long (0: never)")
+	f.StringVar(&cfg.Quota.Unmatched, "rlqs-unmatched", "allow", "Envoy rate limit quota service: the assignment for a bucket id no rule matches, allow (ALLOW_ALL) or deny (DENY_ALL)")
+	f.DurationVar(&cfg.Quota.TTL, "rlqs-ttl", 15*time.Second, "Envoy rate limit quota service: time to live of the assignments, whole seconds (refreshed every third of it)")
 	f.BoolVar(&standalone, "standalone", false, "run alone: no etcd, no peers")
 	f.StringSliceVar(&cl.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs, comma-separated (empty: start an embedded single-node etcd for development)")
 	f.StringVar(&cl.Prefix, "etcd-prefix", configstore.DefaultPrefix, "etcd key prefix of the cluster")

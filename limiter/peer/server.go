@@ -22,7 +22,8 @@ type Server struct {
 	leveev1.UnimplementedPeerServiceServer
 	store *limiter.Store
 	now   func() time.Time
-	trace *tracer // nil: no spans (WithTracing)
+	trace *tracer      // nil: no spans (WithTracing)
+	quota QuotaHandler // nil: Quota is unimplemented (WithQuota)
 }
 
 // NewServer returns a Server on store; now is the clock (nil: time.Now).

@@ -713,6 +713,304 @@ func (x *LeaseResponse) GetRetryAfterNanos() int64 {
 	return 0
 }
 
+// QuotaRequest carries a node's demand for quota buckets (Envoy's rate
+// limit quota service) to their owner: for each bucket, the demand of every
+// client streaming to the node. It replaces what the node sent for those
+// buckets before; a client left out has gone.
+type QuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the sending node.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// The buckets, each owned by the receiver.
+	Buckets       []*QuotaBucket `protobuf:"bytes,2,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaRequest) Reset() {
+	*x = QuotaRequest{}
+	mi := &file_levee_v1_peer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaRequest) ProtoMessage() {}
+
+func (x *QuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaRequest.ProtoReflect.Descriptor instead.
+func (*QuotaRequest) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *QuotaRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *QuotaRequest) GetBuckets() []*QuotaBucket {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+// QuotaBucket is the demand of one node's clients for one bucket.
+type QuotaBucket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bucket key: the 64-bit hash of the matched descriptor.
+	Key uint64 `protobuf:"fixed64,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The bucket's global limit.
+	Limit *BucketLimit `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The clients' demands.
+	Demands       []*QuotaDemand `protobuf:"bytes,3,rep,name=demands,proto3" json:"demands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaBucket) Reset() {
+	*x = QuotaBucket{}
+	mi := &file_levee_v1_peer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaBucket) ProtoMessage() {}
+
+func (x *QuotaBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaBucket.ProtoReflect.Descriptor instead.
+func (*QuotaBucket) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *QuotaBucket) GetKey() uint64 {
+	if x != nil {
+		return x.Key
+	}
+	return 0
+}
+
+func (x *QuotaBucket) GetLimit() *BucketLimit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+func (x *QuotaBucket) GetDemands() []*QuotaDemand {
+	if x != nil {
+		return x.Demands
+	}
+	return nil
+}
+
+// QuotaDemand is one client's demand.
+type QuotaDemand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's id, unique on the sending node.
+	Id uint64 `protobuf:"fixed64,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Requests per second (allowed and denied).
+	Rate float64 `protobuf:"fixed64,2,opt,name=rate,proto3" json:"rate,omitempty"`
+	// Whether rate is measured; a client whose demand is not measured yet
+	// counts as unbounded.
+	Known         bool `protobuf:"varint,3,opt,name=known,proto3" json:"known,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaDemand) Reset() {
+	*x = QuotaDemand{}
+	mi := &file_levee_v1_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaDemand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaDemand) ProtoMessage() {}
+
+func (x *QuotaDemand) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaDemand.ProtoReflect.Descriptor instead.
+func (*QuotaDemand) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *QuotaDemand) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *QuotaDemand) GetRate() float64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+func (x *QuotaDemand) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+// QuotaResponse answers a QuotaRequest, one grant per bucket, in order.
+type QuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One grant per bucket of the request, in order.
+	Grants        []*QuotaGrant `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaResponse) Reset() {
+	*x = QuotaResponse{}
+	mi := &file_levee_v1_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaResponse) ProtoMessage() {}
+
+func (x *QuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaResponse.ProtoReflect.Descriptor instead.
+func (*QuotaResponse) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *QuotaResponse) GetGrants() []*QuotaGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+// QuotaGrant is the owner's division of one bucket's limit: every fill
+// interval, each client gets its tokens.
+type QuotaGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fill interval in nanoseconds (a whole number of seconds).
+	FillIntervalNanos int64 `protobuf:"varint,1,opt,name=fill_interval_nanos,json=fillIntervalNanos,proto3" json:"fill_interval_nanos,omitempty"`
+	// Tokens one fill adds across all clients of the bucket.
+	Pool uint64 `protobuf:"varint,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Each client's tokens per fill, in the order of the request's demands.
+	Tokens        []uint64 `protobuf:"varint,3,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaGrant) Reset() {
+	*x = QuotaGrant{}
+	mi := &file_levee_v1_peer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaGrant) ProtoMessage() {}
+
+func (x *QuotaGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_levee_v1_peer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaGrant.ProtoReflect.Descriptor instead.
+func (*QuotaGrant) Descriptor() ([]byte, []int) {
+	return file_levee_v1_peer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *QuotaGrant) GetFillIntervalNanos() int64 {
+	if x != nil {
+		return x.FillIntervalNanos
+	}
+	return 0
+}
+
+func (x *QuotaGrant) GetPool() uint64 {
+	if x != nil {
+		return x.Pool
+	}
+	return 0
+}
+
+func (x *QuotaGrant) GetTokens() []uint64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
 var File_levee_v1_peer_proto protoreflect.FileDescriptor
 
 const file_levee_v1_peer_proto_rawDesc = "" +
@@ -763,11 +1061,30 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\agranted\x18\x01 \x01(\x04R\agranted\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
 	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
-	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos2\xc2\x01\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"S\n" +
+	"\fQuotaRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12/\n" +
+	"\abuckets\x18\x02 \x03(\v2\x15.levee.v1.QuotaBucketR\abuckets\"}\n" +
+	"\vQuotaBucket\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
+	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12/\n" +
+	"\ademands\x18\x03 \x03(\v2\x15.levee.v1.QuotaDemandR\ademands\"G\n" +
+	"\vQuotaDemand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x06R\x02id\x12\x12\n" +
+	"\x04rate\x18\x02 \x01(\x01R\x04rate\x12\x14\n" +
+	"\x05known\x18\x03 \x01(\bR\x05known\"=\n" +
+	"\rQuotaResponse\x12,\n" +
+	"\x06grants\x18\x01 \x03(\v2\x14.levee.v1.QuotaGrantR\x06grants\"h\n" +
+	"\n" +
+	"QuotaGrant\x12.\n" +
+	"\x13fill_interval_nanos\x18\x01 \x01(\x03R\x11fillIntervalNanos\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\x04R\x04pool\x12\x16\n" +
+	"\x06tokens\x18\x03 \x03(\x04R\x06tokens2\xfc\x01\n" +
 	"\vPeerService\x129\n" +
 	"\x04Take\x12\x15.levee.v1.TakeRequest\x1a\x16.levee.v1.TakeResponse(\x010\x01\x12>\n" +
 	"\aHandoff\x12\x18.levee.v1.HandoffRequest\x1a\x19.levee.v1.HandoffResponse\x128\n" +
-	"\x05Lease\x12\x16.levee.v1.LeaseRequest\x1a\x17.levee.v1.LeaseResponseB3Z1github.com/levee-dev/levee/proto/levee/v1;leveev1b\x06proto3"
+	"\x05Lease\x12\x16.levee.v1.LeaseRequest\x1a\x17.levee.v1.LeaseResponse\x128\n" +
+	"\x05Quota\x12\x16.levee.v1.QuotaRequest\x1a\x17.levee.v1.QuotaResponseB3Z1github.com/levee-dev/levee/proto/levee/v1;leveev1b\x06proto3"
 
 var (
 	file_levee_v1_peer_proto_rawDescOnce sync.Once
@@ -781,7 +1098,7 @@ func file_levee_v1_peer_proto_rawDescGZIP() []byte {
 	return file_levee_v1_peer_proto_rawDescData
 }
 
-var file_levee_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_levee_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_levee_v1_peer_proto_goTypes = []any{
 	(*BucketLimit)(nil),     // 0: levee.v1.BucketLimit
 	(*BucketTake)(nil),      // 1: levee.v1.BucketTake
@@ -793,24 +1110,35 @@ var file_levee_v1_peer_proto_goTypes = []any{
 	(*HandoffResponse)(nil), // 7: levee.v1.HandoffResponse
 	(*LeaseRequest)(nil),    // 8: levee.v1.LeaseRequest
 	(*LeaseResponse)(nil),   // 9: levee.v1.LeaseResponse
+	(*QuotaRequest)(nil),    // 10: levee.v1.QuotaRequest
+	(*QuotaBucket)(nil),     // 11: levee.v1.QuotaBucket
+	(*QuotaDemand)(nil),     // 12: levee.v1.QuotaDemand
+	(*QuotaResponse)(nil),   // 13: levee.v1.QuotaResponse
+	(*QuotaGrant)(nil),      // 14: levee.v1.QuotaGrant
 }
 var file_levee_v1_peer_proto_depIdxs = []int32{
-	0, // 0: levee.v1.BucketTake.limit:type_name -> levee.v1.BucketLimit
-	1, // 1: levee.v1.TakeRequest.takes:type_name -> levee.v1.BucketTake
-	2, // 2: levee.v1.TakeResponse.results:type_name -> levee.v1.BucketResult
-	5, // 3: levee.v1.HandoffRequest.buckets:type_name -> levee.v1.BucketState
-	0, // 4: levee.v1.LeaseRequest.limit:type_name -> levee.v1.BucketLimit
-	3, // 5: levee.v1.PeerService.Take:input_type -> levee.v1.TakeRequest
-	6, // 6: levee.v1.PeerService.Handoff:input_type -> levee.v1.HandoffRequest
-	8, // 7: levee.v1.PeerService.Lease:input_type -> levee.v1.LeaseRequest
-	4, // 8: levee.v1.PeerService.Take:output_type -> levee.v1.TakeResponse
-	7, // 9: levee.v1.PeerService.Handoff:output_type -> levee.v1.HandoffResponse
-	9, // 10: levee.v1.PeerService.Lease:output_type -> levee.v1.LeaseResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: levee.v1.BucketTake.limit:type_name -> levee.v1.BucketLimit
+	1,  // 1: levee.v1.TakeRequest.takes:type_name -> levee.v1.BucketTake
+	2,  // 2: levee.v1.TakeResponse.results:type_name -> levee.v1.BucketResult
+	5,  // 3: levee.v1.HandoffRequest.buckets:type_name -> levee.v1.BucketState
+	0,  // 4: levee.v1.LeaseRequest.limit:type_name -> levee.v1.BucketLimit
+	11, // 5: levee.v1.QuotaRequest.buckets:type_name -> levee.v1.QuotaBucket
+	0,  // 6: levee.v1.QuotaBucket.limit:type_name -> levee.v1.BucketLimit
+	12, // 7: levee.v1.QuotaBucket.demands:type_name -> levee.v1.QuotaDemand
+	14, // 8: levee.v1.QuotaResponse.grants:type_name -> levee.v1.QuotaGrant
+	3,  // 9: levee.v1.PeerService.Take:input_type -> levee.v1.TakeRequest
+	6,  // 10: levee.v1.PeerService.Handoff:input_type -> levee.v1.HandoffRequest
+	8,  // 11: levee.v1.PeerService.Lease:input_type -> levee.v1.LeaseRequest
+	10, // 12: levee.v1.PeerService.Quota:input_type -> levee.v1.QuotaRequest
+	4,  // 13: levee.v1.PeerService.Take:output_type -> levee.v1.TakeResponse
+	7,  // 14: levee.v1.PeerService.Handoff:output_type -> levee.v1.HandoffResponse
+	9,  // 15: levee.v1.PeerService.Lease:output_type -> levee.v1.LeaseResponse
+	13, // 16: levee.v1.PeerService.Quota:output_type -> levee.v1.QuotaResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_levee_v1_peer_proto_init() }
@@ -824,7 +1152,7 @@ func file_levee_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_levee_v1_peer_proto_rawDesc), len(file_levee_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

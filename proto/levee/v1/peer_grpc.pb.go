@@ -22,6 +22,7 @@ const (
 	PeerService_Take_FullMethodName    = "/levee.v1.PeerService/Take"
 	PeerService_Handoff_FullMethodName = "/levee.v1.PeerService/Handoff"
 	PeerService_Lease_FullMethodName   = "/levee.v1.PeerService/Lease"
+	PeerService_Quota_FullMethodName   = "/levee.v1.PeerService/Quota"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -49,6 +50,11 @@ type PeerServiceClient interface {
 	// twice; tokens the caller does not use it gives back with its next
 	// request.
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
+	// Quota sends the demand of a node's quota-service clients (Envoys
+	// streaming usage reports) for buckets the receiver owns, and returns
+	// each client's fair share of the bucket's limit. Every node sends it to
+	// each owner about once a second while its clients report.
+	Quota(ctx context.Context, in *QuotaRequest, opts ...grpc.CallOption) (*QuotaResponse, error)
 }
 
 type peerServiceClient struct {
@@ -92,6 +98,16 @@ func (c *peerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ..
 	return out, nil
 }
 
+func (c *peerServiceClient) Quota(ctx context.Context, in *QuotaRequest, opts ...grpc.CallOption) (*QuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuotaResponse)
+	err := c.cc.Invoke(ctx, PeerService_Quota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -117,6 +133,11 @@ type PeerServiceServer interface {
 	// twice; tokens the caller does not use it gives back with its next
 	// request.
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
+	// Quota sends the demand of a node's quota-service clients (Envoys
+	// streaming usage reports) for buckets the receiver owns, and returns
+	// each client's fair share of the bucket's limit. Every node sends it to
+	// each owner about once a second while its clients report.
+	Quota(context.Context, *QuotaRequest) (*QuotaResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -135,6 +156,9 @@ func (UnimplementedPeerServiceServer) Handoff(context.Context, *HandoffRequest) 
 }
 func (UnimplementedPeerServiceServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
+}
+func (UnimplementedPeerServiceServer) Quota(context.Context, *QuotaRequest) (*QuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Quota not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -200,6 +224,24 @@ func _PeerService_Lease_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_Quota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).Quota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_Quota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).Quota(ctx, req.(*QuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -214,6 +256,10 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Lease",
 			Handler:    _PeerService_Lease_Handler,
+		},
+		{
+			MethodName: "Quota",
+			Handler:    _PeerService_Quota_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	rlqsv3 "github.com/envoyproxy/go-control-plane/envoy/service/rate_limit_quota/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -44,6 +45,7 @@ import (
 	"github.com/levee-dev/levee/limiter/envoy"
 	"github.com/levee-dev/levee/limiter/native"
 	"github.com/levee-dev/levee/limiter/peer"
+	"github.com/levee-dev/levee/limiter/rlqs"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed"
@@ -104,6 +106,19 @@ type Config struct {
 	// Admin is the admin API; it needs the cluster's etcd, where the
 	// configuration it manages lives.
 	Admin AdminConfig
+	// Quota configures Envoy's rate limit quota service (limiter/rlqs).
+	Quota QuotaConfig
+}
+
+// QuotaConfig configures the rate limit quota service.
+type QuotaConfig struct {
+	// Unmatched is the answer for bucket ids no rule matches: "allow"
+	// (ALLOW_ALL, the default) or "deny" (DENY_ALL).
+	Unmatched string
+	// TTL is the assignments' time to live, whole seconds (default 15 s).
+	TTL time.Duration
+	// Sync is how often demand goes to the buckets' owners (default 1 s).
+	Sync time.Duration
 }
 
 // ClusterConfig is how a node finds its peers and shares buckets with them.
@@ -194,6 +209,8 @@ type node struct {
 	conf     *enforced      // what the node enforces, from which source
 	why      string         // why that source
 	files    *fileSource    // nil unless the source is file
+
+	quota *rlqs.Server // Envoy's rate limit quota service
 
 	lis     net.Listener // gRPC
 	srv     *grpc.Server
@@ -291,6 +308,9 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	n.eng = engine.New(buckets, initial, em)
+	if n.quota, err = newQuota(cfg, n.eng, n.cl, n.shedding, meter, log); err != nil {
+		return nil, err
+	}
 	if n.tel, err = newTelemetry(meter, n.store, n.cl); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -401,11 +421,12 @@ func (n *node) newGRPCServer() {
 	healthpb.RegisterHealthServer(srv, n.health)
 	reflection.Register(srv)
 	rlsv3.RegisterRateLimitServiceServer(srv, envoy.NewServer(n.eng, cfg.Now))
+	rlqsv3.RegisterRateLimitQuotaServiceServer(srv, n.quota)
 	leveev1.RegisterRateLimitServiceServer(srv, native.NewServer(n.eng, cfg.Now))
 	if n.cl != nil {
 		// Only a cluster has peers: a standalone node must not let
 		// anyone take from or hand over its buckets.
-		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()))
+		leveev1.RegisterPeerServiceServer(srv, peer.NewServer(n.store, cfg.Now).WithTracing(n.tr.tracerProvider()).WithQuota(n.quota))
 	}
 	leveev1.RegisterShedServiceServer(srv, n.shedding.sidecar)
 	n.srv = srv
@@ -473,6 +494,7 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 		wg.Go(func() { n.status.run(ctx) })
 	}
 	wg.Go(func() { _ = n.shedding.Run(ctx, 100*time.Millisecond) })
+	wg.Go(func() { _ = n.quota.Run(ctx) })
 	if n.cl != nil {
 		n.cl.start()
 	}
@@ -512,6 +534,9 @@ func (n *node) shutdown(cancel context.CancelFunc) {
 	grace := n.cfg.ShutdownGrace
 	n.log.Info("levee stopping")
 	n.health.Shutdown()
+	// Envoys fall back to their expired-assignment behaviour and reconnect
+	// elsewhere rather than keep a share this node no longer refreshes.
+	n.quota.Drain()
 	if n.cl != nil {
 		n.cl.leave(grace)
 	}

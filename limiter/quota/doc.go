@@ -1,0 +1,52 @@
+// Package quota divides a global rate among the clients that report demand
+// for it: the core of levee's rate limit quota service (RLQS), with no
+// protobuf and no I/O. Every function takes the time as an argument.
+//
+// # Demand
+//
+// A Meter turns usage reports (requests allowed plus requests denied since
+// the previous report) into a demand rate, timed with the server's clock:
+// a client's own elapsed times are whole seconds at best, and its first
+// report says 0 s. The first report only starts the clock (its requests
+// cover an unknown time), so a client's demand is unknown until its second
+// report; reports closer than MinElapsed to the last measurement are added
+// to the next one rather than divided by a tiny interval.
+//
+// # Fair share
+//
+// MaxMin divides a rate by max-min fairness with equal weights (water
+// filling): clients are served in increasing order of demand, each
+// receiving its demand if it is no more than an equal split of what is
+// left, and the rest split equally among the others. A client whose demand
+// is unknown counts as unbounded. When the demands together ask for less
+// than the rate, the slack is split equally on top of each demand, so the
+// shares always add up to the rate: a client whose demand grows finds room
+// at once, and the total admitted never exceeds the limit.
+//
+// # Tokens
+//
+// Shares become token buckets with a fill interval of a whole number of
+// seconds, fixed per limit (FillInterval): Envoy truncates the interval to
+// whole seconds and divides by zero below one. The pool of one fill —
+// the limit's rate times the interval, rounded down — is split into whole
+// tokens by the largest-remainder method (Quantize), so the tokens granted
+// never add up to more than the pool; a share below one token may round
+// to none.
+//
+// # Owner state
+//
+// An Allocator is the state of the buckets a node owns: for each bucket
+// its limit and every (node, client) pair reporting it, with the pair's
+// demand. Nodes send the whole demand of their clients for a bucket at once
+// and get the tokens of those clients back; pairs a node no longer sends
+// leave at once, pairs nobody refreshes leave after the idle time, and
+// buckets with no pair left are dropped, so memory follows the clients
+// that report.
+//
+// # Priorities
+//
+// Admitted says which fraction of a priority's cohorts a shedding
+// threshold still admits: the front end shrinks an assignment by it, so
+// while a protected resource sheds, the least important buckets' quotas
+// shrink first, and in proportion to the shedding.
+package quota

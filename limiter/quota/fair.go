@@ -1,0 +1,190 @@
+package quota
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/levee-dev/levee/limiter"
+)
+
+// Unknown is the demand of a client whose demand is not measured yet: it
+// counts as unbounded.
+var Unknown = math.Inf(1)
+
+// MaxMin sets shares[i] to the max-min fair share of total for demands[i]
+// (see the package doc) and returns shares. A negative or NaN demand counts
+// as 0. order is scratch space; it may be nil.
+func MaxMin(total float64, demands, shares []float64, order []int) []float64 {
+	n := len(demands)
+	shares = resize(shares, n)
+	if n == 0 {
+		return shares
+	}
+	if total < 0 || math.IsNaN(total) {
+		total = 0
+	}
+	order = resize(order, n)
+	for i := range order {
+		order[i] = i
+	}
+	d := func(i int) float64 {
+		v := demands[i]
+		if v < 0 || math.IsNaN(v) {
+			return 0
+		}
+		return v
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if c := compare(d(a), d(b)); c != 0 {
+			return c
+		}
+		return a - b
+	})
+	left := total
+	for k, i := range order {
+		fair := left / float64(n-k)
+		if d(i) > fair {
+			// Everyone from here on asks for more than an equal split.
+			for _, j := range order[k:] {
+				shares[j] = fair
+			}
+			return shares
+		}
+		shares[i] = d(i)
+		left -= d(i)
+	}
+	// Every demand is met: split the slack equally on top.
+	slack := left / float64(n)
+	for i := range shares {
+		shares[i] += slack
+	}
+	return shares
+}
+
+func compare(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Quantize splits pool whole tokens in proportion to shares, which should
+// add up to pool: each gets its share rounded down, and the tokens left go
+// one each to the largest fractional parts (the lower index first on a
+// tie). The result never adds up to more than pool. order is scratch space;
+// it may be nil.
+func Quantize(shares []float64, pool uint64, out []uint64, order []int) []uint64 {
+	n := len(shares)
+	out = resize(out, n)
+	var sum uint64
+	frac := func(i int) float64 {
+		s := shares[i]
+		if !(s > 0) {
+			return 0
+		}
+		return s - math.Floor(s)
+	}
+	for i, s := range shares {
+		switch {
+		case !(s > 0): // negative, zero or NaN
+			out[i] = 0
+		case s >= float64(pool):
+			out[i] = pool
+		default:
+			out[i] = uint64(s)
+		}
+		sum += out[i]
+	}
+	if sum > pool {
+		// Shares adding up to more than the pool (or rounding errors):
+		// take back from the largest grants.
+		for sum > pool {
+			big := 0
+			for i := range out {
+				if out[i] > out[big] {
+					big = i
+				}
+			}
+			out[big]--
+			sum--
+		}
+		return out
+	}
+	order = resize(order, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if c := compare(frac(b), frac(a)); c != 0 {
+			return c
+		}
+		return a - b
+	})
+	for _, i := range order {
+		if sum >= pool || frac(i) <= 0 {
+			break
+		}
+		out[i]++
+		sum++
+	}
+	return out
+}
+
+func resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// MaxFillInterval bounds the fill interval of very slow limits; one slower
+// than a token in this long fills none.
+const MaxFillInterval = time.Hour
+
+// FillInterval returns the fill interval for l, a whole number of seconds,
+// and the pool of tokens one fill adds across all clients. It is the
+// smallest interval from 1 s to 60 s over which the limit adds a whole
+// number of tokens (so that nothing is lost to rounding: 100 per minute
+// fills 5 tokens every 3 s); failing that, 1 s with the pool rounded down
+// when the limit allows at least one token a second, or else the time one
+// token takes, rounded up to whole seconds (at most MaxFillInterval). A
+// limit with no rate has pool 0.
+func FillInterval(l limiter.Limit) (time.Duration, uint64) {
+	if l.Rate == 0 || l.Period <= 0 {
+		return time.Second, 0
+	}
+	for s := int64(1); s <= 60; s++ {
+		// tokens in s seconds: Rate·s / Period, exact in integers.
+		num := new128(l.Rate, uint64(s)*uint64(time.Second))
+		if q, r, ok := num.div(uint64(l.Period)); ok && r == 0 && q >= 1 {
+			return time.Duration(s) * time.Second, q
+		}
+	}
+	perSec := float64(l.Rate) / l.Period.Seconds()
+	if perSec >= 1 {
+		return time.Second, uint64(perSec)
+	}
+	s := math.Ceil(1 / perSec)
+	if s > MaxFillInterval.Seconds() {
+		return MaxFillInterval, uint64(perSec * MaxFillInterval.Seconds())
+	}
+	return time.Duration(s) * time.Second, 1
+}
+
+// MaxTokens is the bucket size for tokens per fill out of pool: the same
+// fraction of the limit's burst, and never less than one fill.
+func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
+	if pool == 0 || tokens == 0 {
+		return tokens
+	}
+	burst := l.Burst
+	if burst == 0 {
+		burst = l.Rate
+	}
+	m := uint64(float64(burst) * float64(tokens) / float64(pool))
+	return max(m, tokens)
+}
