@@ -17,8 +17,8 @@ const (
 	// SettleIntervals is how many report intervals assignments may take
 	// to settle after a step.
 	SettleIntervals = 2
-	// settleTolerance is how close to its final value an assignment must
-	// be to count as settled.
+	// settleTolerance is how close to the fair shares the assignments
+	// must be to count as settled, as a share of the limit.
 	settleTolerance = 0.10
 )
 
@@ -34,6 +34,7 @@ type Result struct {
 	ReportsSent    int // bucket usage reports that reached a stream
 	ReportsLost    int // bucket usage reports lost with no stream
 	Assignments    int // assignments received
+	Timeline       []Assignment // every assignment received, in time order
 	Offered        int64
 	Admitted       int64
 	Events         []Event
@@ -51,10 +52,11 @@ type Phase struct {
 	Envoys          []Share
 	MinBelow        float64 // least Admitted/Share among Envoys under the level (1 if none)
 	Below           int     // Envoys under the level
-	// Settle is how long after Start the last assignment moved more than
-	// 10% from its value at the end of the phase; -1 when the phase has
-	// no step at its start.
-	Settle time.Duration
+	// Settle is how long after Start the assignments came within 10% of
+	// the limit of the fair shares for good (see settle); -1 when they did
+	// not, or (with Stepped false) the phase has no step at its start.
+	Settle  time.Duration
+	Stepped bool
 }
 
 // Share is one Envoy's figures in a phase, in requests a second.
@@ -89,6 +91,7 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 		r.ReportsSent += rec.sent
 		r.ReportsLost += rec.lost
 		r.Assignments += len(rec.assignments)
+		r.Timeline = append(r.Timeline, rec.assignments...)
 		r.Offered += rec.offeredAll
 		r.Admitted += rec.admittedAll
 		for k, v := range rec.failures {
@@ -103,6 +106,7 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 		}
 	}
 	sort.Slice(r.Events, func(i, j int) bool { return r.Events[i].At < r.Events[j].At })
+	sort.SliceStable(r.Timeline, func(i, j int) bool { return r.Timeline[i].At < r.Timeline[j].At })
 
 	bounds := []time.Duration{0}
 	for _, s := range o.Steps {
@@ -114,11 +118,11 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 	for k := 0; k+1 < len(bounds); k++ {
 		start, end := bounds[k], bounds[k+1]
 		p := Phase{Start: start, From: start + SettleIntervals*o.ReportInterval, To: end,
-			Demand: o.demandAt(start), Settle: -1}
-		if k > 0 {
-			p.Settle = settle(envoys, start, end)
-		}
+			Demand: o.demandAt(start), Settle: -1, Stepped: k > 0}
 		measure(&p, o.Limit, envoys)
+		if k > 0 {
+			p.Settle = settle(&p, o.Limit, envoys)
+		}
 		r.Phases = append(r.Phases, p)
 	}
 	return r
@@ -161,42 +165,60 @@ func measure(p *Phase, limit float64, envoys []*envoy) {
 	}
 }
 
-// settle returns how long after start the last assignment of the first
-// bucket that strayed over settleTolerance from its value at end was
-// replaced.
-func settle(envoys []*envoy, start, end time.Duration) time.Duration {
-	var worst time.Duration
-	for _, e := range envoys {
+// settle returns how long after the phase's start the assignments of the
+// first bucket came, for good, within settleTolerance of the fair shares:
+// the distance sum_i |min(assigned_i, offered_i) - fair_i| / limit, with
+// offered and fair from the phase's window (an assignment above a demand
+// that is under the level costs nothing: the Envoy cannot use it). It is
+// -1 when the last assignments of the phase are still farther than that.
+func settle(p *Phase, limit float64, envoys []*envoy) time.Duration {
+	type change struct {
+		at    time.Duration
+		envoy int
+		rate  float64
+	}
+	var cs []change
+	cur := make([]float64, len(envoys)) // assigned rate in force at the phase's start
+	for i, e := range envoys {
 		e.rec.mu.Lock()
-		var in []Assignment
 		for _, a := range e.rec.assignments {
-			if a.Bucket == 0 && a.At >= start && a.At < end {
-				in = append(in, a)
+			if a.Bucket != 0 || a.At >= p.To {
+				continue
 			}
+			r := a.Rate
+			if !a.Live {
+				r = 0
+			}
+			if a.At < p.Start {
+				cur[i] = r
+				continue
+			}
+			cs = append(cs, change{a.At, i, r})
 		}
 		e.rec.mu.Unlock()
-		if len(in) == 0 {
-			continue
+	}
+	sort.SliceStable(cs, func(i, j int) bool { return cs[i].at < cs[j].at })
+	dist := func() float64 {
+		var d float64
+		for i, s := range p.Envoys {
+			d += math.Abs(math.Min(cur[i], s.Offered) - s.Fair)
 		}
-		final := in[len(in)-1]
-		for i := len(in) - 2; i >= 0; i-- {
-			if !near(in[i], final) {
-				worst = max(worst, in[i+1].At-start)
-				break
-			}
+		return d / limit
+	}
+	settled := time.Duration(-1)
+	if dist() <= settleTolerance {
+		settled = 0
+	}
+	for _, c := range cs {
+		cur[c.envoy] = c.rate
+		switch d := dist(); {
+		case d > settleTolerance:
+			settled = -1
+		case settled < 0:
+			settled = c.at - p.Start
 		}
 	}
-	return worst
-}
-
-func near(a, b Assignment) bool {
-	if !a.Live || !b.Live {
-		return a.Live == b.Live
-	}
-	if math.IsInf(a.Rate, 1) || math.IsInf(b.Rate, 1) {
-		return a.Rate == b.Rate
-	}
-	return math.Abs(a.Rate-b.Rate) <= math.Max(settleTolerance*b.Rate, 0.5)
+	return settled
 }
 
 // reconnects pairs each broken stream with the next one opened.
