@@ -24,6 +24,7 @@ func quotaSimCommand() *cobra.Command {
 		noAssign, expired string
 		expiredTimeout    time.Duration
 		failOnCheck       bool
+		bucketCount       int
 	)
 	cmd := &cobra.Command{
 		Use:   "quota-sim",
@@ -90,6 +91,20 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 				}
 				o.Buckets = append(o.Buckets, id)
 			}
+			if bucketCount > 0 {
+				if len(o.Buckets) != 1 {
+					return errors.New("--bucket-count needs one --bucket, a template with %d in a value")
+				}
+				tmpl := o.Buckets[0]
+				o.Buckets = nil
+				for i := range bucketCount {
+					id := map[string]string{}
+					for k, v := range tmpl {
+						id[k] = strings.ReplaceAll(v, "%d", strconv.Itoa(i))
+					}
+					o.Buckets = append(o.Buckets, id)
+				}
+			}
 			if o.Settings.NoAssignment, err = quotasim.ParseBehavior(noAssign); err != nil {
 				return fmt.Errorf("--no-assignment: %w", err)
 			}
@@ -116,6 +131,7 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 	f.IntVar(&o.Envoys, "envoys", 20, "simulated Envoys")
 	f.StringVar(&o.Domain, "domain", "quota-sim", "RLQS domain of every stream")
 	f.StringArrayVar(&buckets, "bucket", nil, "bucket id as key=value[,key=value...]; repeat for more buckets, each with the same demand (default name=quota-sim); the report judges the first")
+	f.IntVar(&bucketCount, "bucket-count", 0, "expand the one --bucket into this many ids, %d in its values replaced by 0, 1, ... (for cost runs)")
 	f.Float64Var(&o.Limit, "limit", 100, "the global limit L the nodes' rules give the bucket, requests a second")
 	f.StringVar(&demand, "demand", "3x", "total demand as a multiple of the limit")
 	f.Float64Var(&o.Zipf, "zipf", 1.1, "Zipf exponent of the demand across Envoys (0: even)")

@@ -31,9 +31,9 @@ type Result struct {
 	Reconnects     []Reconnect
 	Expiries       []Expiry // time buckets spent past an assignment's TTL
 	Failures       map[Failure]int
-	ReportsSent    int // bucket usage reports that reached a stream
-	ReportsLost    int // bucket usage reports lost with no stream
-	Assignments    int // assignments received
+	ReportsSent    int          // bucket usage reports that reached a stream
+	ReportsLost    int          // bucket usage reports lost with no stream
+	Assignments    int          // assignments received
 	Timeline       []Assignment // every assignment received, in time order
 	Offered        int64
 	Admitted       int64
