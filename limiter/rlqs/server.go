@@ -137,6 +137,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[*stream]struct{}
 	nextID   uint64
+	reports  uint64
 	draining bool
 	recvs    sync.WaitGroup // the streams' receiving goroutines
 
@@ -208,7 +209,11 @@ func New(cfg Config) *Server {
 		cfg:     cfg,
 		kick:    make(chan struct{}, 1),
 		streams: make(map[*stream]struct{}),
-		alloc:   quota.NewAllocator(cfg.Idle),
+		// Nodes send the whole demand of their clients every Sync, so a
+		// node's clients that the owner has not heard of for three syncs
+		// went with their node: their share must not stay reserved for
+		// the Envoys' own idle time.
+		alloc: quota.NewAllocator(max(3*cfg.Sync, 3*time.Second)),
 	}
 }
 
@@ -340,6 +345,11 @@ func (s *Server) report(ss *stream, m *rlqsv3.RateLimitQuotaUsageReports) error 
 		if len(bid) == 0 {
 			return status.Errorf(codes.InvalidArgument, "bucket_quota_usages[%d].bucket_id.bucket: must not be empty", i)
 		}
+		for k, v := range bid {
+			if k == "" || v == "" {
+				return status.Errorf(codes.InvalidArgument, "bucket_quota_usages[%d].bucket_id.bucket[%q]: keys and values must not be empty", i, k)
+			}
+		}
 		canon := canonical(bid)
 		c := ss.clients[canon]
 		if c == nil {
@@ -354,11 +364,16 @@ func (s *Server) report(ss *stream, m *rlqsv3.RateLimitQuotaUsageReports) error 
 		// time_elapsed is not read: the meter times reports itself.
 		c.meter.Report(now, u.GetNumRequestsAllowed()+u.GetNumRequestsDenied())
 		c.last = now
+		s.reports++
 		s.cfg.Metrics.reported()
 		if s.match(rc, ss.domain, c) {
 			subscribed = true
 		}
-		s.decide(ss, canon, c, now, 0)
+		if c.kind != kindLimited {
+			// A blanket rule needs no owner: answer now. Shares are
+			// pushed by Sync, once the owner has divided the limit.
+			s.decide(ss, canon, c, now, 0)
+		}
 	}
 	if subscribed {
 		s.wakeSync()

@@ -2,6 +2,7 @@ package rlqs
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	rlqsv3 "github.com/envoyproxy/go-control-plane/envoy/service/rate_limit_quota/v3"
@@ -39,9 +40,13 @@ type owned struct {
 func (s *Server) Sync(ctx context.Context) {
 	now := s.cfg.Now()
 	owners := s.collect(now)
+	var wg sync.WaitGroup
 	for _, o := range owners {
-		s.divide(ctx, now, o)
+		// Owners are asked in parallel: a slow one must not delay the
+		// others' shares.
+		wg.Go(func() { s.divide(ctx, now, o) })
 	}
+	wg.Wait()
 	threshold := shed.Level(0)
 	if s.cfg.Threshold != nil {
 		threshold = s.cfg.Threshold(now)
@@ -239,16 +244,17 @@ func (s *Server) Drain() {
 
 // Stats is what the service holds, for metrics and tests.
 type Stats struct {
-	Streams int // open streams
-	Clients int // (stream, bucket id) pairs on this node
-	Owned   int // buckets this node owns
-	Pairs   int // (node, client) pairs in the owned buckets
+	Streams int    // open streams
+	Clients int    // (stream, bucket id) pairs on this node
+	Owned   int    // buckets this node owns
+	Pairs   int    // (node, client) pairs in the owned buckets
+	Reports uint64 // bucket usage reports received, ever
 }
 
 // Stats returns what the service holds.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	st := Stats{Streams: len(s.streams)}
+	st := Stats{Streams: len(s.streams), Reports: s.reports}
 	for ss := range s.streams {
 		st.Clients += len(ss.clients)
 	}
