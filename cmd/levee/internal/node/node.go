@@ -308,9 +308,6 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	n.eng = engine.New(buckets, initial, em)
-	if n.quota, err = newQuota(cfg, n.eng, n.cl, n.shedding, meter, log); err != nil {
-		return nil, err
-	}
 	if n.tel, err = newTelemetry(meter, n.store, n.cl); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -322,6 +319,9 @@ func build(ctx context.Context, cfg Config) (*node, error) {
 	n.onClose(n.shedding.Close)
 	if err := n.shedding.Apply(initialPolicy); err != nil {
 		return nil, fmt.Errorf("shedding policy: %w", err)
+	}
+	if n.quota, err = newQuota(cfg, n.eng, n.cl, n.shedding, meter, log); err != nil {
+		return nil, err
 	}
 	if err := configInfoMetrics(meter, n.conf); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
