@@ -133,8 +133,8 @@ func (e *envoy) sendReports(ctx context.Context, now time.Time, only int) {
 	broken := e.broken
 	e.mu.Unlock()
 	n := len(msg.BucketQuotaUsages)
-	if n == 0 {
-		return
+	if n == 0 || ctx.Err() != nil {
+		return // nothing to send, or the run is over
 	}
 	if broken {
 		e.closeStream()
@@ -148,6 +148,9 @@ func (e *envoy) sendReports(ctx context.Context, now time.Time, only int) {
 		}
 	}
 	if err := e.st.cli.Send(msg); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
 		e.rec.countReports(0, n)
 		e.mu.Lock()
 		e.broken = true
