@@ -17,14 +17,16 @@ import (
 	// The extensions the examples name in typed_config: importing them
 	// registers their types, so that the Any fields resolve. An example
 	// using another extension fails until it is added here.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rate_limit_quota/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
 
 // envoyExamples are the Envoy configurations the repository ships.
-var envoyExamples = []string{"envoy.yaml", "envoy-kubernetes.yaml"}
+var envoyExamples = []string{"envoy.yaml", "envoy-kubernetes.yaml", "envoy-rlqs.yaml"}
 
 // TestEnvoyExamples decodes each example into Envoy's Bootstrap as Envoy
 // would: unknown fields refused, every typed_config resolved to its type,
@@ -43,8 +45,12 @@ func TestEnvoyExamples(t *testing.T) {
 		}
 		// What the README says the example does: levee is the rate limit
 		// service, and the filter asks for the example rules' domain.
-		if !hasCluster(b, "levee") {
-			t.Errorf("%s: no cluster named levee", name)
+		levee := "levee"
+		if name == "envoy-rlqs.yaml" {
+			levee = "rlqs_server"
+		}
+		if !hasCluster(b, levee) {
+			t.Errorf("%s: no cluster named %s", name, levee)
 		}
 	}
 	files, _ := filepath.Glob("envoy*.yaml")

@@ -138,7 +138,8 @@ type Server struct {
 	streams  map[*stream]struct{}
 	nextID   uint64
 	reports  uint64
-	draining bool
+	closing  bool           // no new streams: Run is over or Drain ran
+	draining bool           // Drain ran
 	recvs    sync.WaitGroup // the streams' receiving goroutines
 
 	// allocMu guards alloc, the buckets this node owns.
@@ -227,7 +228,7 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			s.mu.Lock()
-			s.draining = true
+			s.closing = true
 			s.mu.Unlock()
 			s.recvs.Wait()
 			return nil
@@ -247,7 +248,7 @@ func (s *Server) StreamRateLimitQuotas(st rlqsv3.RateLimitQuotaService_StreamRat
 		done:    make(chan struct{}),
 	}
 	s.mu.Lock()
-	if s.draining {
+	if s.closing {
 		s.mu.Unlock()
 		return status.Error(codes.Unavailable, "levee node draining")
 	}

@@ -229,7 +229,7 @@ func (s *Server) Drain() {
 	if s.draining {
 		return
 	}
-	s.draining = true
+	s.draining, s.closing = true, true
 	for ss := range s.streams {
 		for canon, c := range ss.clients {
 			if !c.hasSent {
