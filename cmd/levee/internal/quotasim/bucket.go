@@ -7,7 +7,6 @@ import (
 
 	rlqsv3 "github.com/envoyproxy/go-control-plane/envoy/service/rate_limit_quota/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -63,6 +62,17 @@ const (
 	// FailRequestsPerTimeUnit: a requests_per_time_unit strategy, which
 	// Envoy ignores.
 	FailRequestsPerTimeUnit Failure = "requests_per_time_unit strategy (ignored by Envoy)"
+	// FailStrategyUnset: an assignment without a rate_limit_strategy,
+	// which Envoy ignores (the proto says allow all).
+	FailStrategyUnset Failure = "rate_limit_strategy unset (ignored by Envoy)"
+	// FailTokensPerFillUnset: a token bucket without tokens_per_fill; Envoy
+	// reads it as 0 (not the proto's default of 1) and never refills.
+	FailTokensPerFillUnset Failure = "tokens_per_fill unset (Envoy refills nothing)"
+	// FailFillSecondsOnly: a token bucket that differs from the live one
+	// only in fill_interval's seconds; Envoy compares max_tokens,
+	// tokens_per_fill and fill_interval's nanos only, and keeps the old
+	// bucket at the old rate.
+	FailFillSecondsOnly Failure = "token bucket changed only in fill_interval seconds (Envoy keeps the old one)"
 	// FailUnknownBucket: an action without a bucket id, or for a bucket this
 	// Envoy never reported.
 	FailUnknownBucket Failure = "action for a bucket the Envoy does not track"
@@ -73,7 +83,6 @@ const (
 
 // strategy is a parsed rate_limit_strategy.
 type strategy struct {
-	msg  *typev3.RateLimitStrategy // as received, to tell a same-strategy refresh from a change
 	deny bool                      // blanket DENY_ALL
 	tb   *typev3.TokenBucket       // nil: a blanket rule
 	rate float64                   // tokens a second Envoy refills at; +Inf for ALLOW_ALL, 0 for DENY_ALL
@@ -82,11 +91,9 @@ type strategy struct {
 // parseStrategy reads a strategy as Envoy does. ok is false when Envoy
 // would not apply it (it ignores it, or fails on it).
 func parseStrategy(s *typev3.RateLimitStrategy) (st strategy, fails []Failure, ok bool) {
-	st.msg = s
 	switch v := s.GetStrategy().(type) {
 	case nil:
-		// "If not set, allow all."
-		st.rate = math.Inf(1)
+		return st, []Failure{FailStrategyUnset}, false
 	case *typev3.RateLimitStrategy_BlanketRule_:
 		st.deny = v.BlanketRule == typev3.RateLimitStrategy_DENY_ALL
 		if !st.deny {
@@ -103,14 +110,22 @@ func parseStrategy(s *typev3.RateLimitStrategy) (st strategy, fails []Failure, o
 		if fill.GetNanos() != 0 {
 			fails = append(fails, FailFillFraction)
 		}
-		perFill := uint32(1)
-		if tb.GetTokensPerFill() != nil {
-			perFill = tb.GetTokensPerFill().GetValue()
+		if tb.GetTokensPerFill() == nil {
+			fails = append(fails, FailTokensPerFillUnset)
 		}
 		st.tb = tb
-		st.rate = float64(perFill) / float64(fill.GetSeconds())
+		st.rate = float64(tb.GetTokensPerFill().GetValue()) / float64(fill.GetSeconds())
 	}
 	return st, fails, true
+}
+
+// sameTokenBucket is Envoy's test for keeping a bucket's tokens across an
+// assignment: max_tokens, tokens_per_fill and fill_interval's nanos equal
+// (its seconds are not compared).
+func sameTokenBucket(a, b *typev3.TokenBucket) bool {
+	return a != nil && b != nil && a.GetMaxTokens() == b.GetMaxTokens() &&
+		a.GetTokensPerFill().GetValue() == b.GetTokensPerFill().GetValue() &&
+		a.GetFillInterval().GetNanos() == b.GetFillInterval().GetNanos()
 }
 
 // assignment is a bucket's live or last assignment.
@@ -248,11 +263,11 @@ func (b *Bucket) Report(now time.Time, id *rlqsv3.BucketId) *rlqsv3.RateLimitQuo
 	return u
 }
 
-// Apply applies a quota assignment received at now, as Envoy does: a
-// strategy equal to the live one extends its TTL and keeps its tokens;
-// another (or any after expiry) replaces it with a full bucket. The TTL
-// is read in whole seconds and an unset one expires at once. It returns
-// the ways the assignment breaks on real Envoys.
+// Apply applies a quota assignment received at now, as Envoy does: every
+// assignment it applies restarts the TTL, read in whole seconds (an unset
+// one expires at once); a token bucket the same as the live one (by
+// Envoy's test, sameTokenBucket) keeps its tokens, any other starts a new,
+// full bucket. It returns the ways the assignment breaks on real Envoys.
 func (b *Bucket) Apply(now time.Time, qa *rlqsv3.RateLimitQuotaResponse_BucketAction_QuotaAssignmentAction) []Failure {
 	st, fails, ok := parseStrategy(qa.GetRateLimitStrategy())
 	if !ok {
@@ -267,14 +282,17 @@ func (b *Bucket) Apply(now time.Time, qa *rlqsv3.RateLimitQuotaResponse_BucketAc
 	}
 	expires := now.Add(time.Duration(ttl.GetSeconds()) * time.Second)
 	zero := ttl != nil && ttl.GetSeconds() == 0 && ttl.GetNanos() == 0
-	if b.State(now) == StateActive && proto.Equal(b.active.st.msg, st.msg) {
-		b.active.expires = expires
-		b.serverZero = zero
-		return fails
-	}
 	a := &assignment{st: st, expires: expires, received: now}
 	if st.tb != nil {
-		a.tb = NewTokenBucket(now, st.tb.GetMaxTokens(), st.rate)
+		if b.State(now) == StateActive && sameTokenBucket(b.active.st.tb, st.tb) {
+			a.tb = b.active.tb
+			if b.active.st.tb.GetFillInterval().GetSeconds() != st.tb.GetFillInterval().GetSeconds() {
+				fails = append(fails, FailFillSecondsOnly)
+				a.st = b.active.st // the old rate goes on
+			}
+		} else {
+			a.tb = NewTokenBucket(now, st.tb.GetMaxTokens(), st.rate)
+		}
 	}
 	b.active, b.expiredAt, b.serverZero = a, time.Time{}, zero
 	return fails

@@ -1,7 +1,6 @@
 package quotasim
 
 import (
-	"math"
 	"slices"
 	"testing"
 	"time"
@@ -200,18 +199,37 @@ func TestBucketStrategyQuirks(t *testing.T) {
 	if r, live := b.Rate(t0); !live || r != 3 {
 		t.Fatalf("rate %v (live %v), want 3/s from a fill truncated to 1 s", r, live)
 	}
-	// tokens_per_fill unset is one token a fill.
-	b.Apply(t0, &rlqsv3.RateLimitQuotaResponse_BucketAction_QuotaAssignmentAction{
+	// tokens_per_fill unset: the proto says one a fill, Envoy reads 0.
+	fails := b.Apply(t0, &rlqsv3.RateLimitQuotaResponse_BucketAction_QuotaAssignmentAction{
 		AssignmentTimeToLive: sec(10),
 		RateLimitStrategy: &typev3.RateLimitStrategy{Strategy: &typev3.RateLimitStrategy_TokenBucket{
 			TokenBucket: &typev3.TokenBucket{MaxTokens: 4, FillInterval: sec(2)}}}})
-	if r, _ := b.Rate(t0); r != 0.5 {
-		t.Fatalf("rate %v, want 0.5/s (1 token every 2 s)", r)
+	if r, _ := b.Rate(t0); r != 0 || !slices.Equal(fails, []Failure{FailTokensPerFillUnset}) {
+		t.Fatalf("tokens_per_fill unset: rate %v, failures %v; want 0/s, as Envoy reads it", r, fails)
 	}
-	// A strategy with none set allows all.
-	b.Apply(t0, &rlqsv3.RateLimitQuotaResponse_BucketAction_QuotaAssignmentAction{AssignmentTimeToLive: sec(10)})
-	if r, _ := b.Rate(t0); !math.IsInf(r, 1) || decideN(b, t0, 100) != 100 {
-		t.Fatalf("no strategy: rate %v, want allow all", r)
+	if n := decideN(b, t0.Add(9*time.Second), 10); n != 4 {
+		t.Fatalf("admitted %d 9 s later, want only the 4 tokens it started with", n)
+	}
+	// A strategy with none set is ignored: the last one stays.
+	fails = b.Apply(t0, &rlqsv3.RateLimitQuotaResponse_BucketAction_QuotaAssignmentAction{AssignmentTimeToLive: sec(10)})
+	if r, _ := b.Rate(t0); r != 0 || !slices.Equal(fails, []Failure{FailStrategyUnset}) {
+		t.Fatalf("no strategy: rate %v, failures %v; want it ignored", r, fails)
+	}
+}
+
+// TestBucketFillSecondsOnly: Envoy tells token buckets apart by
+// max_tokens, tokens_per_fill and fill_interval's nanos; one that differs
+// only in fill_interval's seconds keeps the old bucket and its rate.
+func TestBucketFillSecondsOnly(t *testing.T) {
+	b := NewBucket(Settings{})
+	b.Decide(t0)
+	b.Apply(t0, tokenBucket(10, 10, sec(1), sec(10)))
+	fails := b.Apply(t0.Add(time.Second), tokenBucket(10, 10, sec(2), sec(10)))
+	if r, _ := b.Rate(t0.Add(time.Second)); r != 10 || !slices.Equal(fails, []Failure{FailFillSecondsOnly}) {
+		t.Fatalf("rate %v, failures %v; want the old 10/s kept and the failure counted", r, fails)
+	}
+	if s := b.State(t0.Add(10500 * time.Millisecond)); s != StateActive {
+		t.Fatalf("TTL not restarted by the assignment Envoy took as the same: %v at 10.5 s", s)
 	}
 }
 

@@ -20,13 +20,17 @@
 //     whole seconds (truncated). Reports are built and their counters
 //     reset whether or not a stream takes them: reports are lost while a
 //     stream is down.
-//   - An assignment's TTL is read in whole seconds; an unset TTL expires
-//     at once. A strategy equal to the live one extends it and keeps its
-//     tokens; any other replaces it with a new, full token bucket.
-//   - token_bucket: max_tokens, tokens_per_fill (default 1) and
-//     fill_interval truncated to whole seconds; a fill_interval under a
-//     second divides by zero in Envoy. blanket_rule ALLOW_ALL / DENY_ALL.
-//     requests_per_time_unit is ignored.
+//   - Every assignment applied restarts the TTL, read in whole seconds;
+//     an unset TTL expires at once. A token bucket with the same
+//     max_tokens, tokens_per_fill and fill_interval nanos as the live one
+//     keeps its tokens (and its old rate, should only fill_interval's
+//     seconds differ: Envoy does not compare them); any other starts a
+//     new token bucket, full.
+//   - token_bucket: max_tokens, tokens_per_fill (unset reads as 0: no
+//     refill) and fill_interval truncated to whole seconds; a
+//     fill_interval under a second divides by zero in Envoy.
+//     blanket_rule ALLOW_ALL / DENY_ALL. requests_per_time_unit and an
+//     unset strategy are ignored.
 //   - With no assignment the bucket allows or denies all
 //     (no_assignment_behavior); once an assignment has expired it allows
 //     all, denies all or reuses the last assignment
@@ -35,10 +39,12 @@
 //     no-assignment behaviour. abandon_action forgets the bucket: no more
 //     reports until a request subscribes it again.
 //
+// This follows Envoy's source (GlobalRateLimitClientImpl in
+// source/extensions/filters/http/rate_limit_quota/global_client_impl.cc).
 // Whatever in the server's answers breaks on a real Envoy (a sub-second
-// or fractional fill_interval, an unset or fractional TTL, a
-// requests_per_time_unit strategy, an action for a bucket the Envoy does
-// not track) is counted as a conformance failure; the simulation carries
+// or fractional fill_interval, an unset or fractional TTL, an unset
+// strategy or tokens_per_fill, a requests_per_time_unit strategy, an
+// action for a bucket the Envoy does not track) is counted as a conformance failure; the simulation carries
 // on as Envoy would, or, for the division by zero, keeps the bucket as it
 // was.
 //
