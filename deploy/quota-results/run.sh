@@ -20,7 +20,7 @@
 #             (bucket, Envoy) pair (after a forced GC, against the idle
 #             cluster's)
 #   cmp.txt   ROUNDS (3) interleaved rounds of 1,000 requests a second for
-#             20 s: through ShouldRateLimit (ghz -r 1000, 50 connections'
+#             20 s, less the idle cluster's CPU: through ShouldRateLimit (ghz -r 1000, 50 connections'
 #             worth of concurrency, at node 1) and through the quota service
 #             (20 simulated Envoys); levee's CPU (all three nodes) per second
 #   kill.txt  fair.txt's fleet, node 3 killed with SIGKILL at SECS/2
@@ -135,7 +135,11 @@ note "step: load $(load)"
 
 # Cost: reports and assignments, memory per pair.
 note "cost: load $(load)"
-sleep 35 # the fleets' pairs are forgotten after 30 s without reports
+sleep 15 # the fleets' pairs are forgotten after 30 s without reports
+ci0=$(cpu "$p1" "$p2" "$p3")
+sleep 20
+ci1=$(cpu "$p1" "$p2" "$p3")
+note "idle cluster: $(python3 -c "print(f'{($ci1 - $ci0) / $hz / 20 * 1000:.1f}')") ms CPU/s (3 nodes, 20 s)"
 h0=$(heap)
 "${sim[@]}" --envoys "$envoys_cost" --bucket 'name=cost,tenant=t%d' --bucket-count "$buckets_cost" --limit 100 \
 	--demand 0.2x --zipf 0 --tick 200ms --duration 45s >"$out/cost.txt" &
@@ -148,12 +152,13 @@ pairs=$(sum levee_rlqs_buckets 'role="subscribed"')
 sleep 5
 c1=$(cpu "$p1" "$p2" "$p3") r1=$(sum levee_rlqs_reports_total) a1=$(sum levee_rlqs_assignments_total)
 wait "$simpid"
-python3 - "$c0" "$c1" "$r0" "$r1" "$a0" "$a1" "$h0" "$h1" "$pairs" "$hz" <<'PY' | tee -a "$summary"
+python3 - "$c0" "$c1" "$r0" "$r1" "$a0" "$a1" "$h0" "$h1" "$pairs" "$hz" "$ci0" "$ci1" <<'PY' | tee -a "$summary"
 import sys
-c0, c1, r0, r1, a0, a1, h0, h1, pairs, hz = map(float, sys.argv[1:])
-cpu = (c1 - c0) / hz
+c0, c1, r0, r1, a0, a1, h0, h1, pairs, hz, ci0, ci1 = map(float, sys.argv[1:])
+idle = (ci1 - ci0) / hz / 20 * 30
+cpu = (c1 - c0) / hz - idle
 rep, asg = r1 - r0, a1 - a0
-print(f"cost: 30 s measured: {rep:.0f} bucket reports, {asg:.0f} assignments pushed, levee CPU {cpu:.2f} s (3 nodes)")
+print(f"cost: 30 s measured: {rep:.0f} bucket reports, {asg:.0f} assignments pushed, levee CPU {cpu:.2f} s (3 nodes, less {idle:.2f} s idle)")
 print(f"cost: CPU per 1,000 bucket reports (with the assignments they drew) {1000 * cpu / rep * 1000:.1f} ms; per assignment pushed (all the CPU) {cpu / asg * 1e6:.0f} µs")
 print(f"cost: {pairs:.0f} (stream, bucket) pairs subscribed; heap {h0 / 2**20:.1f} MiB idle, {h1 / 2**20:.1f} MiB with them: {(h1 - h0) / pairs:.0f} bytes per pair")
 PY
@@ -176,12 +181,13 @@ for n in $(seq "$rounds"); do
 	c3=$(cpu "$p1" "$p2" "$p3")
 	wait "$simpid"
 	l2=$(load)
-	python3 - "$n" "$c0" "$c1" "$c2" "$c3" "$hz" "$work/ghz.$n.json" "$l1" "$l2" <<'PY' | tee -a "$out/cmp.txt"
+	python3 - "$n" "$c0" "$c1" "$c2" "$c3" "$hz" "$work/ghz.$n.json" "$l1" "$l2" "$ci0" "$ci1" <<'PY' | tee -a "$out/cmp.txt"
 import json, sys
 n, c0, c1, c2, c3, hz = sys.argv[1], *map(float, sys.argv[2:7])
 g = json.load(open(sys.argv[7]))
-srl = (c1 - c0) / hz / 20 * 1000
-rlqs = (c3 - c2) / hz / 20 * 1000
+idle = (float(sys.argv[11]) - float(sys.argv[10])) / hz / 20 * 1000
+srl = (c1 - c0) / hz / 20 * 1000 - idle
+rlqs = (c3 - c2) / hz / 20 * 1000 - idle
 print(f"round {n}: ShouldRateLimit {g['rps']:.0f} rps: {srl:.1f} ms CPU/s (load {sys.argv[8]}); quota service 1000 rps: {rlqs:.1f} ms CPU/s (load {sys.argv[9]}); ratio {srl / max(rlqs, 0.01):.1f}")
 PY
 done

@@ -83,9 +83,9 @@ const (
 
 // strategy is a parsed rate_limit_strategy.
 type strategy struct {
-	deny bool                      // blanket DENY_ALL
-	tb   *typev3.TokenBucket       // nil: a blanket rule
-	rate float64                   // tokens a second Envoy refills at; +Inf for ALLOW_ALL, 0 for DENY_ALL
+	deny bool                // blanket DENY_ALL
+	tb   *typev3.TokenBucket // nil: a blanket rule
+	rate float64             // tokens a second Envoy refills at; +Inf for ALLOW_ALL, 0 for DENY_ALL
 }
 
 // parseStrategy reads a strategy as Envoy does. ok is false when Envoy
