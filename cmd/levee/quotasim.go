@@ -25,6 +25,7 @@ func quotaSimCommand() *cobra.Command {
 		expiredTimeout    time.Duration
 		failOnCheck       bool
 		bucketCount       int
+		timeline          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "quota-sim",
@@ -120,6 +121,12 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 			if err := res.Write(cmd.OutOrStdout()); err != nil {
 				return err
 			}
+			if timeline {
+				fmt.Fprintln(cmd.OutOrStdout(), "\nassignments received:")
+				if err := res.WriteTimeline(cmd.OutOrStdout()); err != nil {
+					return err
+				}
+			}
 			if failOnCheck && !res.Passed() {
 				return errors.New("quota-sim: a check failed")
 			}
@@ -143,6 +150,7 @@ Every flag can also be set in the environment as LEVEE_<FLAG>.`,
 	f.StringVar(&expired, "expired", "none", "expired_assignment_behavior: none (as no assignment), allow, deny or reuse (the last assignment)")
 	f.DurationVar(&expiredTimeout, "expired-timeout", 0, "expired_assignment_behavior_timeout (0: until a new assignment)")
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the demand")
+	f.BoolVar(&timeline, "timeline", false, "also print every assignment received")
 	f.BoolVar(&failOnCheck, "check", false, "exit non-zero when a check of issue 15's bounds fails")
 	envUsage(f)
 	return cmd

@@ -188,14 +188,14 @@ g = json.load(open(sys.argv[7]))
 idle = (float(sys.argv[11]) - float(sys.argv[10])) / hz / 20 * 1000
 srl = (c1 - c0) / hz / 20 * 1000 - idle
 rlqs = (c3 - c2) / hz / 20 * 1000 - idle
-print(f"round {n}: ShouldRateLimit {g['rps']:.0f} rps: {srl:.1f} ms CPU/s (load {sys.argv[8]}); quota service 1000 rps: {rlqs:.1f} ms CPU/s (load {sys.argv[9]}); ratio {srl / max(rlqs, 0.01):.1f}")
+print(f"round {n}: ShouldRateLimit {g['rps']:.0f} rps: {srl:.1f} ms CPU/s (load {sys.argv[8]}); quota service 1000 rps: {rlqs:.1f} ms CPU/s (load {sys.argv[9]}); both less the idle cluster's {idle:.1f} ms CPU/s")
 PY
 done
 python3 - "$out/cmp.txt" <<'PY' | tee -a "$summary"
 import re, statistics, sys
 srl, q = [], []
 for l in open(sys.argv[1]):
-    m = re.search(r"ShouldRateLimit .*?: ([\d.]+) ms CPU/s.*quota service 1000 rps: ([\d.]+) ms", l)
+    m = re.search(r"ShouldRateLimit .*?: (-?[\d.]+) ms CPU/s.*quota service 1000 rps: (-?[\d.]+) ms", l)
     if m:
         srl.append(float(m[1])); q.append(float(m[2]))
 print(f"cmp: 1,000 requests/s, levee CPU (3 nodes) per second: ShouldRateLimit median {statistics.median(srl):.1f} ms (range {min(srl):.1f}-{max(srl):.1f}), quota service median {statistics.median(q):.1f} ms (range {min(q):.1f}-{max(q):.1f}), {len(srl)} rounds")

@@ -57,6 +57,10 @@ type Phase struct {
 	// not, or (with Stepped false) the phase has no step at its start.
 	Settle  time.Duration
 	Stepped bool
+	// Distance is the assignments' distance from the fair shares at the
+	// end of the phase, and Closest the least it came to after the step,
+	// as shares of the limit (see settle).
+	Distance, Closest float64
 }
 
 // Share is one Envoy's figures in a phase, in requests a second.
@@ -121,7 +125,7 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 			Demand: o.demandAt(start), Settle: -1, Stepped: k > 0}
 		measure(&p, o.Limit, envoys)
 		if k > 0 {
-			p.Settle = settle(&p, o.Limit, envoys)
+			p.Settle, p.Distance, p.Closest = settle(&p, o.Limit, envoys)
 		}
 		r.Phases = append(r.Phases, p)
 	}
@@ -171,7 +175,7 @@ func measure(p *Phase, limit float64, envoys []*envoy) {
 // offered and fair from the phase's window (an assignment above a demand
 // that is under the level costs nothing: the Envoy cannot use it). It is
 // -1 when the last assignments of the phase are still farther than that.
-func settle(p *Phase, limit float64, envoys []*envoy) time.Duration {
+func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, end, closest float64) {
 	type change struct {
 		at    time.Duration
 		envoy int
@@ -205,20 +209,22 @@ func settle(p *Phase, limit float64, envoys []*envoy) time.Duration {
 		}
 		return d / limit
 	}
-	settled := time.Duration(-1)
-	if dist() <= settleTolerance {
+	settled, closest = -1, dist()
+	if closest <= settleTolerance {
 		settled = 0
 	}
 	for _, c := range cs {
 		cur[c.envoy] = c.rate
-		switch d := dist(); {
+		d := dist()
+		closest = math.Min(closest, d)
+		switch {
 		case d > settleTolerance:
 			settled = -1
 		case settled < 0:
 			settled = c.at - p.Start
 		}
 	}
-	return settled
+	return settled, dist(), closest
 }
 
 // reconnects pairs each broken stream with the next one opened.

@@ -84,7 +84,8 @@ func (r *Result) Write(w io.Writer) error {
 		fmt.Fprintf(&b, "\nphase %d: demand %.2fx from %v, measured [%v, %v): offered %.1f/s, admitted %.1f/s = %.3f of the limit; max-min level %s\n",
 			k, p.Demand, p.Start, p.From, p.To, p.OfferedRate, p.AdmittedRate, p.Ratio, rate(p.Level))
 		if p.Stepped {
-			fmt.Fprintf(&b, "  assignments settled on the fair shares: %s after the step\n", settled(p.Settle))
+			fmt.Fprintf(&b, "  assignments settled on the fair shares: %s after the step (distance %.3f of the limit at the end, closest %.3f)\n",
+				settled(p.Settle), p.Distance, p.Closest)
 		}
 		fmt.Fprintf(&b, "  %-6s %10s %10s %10s %8s\n", "envoy", "offered/s", "fair/s", "admitted/s", "adm/fair")
 		for _, s := range p.Envoys {
