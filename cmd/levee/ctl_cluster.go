@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/levee-dev/levee/cmd/levee/internal/configstore"
+	"github.com/levee-dev/levee/limiter/rlqs"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
 
@@ -400,8 +401,9 @@ type ctlStep struct {
 
 func ctlExplainCommand(o *ctlOptions) *cobra.Command {
 	var (
-		domain  string
-		version int64
+		domain   string
+		version  int64
+		bucketID bool
 	)
 	cmd := &cobra.Command{
 		Use:   "explain --domain DOMAIN KEY=VALUE...",
@@ -411,19 +413,35 @@ down the rules of the current configuration (or --version N) and show, level
 by level, which descriptor each entry matched (exact value, wildcard, or the
 key's default), then the rule and limit that apply, or why none does.
 
-  levee ctl explain --domain example user=alice action=post`,
+With --bucket-id the entries are an Envoy quota bucket id (the rate limit
+quota service's), an unordered map: they are matched sorted by key, as the
+quota service matches them.
+
+  levee ctl explain --domain example user=alice action=post
+  levee ctl explain --domain rlqs --bucket-id tenant=acme name=tenant`,
 		Args: ctlArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if domain == "" {
 				return usageErr(cmd, "--domain is required")
 			}
 			req := &leveev1.ExplainRequest{Domain: domain, Version: version}
+			bid := map[string]string{}
 			for _, a := range args {
 				k, v, _ := strings.Cut(a, "=")
 				if k == "" {
 					return usageErr(cmd, "entry %q: want KEY=VALUE", a)
 				}
+				if bucketID {
+					if _, dup := bid[k]; dup {
+						return usageErr(cmd, "entry %q: a bucket id has each key once", a)
+					}
+					bid[k] = v
+					continue
+				}
 				req.Entries = append(req.Entries, &leveev1.Entry{Key: k, Value: v})
+			}
+			for _, e := range rlqs.Descriptor(bid) {
+				req.Entries = append(req.Entries, &leveev1.Entry{Key: e.Key, Value: e.Value})
 			}
 			c, err := o.connect()
 			if err != nil {
@@ -478,5 +496,6 @@ key's default), then the rule and limit that apply, or why none does.
 	}
 	cmd.Flags().StringVar(&domain, "domain", "", "rule domain (required)")
 	cmd.Flags().Int64Var(&version, "version", 0, "config version to explain against (default: the current one)")
+	cmd.Flags().BoolVar(&bucketID, "bucket-id", false, "the entries are an Envoy quota bucket id: matched sorted by key, as the rate limit quota service does")
 	return cmd
 }

@@ -455,6 +455,11 @@ func TestCtlStatusAndExplain(t *testing.T) {
 		t.Fatalf("status -o json = %+v", st)
 	}
 
+	// A quota bucket id is matched sorted by key, whatever the order given.
+	out = env.ok(t, "explain", "--domain", "api", "--bucket-id", "user=alice", "action=post")
+	if !strings.Contains(out, "1. action=post") {
+		t.Fatalf("explain --bucket-id did not sort the entries by key:\n%s", out)
+	}
 	out = env.ok(t, "explain", "--domain", "api", "user=alice")
 	if !strings.Contains(out, "1. user=alice  default  api.user") || !strings.Contains(out, "=> rule api.user (api.yaml:3): 8 per second") {
 		t.Fatalf("explain output:\n%s", out)

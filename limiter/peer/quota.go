@@ -29,8 +29,12 @@ func (s *Server) Quota(ctx context.Context, req *leveev1.QuotaRequest) (*leveev1
 	if s.quota == nil {
 		return nil, status.Error(codes.Unimplemented, "this node serves no quota service")
 	}
-	if len(req.GetBuckets()) > MaxBatch {
-		return nil, invalid("buckets", "too many buckets")
+	n := len(req.GetBuckets())
+	for _, b := range req.GetBuckets() {
+		n += len(b.GetDemands())
+	}
+	if n > MaxBatch {
+		return nil, invalid("buckets", "too many buckets and demands")
 	}
 	return s.quota.Quota(ctx, req)
 }

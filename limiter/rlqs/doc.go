@@ -47,7 +47,10 @@
 //
 // # Streams ending
 //
-// A client that reports nothing for Config.Idle is forgotten; a stream that
+// A client that reports nothing for Config.Idle is forgotten, and one whose
+// reports carry no request for Config.Abandon is sent abandon_action (Envoy
+// erases the bucket until a request matches it again) and forgotten, so
+// buckets nobody uses cost neither side memory. A stream that
 // ends takes its clients with it, and the owner hands their share to the
 // others at the next sync. Drain, when the node stops, sends every
 // assignment again with a TTL of 0 s (expired at once, so Envoys apply

@@ -2,6 +2,7 @@ package rlqs
 
 import (
 	"maps"
+	"math"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/levee-dev/levee/limiter/rules"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed/shedtest"
 )
 
@@ -88,4 +90,64 @@ func statusOf(err error) (string, bool) {
 		return "", false
 	}
 	return st.Message(), true
+}
+
+// FuzzQuota feeds arbitrary peer Quota requests to an owner: it never
+// panics, answers one grant per bucket with one token count per demand, and
+// never grants more tokens than a fill adds.
+func FuzzQuota(f *testing.F) {
+	seed := func(r *leveev1.QuotaRequest) {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	seed(&leveev1.QuotaRequest{From: "n2", Buckets: []*leveev1.QuotaBucket{{
+		Key: 7, Limit: &leveev1.BucketLimit{Rate: 100, PeriodNanos: int64(time.Second)},
+		Demands: []*leveev1.QuotaDemand{{Id: 1, Rate: 10, Known: true}, {Id: 2}, {Id: 3, Rate: math.NaN(), Known: true}},
+	}}})
+	seed(&leveev1.QuotaRequest{From: "n2", Buckets: []*leveev1.QuotaBucket{{Limit: &leveev1.BucketLimit{Rate: 7, PeriodNanos: int64(time.Hour), Burst: 1 << 40}}}})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req leveev1.QuotaRequest
+		if proto.Unmarshal(data, &req) != nil {
+			return
+		}
+		s := New(Config{Now: shedtest.NewClock(time.Unix(1_000_000, 0)).Now})
+		resp, err := s.Quota(t.Context(), &req)
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				t.Fatalf("error %v is not a status", err)
+			}
+			return
+		}
+		if len(resp.GetGrants()) != len(req.GetBuckets()) {
+			t.Fatalf("%d grants for %d buckets", len(resp.GetGrants()), len(req.GetBuckets()))
+		}
+		for i, g := range resp.GetGrants() {
+			if len(g.GetTokens()) != len(req.GetBuckets()[i].GetDemands()) {
+				t.Fatalf("bucket %d: %d token counts for %d demands", i, len(g.GetTokens()), len(req.GetBuckets()[i].GetDemands()))
+			}
+			sum := uint64(0)
+			for _, n := range g.GetTokens() {
+				sum += n
+			}
+			// Demands of one bucket sent twice (the same id) share one
+			// client: each gets that client's tokens.
+			if sum > g.GetPool() && !duplicateIDs(req.GetBuckets()[i]) {
+				t.Fatalf("bucket %d: %d tokens granted of a pool of %d", i, sum, g.GetPool())
+			}
+		}
+	})
+}
+
+func duplicateIDs(b *leveev1.QuotaBucket) bool {
+	seen := map[uint64]bool{}
+	for _, d := range b.GetDemands() {
+		if seen[d.GetId()] {
+			return true
+		}
+		seen[d.GetId()] = true
+	}
+	return false
 }

@@ -88,6 +88,11 @@ type Config struct {
 	Sync time.Duration
 	// Idle is how long a client that reports nothing is kept (default 30 s).
 	Idle time.Duration
+	// Abandon is how long a client may report no requests before the
+	// server abandons its bucket (abandon_action: Envoy erases the bucket
+	// and stops reporting it until a request matches it again), so that
+	// buckets nobody uses cost neither side anything (default 5 minutes).
+	Abandon time.Duration
 	// Threshold returns the shedding threshold in force: the highest of
 	// the protected resources' (nil: never shedding).
 	Threshold func(now time.Time) shed.Level
@@ -113,6 +118,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Idle <= 0 {
 		c.Idle = 30 * time.Second
+	}
+	if c.Abandon <= 0 {
+		c.Abandon = 5 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -175,6 +183,7 @@ type client struct {
 	entries  []rules.Entry // sorted by key
 	meter    quota.Meter
 	last     time.Time // the last report
+	used     time.Time // the last report of requests (or the subscription)
 
 	// What the rules say, as of the last report.
 	kind     kind
@@ -358,13 +367,17 @@ func (s *Server) report(ss *stream, m *rlqsv3.RateLimitQuotaUsageReports) error 
 				return status.Errorf(codes.ResourceExhausted, "bucket_quota_usages[%d]: more than %d buckets on one stream", i, MaxBucketsPerStream)
 			}
 			s.nextID++
-			c = &client{id: s.nextID, bucketID: &rlqsv3.BucketId{Bucket: maps.Clone(bid)}, entries: entries(bid)}
+			c = &client{id: s.nextID, bucketID: &rlqsv3.BucketId{Bucket: maps.Clone(bid)}, entries: Descriptor(bid), used: now}
 			ss.clients[canon] = c
 			subscribed = true
 		}
 		// time_elapsed is not read: the meter times reports itself.
-		c.meter.Report(now, u.GetNumRequestsAllowed()+u.GetNumRequestsDenied())
+		n := u.GetNumRequestsAllowed() + u.GetNumRequestsDenied()
+		c.meter.Report(now, n)
 		c.last = now
+		if n > 0 {
+			c.used = now
+		}
 		s.reports++
 		s.cfg.Metrics.reported()
 		if s.match(rc, ss.domain, c) {
@@ -506,8 +519,9 @@ func canonical(bid map[string]string) string {
 	return b.String()
 }
 
-// entries is a bucket id as a descriptor: its entries sorted by key.
-func entries(bid map[string]string) []rules.Entry {
+// Descriptor is a bucket id as the descriptor the rules match: its entries
+// sorted by key. levee ctl explain --bucket-id uses it too.
+func Descriptor(bid map[string]string) []rules.Entry {
 	es := make([]rules.Entry, 0, len(bid))
 	for k, v := range bid {
 		es = append(es, rules.Entry{Key: k, Value: v})

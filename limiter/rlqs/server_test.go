@@ -195,7 +195,7 @@ func idString(b *rlqsv3.BucketId) string {
 
 func entryStrings(m map[string]string) []string {
 	var out []string
-	for _, e := range entries(m) {
+	for _, e := range Descriptor(m) {
 		out = append(out, e.Key+"="+e.Value)
 	}
 	return out
@@ -525,5 +525,30 @@ func TestIdle(t *testing.T) {
 	h.sync()
 	if s := h.srv.Stats(); s.Clients != 0 || s.Owned != 0 || s.Pairs != 0 {
 		t.Fatalf("after idle: %+v, want nothing held", s)
+	}
+}
+
+// TestAbandon: a bucket that reports no requests for Abandon is abandoned
+// (Envoy erases it) and forgotten; a bucket in use is not.
+func TestAbandon(t *testing.T) {
+	h := newHarness(t, Config{Abandon: 20 * time.Second})
+	a := h.envoy("rlqs")
+	a.report(usage{bucket: "name=api", allowed: 1}, usage{bucket: "name=tenant,tenant=x", allowed: 1})
+	h.sync()
+	a.next()
+	for range 5 {
+		h.clock.Add(5 * time.Second)
+		a.report(usage{bucket: "name=api", elapsed: 5 * time.Second}, usage{bucket: "name=tenant,tenant=x", allowed: 5, elapsed: 5 * time.Second})
+	}
+	h.sync()
+	acts := a.next()
+	if act := acts["name=api"]; act.GetAbandonAction() == nil {
+		t.Fatalf("unused bucket: %v, want abandon_action", act)
+	}
+	if act, ok := acts["name=tenant,tenant=x"]; ok && act.GetAbandonAction() != nil {
+		t.Fatal("a bucket in use was abandoned")
+	}
+	if st := h.srv.Stats(); st.Clients != 1 {
+		t.Fatalf("%d clients after the abandon, want 1", st.Clients)
 	}
 }

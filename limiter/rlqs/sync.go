@@ -93,6 +93,16 @@ func (s *Server) collect(now time.Time) []*owned {
 				delete(ss.pending, canon)
 				continue
 			}
+			if now.Sub(c.used) > s.cfg.Abandon && !s.draining {
+				delete(ss.clients, canon)
+				ss.pending[canon] = &rlqsv3.RateLimitQuotaResponse_BucketAction{BucketId: c.bucketID,
+					BucketAction: &rlqsv3.RateLimitQuotaResponse_BucketAction_AbandonAction_{AbandonAction: &rlqsv3.RateLimitQuotaResponse_BucketAction_AbandonAction{}}}
+				select {
+				case ss.wake <- struct{}{}:
+				default:
+				}
+				continue
+			}
 			if c.kind != kindLimited {
 				continue
 			}

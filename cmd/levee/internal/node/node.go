@@ -119,6 +119,9 @@ type QuotaConfig struct {
 	TTL time.Duration
 	// Sync is how often demand goes to the buckets' owners (default 1 s).
 	Sync time.Duration
+	// Abandon is how long a bucket may see no requests before the Envoy
+	// is told to abandon it (default 5 minutes).
+	Abandon time.Duration
 }
 
 // ClusterConfig is how a node finds its peers and shares buckets with them.

@@ -33,6 +33,7 @@ func newQuota(cfg Config, eng *engine.Engine, cl *clusterNode, set *shedSet, met
 		Unmatched: unmatched,
 		TTL:       cfg.Quota.TTL,
 		Sync:      cfg.Quota.Sync,
+		Abandon:   cfg.Quota.Abandon,
 		Threshold: set.threshold,
 		Metrics:   m,
 		Logger:    log,

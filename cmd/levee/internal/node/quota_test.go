@@ -319,3 +319,20 @@ func TestQuotaCluster(t *testing.T) {
 		return nil
 	})
 }
+
+// TestQuotaConfigRefused: a node does not start with a quota setting Envoy
+// could not use, and the error names it.
+func TestQuotaConfigRefused(t *testing.T) {
+	for _, c := range []struct {
+		q    QuotaConfig
+		want string
+	}{
+		{QuotaConfig{Unmatched: "maybe"}, "unmatched"},
+		{QuotaConfig{TTL: 1500 * time.Millisecond}, "ttl: 1.5s is not a whole number of seconds"},
+	} {
+		err := Run(context.Background(), Config{GRPCAddr: "127.0.0.1:0", Quota: c.q}, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Quota %+v: %v, want an error naming %q", c.q, err, c.want)
+		}
+	}
+}
