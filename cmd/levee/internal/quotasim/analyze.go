@@ -170,20 +170,28 @@ func measure(p *Phase, limit float64, envoys []*envoy) {
 }
 
 // settle returns how long after the phase's start the assignments of the
-// first bucket came, for good, within settleTolerance of the fair shares:
-// the distance sum_i |min(assigned_i, offered_i) - fair_i| / limit, with
-// offered and fair from the phase's window (an assignment above a demand
-// that is under the level costs nothing: the Envoy cannot use it). It is
-// -1 when the last assignments of the phase are still farther than that.
+// first bucket came, for good, within settleTolerance of the fair shares
+// of the demand the Envoys had last reported (the server's own input; the
+// window's offered rates for an Envoy with no report yet): the distance
+// sum_i |min(assigned_i, demand_i) - fair_i| / limit (an assignment above
+// a demand under the level costs nothing: the Envoy cannot use it). The
+// distance is taken whenever the assignments have stood still for
+// quietFor, so that one push landing Envoy by Envoy is judged once. It is
+// -1 when the assignments are still farther at the phase's end; end and
+// closest are the distance then and the least it came to.
 func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, end, closest float64) {
-	type change struct {
-		at    time.Duration
-		envoy int
-		rate  float64
+	const quietFor = 200 * time.Millisecond
+	type event struct {
+		at     time.Duration
+		envoy  int
+		rate   float64
+		demand bool // a report's demand, not an assignment
 	}
-	var cs []change
-	cur := make([]float64, len(envoys)) // assigned rate in force at the phase's start
+	var evs []event
+	cur := make([]float64, len(envoys)) // assigned rate in force
+	dem := make([]float64, len(envoys)) // demand last reported
 	for i, e := range envoys {
+		dem[i] = p.Envoys[i].Offered
 		e.rec.mu.Lock()
 		for _, a := range e.rec.assignments {
 			if a.Bucket != 0 || a.At >= p.To {
@@ -197,32 +205,46 @@ func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, en
 				cur[i] = r
 				continue
 			}
-			cs = append(cs, change{a.At, i, r})
+			evs = append(evs, event{a.At, i, r, false})
+		}
+		for _, d := range e.rec.demands {
+			if d.at >= p.Start && d.at < p.To {
+				evs = append(evs, event{d.at, i, d.rate, true})
+			}
 		}
 		e.rec.mu.Unlock()
 	}
-	sort.SliceStable(cs, func(i, j int) bool { return cs[i].at < cs[j].at })
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
 	dist := func() float64 {
+		fair, _ := MaxMin(limit, dem)
 		var d float64
-		for i, s := range p.Envoys {
-			d += math.Abs(math.Min(cur[i], s.Offered) - s.Fair)
+		for i := range cur {
+			d += math.Abs(math.Min(cur[i], dem[i]) - fair[i])
 		}
 		return d / limit
 	}
-	settled, closest = -1, dist()
-	if closest <= settleTolerance {
-		settled = 0
-	}
-	for _, c := range cs {
-		cur[c.envoy] = c.rate
+	settled, closest = -1, math.Inf(1)
+	judge := func(at time.Duration) {
 		d := dist()
 		closest = math.Min(closest, d)
 		switch {
 		case d > settleTolerance:
 			settled = -1
 		case settled < 0:
-			settled = c.at - p.Start
+			settled = at - p.Start
 		}
+	}
+	judge(p.Start)
+	for k, ev := range evs {
+		if ev.demand {
+			dem[ev.envoy] = ev.rate
+		} else {
+			cur[ev.envoy] = ev.rate
+		}
+		if ev.demand || (k+1 < len(evs) && evs[k+1].at-ev.at < quietFor) {
+			continue // judged once the push has landed
+		}
+		judge(ev.at)
 	}
 	return settled, dist(), closest
 }

@@ -128,7 +128,13 @@ func (e *envoy) sendReports(ctx context.Context, now time.Time, only int) {
 		if (only >= 0 && bi != only) || !b.Tracked() {
 			continue
 		}
-		msg.BucketQuotaUsages = append(msg.BucketQuotaUsages, b.Report(now, e.fl.ids[bi]))
+		last := b.lastReport
+		u := b.Report(now, e.fl.ids[bi])
+		if bi == 0 && !last.IsZero() && now.After(last) {
+			// The demand the server can measure from this report.
+			e.rec.reported(now.Sub(e.fl.start), float64(u.GetNumRequestsAllowed()+u.GetNumRequestsDenied())/now.Sub(last).Seconds())
+		}
+		msg.BucketQuotaUsages = append(msg.BucketQuotaUsages, u)
 	}
 	broken := e.broken
 	e.mu.Unlock()

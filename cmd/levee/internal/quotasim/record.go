@@ -50,6 +50,14 @@ type envoyRecord struct {
 	events      []Event
 	assignments []Assignment
 	failures    map[Failure]int
+	demands     []demandSample // first bucket, one per report after the first
+}
+
+// demandSample is the demand one report of the first bucket told the
+// server: requests a second since the previous report.
+type demandSample struct {
+	at   time.Duration
+	rate float64
 }
 
 func newEnvoyRecord(d time.Duration) *envoyRecord {
@@ -80,6 +88,12 @@ func (r *envoyRecord) event(e Event) {
 func (r *envoyRecord) assigned(a Assignment) {
 	r.mu.Lock()
 	r.assignments = append(r.assignments, a)
+	r.mu.Unlock()
+}
+
+func (r *envoyRecord) reported(at time.Duration, rate float64) {
+	r.mu.Lock()
+	r.demands = append(r.demands, demandSample{at, rate})
 	r.mu.Unlock()
 }
 
