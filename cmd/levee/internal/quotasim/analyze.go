@@ -238,13 +238,22 @@ func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, en
 	for k, ev := range evs {
 		if ev.demand {
 			dem[ev.envoy] = ev.rate
-		} else {
-			cur[ev.envoy] = ev.rate
+			continue
 		}
-		if ev.demand || (k+1 < len(evs) && evs[k+1].at-ev.at < quietFor) {
-			continue // judged once the push has landed
+		cur[ev.envoy] = ev.rate
+		landed := true // no other assignment follows within quietFor
+		for _, nx := range evs[k+1:] {
+			if nx.at-ev.at >= quietFor {
+				break
+			}
+			if !nx.demand {
+				landed = false
+				break
+			}
 		}
-		judge(ev.at)
+		if landed {
+			judge(ev.at)
+		}
 	}
 	return settled, dist(), closest
 }
