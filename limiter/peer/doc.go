@@ -58,6 +58,14 @@
 // this node holds but no longer owns are sent to their new owners, so a
 // rolling restart of the fleet does not reset anybody's quota.
 //
+// # Quota
+//
+// Envoy's quota service (limiter/rlqs) uses the same owners for its
+// buckets: Router.Owner names a bucket's owner, and Router.Quota sends a
+// node's demand for the buckets an owner holds in one unary call, about
+// once a second per owner, so it needs no batching, breaker or stream of
+// its own. Server answers Quota calls with the QuotaHandler it is given.
+//
 // # Clocks
 //
 // Every decision reads the injected clock, Config.Now (or the now a

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/tlsfiles/tlstest"
 	"github.com/levee-dev/levee/limiter/cluster/clustertest"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // TestClusterPeerTLS runs two nodes serving TLS whose peer API answers only
@@ -81,7 +83,36 @@ func TestClusterPeerTLS(t *testing.T) {
 	}); err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK {
 		t.Errorf("ShouldRateLimit over TLS without a client certificate = %v, %v; want OK", resp, err)
 	}
+	// Envoy's quota service over TLS without a client certificate: an
+	// Envoy on each node, one bucket; the owner divides it for both, its
+	// Quota calls answered over mutual TLS (no owner fallback).
+	var qs []*quotaStream
+	for _, m := range ms {
+		q := openQuotaCreds(t, m.addrs.GRPC, credentials.NewTLS(ca.ClientTLS(t, "")))
+		q.report(map[string]string{"name": "api"}, 1, 0)
+		qs = append(qs, q)
+	}
+	shedtest.Eventually(t, clusterWait, "quota divided by the owner over mTLS", func() error {
+		pairs, fallbacks := 0.0, 0.0
+		for _, m := range ms {
+			pairs += labelled(t, m.addrs.Metrics, `levee_rlqs_buckets{role="pairs"`)
+			fallbacks += labelled(t, m.addrs.Metrics, "levee_rlqs_owner_fallbacks_total")
+		}
+		if fallbacks != 0 {
+			t.Fatalf("%v quota syncs fell back: the owner was not reached over TLS", fallbacks)
+		}
+		if pairs != 2 {
+			return fmt.Errorf("the owner holds %v (node, Envoy) pairs, want 2", pairs)
+		}
+		return nil
+	})
+	for _, q := range qs {
+		q.await("assignment over TLS", tokensPerFill(50))
+	}
 	anon := leveev1.NewPeerServiceClient(ms[1].conn)
+	if _, err := anon.Quota(ctx, &leveev1.QuotaRequest{From: "mallory"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Quota without a client certificate: %v; want Unauthenticated", err)
+	}
 	if _, err := anon.Handoff(ctx, &leveev1.HandoffRequest{From: "mallory"}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("Handoff without a client certificate: %v; want Unauthenticated", err)
 	}

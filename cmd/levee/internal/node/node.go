@@ -1,6 +1,6 @@
 // Package node assembles one levee node: the rule files and their watcher,
 // the bucket store, the engine, the gRPC front ends (Envoy's rate limit
-// service and levee.v1), the shedding policy's resources (a policy.Set the
+// service and quota service, and levee.v1), the shedding policy's resources (a policy.Set the
 // node owns and drives) and the ShedService sidecar, health and
 // reflection, and the HTTP listener for metrics, health checks and the
 // status page. With etcd it also joins the cluster (membership, the peer
