@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	rlqsv3 "github.com/envoyproxy/go-control-plane/envoy/service/rate_limit_quota/v3"
@@ -40,6 +41,9 @@ type stream struct {
 	node   int
 	done   chan struct{}
 	opened time.Time
+	// closing is set before this Envoy ends the stream, whose receiver
+	// may then see the server's clean end before the context's.
+	closing atomic.Bool
 }
 
 // expiry is a time one of the Envoy's buckets spent with an expired
@@ -192,6 +196,7 @@ func (e *envoy) closeStream() {
 	if st == nil {
 		return
 	}
+	st.closing.Store(true)
 	_ = st.cli.CloseSend()
 	st.cancel()
 	<-st.done
@@ -204,7 +209,7 @@ func (e *envoy) receive(st *stream) {
 		resp, err := st.cli.Recv()
 		now := e.fl.now()
 		if err != nil {
-			if st.ctx.Err() != nil {
+			if st.closing.Load() || st.ctx.Err() != nil {
 				return // closed by this Envoy, or the run ended
 			}
 			e.mu.Lock()

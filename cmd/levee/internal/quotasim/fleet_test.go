@@ -144,10 +144,17 @@ func TestFleetReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Reconnects) != 2 {
+	// Streams that end with the run itself are no reconnection.
+	var rcs []Reconnect
+	for _, rc := range res.Reconnects {
+		if rc.Broken < 3*time.Second {
+			rcs = append(rcs, rc)
+		}
+	}
+	if len(rcs) != 2 {
 		t.Fatalf("reconnects %+v: want the two Envoys on the stopped node", res.Reconnects)
 	}
-	for _, rc := range res.Reconnects {
+	for _, rc := range rcs {
 		if rc.From != a || rc.To != b || rc.Assignment < 0 {
 			t.Fatalf("reconnect %+v: want from %s to %s with an assignment there", rc, a, b)
 		}
