@@ -152,6 +152,9 @@ func (e *envoy) sendReports(ctx context.Context, now time.Time, only int) {
 	}
 	if e.st == nil {
 		if err := e.openStream(ctx, now); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			e.rec.countReports(0, n)
 			e.node = (e.node + 1) % len(e.fl.nodes)
 			return
