@@ -61,9 +61,6 @@ func (r *Router) Live() int {
 	return 1
 }
 
-// SelfID returns this node's ID.
-func (r *Router) SelfID() string { return r.cfg.Self.ID }
-
 // Quota sends req to owner m on its connection. It does not use the
 // batches, the breaker or the timeouts of Take: quota calls are few (one
 // per owner each second) and bounded by ctx.

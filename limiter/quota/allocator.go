@@ -36,10 +36,9 @@ type Allocator struct {
 
 	// scratch for allocate
 	demands []float64
-	shares  []float64
 	tokens  []uint64
-	order   []int
 	keys    []partKey
+	div     Divider
 }
 
 type partKey struct {
@@ -135,8 +134,7 @@ func (a *Allocator) allocate(b *bucket) {
 		}
 	}
 	b.fill, b.pool = FillInterval(b.limit)
-	a.shares = MaxMin(float64(b.pool), a.demands, a.shares, a.order)
-	a.tokens = Quantize(a.shares, b.pool, a.tokens, a.order)
+	a.tokens = a.div.Divide(b.pool, b.fill, a.demands, a.tokens)
 	b.assigned = 0
 	for i, k := range a.keys {
 		b.parts[k].tokens = a.tokens[i]

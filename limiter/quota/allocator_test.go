@@ -15,16 +15,24 @@ var perSecond = limiter.Limit{Rate: 100, Period: time.Second, Burst: 100}
 func TestAllocatorTwoNodes(t *testing.T) {
 	a := NewAllocator(10 * time.Second)
 	t0 := time.Unix(1000, 0)
-	// Node a's client asks 10/s, node b's 1000/s: 10 and 90.
+	// Node a's client asks 10/s, node b's 1000/s: 11 (10 with 5% headroom,
+	// rounded up) and 90 (the limit less a's demand).
 	a.Report(t0, 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
 	g := a.Report(t0, 1, perSecond, "b", []Demand{{ID: 1, Rate: 1000}}, nil)
 	if g.FillInterval != time.Second || g.Pool != 100 || g.Tokens[0] != 90 {
 		t.Fatalf("b's grant %+v, want 90 of 100 every 1 s", g)
 	}
 	g = a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
-	if g.Tokens[0] != 10 {
-		t.Fatalf("a's grant %+v, want 10", g)
+	if g.Tokens[0] != 11 {
+		t.Fatalf("a's grant %+v, want 11", g)
 	}
+	// A demand that jitters around 10/s leaves its grant as it is.
+	for _, r := range []float64{9.6, 10.1, 10.4} {
+		if g = a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: r}}, nil); g.Tokens[0] != 11 {
+			t.Fatalf("a's grant %+v at %v/s, want 11 still", g, r)
+		}
+	}
+	a.Report(t0.Add(time.Second), 1, perSecond, "a", []Demand{{ID: 1, Rate: 10}}, nil)
 	// a's client leaves (a reports none): b gets everything.
 	a.Report(t0.Add(2*time.Second), 1, perSecond, "a", nil, nil)
 	g = a.Report(t0.Add(2*time.Second), 1, perSecond, "b", []Demand{{ID: 1, Rate: 1000}}, nil)

@@ -23,6 +23,14 @@
 // shares always add up to the rate: a client whose demand grows finds room
 // at once, and the total admitted never exceeds the limit.
 //
+// A client's demand that fits under the level the others share is granted
+// with 5% headroom, rounded up to whole tokens (Divider): it receives at
+// least what it asks for, with room for its bursts, and a demand that
+// jitters between reports leaves its grant unchanged. The headroom is
+// counted as unused: the clients above the level split what the limit
+// holds beyond the others' demands, not beyond their grants, so the tokens
+// used add up to the limit.
+//
 // # Tokens
 //
 // Shares become token buckets with a fill interval of a whole number of
@@ -30,8 +38,8 @@
 // whole seconds and divides by zero below one. The pool of one fill —
 // the limit's rate times the interval, rounded down — is split into whole
 // tokens by the largest-remainder method (Quantize), so the tokens granted
-// never add up to more than the pool; a share below one token may round
-// to none.
+// never add up to more than the pool, the headroom of clients below the
+// level aside; a share below one token may round to none. Divider puts the two together.
 //
 // # Owner state
 //

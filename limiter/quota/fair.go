@@ -188,3 +188,79 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
 	m := uint64(float64(burst) * float64(tokens) / float64(pool))
 	return max(m, tokens)
 }
+
+// Headroom is added to the demand of a client below the level the others
+// share: it gets its demand and this much more, rounded up, so that the
+// bursts of its traffic fit in its token bucket and measurement noise does
+// not take requests it makes.
+const Headroom = 0.05
+
+// Divider divides a pool of tokens among clients by their demands; its
+// scratch space makes Divide allocate nothing once warm. The zero value is
+// ready to use; it is not safe for concurrent use.
+type Divider struct {
+	raw, shares, sub []float64
+	idx              []int
+	order            []int
+	subTokens        []uint64
+}
+
+// Divide sets out[i] to client i's tokens per fill out of pool, for
+// demands in requests per second (Unknown: unbounded) over fill, and
+// returns out:
+//
+//   - The pool is divided by MaxMin over the demands in tokens per fill.
+//   - If every demand fits, the shares (each demand and an equal part of
+//     the slack) are rounded by Quantize: they add up to the pool.
+//   - Otherwise a client whose demand fits under the level the others
+//     share gets its demand with Headroom, rounded up (but not above the
+//     level, rounded up), so that it receives at least what it asks for;
+//     the clients above the level split what the pool holds beyond the
+//     demands of the others, rounded by Quantize. The headroom is counted
+//     as unused: a client only takes it in bursts, so the tokens admitted
+//     add up to the pool, not to the pool less the headroom, while the
+//     tokens assigned may exceed it by the headroom.
+func (d *Divider) Divide(pool uint64, fill time.Duration, demands []float64, out []uint64) []uint64 {
+	n := len(demands)
+	out = resize(out, n)
+	d.raw = resize(d.raw, n)
+	sec := fill.Seconds()
+	for i, r := range demands {
+		switch {
+		case r == Unknown:
+			d.raw[i] = Unknown
+		case r > 0:
+			d.raw[i] = r * sec
+		default: // zero, negative or NaN
+			d.raw[i] = 0
+		}
+	}
+	d.shares = MaxMin(float64(pool), d.raw, d.shares, d.order)
+	level, fits := 0.0, true
+	for i := range d.raw {
+		if d.raw[i] > d.shares[i] {
+			fits = false
+			level = d.shares[i] // every client above the level has it
+		}
+	}
+	if fits {
+		return Quantize(d.shares, pool, out, d.order)
+	}
+	left := float64(pool)
+	d.idx, d.sub = d.idx[:0], d.sub[:0]
+	for i, r := range d.raw {
+		if r > level {
+			d.idx = append(d.idx, i)
+			d.sub = append(d.sub, level)
+			continue
+		}
+		left -= r
+		out[i] = uint64(math.Ceil(min(r*(1+Headroom), max(r, level))))
+	}
+	subPool := uint64(max(0, math.Floor(left+1e-9)))
+	d.subTokens = Quantize(d.sub, subPool, d.subTokens, d.order)
+	for j, i := range d.idx {
+		out[i] = d.subTokens[j]
+	}
+	return out
+}

@@ -190,3 +190,66 @@ func TestMeter(t *testing.T) {
 		t.Fatalf("demand %v, want 100 (500 in 5 s)", m.Demand())
 	}
 }
+
+// TestDivide checks Divide against the model's level: when demands fit,
+// the pool is divided exactly; when they do not, every client under the
+// level gets at least its demand (at most its demand with headroom, or the
+// level, rounded up), and the clients above it split what the pool holds
+// beyond the others' demands, so that the tokens expected to be used add
+// up to the pool (less under one token of rounding).
+func TestDivide(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var div Divider
+	var out []uint64
+	for range 5000 {
+		n := 1 + rng.IntN(30)
+		d := make([]float64, n)
+		for i := range d {
+			d[i] = 1000 * math.Pow(rng.Float64(), 4)
+			if rng.IntN(20) == 0 {
+				d[i] = Unknown
+			}
+		}
+		pool := uint64(rng.IntN(3000))
+		out = div.Divide(pool, time.Second, d, out)
+		model := modelMaxMin(float64(pool), d)
+		sumD, known := 0.0, true
+		for _, x := range d {
+			sumD += x
+			known = known && x != Unknown
+		}
+		var sum uint64
+		for _, x := range out {
+			sum += x
+		}
+		if known && sumD <= float64(pool) {
+			if sum != pool {
+				t.Fatalf("Divide(%d, %v) = %v adds up to %d, want the pool", pool, d, out, sum)
+			}
+			continue
+		}
+		level := 0.0
+		for i := range d {
+			if d[i] > model[i]+1e-9 {
+				level = model[i]
+			}
+		}
+		expected := 0.0
+		for i, x := range d {
+			if x > level+1e-9 {
+				expected += float64(out[i])
+				if float64(out[i]) > math.Ceil(level) || float64(out[i]) < math.Floor(level)-1 {
+					t.Fatalf("Divide(%d, %v) = %v: client %d above the level %v got %d", pool, d, out, i, level, out[i])
+				}
+				continue
+			}
+			expected += x
+			if float64(out[i]) < x-1e-9 || float64(out[i]) > math.Ceil(math.Max(x*(1+Headroom), 0))+1e-9 {
+				t.Fatalf("Divide(%d, %v) = %v: client %d under the level got %d for %v", pool, d, out, i, out[i], x)
+			}
+		}
+		if expected > float64(pool)+1e-6 || expected < float64(pool)-1-1e-6 {
+			t.Fatalf("Divide(%d, %v) = %v: %v tokens expected in use, want the pool", pool, d, out, expected)
+		}
+	}
+}

@@ -14,7 +14,8 @@
 // matched descriptor's limit (the tightest, with rate_limits) is the
 // bucket's global limit; its counter key (rules.Rule.LimitKeyHash) names the
 // bucket, so the ring gives it one owner in the cluster. A descriptor that
-// is unlimited, or a leaf without a limit, is answered ALLOW_ALL; a limit
+// is unlimited, in shadow mode, or a leaf without a limit, is answered
+// ALLOW_ALL; a limit
 // of 0 DENY_ALL; a bucket id no rule matches gets Config.Unmatched. Every
 // report is matched again, so a rule edit applies at the next report.
 //
@@ -39,8 +40,10 @@
 // requests_per_time_unit (Envoy ignores it); a client whose share rounds to
 // no token per fill gets DENY_ALL. The TTL is Config.TTL in whole seconds,
 // at least 1 s (Envoy reads whole seconds and expires an unset TTL at
-// once). An assignment is pushed when it changes and sent again every
-// third of its TTL, so it never expires while the node serves. While a
+// once). An assignment is pushed when it changes by more than MaxDrift
+// (Envoy starts a new, full, token bucket for every change of strategy)
+// and sent again every third of its TTL, so it never expires while the
+// node serves. While a
 // protected resource sheds (Config.Threshold), a bucket's tokens shrink by
 // the fraction of its priority's cohorts shed (quota.Admitted): the least
 // important buckets shrink first.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/levee-dev/levee/limiter/quota"
 	"github.com/levee-dev/levee/limiter/rules"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed/shedtest"
@@ -94,7 +95,8 @@ func statusOf(err error) (string, bool) {
 
 // FuzzQuota feeds arbitrary peer Quota requests to an owner: it never
 // panics, answers one grant per bucket with one token count per demand, and
-// never grants more tokens than a fill adds.
+// never grants more tokens than a fill adds and the headroom of the
+// clients below their share (5%, and a token each for rounding up).
 func FuzzQuota(f *testing.F) {
 	seed := func(r *leveev1.QuotaRequest) {
 		b, err := proto.Marshal(r)
@@ -134,7 +136,8 @@ func FuzzQuota(f *testing.F) {
 			}
 			// Demands of one bucket sent twice (the same id) share one
 			// client: each gets that client's tokens.
-			if sum > g.GetPool() && !duplicateIDs(req.GetBuckets()[i]) {
+			bound := g.GetPool() + uint64(math.Ceil(float64(g.GetPool())*quota.Headroom)) + uint64(len(g.GetTokens()))
+			if sum > bound && !duplicateIDs(req.GetBuckets()[i]) {
 				t.Fatalf("bucket %d: %d tokens granted of a pool of %d", i, sum, g.GetPool())
 			}
 		}

@@ -274,8 +274,10 @@ func TestFairShare(t *testing.T) {
 	a.report(usage{bucket: "name=api", allowed: 50, elapsed: 5 * time.Second})
 	b.report(usage{bucket: "name=api", allowed: 250, denied: 4750, elapsed: 5 * time.Second})
 	h.sync()
-	if n, m, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 10 || m != 10 {
-		t.Errorf("10/s Envoy: %d per fill, max %d; want 10, 10", n, m)
+	// 10/s with 5% headroom, rounded up: 11; the other gets the limit less
+	// the 10 asked for.
+	if n, m, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 11 || m != 11 {
+		t.Errorf("10/s Envoy: %d per fill, max %d; want 11, 11", n, m)
 	}
 	if n, _, _ := tokenBucket(t, b.next()["name=api"], ttl); n != 90 {
 		t.Errorf("1000/s Envoy: %d per fill, want 90", n)
@@ -286,8 +288,8 @@ func TestFairShare(t *testing.T) {
 	a.none()
 	h.clock.Add(4 * time.Second)
 	h.sync()
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 10 {
-		t.Errorf("refresh: %d per fill, want 10", n)
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], ttl); n != 11 {
+		t.Errorf("refresh: %d per fill, want 11", n)
 	}
 }
 
@@ -376,8 +378,16 @@ func TestBlanketRules(t *testing.T) {
 			}
 		})
 	}
+	// A shadow-mode rule is never enforced.
+	h := newHarness(t, Config{})
+	h.rules.Store(parseRules(t, "domain: rlqs\ndescriptors:\n  - key: name\n    shadow_mode: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n"))
+	s := h.envoy("rlqs")
+	s.report(usage{bucket: "name=x"})
+	if got := blanket(t, s.next()["name=x"], ttl); got != typev3.RateLimitStrategy_ALLOW_ALL {
+		t.Fatalf("shadow mode: %v, want ALLOW_ALL", got)
+	}
 	// An unknown domain is unmatched too.
-	h := newHarness(t, Config{Unmatched: UnmatchedDeny})
+	h = newHarness(t, Config{Unmatched: UnmatchedDeny})
 	a := h.envoy("nosuch")
 	a.report(usage{bucket: "name=api"})
 	if got := blanket(t, a.next()["name=api"], ttl); got != typev3.RateLimitStrategy_DENY_ALL {
@@ -550,5 +560,41 @@ func TestAbandon(t *testing.T) {
 	}
 	if st := h.srv.Stats(); st.Clients != 1 {
 		t.Fatalf("%d clients after the abandon, want 1", st.Clients)
+	}
+}
+
+// TestDrift: a change of at most 2% of a large share is not pushed (Envoy
+// would start a new, full, token bucket for it); the refresh sends the
+// assignment already applied; a larger change is pushed.
+func TestDrift(t *testing.T) {
+	h := newHarness(t, Config{TTL: 30 * time.Second}) // refreshed every 10 s
+	a, b := h.envoy("rlqs"), h.envoy("rlqs")
+	a.report(usage{bucket: "name=api", allowed: 1})
+	b.report(usage{bucket: "name=api", allowed: 1})
+	h.sync()
+	a.next()
+	b.next()
+	step := func(aRate, bRate uint64) {
+		h.clock.Add(5 * time.Second)
+		a.report(usage{bucket: "name=api", allowed: 5 * aRate, elapsed: 5 * time.Second})
+		b.report(usage{bucket: "name=api", allowed: 5 * bRate, elapsed: 5 * time.Second})
+		h.sync()
+	}
+	step(1000, 9) // b asks 9/s: 10 tokens; a gets 90
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
+		t.Fatalf("a: %d, want 91", n)
+	}
+	b.next()
+	step(1000, 10) // b: 11 tokens; a's 90 is within 2% of 91: not pushed
+	if n, _, _ := tokenBucket(t, b.next()["name=api"], 30*time.Second); n != 11 {
+		t.Fatalf("b: %d, want 11", n)
+	}
+	step(1000, 10) // the refresh repeats what a applies; 90 was never sent
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
+		t.Fatalf("a's next push: %d, want 91 (the refresh of the assignment it has)", n)
+	}
+	step(1000, 15) // b: 16 tokens; a's 85 is 6 from 91: pushed
+	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 85 {
+		t.Fatalf("a: %d, want 85", n)
 	}
 }

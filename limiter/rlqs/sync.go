@@ -184,6 +184,7 @@ func (s *Server) fallback(gs []*group) {
 	if s.cfg.Peers != nil {
 		live = s.cfg.Peers.Live()
 	}
+	var div quota.Divider
 	for _, g := range gs {
 		l := peer.FairShare(g.limit, live)
 		fill, pool := quota.FillInterval(l)
@@ -191,8 +192,7 @@ func (s *Server) fallback(gs []*group) {
 		for i, d := range g.demands {
 			ds[i] = d.Rate
 		}
-		shares := quota.MaxMin(float64(pool), ds, nil, nil)
-		g.grant = quota.Grant{FillInterval: fill, Pool: pool, Tokens: quota.Quantize(shares, pool, nil, nil)}
+		g.grant = quota.Grant{FillInterval: fill, Pool: pool, Tokens: div.Divide(pool, fill, ds, nil)}
 		g.ok = true
 	}
 }
