@@ -19,8 +19,10 @@ import (
 	"github.com/levee-dev/levee/cmd/levee/internal/quotasim"
 )
 
-// quotaLimit is the global limit of the bucket the fleet shares.
-const quotaLimit = 200
+// quotaLimit is the global limit of the bucket the fleet shares: large
+// enough that a token is well under 2% of an Envoy's share, as it is at
+// Envoy scale (a change of one token is then not a reassignment).
+const quotaLimit = 2000
 
 // startQuotaCluster starts three nodes enforcing a rule file that gives
 // the bucket {name: quota-sim} of domain quota-sim a global limit of
