@@ -175,9 +175,17 @@ func FillInterval(l limiter.Limit) (time.Duration, uint64) {
 	return time.Duration(s) * time.Second, 1
 }
 
-// MaxTokens is the bucket size for tokens per fill out of pool: the same
-// fraction of the limit's burst, and never less than one fill.
-func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
+// BucketTime and MinBucket size a client's token bucket (see the package
+// doc): it holds BucketTime of its tokens, and at least MinBucket.
+const (
+	BucketTime = 500 * time.Millisecond
+	MinBucket  = 20
+)
+
+// MaxTokens is the bucket size for tokens per fill over fill out of pool:
+// BucketTime of the tokens but at least MinBucket, and no more than the
+// same fraction of the limit's burst (or one fill, if more).
+func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration) uint64 {
 	if pool == 0 || tokens == 0 {
 		return tokens
 	}
@@ -185,8 +193,9 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
 	if burst == 0 {
 		burst = l.Rate
 	}
-	m := uint64(float64(burst) * float64(tokens) / float64(pool))
-	return max(m, tokens)
+	most := max(uint64(float64(burst)*float64(tokens)/float64(pool)), tokens)
+	m := uint64(math.Ceil(float64(tokens) * BucketTime.Seconds() / max(fill.Seconds(), 1)))
+	return min(most, max(m, MinBucket))
 }
 
 // Headroom is added to the demand of a client below the level the others
