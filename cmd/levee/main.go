@@ -1,7 +1,9 @@
 // Command levee is a distributed rate limiter and load shedder, run as a
 // gRPC sidecar. `levee serve` runs a node, `levee ctl` tunes a running
-// cluster, `levee surge` runs the load-shedding surge test, `levee probe`
-// checks a node's health, and `levee version` prints the build.
+// cluster, `levee surge` runs the load-shedding surge test, `levee
+// quota-sim` runs a simulated Envoy fleet against the quota service,
+// `levee probe` checks a node's health, and `levee version` prints the
+// build.
 package main
 
 import (
@@ -19,7 +21,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCommand(), ctlCommand(), surgeCommand(), probeCommand(), versionCommand())
+	root.AddCommand(serveCommand(), ctlCommand(), surgeCommand(), quotaSimCommand(), probeCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "levee:", err)
 		os.Exit(ctlExitCode(err))
