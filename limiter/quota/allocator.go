@@ -189,7 +189,10 @@ const Hold = 0.10
 // level (the share is more than the demand).
 func Holds(granted, share uint64, demand float64) bool {
 	if granted >= share {
-		return float64(granted-share) <= Hold*float64(share)
+		// A client under the level does not use what it has beyond its
+		// demand: its grant may stay (the grants adding up to no more
+		// than the shares, Allocator cuts it first).
+		return demand < float64(share) || float64(granted-share) <= Hold*float64(share)
 	}
 	if demand < float64(share) && float64(granted) < demand {
 		return false

@@ -41,6 +41,40 @@
 // never add up to more than the pool, the headroom of clients below the
 // level aside; a share below one token may round to none. Divider puts the two together.
 //
+// # Holding grants
+//
+// Envoy keeps a bucket's tokens across an assignment only when the token
+// bucket is identical; any other replaces it with a new bucket that starts
+// full. A client that spends all its tokens (one above the level) so
+// receives up to a bucket of extra tokens at every change of its grant,
+// and the shares of the clients above the level move at every division,
+// with the measurement noise of the others' demands. So the Allocator
+// holds each client's grant while its new share is within Hold (10%) of
+// it, with three exceptions that keep the division honest:
+//
+//   - a client under the level whose grant no longer covers its demand
+//     gets its new share at once (a rise may otherwise wait: the client
+//     above the level loses a little for a while, nobody is refused what
+//     the limit allows);
+//   - the grants never add up to more than the shares do: while they would,
+//     the grant furthest above its share takes the share, so holding never
+//     admits more than the limit (a share that must shrink is pushed);
+//   - nor to less than the shares less Hold/2: while they would, the grant
+//     furthest below its share takes it.
+//
+// # Bucket size
+//
+// A token bucket refills continuously at its tokens per fill over the fill
+// interval, so its size (MaxTokens) only bounds bursts, and bounds what a
+// new, full bucket hands out beyond the rate. MaxTokens is BucketTime
+// (0.5 s) of the client's tokens, at least MinBucket (20), and no more
+// than the client's part of the limit's burst or one fill if that is
+// more. With Poisson arrivals and a rate 5% above them, a bucket of B
+// tokens refuses about 0.05/(e^(B/10)-1) of the requests whatever the rate
+// (a reflected random walk): MinBucket keeps that under 1% for the clients
+// under the level, whose grants have Headroom; a client above the level
+// spends every token, so its bucket size costs it nothing.
+//
 // # Owner state
 //
 // An Allocator is the state of the buckets a node owns: for each bucket

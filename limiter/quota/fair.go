@@ -175,17 +175,22 @@ func FillInterval(l limiter.Limit) (time.Duration, uint64) {
 	return time.Duration(s) * time.Second, 1
 }
 
-// BucketTime and MinBucket size a client's token bucket (see the package
-// doc): it holds BucketTime of its tokens, and at least MinBucket.
+// BucketTime and MinBucket size the token bucket of a client that spends
+// every token (see the package doc): BucketTime of its tokens, and at
+// least MinBucket.
 const (
-	BucketTime = 500 * time.Millisecond
-	MinBucket  = 20
+	BucketTime = 250 * time.Millisecond
+	MinBucket  = 10
 )
 
-// MaxTokens is the bucket size for tokens per fill over fill out of pool:
-// BucketTime of the tokens but at least MinBucket, and no more than the
-// same fraction of the limit's burst (or one fill, if more).
-func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration) uint64 {
+// MaxTokens is the bucket size for tokens per fill over fill out of pool,
+// for a client whose demand is demand requests per second (Unknown: not
+// measured). The size for a client under the level (its tokens cover its
+// demand) is its part of the limit's burst, and at least one fill: its
+// bucket stays about full, so a new one adds little, and it absorbs the
+// noise of its arrivals. The size for a client above the level is
+// BucketTime of its tokens, at least MinBucket, and no more than the first.
+func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration, demand float64) uint64 {
 	if pool == 0 || tokens == 0 {
 		return tokens
 	}
@@ -194,7 +199,11 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration) uint64 
 		burst = l.Rate
 	}
 	most := max(uint64(float64(burst)*float64(tokens)/float64(pool)), tokens)
-	m := uint64(math.Ceil(float64(tokens) * BucketTime.Seconds() / max(fill.Seconds(), 1)))
+	sec := max(fill.Seconds(), 1)
+	if demand != Unknown && demand*sec < float64(tokens) {
+		return most
+	}
+	m := uint64(math.Ceil(float64(tokens) * BucketTime.Seconds() / sec))
 	return min(most, max(m, MinBucket))
 }
 

@@ -158,20 +158,23 @@ func TestFillInterval(t *testing.T) {
 
 func TestMaxTokens(t *testing.T) {
 	l := limiter.Limit{Rate: 100, Period: time.Minute, Burst: 100}
-	if got := MaxTokens(l, 5, 2, 3*time.Second); got != 20 {
-		t.Errorf("MaxTokens = %d, want MinBucket (20), below 2/5 of the burst", got)
+	if got := MaxTokens(l, 5, 2, 3*time.Second, Unknown); got != MinBucket {
+		t.Errorf("MaxTokens = %d, want MinBucket, below 2/5 of the burst", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Minute, Burst: 10}, 5, 2, 3*time.Second); got != 4 {
+	if got := MaxTokens(l, 5, 2, 3*time.Second, 0.5); got != 40 {
+		t.Errorf("MaxTokens = %d, want 2/5 of the burst (40) under the level", got)
+	}
+	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Minute, Burst: 10}, 5, 2, 3*time.Second, Unknown); got != 4 {
 		t.Errorf("MaxTokens = %d, want 2/5 of the burst (4), below MinBucket", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 10, time.Second); got != 10 {
+	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 10, time.Second, Unknown); got != 10 {
 		t.Errorf("MaxTokens = %d, want one fill (10), below MinBucket", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, time.Second); got != 500 {
-		t.Errorf("MaxTokens = %d, want BucketTime of the tokens (500)", got)
+	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, time.Second, Unknown); got != uint64(1000*BucketTime.Seconds()) {
+		t.Errorf("MaxTokens = %d, want BucketTime of the tokens", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, 2*time.Second); got != 250 {
-		t.Errorf("MaxTokens = %d, want BucketTime of the tokens (250) at 2 s fills", got)
+	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, 2*time.Second, Unknown); got != uint64(500*BucketTime.Seconds()) {
+		t.Errorf("MaxTokens = %d, want BucketTime of the tokens at 2 s fills", got)
 	}
 }
 

@@ -85,7 +85,7 @@ func simulateFleet(t *testing.T, l limiter.Limit, demands []float64, every time.
 		g := a.Report(t0.Add(now), 1, l, "n", ds, nil)
 		for i := range buckets {
 			tok := g.Tokens[i]
-			if buckets[i].assign(now, tok, MaxTokens(l, g.Pool, tok, g.FillInterval), g.FillInterval) && r >= warm {
+			if buckets[i].assign(now, tok, MaxTokens(l, g.Pool, tok, g.FillInterval, ds[i].Rate), g.FillInterval) && r >= warm {
 				run.pushes++
 			}
 		}

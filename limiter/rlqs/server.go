@@ -462,7 +462,7 @@ func (s *Server) decide(ss *stream, canon string, c *client, now time.Time, thre
 			break
 		}
 		a = assignment{kind: kindLimited, fill: c.fill, tokensPerFill: tokens,
-			maxTokens: min(quota.MaxTokens(c.limit, c.pool, tokens, c.fill), math.MaxUint32)}
+			maxTokens: min(quota.MaxTokens(c.limit, c.pool, tokens, c.fill, c.meter.Demand()), math.MaxUint32)}
 	}
 	if c.hasSent && a == c.sent && now.Sub(c.sentAt) < s.cfg.TTL/3 {
 		return
