@@ -180,8 +180,14 @@ func FillInterval(l limiter.Limit) (time.Duration, uint64) {
 // least MinBucket.
 const (
 	BucketTime = 250 * time.Millisecond
-	MinBucket  = 10
+	MinBucket  = 5
 )
+
+// Spends is how far a client's demand must exceed its tokens for it to
+// count as spending every token: a client near the level, whose measured
+// demand crosses its tokens with the noise of its arrivals, keeps the
+// larger bucket (a small one would waste the tokens its bursts need).
+const Spends = 0.10
 
 // MaxTokens is the bucket size for tokens per fill over fill out of pool,
 // for a client whose demand is demand requests per second (Unknown: not
@@ -200,7 +206,7 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration, demand 
 	}
 	most := max(uint64(float64(burst)*float64(tokens)/float64(pool)), tokens)
 	sec := max(fill.Seconds(), 1)
-	if demand != Unknown && demand*sec < float64(tokens) {
+	if demand != Unknown && demand*sec < (1+Spends)*float64(tokens) {
 		return most
 	}
 	m := uint64(math.Ceil(float64(tokens) * BucketTime.Seconds() / sec))

@@ -167,8 +167,8 @@ func TestMaxTokens(t *testing.T) {
 	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Minute, Burst: 10}, 5, 2, 3*time.Second, Unknown); got != 4 {
 		t.Errorf("MaxTokens = %d, want 2/5 of the burst (4), below MinBucket", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 10, time.Second, Unknown); got != 10 {
-		t.Errorf("MaxTokens = %d, want one fill (10), below MinBucket", got)
+	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 4, time.Second, Unknown); got != 4 {
+		t.Errorf("MaxTokens = %d, want one fill (4), below MinBucket", got)
 	}
 	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, time.Second, Unknown); got != uint64(1000*BucketTime.Seconds()) {
 		t.Errorf("MaxTokens = %d, want BucketTime of the tokens", got)
