@@ -50,12 +50,14 @@
 // and the shares of the clients above the level move at every division,
 // with the measurement noise of the others' demands. So the Allocator
 // holds each client's grant while its new share is within Hold (10%) of
-// it, with three exceptions that keep the division honest:
+// it (and, for a client under the level, whatever its share fell to: it
+// does not use what it has beyond its demand), with three exceptions that
+// keep the division honest:
 //
 //   - a client under the level whose grant no longer covers its demand
-//     gets its new share at once (a rise may otherwise wait: the client
-//     above the level loses a little for a while, nobody is refused what
-//     the limit allows);
+//     gets its new share at once (a rise of a client above the level may
+//     wait: it loses a little for a while, nobody is refused what the
+//     limit allows);
 //   - the grants never add up to more than the shares do: while they would,
 //     the grant furthest above its share takes the share, so holding never
 //     admits more than the limit (a share that must shrink is pushed);
@@ -66,14 +68,16 @@
 //
 // A token bucket refills continuously at its tokens per fill over the fill
 // interval, so its size (MaxTokens) only bounds bursts, and bounds what a
-// new, full bucket hands out beyond the rate. MaxTokens is BucketTime
-// (0.5 s) of the client's tokens, at least MinBucket (20), and no more
-// than the client's part of the limit's burst or one fill if that is
-// more. With Poisson arrivals and a rate 5% above them, a bucket of B
-// tokens refuses about 0.05/(e^(B/10)-1) of the requests whatever the rate
-// (a reflected random walk): MinBucket keeps that under 1% for the clients
-// under the level, whose grants have Headroom; a client above the level
-// spends every token, so its bucket size costs it nothing.
+// new, full bucket hands out beyond the rate. A client that spends every
+// token (its demand exceeds its tokens by Spends) finds its bucket empty
+// when a new one comes, so it gets a small one: BucketTime (0.25 s) of its
+// tokens, at least MinBucket (5); with its arrivals above its rate, its
+// bucket size costs it nothing. Any other client keeps its part of the
+// limit's burst, at least one fill: its bucket is about full when a new
+// one comes, so the new one adds little, and it absorbs the noise of its
+// arrivals (with Poisson arrivals and a rate 5% above them, a bucket of B
+// tokens refuses about 0.05/(e^(B/10)-1) of the requests whatever the
+// rate: a small bucket would refuse what the client is granted).
 //
 // # Owner state
 //
