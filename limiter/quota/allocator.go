@@ -160,7 +160,14 @@ func (a *Allocator) allocate(b *bucket) {
 		b.parts[a.keys[big]].tokens = a.tokens[big]
 		sum -= over
 	}
-	for float64(sum) < (1-Hold/2)*float64(budget) {
+	// What the grants admit is at most the shares: a grant held above its
+	// share (a client under the level whose demand fell) leaves the excess
+	// unused.
+	var used uint64
+	for i, k := range a.keys {
+		used += min(b.parts[k].tokens, a.tokens[i])
+	}
+	for float64(used) < (1-Hold/2)*float64(budget) {
 		// The held grants below their shares leave too much unused: the
 		// largest shortfall goes to its share first.
 		big, under := -1, uint64(0)
@@ -174,6 +181,7 @@ func (a *Allocator) allocate(b *bucket) {
 		}
 		b.parts[a.keys[big]].tokens = a.tokens[big]
 		sum += under
+		used += under
 	}
 	b.assigned = sum
 }
