@@ -57,10 +57,11 @@ type bucket struct {
 }
 
 type part struct {
-	rate   float64
-	seen   int64 // Unix nanoseconds of the last report
-	gen    uint64
-	tokens uint64
+	rate    float64
+	seen    int64 // Unix nanoseconds of the last report
+	gen     uint64
+	tokens  uint64 // granted
+	granted bool
 }
 
 // NewAllocator returns an Allocator that forgets a client no node has
@@ -135,11 +136,76 @@ func (a *Allocator) allocate(b *bucket) {
 	}
 	b.fill, b.pool = FillInterval(b.limit)
 	a.tokens = a.div.Divide(b.pool, b.fill, a.demands, a.tokens)
-	b.assigned = 0
+	// Keep a client's grant while it is within Hold of its new share, as
+	// long as the grants still add up to no more than the shares do.
+	var budget, sum uint64
 	for i, k := range a.keys {
-		b.parts[k].tokens = a.tokens[i]
-		b.assigned += a.tokens[i]
+		p, t := b.parts[k], a.tokens[i]
+		budget += t
+		if !p.granted || !Holds(p.tokens, t, p.rate*b.fill.Seconds()) {
+			p.tokens = t
+		}
+		p.granted = true
+		sum += p.tokens
 	}
+	for sum > budget {
+		// The held grants above their shares take too much: the largest
+		// excess goes to its share first.
+		big, over := -1, uint64(0)
+		for i, k := range a.keys {
+			if p := b.parts[k]; p.tokens > a.tokens[i] && p.tokens-a.tokens[i] > over {
+				big, over = i, p.tokens-a.tokens[i]
+			}
+		}
+		b.parts[a.keys[big]].tokens = a.tokens[big]
+		sum -= over
+	}
+	// What the grants admit is at most the shares: a grant held above its
+	// share (a client under the level whose demand fell) leaves the excess
+	// unused.
+	var used uint64
+	for i, k := range a.keys {
+		used += min(b.parts[k].tokens, a.tokens[i])
+	}
+	for float64(used) < (1-Hold/2)*float64(budget) {
+		// The held grants below their shares leave too much unused: the
+		// largest shortfall goes to its share first.
+		big, under := -1, uint64(0)
+		for i, k := range a.keys {
+			if p := b.parts[k]; p.tokens < a.tokens[i] && a.tokens[i]-p.tokens > under {
+				big, under = i, a.tokens[i]-p.tokens
+			}
+		}
+		if big < 0 {
+			break
+		}
+		b.parts[a.keys[big]].tokens = a.tokens[big]
+		sum += under
+		used += under
+	}
+	b.assigned = sum
+}
+
+// Hold is the relative change of a client's share that leaves its grant
+// as it is (see the package doc).
+const Hold = 0.10
+
+// Holds reports whether a grant of granted tokens per fill may stay for a
+// new share of share tokens, for a client whose demand is demand tokens
+// per fill (Unknown: unbounded): it is within Hold of the share, and if it
+// is below the share, it still covers the demand of a client under the
+// level (the share is more than the demand).
+func Holds(granted, share uint64, demand float64) bool {
+	if granted >= share {
+		// A client under the level does not use what it has beyond its
+		// demand: its grant may stay (the grants adding up to no more
+		// than the shares, Allocator cuts it first).
+		return demand < float64(share) || float64(granted-share) <= Hold*float64(share)
+	}
+	if demand < float64(share) && float64(granted) < demand {
+		return false
+	}
+	return float64(share-granted) <= Hold*float64(share)
 }
 
 // Expire forgets the clients nobody reported for the idle time and the

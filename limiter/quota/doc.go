@@ -41,6 +41,44 @@
 // never add up to more than the pool, the headroom of clients below the
 // level aside; a share below one token may round to none. Divider puts the two together.
 //
+// # Holding grants
+//
+// Envoy keeps a bucket's tokens across an assignment only when the token
+// bucket is identical; any other replaces it with a new bucket that starts
+// full. A client that spends all its tokens (one above the level) so
+// receives up to a bucket of extra tokens at every change of its grant,
+// and the shares of the clients above the level move at every division,
+// with the measurement noise of the others' demands. So the Allocator
+// holds each client's grant while its new share is within Hold (10%) of
+// it (and, for a client under the level, whatever its share fell to: it
+// does not use what it has beyond its demand), with three exceptions that
+// keep the division honest:
+//
+//   - a client under the level whose grant no longer covers its demand
+//     gets its new share at once (a rise of a client above the level may
+//     wait: it loses a little for a while, nobody is refused what the
+//     limit allows);
+//   - the grants never add up to more than the shares do: while they would,
+//     the grant furthest above its share takes the share, so holding never
+//     admits more than the limit (a share that must shrink is pushed);
+//   - nor to less than the shares less Hold/2: while they would, the grant
+//     furthest below its share takes it.
+//
+// # Bucket size
+//
+// A token bucket refills continuously at its tokens per fill over the fill
+// interval, so its size (MaxTokens) only bounds bursts, and bounds what a
+// new, full bucket hands out beyond the rate. A client that spends every
+// token (its demand exceeds its tokens by Spends) finds its bucket empty
+// when a new one comes, so it gets a small one: BucketTime (0.25 s) of its
+// tokens, at least MinBucket (5); with its arrivals above its rate, its
+// bucket size costs it nothing. Any other client keeps its part of the
+// limit's burst, at least one fill: its bucket is about full when a new
+// one comes, so the new one adds little, and it absorbs the noise of its
+// arrivals (with Poisson arrivals and a rate 5% above them, a bucket of B
+// tokens refuses about 0.05/(e^(B/10)-1) of the requests whatever the
+// rate: a small bucket would refuse what the client is granted).
+//
 // # Owner state
 //
 // An Allocator is the state of the buckets a node owns: for each bucket

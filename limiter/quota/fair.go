@@ -175,9 +175,28 @@ func FillInterval(l limiter.Limit) (time.Duration, uint64) {
 	return time.Duration(s) * time.Second, 1
 }
 
-// MaxTokens is the bucket size for tokens per fill out of pool: the same
-// fraction of the limit's burst, and never less than one fill.
-func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
+// BucketTime and MinBucket size the token bucket of a client that spends
+// every token (see the package doc): BucketTime of its tokens, and at
+// least MinBucket.
+const (
+	BucketTime = 250 * time.Millisecond
+	MinBucket  = 5
+)
+
+// Spends is how far a client's demand must exceed its tokens for it to
+// count as spending every token: a client near the level, whose measured
+// demand crosses its tokens with the noise of its arrivals, keeps the
+// larger bucket (a small one would waste the tokens its bursts need).
+const Spends = 0.10
+
+// MaxTokens is the bucket size for tokens per fill over fill out of pool,
+// for a client whose demand is demand requests per second (Unknown: not
+// measured). The size for a client under the level (its tokens cover its
+// demand) is its part of the limit's burst, and at least one fill: its
+// bucket stays about full, so a new one adds little, and it absorbs the
+// noise of its arrivals. The size for a client above the level is
+// BucketTime of its tokens, at least MinBucket, and no more than the first.
+func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration, demand float64) uint64 {
 	if pool == 0 || tokens == 0 {
 		return tokens
 	}
@@ -185,8 +204,13 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64) uint64 {
 	if burst == 0 {
 		burst = l.Rate
 	}
-	m := uint64(float64(burst) * float64(tokens) / float64(pool))
-	return max(m, tokens)
+	most := max(uint64(float64(burst)*float64(tokens)/float64(pool)), tokens)
+	sec := max(fill.Seconds(), 1)
+	if demand != Unknown && demand*sec < (1+Spends)*float64(tokens) {
+		return most
+	}
+	m := uint64(math.Ceil(float64(tokens) * BucketTime.Seconds() / sec))
+	return min(most, max(m, MinBucket))
 }
 
 // Headroom is added to the demand of a client below the level the others

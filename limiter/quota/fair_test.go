@@ -158,11 +158,23 @@ func TestFillInterval(t *testing.T) {
 
 func TestMaxTokens(t *testing.T) {
 	l := limiter.Limit{Rate: 100, Period: time.Minute, Burst: 100}
-	if got := MaxTokens(l, 5, 2); got != 40 {
-		t.Errorf("MaxTokens = %d, want 40 (2/5 of the burst)", got)
+	if got := MaxTokens(l, 5, 2, 3*time.Second, Unknown); got != MinBucket {
+		t.Errorf("MaxTokens = %d, want MinBucket, below 2/5 of the burst", got)
 	}
-	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 50); got != 50 {
-		t.Errorf("MaxTokens = %d, want one fill (50)", got)
+	if got := MaxTokens(l, 5, 2, 3*time.Second, 0.5); got != 40 {
+		t.Errorf("MaxTokens = %d, want 2/5 of the burst (40) under the level", got)
+	}
+	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Minute, Burst: 10}, 5, 2, 3*time.Second, Unknown); got != 4 {
+		t.Errorf("MaxTokens = %d, want 2/5 of the burst (4), below MinBucket", got)
+	}
+	if got := MaxTokens(limiter.Limit{Rate: 100, Period: time.Second, Burst: 10}, 100, 4, time.Second, Unknown); got != 4 {
+		t.Errorf("MaxTokens = %d, want one fill (4), below MinBucket", got)
+	}
+	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, time.Second, Unknown); got != uint64(1000*BucketTime.Seconds()) {
+		t.Errorf("MaxTokens = %d, want BucketTime of the tokens", got)
+	}
+	if got := MaxTokens(limiter.Limit{Rate: 10000, Period: time.Second}, 10000, 1000, 2*time.Second, Unknown); got != uint64(500*BucketTime.Seconds()) {
+		t.Errorf("MaxTokens = %d, want BucketTime of the tokens at 2 s fills", got)
 	}
 }
 

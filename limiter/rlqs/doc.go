@@ -40,9 +40,10 @@
 // requests_per_time_unit (Envoy ignores it); a client whose share rounds to
 // no token per fill gets DENY_ALL. The TTL is Config.TTL in whole seconds,
 // at least 1 s (Envoy reads whole seconds and expires an unset TTL at
-// once). An assignment is pushed when it changes by more than MaxDrift
-// (Envoy starts a new, full, token bucket for every change of strategy)
-// and sent again every third of its TTL, so it never expires while the
+// once). An assignment is pushed when the owner's grant changes (the owner holds
+// grants through small changes of the shares, quota.Holds, because Envoy
+// starts a new, full, token bucket for every change of strategy) and sent
+// again every third of its TTL, so it never expires while the
 // node serves. While a
 // protected resource sheds (Config.Threshold), a bucket's tokens shrink by
 // the fraction of its priority's cohorts shed (quota.Admitted): the least

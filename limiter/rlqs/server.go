@@ -462,13 +462,7 @@ func (s *Server) decide(ss *stream, canon string, c *client, now time.Time, thre
 			break
 		}
 		a = assignment{kind: kindLimited, fill: c.fill, tokensPerFill: tokens,
-			maxTokens: min(quota.MaxTokens(c.limit, c.pool, tokens), math.MaxUint32)}
-		if c.hasSent && near(c.sent, a) {
-			// Envoy starts a new token bucket, full, for every change of
-			// strategy: a change of a token or two in a large share would
-			// admit a whole bucket more than it moves.
-			a = c.sent
-		}
+			maxTokens: min(quota.MaxTokens(c.limit, c.pool, tokens, c.fill, c.meter.Demand()), math.MaxUint32)}
 	}
 	if c.hasSent && a == c.sent && now.Sub(c.sentAt) < s.cfg.TTL/3 {
 		return
@@ -479,21 +473,6 @@ func (s *Server) decide(ss *stream, canon string, c *client, now time.Time, thre
 	case ss.wake <- struct{}{}:
 	default:
 	}
-}
-
-// MaxDrift is the change of a token bucket assignment, relative to the one
-// sent, that is not pushed (a refresh sends the one sent again).
-const MaxDrift = 0.02
-
-// near reports whether token bucket b differs from a, sent, by at most
-// MaxDrift of a's tokens, rounded down: shares under 50 tokens per fill
-// are pushed at every change.
-func near(a, b assignment) bool {
-	if a.kind != kindLimited || b.kind != kindLimited || a.fill != b.fill {
-		return false
-	}
-	d := max(a.tokensPerFill, b.tokensPerFill) - min(a.tokensPerFill, b.tokensPerFill)
-	return d <= uint64(float64(a.tokensPerFill)*MaxDrift)
 }
 
 // action is the wire form of an assignment with time to live ttl.

@@ -566,7 +566,10 @@ func TestAbandon(t *testing.T) {
 // TestDrift: a change of at most 2% of a large share is not pushed (Envoy
 // would start a new, full, token bucket for it); the refresh sends the
 // assignment already applied; a larger change is pushed.
-func TestDrift(t *testing.T) {
+// TestHold: the front end pushes the grants the owner holds (quota.Holds),
+// so a share that moves a little sends no new token bucket, which Envoy
+// would start full.
+func TestHold(t *testing.T) {
 	h := newHarness(t, Config{TTL: 30 * time.Second}) // refreshed every 10 s
 	a, b := h.envoy("rlqs"), h.envoy("rlqs")
 	a.report(usage{bucket: "name=api", allowed: 1})
@@ -580,21 +583,24 @@ func TestDrift(t *testing.T) {
 		b.report(usage{bucket: "name=api", allowed: 5 * bRate, elapsed: 5 * time.Second})
 		h.sync()
 	}
-	step(1000, 9) // b asks 9/s: 10 tokens; a gets 90
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
-		t.Fatalf("a: %d, want 91", n)
+	want := func(e *envoy, name string, n uint32) {
+		t.Helper()
+		if got, _, _ := tokenBucket(t, e.next()["name=api"], 30*time.Second); got != n {
+			t.Fatalf("%s: %d, want %d", name, got, n)
+		}
 	}
-	b.next()
-	step(1000, 10) // b: 11 tokens; a's 90 is within 2% of 91: not pushed
-	if n, _, _ := tokenBucket(t, b.next()["name=api"], 30*time.Second); n != 11 {
-		t.Fatalf("b: %d, want 11", n)
-	}
-	step(1000, 10) // the refresh repeats what a applies; 90 was never sent
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 91 {
-		t.Fatalf("a's next push: %d, want 91 (the refresh of the assignment it has)", n)
-	}
-	step(1000, 15) // b: 16 tokens; a's 85 is 6 from 91: pushed
-	if n, _, _ := tokenBucket(t, a.next()["name=api"], 30*time.Second); n != 85 {
-		t.Fatalf("a: %d, want 85", n)
-	}
+	step(1000, 9) // b asks 9/s: 10 tokens; a gets 91
+	want(a, "a", 91)
+	want(b, "b", 10)
+	// b's share is 11 and a's 90: b's 10 still covers its demand, and a's
+	// 91 is within 10% of 90 with the grants adding up to the shares.
+	step(1000, 10)
+	step(1000, 10) // 10 s on: the refreshes repeat what the Envoys apply
+	want(a, "a's refresh", 91)
+	want(b, "b's refresh", 10)
+	// b asks 12/s: its 10 no longer covers it (13); a's 91 would then take
+	// more than the shares add up to: 88.
+	step(1000, 12)
+	want(a, "a", 88)
+	want(b, "b", 13)
 }
