@@ -28,12 +28,12 @@ func (r *Result) Checks() []Check {
 		name := fmt.Sprintf("phase %d [%v, %v)", k, p.From.Round(time.Second), p.To.Round(time.Second))
 		cs = append(cs,
 			Check{name + ": admitted / limit", fmt.Sprintf("%.3f", p.Ratio),
-				fmt.Sprintf("%.2f..%.2f", 1-TotalTolerance, 1+TotalTolerance),
-				math.Abs(p.Ratio-1) <= TotalTolerance},
+				fmt.Sprintf("%.2f..%.2f", 1-r.Bounds.Total, 1+r.Bounds.Total),
+				math.Abs(p.Ratio-1) <= r.Bounds.Total},
 			Check{name + ": least admitted / fair share under the level", fmt.Sprintf("%.3f (%d envoys)", p.MinBelow, p.Below),
-				fmt.Sprintf(">= %.2f", BelowShare), p.MinBelow >= BelowShare})
+				fmt.Sprintf(">= %.2f", r.Bounds.Below), p.MinBelow >= r.Bounds.Below})
 		if p.Stepped {
-			lim := SettleIntervals * r.ReportInterval
+			lim := time.Duration(r.Bounds.Settle * float64(r.ReportInterval))
 			cs = append(cs, Check{name + ": assignments settled on the fair shares after the step", settled(p.Settle),
 				"<= " + lim.String(), p.Settle >= 0 && p.Settle <= lim})
 		}

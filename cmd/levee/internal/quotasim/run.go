@@ -51,6 +51,8 @@ type Options struct {
 	Tick     time.Duration
 	Settings Settings
 	Seed     uint64
+	// Bounds the report's checks hold the run to (zero: IssueBounds).
+	Bounds Bounds
 	// Dial connects to a node (default: plaintext gRPC).
 	Dial func(addr string) (*grpc.ClientConn, error)
 	// Now is the clock (default time.Now).
