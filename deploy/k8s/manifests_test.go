@@ -151,8 +151,12 @@ func TestManifests(t *testing.T) {
 
 // TestRulesCopies: kustomize reads no file outside its root, so the base
 // holds copies of deploy/examples' rules and shedding policy; they must not
-// drift.
+// drift, and every copy is in a ConfigMap the nodes mount.
 func TestRulesCopies(t *testing.T) {
+	kustomization, err := os.ReadFile(filepath.Join("base", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, dir := range []string{"rules", "shed"} {
 		orig, _ := filepath.Glob(filepath.Join(repoRoot, "deploy/examples", dir, "*.yaml"))
 		copies, _ := filepath.Glob(filepath.Join("base", dir, "*.yaml"))
@@ -167,6 +171,9 @@ func TestRulesCopies(t *testing.T) {
 			got, err := os.ReadFile(filepath.Join("base", dir, filepath.Base(o)))
 			if err != nil || !bytes.Equal(got, want) {
 				t.Errorf("base/%s/%s differs from deploy/examples (%v): cp deploy/examples/%s/*.yaml deploy/k8s/base/%s/", dir, filepath.Base(o), err, dir, dir)
+			}
+			if entry := "- " + dir + "/" + filepath.Base(o) + "\n"; !bytes.Contains(kustomization, []byte(entry)) {
+				t.Errorf("base/kustomization.yaml's configMapGenerator lacks %q: the nodes would not get %s", entry, filepath.Base(o))
 			}
 		}
 	}
