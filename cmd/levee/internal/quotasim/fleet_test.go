@@ -115,11 +115,17 @@ func TestFleetStub(t *testing.T) {
 			t.Fatalf("first report of a bucket carried %v, want 0 s as Envoy sends", el)
 		}
 	}
-	// Each Envoy offers 80/s and holds a 20/s bucket of 20 tokens.
+	// Each Envoy offers 80/s and holds a 20/s bucket of 20 tokens. Over
+	// the measured window it can take at most the bucket's 20 tokens plus
+	// what 20/s refills: more than 20/s when a loaded host stalls the
+	// generator and the bucket fills meanwhile, never more than that.
 	p := res.Phases[0]
+	secs := (p.To - p.From).Seconds()
+	most := (20 + 20*secs) / secs
 	for _, e := range p.Envoys {
-		if e.Admitted < 17 || e.Admitted > 23 {
-			t.Fatalf("envoy %d admitted %.1f/s under a 20/s assignment", e.Envoy, e.Admitted)
+		if e.Admitted > most+0.01 || e.Admitted < 0.85*min(e.Offered, 20) {
+			t.Fatalf("envoy %d offered %.1f/s, admitted %.1f/s under a 20/s assignment with 20 tokens: want between %.1f and %.1f",
+				e.Envoy, e.Offered, e.Admitted, 0.85*min(e.Offered, 20), most)
 		}
 	}
 	if res.ConformanceFailures() != 0 || len(res.Stale()) != 0 || res.ReportsLost != 0 {
