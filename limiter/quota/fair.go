@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -36,7 +37,7 @@ func MaxMin(total float64, demands, shares []float64, order []int) []float64 {
 		return v
 	}
 	slices.SortFunc(order, func(a, b int) int {
-		if c := compare(d(a), d(b)); c != 0 {
+		if c := cmp.Compare(d(a), d(b)); c != 0 {
 			return c
 		}
 		return a - b
@@ -60,16 +61,6 @@ func MaxMin(total float64, demands, shares []float64, order []int) []float64 {
 		shares[i] += slack
 	}
 	return shares
-}
-
-func compare(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Quantize splits pool whole tokens in proportion to shares, which should
@@ -119,7 +110,7 @@ func Quantize(shares []float64, pool uint64, out []uint64, order []int) []uint64
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int {
-		if c := compare(frac(b), frac(a)); c != 0 {
+		if c := cmp.Compare(frac(b), frac(a)); c != 0 {
 			return c
 		}
 		return a - b

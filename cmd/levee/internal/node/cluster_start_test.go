@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -46,13 +48,28 @@ func (b *logBuffer) String() string {
 // that was free a moment ago).
 func freeURL(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// A port the kernel hands out for ":0" can be taken by any test
+	// process between this check and etcd's bind: pick one below the
+	// ephemeral range, which only explicit picks like this one use.
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 20000 {
+				lo = v
+			}
+		}
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return "http://" + addr
+	for range 100 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(lo-10000)))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		return "http://" + addr
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 // TestClusterStartsWithoutEtcd: a clustered node whose etcd does not answer

@@ -6,9 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
@@ -186,35 +183,10 @@ func TestNodeClosesIdleAndExcessConnections(t *testing.T) {
 		}
 	}
 	_ = third.Close()
-	if got := metricValue(t, addrs.Metrics, "levee_grpc_connections_refused_total"); got < 1 {
+	if got := labelled(t, addrs.Metrics, "levee_grpc_connections_refused_total"); got < 1 {
 		t.Errorf("levee_grpc_connections_refused_total = %v after a refused connection, want >= 1", got)
 	}
-	if got := metricValue(t, addrs.Metrics, "levee_grpc_connections"); got != 2 {
+	if got := labelled(t, addrs.Metrics, "levee_grpc_connections "); got != 2 {
 		t.Errorf("levee_grpc_connections = %v while two connections hold both slots, want 2", got)
 	}
-}
-
-// metricValue reads one series of the node's /metrics by name (its
-// labels ignored; the series must be unique), failing if it is absent.
-func metricValue(t *testing.T, addr, name string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(?:\{[^}]*\})? (\S+)$`)
-	m := re.FindAllSubmatch(body, -1)
-	if len(m) != 1 {
-		t.Fatalf("/metrics has %d series named %s, want 1", len(m), name)
-	}
-	v, err := strconv.ParseFloat(string(m[0][1]), 64)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	return v
 }

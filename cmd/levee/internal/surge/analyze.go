@@ -1,6 +1,7 @@
 package surge
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strconv"
@@ -64,7 +65,7 @@ const allPriorities = -1
 func (r *PolicyRun) Agg(from, to time.Duration, prio int) Agg {
 	a := Agg{Seconds: (to - from).Seconds()}
 	var lat []time.Duration
-	lo, _ := slices.BinarySearchFunc(r.arrivals, from, func(x arrival, t time.Duration) int { return cmpDur(x.at, t) })
+	lo, _ := slices.BinarySearchFunc(r.arrivals, from, func(x arrival, t time.Duration) int { return cmp.Compare(x.at, t) })
 	for i := lo; i < len(r.arrivals) && r.arrivals[i].at < to; i++ {
 		if prio != allPriorities && int(r.arrivals[i].prio) != prio {
 			continue
@@ -84,7 +85,7 @@ func (r *PolicyRun) Agg(from, to time.Duration, prio int) Agg {
 // call not refused or throttled, a timed-out one at the time it ended.
 func (r *PolicyRun) admittedP99(from, to time.Duration) time.Duration {
 	var lat []time.Duration
-	lo, _ := slices.BinarySearchFunc(r.arrivals, from, func(x arrival, t time.Duration) int { return cmpDur(x.at, t) })
+	lo, _ := slices.BinarySearchFunc(r.arrivals, from, func(x arrival, t time.Duration) int { return cmp.Compare(x.at, t) })
 	for i := lo; i < len(r.arrivals) && r.arrivals[i].at < to; i++ {
 		if c := &r.calls[i]; c.out != outRefused && c.out != outThrottled {
 			lat = append(lat, c.end-c.sent)
@@ -109,16 +110,6 @@ func (a *Agg) add(c *callResult) {
 	default:
 		a.Errors++
 	}
-}
-
-func cmpDur(a, b time.Duration) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // quantiles returns the median and the 99th percentile (nearest rank).
