@@ -15,6 +15,8 @@ type Demand struct {
 	ID uint64
 	// Rate is the demand in requests per second, or Unknown.
 	Rate float64
+	// Noise is the standard error of Rate (Meter.Noise); 0 if not known.
+	Noise float64
 }
 
 // Grant is what the owner gives a bucket's clients: every fill interval,
@@ -36,6 +38,7 @@ type Allocator struct {
 
 	// scratch for allocate
 	demands []float64
+	noise   []float64
 	tokens  []uint64
 	keys    []partKey
 	div     Divider
@@ -58,6 +61,7 @@ type bucket struct {
 
 type part struct {
 	rate    float64
+	noise   float64
 	seen    int64 // Unix nanoseconds of the last report
 	gen     uint64
 	tokens  uint64 // granted
@@ -93,7 +97,7 @@ func (a *Allocator) Report(now time.Time, key uint64, l limiter.Limit, node stri
 			p = &part{}
 			b.parts[k] = p
 		}
-		p.rate, p.seen, p.gen = d.Rate, t, b.gen
+		p.rate, p.noise, p.seen, p.gen = d.Rate, d.Noise, t, b.gen
 	}
 	for k, p := range b.parts {
 		if (k.node == node && p.gen != b.gen) || time.Duration(t-p.seen) > a.idle {
@@ -126,23 +130,25 @@ func (a *Allocator) allocate(b *bucket) {
 		return cmp.Compare(x.id, y.id)
 	})
 	a.demands = resize(a.demands, len(a.keys))
+	a.noise = resize(a.noise, len(a.keys))
 	b.demand = 0
 	for i, k := range a.keys {
 		r := b.parts[k].rate
-		a.demands[i] = r
+		a.demands[i], a.noise[i] = r, b.parts[k].noise
 		if r != Unknown {
 			b.demand += r
 		}
 	}
 	b.fill, b.pool = FillInterval(b.limit)
-	a.tokens = a.div.Divide(b.pool, b.fill, a.demands, a.tokens)
+	a.tokens = a.div.Divide(b.pool, b.fill, a.demands, a.noise, a.tokens)
 	// Keep a client's grant while it is within Hold of its new share, as
 	// long as the grants still add up to no more than the shares do.
 	var budget, sum uint64
 	for i, k := range a.keys {
 		p, t := b.parts[k], a.tokens[i]
 		budget += t
-		if !p.granted || !Holds(p.tokens, t, p.rate*b.fill.Seconds()) {
+		need := (p.rate + Confidence*p.noise) * b.fill.Seconds()
+		if !p.granted || !Holds(p.tokens, t, need) {
 			p.tokens = t
 		}
 		p.granted = true
@@ -191,18 +197,19 @@ func (a *Allocator) allocate(b *bucket) {
 const Hold = 0.10
 
 // Holds reports whether a grant of granted tokens per fill may stay for a
-// new share of share tokens, for a client whose demand is demand tokens
-// per fill (Unknown: unbounded): it is within Hold of the share, and if it
-// is below the share, it still covers the demand of a client under the
-// level (the share is more than the demand).
-func Holds(granted, share uint64, demand float64) bool {
+// new share of share tokens, for a client that needs need tokens per fill
+// (its demand and Confidence standard errors of it; Unknown: unbounded): it
+// is within Hold of the share, and if it is below the share, it still
+// covers the need of a client under the level (the share covers the need).
+func Holds(granted, share uint64, need float64) bool {
+	under := need <= float64(share)
 	if granted >= share {
 		// A client under the level does not use what it has beyond its
 		// demand: its grant may stay (the grants adding up to no more
 		// than the shares, Allocator cuts it first).
-		return demand < float64(share) || float64(granted-share) <= Hold*float64(share)
+		return under || float64(granted-share) <= Hold*float64(share)
 	}
-	if demand < float64(share) && float64(granted) < demand {
+	if under && float64(granted) < need {
 		return false
 	}
 	return float64(share-granted) <= Hold*float64(share)

@@ -10,7 +10,9 @@
 // report says 0 s. The first report only starts the clock (its requests
 // cover an unknown time), so a client's demand is unknown until its second
 // report; reports closer than MinElapsed to the last measurement are added
-// to the next one rather than divided by a tiny interval.
+// to the next one rather than divided by a tiny interval. Arrivals are
+// taken as Poisson: a demand counted from n requests has a standard error
+// of √n requests over its interval (Noise).
 //
 // # Fair share
 //
@@ -24,9 +26,11 @@
 // at once, and the total admitted never exceeds the limit.
 //
 // A client's demand that fits under the level the others share is granted
-// with 5% headroom, rounded up to whole tokens (Divider): it receives at
-// least what it asks for, with room for its bursts, and a demand that
-// jitters between reports leaves its grant unchanged. The headroom is
+// with headroom, rounded up to whole tokens (Divider): 5%, or Confidence
+// standard errors of the measured demand (Meter.Noise) if more. It
+// receives at least what it asks for, with room for its bursts, even when
+// its demand was measured low, and a demand that jitters between reports
+// leaves its grant unchanged. The headroom is
 // counted as unused: the clients above the level split what the limit
 // holds beyond the others' demands, not beyond their grants, so the tokens
 // used add up to the limit.

@@ -210,6 +210,23 @@ func MaxTokens(l limiter.Limit, pool, tokens uint64, fill time.Duration, demand 
 // not take requests it makes.
 const Headroom = 0.05
 
+// Confidence is the headroom, in standard errors of its measured demand,
+// of a client below the level when that is more than Headroom: a demand
+// measured from a few dozen requests is off by 10-20% as often as not (a
+// Poisson count n has a standard error of √n), and a grant of the measured
+// demand plus 5% would refuse the client what it asks for whenever it was
+// measured low.
+const Confidence = 2.0
+
+// headroom returns the tokens per fill a client below the level gets on top
+// of its demand r (tokens per fill) whose standard error is noise.
+func headroom(r, noise float64) float64 {
+	if math.IsNaN(noise) || noise < 0 {
+		noise = 0
+	}
+	return max(r*Headroom, Confidence*noise)
+}
+
 // Divider divides a pool of tokens among clients by their demands; its
 // scratch space makes Divide allocate nothing once warm. The zero value is
 // ready to use; it is not safe for concurrent use.
@@ -221,21 +238,23 @@ type Divider struct {
 }
 
 // Divide sets out[i] to client i's tokens per fill out of pool, for
-// demands in requests per second (Unknown: unbounded) over fill, and
-// returns out:
+// demands in requests per second (Unknown: unbounded) over fill, whose
+// standard errors are noise (requests per second; nil: none), and returns
+// out:
 //
 //   - The pool is divided by MaxMin over the demands in tokens per fill.
 //   - If every demand fits, the shares (each demand and an equal part of
 //     the slack) are rounded by Quantize: they add up to the pool.
 //   - Otherwise a client whose demand fits under the level the others
-//     share gets its demand with Headroom, rounded up (but not above the
-//     level, rounded up), so that it receives at least what it asks for;
+//     share gets its demand with Headroom, or Confidence standard errors
+//     if more, rounded up (but not above the level, rounded up), so that
+//     it receives at least what it asks for;
 //     the clients above the level split what the pool holds beyond the
 //     demands of the others, rounded by Quantize. The headroom is counted
 //     as unused: a client only takes it in bursts, so the tokens admitted
 //     add up to the pool, not to the pool less the headroom, while the
 //     tokens assigned may exceed it by the headroom.
-func (d *Divider) Divide(pool uint64, fill time.Duration, demands []float64, out []uint64) []uint64 {
+func (d *Divider) Divide(pool uint64, fill time.Duration, demands, noise []float64, out []uint64) []uint64 {
 	n := len(demands)
 	out = resize(out, n)
 	d.raw = resize(d.raw, n)
@@ -270,7 +289,11 @@ func (d *Divider) Divide(pool uint64, fill time.Duration, demands []float64, out
 			continue
 		}
 		left -= r
-		out[i] = uint64(math.Ceil(min(r*(1+Headroom), max(r, level))))
+		var se float64
+		if i < len(noise) {
+			se = noise[i] * sec
+		}
+		out[i] = uint64(math.Ceil(min(r+headroom(r, se), max(r, level))))
 	}
 	subPool := uint64(max(0, math.Floor(left+1e-9)))
 	d.subTokens = Quantize(d.sub, subPool, d.subTokens, d.order)

@@ -201,6 +201,14 @@ func TestMeter(t *testing.T) {
 	if m.Demand() != 100 {
 		t.Fatalf("demand %v, want 100 (500 in 5 s)", m.Demand())
 	}
+	if got, want := m.Noise(), math.Sqrt(500)/5; math.Abs(got-want) > 1e-9 {
+		t.Fatalf("noise %v after 500 in 5 s, want √500/5 = %v", got, want)
+	}
+	// No request in a window still leaves an error of about one request.
+	m.Report(t0.Add(15*time.Second), 0)
+	if m.Demand() != 0 || m.Noise() != 0.2 {
+		t.Fatalf("demand %v ± %v after none in 5 s, want 0 ± 0.2", m.Demand(), m.Noise())
+	}
 }
 
 // TestDivide checks Divide against the model's level: when demands fit,
@@ -216,14 +224,21 @@ func TestDivide(t *testing.T) {
 	for range 5000 {
 		n := 1 + rng.IntN(30)
 		d := make([]float64, n)
+		var noise []float64
+		if rng.IntN(2) == 0 {
+			noise = make([]float64, n)
+		}
 		for i := range d {
 			d[i] = 1000 * math.Pow(rng.Float64(), 4)
+			if noise != nil {
+				noise[i] = math.Sqrt(d[i]) * rng.Float64()
+			}
 			if rng.IntN(20) == 0 {
 				d[i] = Unknown
 			}
 		}
 		pool := uint64(rng.IntN(3000))
-		out = div.Divide(pool, time.Second, d, out)
+		out = div.Divide(pool, time.Second, d, noise, out)
 		model := modelMaxMin(float64(pool), d)
 		sumD, known := 0.0, true
 		for _, x := range d {
@@ -256,8 +271,15 @@ func TestDivide(t *testing.T) {
 				continue
 			}
 			expected += x
-			if float64(out[i]) < x-1e-9 || float64(out[i]) > math.Ceil(math.Max(x*(1+Headroom), 0))+1e-9 {
-				t.Fatalf("Divide(%d, %v) = %v: client %d under the level got %d for %v", pool, d, out, i, out[i], x)
+			// Its headroom: 5%, or Confidence standard errors if more, up
+			// to the level.
+			h := x * Headroom
+			if noise != nil {
+				h = math.Max(h, Confidence*noise[i])
+			}
+			lo := math.Min(x+h, math.Max(x, level))
+			if float64(out[i]) < lo-1e-9 || float64(out[i]) > math.Ceil(lo)+1e-9 {
+				t.Fatalf("Divide(%d, %v, %v) = %v: client %d under the level (%v) got %d for %v, want %v rounded up", pool, d, noise, out, i, level, out[i], x, lo)
 			}
 		}
 		if expected > float64(pool)+1e-6 || expected < float64(pool)-1-1e-6 {

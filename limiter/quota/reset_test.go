@@ -62,6 +62,17 @@ type fleetRun struct {
 // counted.
 func simulateFleet(t *testing.T, l limiter.Limit, demands []float64, every time.Duration, rounds, warm int, seed uint64) fleetRun {
 	t.Helper()
+	return simulateSteps(t, l, [][]float64{demands}, every, rounds, warm, seed)
+}
+
+// simulateSteps is simulateFleet with the demands stepping from each of
+// phases to the next at an equal part of the rounds; only the last phase,
+// after its first warm rounds, is counted.
+func simulateSteps(t *testing.T, l limiter.Limit, phases [][]float64, every time.Duration, rounds, warm int, seed uint64) fleetRun {
+	t.Helper()
+	demands := phases[0]
+	per := rounds / len(phases)
+	warm += per * (len(phases) - 1)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	a := NewAllocator(time.Minute)
 	n := len(demands)
@@ -82,6 +93,14 @@ func simulateFleet(t *testing.T, l limiter.Limit, demands []float64, every time.
 	var counted float64
 	for r := 0; r < rounds; r++ {
 		now := time.Duration(r) * every
+		if k := min(r/per, len(phases)-1); &phases[k][0] != &demands[0] {
+			// The new demands start at once: draw every client's next
+			// arrival again (the exponential has no memory).
+			demands = phases[k]
+			for i := range next {
+				next[i] = now + time.Duration(rng.ExpFloat64()/demands[i]*float64(time.Second))
+			}
+		}
 		g := a.Report(t0.Add(now), 1, l, "n", ds, nil)
 		for i := range buckets {
 			tok := g.Tokens[i]
@@ -100,6 +119,7 @@ func simulateFleet(t *testing.T, l limiter.Limit, demands []float64, every time.
 				next[i] += time.Duration(rng.ExpFloat64() / demands[i] * float64(time.Second))
 			}
 			ds[i].Rate = off / every.Seconds()
+			ds[i].Noise = math.Sqrt(max(off, 1)) / every.Seconds()
 			if r >= warm {
 				offered[i] += off
 				admitted[i] += adm
@@ -159,6 +179,35 @@ func TestFleetResets(t *testing.T) {
 			for seed := uint64(1); seed <= 3; seed++ {
 				rounds := int(120 * time.Second / tc.every)
 				run := simulateFleet(t, tc.l, zipf(tc.n, 1.1, 3*rate), tc.every, rounds, 3, seed)
+				t.Logf("seed %d: total %.3f L, clients under the level %.3f of demand, %d pushes", seed, run.total, run.under, run.pushes)
+				if run.total < 0.95 || run.total > 1.05 {
+					t.Errorf("seed %d: total admitted %.3f of the limit, want 0.95–1.05", seed, run.total)
+				}
+				if run.under < 0.98 {
+					t.Errorf("seed %d: a client under the level got %.3f of its demand, want ≥ 0.98", seed, run.under)
+				}
+			}
+		})
+	}
+}
+
+// TestFleetSteps: after the demand steps (3× the limit to 1.5× and back),
+// the fleet is within the same bounds from the second report on.
+func TestFleetSteps(t *testing.T) {
+	l := limiter.Limit{Rate: 1000, Period: time.Second}
+	for _, tc := range []struct {
+		name     string
+		from, to float64
+		every    time.Duration
+	}{
+		{"3x to 1.5x, 5s reports", 3, 1.5, 5 * time.Second},
+		{"1.5x to 3x, 5s reports", 1.5, 3, 5 * time.Second},
+		{"3x to 1.5x, 1s reports", 3, 1.5, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for seed := uint64(1); seed <= 5; seed++ {
+				rounds := int(120 * time.Second / tc.every)
+				run := simulateSteps(t, l, [][]float64{zipf(20, 1.1, tc.from*1000), zipf(20, 1.1, tc.to*1000)}, tc.every, rounds, 2, seed)
 				t.Logf("seed %d: total %.3f L, clients under the level %.3f of demand, %d pushes", seed, run.total, run.under, run.pushes)
 				if run.total < 0.95 || run.total > 1.05 {
 					t.Errorf("seed %d: total admitted %.3f of the limit, want 0.95–1.05", seed, run.total)

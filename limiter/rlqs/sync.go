@@ -123,7 +123,7 @@ func (s *Server) collect(now time.Time) []*owned {
 				o.groups = append(o.groups, g)
 			}
 			g.clients = append(g.clients, c)
-			g.demands = append(g.demands, quota.Demand{ID: c.id, Rate: c.meter.Demand()})
+			g.demands = append(g.demands, quota.Demand{ID: c.id, Rate: c.meter.Demand(), Noise: c.meter.Noise()})
 		}
 	}
 	return out
@@ -149,7 +149,7 @@ func (s *Server) divide(ctx context.Context, now time.Time, o *owned) {
 		for j, d := range g.demands {
 			b.Demands[j] = &leveev1.QuotaDemand{Id: d.ID}
 			if d.Rate != quota.Unknown {
-				b.Demands[j].Rate, b.Demands[j].Known = d.Rate, true
+				b.Demands[j].Rate, b.Demands[j].Noise, b.Demands[j].Known = d.Rate, d.Noise, true
 			}
 		}
 		req.Buckets[i] = b
@@ -188,11 +188,11 @@ func (s *Server) fallback(gs []*group) {
 	for _, g := range gs {
 		l := peer.FairShare(g.limit, live)
 		fill, pool := quota.FillInterval(l)
-		ds := make([]float64, len(g.demands))
+		ds, noise := make([]float64, len(g.demands)), make([]float64, len(g.demands))
 		for i, d := range g.demands {
-			ds[i] = d.Rate
+			ds[i], noise[i] = d.Rate, d.Noise
 		}
-		g.grant = quota.Grant{FillInterval: fill, Pool: pool, Tokens: div.Divide(pool, fill, ds, nil)}
+		g.grant = quota.Grant{FillInterval: fill, Pool: pool, Tokens: div.Divide(pool, fill, ds, noise, nil)}
 		g.ok = true
 	}
 }
@@ -217,11 +217,11 @@ func (s *Server) Quota(_ context.Context, req *leveev1.QuotaRequest) (*leveev1.Q
 		}
 		ds = ds[:0]
 		for _, d := range b.GetDemands() {
-			r := quota.Unknown
+			r, noise := quota.Unknown, 0.0
 			if d.GetKnown() {
-				r = d.GetRate()
+				r, noise = d.GetRate(), d.GetNoise()
 			}
-			ds = append(ds, quota.Demand{ID: d.GetId(), Rate: r})
+			ds = append(ds, quota.Demand{ID: d.GetId(), Rate: r, Noise: noise})
 		}
 		g := s.alloc.Report(now, b.GetKey(), l, from, ds, nil)
 		resp.Grants[i] = &leveev1.QuotaGrant{FillIntervalNanos: int64(g.FillInterval), Pool: g.Pool, Tokens: g.Tokens}

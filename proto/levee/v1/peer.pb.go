@@ -844,7 +844,11 @@ type QuotaDemand struct {
 	Rate float64 `protobuf:"fixed64,2,opt,name=rate,proto3" json:"rate,omitempty"`
 	// Whether rate is measured; a client whose demand is not measured yet
 	// counts as unbounded.
-	Known         bool `protobuf:"varint,3,opt,name=known,proto3" json:"known,omitempty"`
+	Known bool `protobuf:"varint,3,opt,name=known,proto3" json:"known,omitempty"`
+	// The standard error of rate, requests per second: the owner grants a
+	// client under the fair-share level enough headroom to cover it. A node
+	// that does not send it (0) gets 5% headroom.
+	Noise         float64 `protobuf:"fixed64,4,opt,name=noise,proto3" json:"noise,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -898,6 +902,13 @@ func (x *QuotaDemand) GetKnown() bool {
 		return x.Known
 	}
 	return false
+}
+
+func (x *QuotaDemand) GetNoise() float64 {
+	if x != nil {
+		return x.Noise
+	}
+	return 0
 }
 
 // QuotaResponse answers a QuotaRequest, one grant per bucket, in order.
@@ -1068,11 +1079,12 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\vQuotaBucket\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
 	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12/\n" +
-	"\ademands\x18\x03 \x03(\v2\x15.levee.v1.QuotaDemandR\ademands\"G\n" +
+	"\ademands\x18\x03 \x03(\v2\x15.levee.v1.QuotaDemandR\ademands\"]\n" +
 	"\vQuotaDemand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x06R\x02id\x12\x12\n" +
 	"\x04rate\x18\x02 \x01(\x01R\x04rate\x12\x14\n" +
-	"\x05known\x18\x03 \x01(\bR\x05known\"=\n" +
+	"\x05known\x18\x03 \x01(\bR\x05known\x12\x14\n" +
+	"\x05noise\x18\x04 \x01(\x01R\x05noise\"=\n" +
 	"\rQuotaResponse\x12,\n" +
 	"\x06grants\x18\x01 \x03(\v2\x14.levee.v1.QuotaGrantR\x06grants\"h\n" +
 	"\n" +
