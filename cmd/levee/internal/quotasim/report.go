@@ -100,12 +100,15 @@ func (r *Result) Write(w io.Writer) error {
 			fmt.Fprintf(&b, "  e%-5d %10.1f %10.1f %10.1f %8.3f%s\n", s.Envoy, s.Offered, s.Fair, s.Admitted, ratio, mark)
 		}
 	}
-	if len(r.Reconnects) > 0 {
+	if rcs := r.judgedReconnects(); len(rcs) > 0 {
 		fmt.Fprintf(&b, "\nstreams broken and reopened:\n")
-		for _, rc := range r.Reconnects {
+		for _, rc := range rcs {
 			fmt.Fprintf(&b, "  e%d: %s broke at %v, reopened on %s at %s, first assignment there at %s\n",
 				rc.Envoy, rc.From, rc.Broken.Round(time.Millisecond), orNone(rc.To), at(rc.Opened), at(rc.Assignment))
 		}
+	}
+	if n := len(r.Reconnects) - len(r.judgedReconnects()); n > 0 {
+		fmt.Fprintf(&b, "\n%d streams ended in the run's last report interval, with no report left to reopen them (not judged)\n", n)
 	}
 	if len(r.Expiries) > 0 {
 		fmt.Fprintf(&b, "\nassignments expired with no new one:\n")
