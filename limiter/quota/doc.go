@@ -30,7 +30,8 @@
 // standard errors of the measured demand (Meter.Noise) if more. It
 // receives at least what it asks for, with room for its bursts, even when
 // its demand was measured low, and a demand that jitters between reports
-// leaves its grant unchanged. The headroom is
+// leaves its grant unchanged. The headroom of all the clients under the
+// level together stays within MaxHeadroom of the pool. The headroom is
 // counted as unused: the clients above the level split what the limit
 // holds beyond the others' demands, not beyond their grants, so the tokens
 // used add up to the limit.

@@ -218,6 +218,13 @@ const Headroom = 0.05
 // measured low.
 const Confidence = 2.0
 
+// MaxHeadroom bounds the headroom of all the clients below the level of a
+// bucket together, as a share of the pool: beyond their 5% (which adds up
+// to at most 5% of the pool), the standard errors' part is scaled down to
+// fit. The tokens assigned so exceed a fill's pool by at most this share
+// and the rounding up of each client's grant.
+const MaxHeadroom = 0.10
+
 // headroom returns the tokens per fill a client below the level gets on top
 // of its demand r (tokens per fill) whose standard error is noise.
 func headroom(r, noise float64) float64 {
@@ -232,6 +239,7 @@ func headroom(r, noise float64) float64 {
 // ready to use; it is not safe for concurrent use.
 type Divider struct {
 	raw, shares, sub []float64
+	head             []float64
 	idx              []int
 	order            []int
 	subTokens        []uint64
@@ -282,6 +290,8 @@ func (d *Divider) Divide(pool uint64, fill time.Duration, demands, noise []float
 	}
 	left := float64(pool)
 	d.idx, d.sub = d.idx[:0], d.sub[:0]
+	d.head = resize(d.head, n)
+	var noisy, base float64 // headroom beyond Headroom, and Headroom's own
 	for i, r := range d.raw {
 		if r > level {
 			d.idx = append(d.idx, i)
@@ -293,7 +303,24 @@ func (d *Divider) Divide(pool uint64, fill time.Duration, demands, noise []float
 		if i < len(noise) {
 			se = noise[i] * sec
 		}
-		out[i] = uint64(math.Ceil(min(r+headroom(r, se), max(r, level))))
+		d.head[i] = headroom(r, se)
+		base += r * Headroom
+		noisy += d.head[i] - r*Headroom
+	}
+	// The headroom is granted on top of the pool: keep it all within
+	// MaxHeadroom of the pool, taking it from the noisy part, so that
+	// clients under the level who all rise at once cannot take much more
+	// than the limit before their next report.
+	scale := 1.0
+	if room := MaxHeadroom*float64(pool) - base; noisy > 0 && noisy > room {
+		scale = max(room, 0) / noisy
+	}
+	for i, r := range d.raw {
+		if r > level {
+			continue
+		}
+		h := r*Headroom + (d.head[i]-r*Headroom)*scale
+		out[i] = uint64(math.Ceil(min(r+h, max(r, level))))
 	}
 	subPool := uint64(max(0, math.Floor(left+1e-9)))
 	d.subTokens = Quantize(d.sub, subPool, d.subTokens, d.order)

@@ -255,7 +255,7 @@ func TestDivide(t *testing.T) {
 			}
 			continue
 		}
-		level := 0.0
+		level, extra, under := 0.0, 0.0, 0
 		for i := range d {
 			if d[i] > model[i]+1e-9 {
 				level = model[i]
@@ -277,10 +277,17 @@ func TestDivide(t *testing.T) {
 			if noise != nil {
 				h = math.Max(h, Confidence*noise[i])
 			}
-			lo := math.Min(x+h, math.Max(x, level))
-			if float64(out[i]) < lo-1e-9 || float64(out[i]) > math.Ceil(lo)+1e-9 {
-				t.Fatalf("Divide(%d, %v, %v) = %v: client %d under the level (%v) got %d for %v, want %v rounded up", pool, d, noise, out, i, level, out[i], x, lo)
+			// The standard errors' part may be scaled down to fit
+			// MaxHeadroom, never the 5%.
+			lo, hi := math.Min(x*(1+Headroom), math.Max(x, level)), math.Min(x+h, math.Max(x, level))
+			if float64(out[i]) < lo-1e-9 || float64(out[i]) > math.Ceil(hi)+1e-9 {
+				t.Fatalf("Divide(%d, %v, %v) = %v: client %d under the level (%v) got %d for %v, want %v to %v rounded up", pool, d, noise, out, i, level, out[i], x, lo, hi)
 			}
+			extra += float64(out[i]) - x
+			under++
+		}
+		if extra > MaxHeadroom*float64(pool)+float64(under)+1e-6 {
+			t.Fatalf("Divide(%d, %v, %v) = %v: the clients under the level got %v beyond their demands, want at most %v of the pool and a token each", pool, d, noise, out, extra, MaxHeadroom)
 		}
 		if expected > float64(pool)+1e-6 || expected < float64(pool)-1-1e-6 {
 			t.Fatalf("Divide(%d, %v) = %v: %v tokens expected in use, want the pool", pool, d, out, expected)
