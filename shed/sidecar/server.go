@@ -23,8 +23,13 @@ import (
 	"github.com/levee-dev/levee/shed/policy"
 )
 
-// DefaultPermitTTL is how long a permit lives when the caller gives none.
+// DefaultPermitTTL is how long a permit lives when the caller gives
+// neither a permit TTL nor a timeout.
 const DefaultPermitTTL = 30 * time.Second
+
+// BudgetPermits is how long a permit lives, in the caller's timeouts, when
+// the caller gives a timeout and no permit TTL (at most DefaultPermitTTL).
+const BudgetPermits = 2
 
 // MaxPermitTTL bounds a caller's permit lifetime.
 const MaxPermitTTL = 10 * time.Minute
@@ -81,15 +86,10 @@ func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1
 		}
 		cohort = uint8(req.GetCohort())
 	}
-	ttl := DefaultPermitTTL
-	if t := req.GetPermitTtl(); t != nil {
-		if ttl = t.AsDuration(); ttl <= 0 || ttl > MaxPermitTTL {
-			return nil, status.Errorf(codes.InvalidArgument, "permit_ttl: must be between 0 and %v", MaxPermitTTL)
-		}
-	}
 	// The caller's own time budget, not this call's deadline, decides
 	// whether the work can finish in time.
 	actx := ctx
+	ttl := DefaultPermitTTL
 	if t := req.GetTimeout(); t != nil {
 		if t.AsDuration() <= 0 {
 			return nil, status.Error(codes.InvalidArgument, "timeout: must be positive")
@@ -97,8 +97,18 @@ func (s *Server) Admit(ctx context.Context, req *leveev1.AdmitRequest) (*leveev1
 		var cancel context.CancelFunc
 		actx, cancel = context.WithDeadline(context.WithoutCancel(ctx), now.Add(t.AsDuration()))
 		defer cancel()
+		// Work is worth nothing well past its budget: the permit of a
+		// caller that dies without releasing it holds its slot of the
+		// concurrency gate for BudgetPermits budgets, not for 30 s, in
+		// which a few such permits close a gate of a few slots.
+		ttl = min(ttl, BudgetPermits*t.AsDuration())
 	} else {
 		actx = context.WithoutCancel(ctx)
+	}
+	if t := req.GetPermitTtl(); t != nil {
+		if ttl = t.AsDuration(); ttl <= 0 || ttl > MaxPermitTTL {
+			return nil, status.Errorf(codes.InvalidArgument, "permit_ttl: must be between 0 and %v", MaxPermitTTL)
+		}
 	}
 	// A caller that gave up on this call (its deadline passed while the
 	// call waited for the sidecar, or it went away) never sees a permit

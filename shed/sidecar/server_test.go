@@ -177,6 +177,43 @@ func TestUnreleasedPermitsExpire(t *testing.T) {
 	}
 }
 
+// TestPermitTTLFollowsTimeout: with a timeout and no permit TTL, a permit
+// nobody releases lives two timeouts, not 30 s; a permit TTL wins.
+func TestPermitTTLFollowsTimeout(t *testing.T) {
+	clk := shedtest.NewClock(time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC))
+	s, c := start(t, clk.Now, timeline)
+	r := s.Resources()[0]
+	for _, req := range []*leveev1.AdmitRequest{
+		{Resource: "timeline", Timeout: durationpb.New(500 * time.Millisecond)},
+		{Resource: "timeline", Timeout: durationpb.New(500 * time.Millisecond), PermitTtl: durationpb.New(5 * time.Second)},
+		{Resource: "timeline", Timeout: durationpb.New(time.Minute)},
+	} {
+		if resp, err := c.Admit(context.Background(), req); err != nil || !resp.Admitted {
+			t.Fatalf("admit %v: %v %v", req, resp, err)
+		}
+	}
+	clk.Add(900 * time.Millisecond)
+	s.Tick(clk.Now())
+	if n := r.Inflight(); n != 3 {
+		t.Fatalf("inflight %d at 0.9 s, want 3", n)
+	}
+	clk.Add(200 * time.Millisecond)
+	s.Tick(clk.Now())
+	if n := r.Inflight(); n != 2 {
+		t.Fatalf("inflight %d at 1.1 s, want 2: the permit of the 0.5 s timeout lives 1 s", n)
+	}
+	clk.Add(4 * time.Second)
+	s.Tick(clk.Now())
+	if n := r.Inflight(); n != 1 {
+		t.Fatalf("inflight %d at 5.1 s, want 1: a permit TTL of 5 s wins over the timeout", n)
+	}
+	clk.Add(25 * time.Second)
+	s.Tick(clk.Now())
+	if n := r.Inflight(); n != 0 {
+		t.Fatalf("inflight %d at 30.1 s, want 0: a minute's timeout lives at most 30 s", n)
+	}
+}
+
 // TestRoundTripLatency reports the admit+release round trip on loopback;
 // the figure is logged, not asserted (shared machine).
 func TestRoundTripLatency(t *testing.T) {

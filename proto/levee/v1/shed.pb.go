@@ -158,7 +158,8 @@ type AdmitRequest struct {
 	// Time the caller has left for this work; work that cannot finish in
 	// time is refused rather than served late. Absent: no deadline.
 	Timeout *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	// How long the permit lives if never released (default 30 s).
+	// How long the permit lives if never released. Default: twice timeout
+	// when timeout is given (at most 30 s), else 30 s.
 	PermitTtl     *durationpb.Duration `protobuf:"bytes,6,opt,name=permit_ttl,json=permitTtl,proto3" json:"permit_ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
