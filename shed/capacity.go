@@ -297,9 +297,12 @@ func (t *throughputTarget) surge() (Reading, bool) {
 		// (which at a small limit is a large share), the threshold does
 		// not move until the decayed rate catches up seconds later, and
 		// the acceptance changes again when it does. Shed it by cohorts
-		// now, sized on the target: the gate keeps the bursts.
+		// now, sized on the target, all of it (the excess is measured
+		// against what the resource served meanwhile, not only against a
+		// capacity that errs low, and the gate's refusals bear it out):
+		// the gate keeps the bursts.
 		if k == recentTicks-1 && t.ticks >= gateQuietTicks && all/sec > (1+gateRise)*t.adm/t.dur && all > expect+gateSigmas*math.Sqrt(expect) && all > (1+gateMargin)*expect && ref >= gateShare*(all-expect) {
-			return Reading{Overloaded: true, Fit: true, Excess: 1 - expect/all, Critical: outruns(crit)}, true
+			return Reading{Overloaded: true, Fit: true, Excess: min((1-expect/all)/fitGain, 1), Critical: outruns(crit)}, true
 		}
 	}
 	return Reading{}, false
