@@ -88,8 +88,10 @@
 // the gate trims what the raise leaves. A step in demand that the gate
 // absorbs is a surge too: all the traffic at the gate outrunning the
 // target by a tenth and three standard deviations over the last three
-// ticks, and its recent rate by a quarter, with the gate refusing at
-// least half the difference. Left to the gate, whose tolerance at a
+// ticks, and the rate of the last seconds by a quarter, with the gate
+// refusing at least half the difference; all of that excess is shed, as it is
+// measured against what the resource served as well as the capacity, and
+// the gate's refusals bear it out. Left to the gate, whose tolerance at a
 // small limit is a large share, it would move the threshold only seconds
 // later, when the decayed rate caught up, and the acceptance would change
 // then. It is read once the threshold stood still for a second, so that
