@@ -128,8 +128,10 @@ func TestFleetStub(t *testing.T) {
 				e.Envoy, e.Offered, e.Admitted, 0.85*min(e.Offered, 20), most)
 		}
 	}
-	if res.ConformanceFailures() != 0 || len(res.Stale()) != 0 || res.ReportsLost != 0 {
-		t.Fatalf("failures %v, stale %v, lost %d: want none", res.Failures, res.Stale(), res.ReportsLost)
+	// The stub never ends a stream: a report can only be lost to the
+	// run's own end closing a stream under a send, one per Envoy at most.
+	if res.ConformanceFailures() != 0 || len(res.Stale()) != 0 || res.ReportsLost > 4 {
+		t.Fatalf("failures %v, stale %v, lost %d: want none, none, at most one per Envoy", res.Failures, res.Stale(), res.ReportsLost)
 	}
 	// A send the run's end cut short may not arrive: one per Envoy.
 	if res.ReportsSent < 4*8 || s.reports > res.ReportsSent || s.reports < res.ReportsSent-4 {
