@@ -32,6 +32,9 @@ type Bounds struct {
 	// Settle is how many report intervals assignments may take to settle
 	// after a step.
 	Settle float64
+	// Near is how close to the fair shares, as a share of the limit,
+	// settled assignments stay (0: settleTolerance).
+	Near float64
 }
 
 // IssueBounds are the acceptance bounds of issue 15, for runs at Envoy's
@@ -142,7 +145,11 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 			Demand: o.demandAt(start), Settle: -1, Stepped: k > 0}
 		measure(&p, o.Limit, envoys)
 		if k > 0 {
-			p.Settle, p.Distance, p.Closest = settle(&p, o.Limit, envoys)
+			near := o.bounds().Near
+			if near == 0 {
+				near = settleTolerance
+			}
+			p.Settle, p.Distance, p.Closest = settle(&p, o.Limit, near, envoys)
 		}
 		r.Phases = append(r.Phases, p)
 	}
@@ -196,7 +203,7 @@ func measure(p *Phase, limit float64, envoys []*envoy) {
 // quietFor, so that one push landing Envoy by Envoy is judged once. It is
 // -1 when the assignments are still farther at the phase's end; end and
 // closest are the distance then and the least it came to.
-func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, end, closest float64) {
+func settle(p *Phase, limit, near float64, envoys []*envoy) (settled time.Duration, end, closest float64) {
 	const quietFor = 200 * time.Millisecond
 	type event struct {
 		at     time.Duration
@@ -245,7 +252,7 @@ func settle(p *Phase, limit float64, envoys []*envoy) (settled time.Duration, en
 		d := dist()
 		closest = math.Min(closest, d)
 		switch {
-		case d > settleTolerance:
+		case d > near:
 			settled = -1
 		case settled < 0:
 			settled = at - p.Start
