@@ -145,11 +145,7 @@ func analyze(o *Options, f *fleet, envoys []*envoy, elapsed time.Duration) *Resu
 			Demand: o.demandAt(start), Settle: -1, Stepped: k > 0}
 		measure(&p, o.Limit, envoys)
 		if k > 0 {
-			near := o.bounds().Near
-			if near == 0 {
-				near = settleTolerance
-			}
-			p.Settle, p.Distance, p.Closest = settle(&p, o.Limit, near, envoys)
+			p.Settle, p.Distance, p.Closest = settle(&p, o.Limit, o.bounds().Near, envoys)
 		}
 		r.Phases = append(r.Phases, p)
 	}
@@ -330,10 +326,15 @@ func (r *Result) ConformanceFailures() int {
 	return n
 }
 
-// bounds returns o.Bounds, or IssueBounds when it is unset.
+// bounds returns o.Bounds, or IssueBounds when it is unset, with an unset
+// Near as settleTolerance.
 func (o *Options) bounds() Bounds {
-	if o.Bounds == (Bounds{}) {
-		return IssueBounds
+	b := o.Bounds
+	if b == (Bounds{}) {
+		b = IssueBounds
 	}
-	return o.Bounds
+	if b.Near == 0 {
+		b.Near = settleTolerance
+	}
+	return b
 }

@@ -37,6 +37,9 @@ func TestAnalyze(t *testing.T) {
 	if len(r.Phases) != 2 {
 		t.Fatalf("%d phases, want 2", len(r.Phases))
 	}
+	if r.Bounds != (Bounds{Total: TotalTolerance, Below: BelowShare, Settle: SettleIntervals, Near: settleTolerance}) {
+		t.Fatalf("bounds %+v with none set, want IssueBounds with Near %v", r.Bounds, settleTolerance)
+	}
 	p0, p1 := r.Phases[0], r.Phases[1]
 	if p0.From != 2*time.Second || p0.To != 10*time.Second || p1.From != 12*time.Second {
 		t.Fatalf("windows [%v, %v) and from %v: want the first two report intervals of each phase left out", p0.From, p0.To, p1.From)
