@@ -192,26 +192,21 @@ func TestPermitTTLFollowsTimeout(t *testing.T) {
 			t.Fatalf("admit %v: %v %v", req, resp, err)
 		}
 	}
-	clk.Add(900 * time.Millisecond)
-	s.Tick(clk.Now())
-	if n := r.Inflight(); n != 3 {
-		t.Fatalf("inflight %d at 0.9 s, want 3", n)
+	t0 := clk.Now()
+	// step advances the clock by d, lets the server expire permits, and
+	// checks that want are still in flight.
+	step := func(d time.Duration, want int, why string) {
+		t.Helper()
+		clk.Add(d)
+		s.Tick(clk.Now())
+		if n := r.Inflight(); n != want {
+			t.Fatalf("inflight %d at %v, want %d: %s", n, clk.Now().Sub(t0), want, why)
+		}
 	}
-	clk.Add(200 * time.Millisecond)
-	s.Tick(clk.Now())
-	if n := r.Inflight(); n != 2 {
-		t.Fatalf("inflight %d at 1.1 s, want 2: the permit of the 0.5 s timeout lives 1 s", n)
-	}
-	clk.Add(4 * time.Second)
-	s.Tick(clk.Now())
-	if n := r.Inflight(); n != 1 {
-		t.Fatalf("inflight %d at 5.1 s, want 1: a permit TTL of 5 s wins over the timeout", n)
-	}
-	clk.Add(25 * time.Second)
-	s.Tick(clk.Now())
-	if n := r.Inflight(); n != 0 {
-		t.Fatalf("inflight %d at 30.1 s, want 0: a minute's timeout lives at most 30 s", n)
-	}
+	step(900*time.Millisecond, 3, "no permit has expired yet")
+	step(200*time.Millisecond, 2, "the permit of the 0.5 s timeout lives 1 s")
+	step(4*time.Second, 1, "a permit TTL of 5 s wins over the timeout")
+	step(25*time.Second, 0, "a minute's timeout lives at most 30 s")
 }
 
 // TestRoundTripLatency reports the admit+release round trip on loopback;
