@@ -86,7 +86,7 @@ type throughputTarget struct {
 	// gate, and the critical demand) and seconds, undecayed: a surge or a
 	// fall in demand shows here long before the decayed rate follows it.
 	recentAll, recentEx, recentCrit, recentSec [recentTicks]float64
-	recentServed                               [recentTicks]float64
+	recentServed, recentRef                    [recentTicks]float64
 	lastSec, prevSec                           float64 // the last tick's length and the one's before it, resets or not
 }
 
@@ -104,6 +104,29 @@ const (
 	surgeSigmas = 4
 	surgeMargin = 0.25
 )
+
+// gateSigmas, gateMargin, gateShare and gateRise: all the traffic that
+// came to the gate over the last recentTicks ticks must pass what the
+// target would bring over them by gateSigmas standard deviations of that
+// count and by gateMargin, the gate must have refused at least gateShare
+// of the difference, and the rate must pass the decayed rate by gateRise,
+// for it to read as a surge the gate absorbs: a step in demand, not a
+// threshold standing a few percent over a target measured a few percent
+// low. The gate's refusals corroborate the count, so the bar is lower
+// than a surge's past the gate alone.
+const (
+	gateSigmas = 3
+	gateMargin = 0.1
+	gateShare  = 0.5
+	gateRise   = 0.25
+)
+
+// gateQuietTicks is how many ticks the threshold must have stood still
+// for a surge the gate absorbs to move it: the reading is for a step in
+// demand that the threshold has not answered yet; once it moved, what is
+// left is the gate's and the decayed rate's, and answering it again at
+// once would hunt on the noise of the capacity measured.
+const gateQuietTicks = 10
 
 // recentTicks is how many of the last ticks the recent rate is taken over.
 const recentTicks = 3
@@ -163,7 +186,7 @@ func (t *throughputTarget) observe(now time.Time, g gateReading, critical uint64
 	t.dur = rateDecay*t.dur + sec
 	i := t.ticks % recentTicks
 	t.recentAll[i], t.recentEx[i], t.recentCrit[i], t.recentSec[i] = float64(g.all), float64(g.exempt), float64(critical), sec
-	t.recentServed[i] = float64(g.served)
+	t.recentServed[i], t.recentRef[i] = float64(g.served), float64(g.refused)
 	t.prevSec, t.lastSec = t.lastSec, sec
 	t.ticks++
 }
@@ -232,15 +255,19 @@ func (t *throughputTarget) read(now time.Time) Reading {
 // under way, and the queue grows by the difference every tick the
 // threshold waits. It is shed at once (Fit), sized on those ticks; the
 // critical band is opened when critical demand alone outruns the target
-// as clearly.
+// as clearly. So is a step in demand that the gate absorbs, read over the
+// last three ticks once the threshold stood still for a second: all the
+// traffic at the gate outrunning the target, with the gate refusing the
+// difference (see gateSigmas).
 func (t *throughputTarget) surge() (Reading, bool) {
-	var all, ex, crit, served, sec float64
-	for k := range min(t.ticks, surgeTicks) {
+	var all, ex, crit, served, ref, sec float64
+	for k := range min(t.ticks, recentTicks) {
 		i := (t.ticks - 1 - k) % recentTicks
 		all += t.recentAll[i]
 		ex += t.recentEx[i]
 		crit += t.recentCrit[i]
 		served += t.recentServed[i]
+		ref += t.recentRef[i]
 		sec += t.recentSec[i]
 		// The last tick alone shows a large surge one tick sooner; the
 		// last two show a smaller one. Not the last alone after a long
@@ -257,8 +284,25 @@ func (t *throughputTarget) surge() (Reading, bool) {
 		outruns := func(n float64) bool {
 			return n > expect+surgeSigmas*math.Sqrt(expect) && n > (1+surgeMargin)*expect
 		}
-		if sec > 0 && outruns(ex) {
+		if sec <= 0 {
+			continue
+		}
+		if k < surgeTicks && outruns(ex) {
 			return Reading{Overloaded: true, Fit: true, Excess: 1 - expect/all, Critical: outruns(crit)}, true
+		}
+		// A surge the gate absorbs: the traffic past the gate fits the
+		// target, but all of it does not, and the gate refuses the
+		// difference, from the marginal priority at random. Left to the
+		// gate, it reads as the gate trimming bursts within its tolerance
+		// (which at a small limit is a large share), the threshold does
+		// not move until the decayed rate catches up seconds later, and
+		// the acceptance changes again when it does. Shed it by cohorts
+		// now, sized on the target, all of it (the excess is measured
+		// against what the resource served meanwhile, not only against a
+		// capacity that errs low, and the gate's refusals bear it out):
+		// the gate keeps the bursts.
+		if k == recentTicks-1 && t.ticks >= gateQuietTicks && all/sec > (1+gateRise)*t.adm/t.dur && all > expect+gateSigmas*math.Sqrt(expect) && all > (1+gateMargin)*expect && ref >= gateShare*(all-expect) {
+			return Reading{Overloaded: true, Fit: true, Excess: min((1-expect/all)/fitGain, 1), Critical: outruns(crit)}, true
 		}
 	}
 	return Reading{}, false

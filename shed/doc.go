@@ -85,7 +85,17 @@
 // (Reading.Fit), 80% of it, on the demand per level of the last two ticks,
 // across as many priorities as it takes, so that what is admitted does not
 // queue to its deadline while the threshold climbs a priority at a time;
-// the gate trims what the raise leaves. The
+// the gate trims what the raise leaves. A step in demand that the gate
+// absorbs is a surge too: all the traffic at the gate outrunning the
+// target by a tenth and three standard deviations over the last three
+// ticks, and the rate of the last seconds by a quarter, with the gate
+// refusing at least half the difference; all of that excess is shed, as it is
+// measured against what the resource served as well as the capacity, and
+// the gate's refusals bear it out. Left to the gate, whose tolerance at a
+// small limit is a large share, it would move the threshold only seconds
+// later, when the decayed rate caught up, and the acceptance would change
+// then. It is read once the threshold stood still for a second, so that
+// it answers a step rather than the noise of the capacity measured. The
 // critical band opens the same way only when critical demand alone
 // outruns the target as clearly. When what it lets through falls short of
 // the target beyond the noise (and the last three ticks did too), it
