@@ -266,12 +266,25 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 	case r.Overloaded && r.Fit:
 		// A surge measured against the capacity: shed what it measured
 		// in one raise, on the demand of the ticks it measured.
-		ceiling := MaxLevel
-		if !r.Critical {
-			ceiling = max(t, CriticalOnly)
-		}
 		for l := range c.recent {
 			c.recent[l] = c.ticks[0][l] + c.ticks[1][l]
+		}
+		ceiling := MaxLevel
+		if !r.Critical {
+			// Without the critical band open, one raise leaves the last
+			// non-critical level that saw demand: emptying every
+			// priority but critical turns the gate on critical (it
+			// refuses the marginal priority), and a reading that has
+			// not seen critical demand alone outrun the target must not
+			// cost it a request. The gate and the next reading take what
+			// the raise leaves.
+			ceiling = t
+			for l := int(CriticalOnly) - 1; l >= int(t); l-- {
+				if c.recent[l] > 0 {
+					ceiling = Level(l)
+					break
+				}
+			}
 		}
 		if nt := raiseStep(&c.recent, t, min(fitGain*r.Excess, maxFit), ceiling); nt > t {
 			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, nt

@@ -498,13 +498,15 @@ func TestFitShedsAMeasuredSurgeInOneRaise(t *testing.T) {
 		t.Fatalf("marginal %v, want high", c.Marginal())
 	}
 	// Critical is half the demand: all of the rest and more measured,
-	// but without Critical it stops at the band.
+	// but without Critical it stops short of the band, leaving the last
+	// non-critical level that saw demand, so that the gate still turns
+	// on high and not on critical.
 	heavy := [NumPriorities]int{400, 100, 100, 100, 100}
 	tickOf(heavy)
 	c.Update(now, Reading{})
 	tickOf(heavy)
-	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.9}); th != CriticalOnly {
-		t.Fatalf("threshold %v after a fitted excess of 90%% without Critical, want %v", th, CriticalOnly)
+	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.9}); th >= CriticalOnly || th < LevelOf(High, 64) || c.Marginal() != High {
+		t.Fatalf("threshold %v (marginal %v) after a fitted excess of 90%% without Critical, want the last level of high that saw demand, below %v", th, c.Marginal(), CriticalOnly)
 	}
 	tickOf(heavy)
 	if th := c.Update(now, Reading{Overloaded: true, Fit: true, Excess: 0.9, Critical: true}); th <= CriticalOnly || th.Priority() != Critical {
