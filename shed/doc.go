@@ -97,7 +97,10 @@
 // then. It is read once the threshold stood still for a second, so that
 // it answers a step rather than the noise of the capacity measured. The
 // critical band opens the same way only when critical demand alone
-// outruns the target as clearly. When what it lets through falls short of
+// outruns the target as clearly; until then a fitted raise stops at the
+// last non-critical level that saw demand, so that the gate, which
+// refuses only the marginal priority, never turns on critical because
+// one reading sized a burst as larger than all the rest. When what it lets through falls short of
 // the target beyond the noise (and the last three ticks did too), it
 // readmits most of the measured room at once, without waiting out its
 // hold. A fall by a third or more shows in the last three ticks alone, so
