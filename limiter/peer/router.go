@@ -226,9 +226,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		r.cfg.Store.TakeBatch(reqs, results, now)
 		return nil
 	}
-	// Room for the usual number of owners a call reaches, on the stack.
-	var groupBuf [4]group
-	groups := groupBuf[:0]
+	var groups []group
 	for i := range reqs {
 		owner, _ := rg.Owner(reqs[i].Key)
 		if owner.ID == r.cfg.Self.ID {
@@ -249,7 +247,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			}
 		}
 		if g < 0 {
-			groups = append(groups, group{peer: r.peer(owner), call: newCall()})
+			groups = append(groups, group{peer: r.peer(owner), call: new(call)})
 			g = len(groups) - 1
 		}
 		c := groups[g].call
