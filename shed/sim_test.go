@@ -546,36 +546,15 @@ func stepPhases(c float64) []simPhase {
 
 // thresholdSettle is how long after from the acceptance the threshold
 // implies (the share of the requests offered in [from, to) at a level it
-// admits) came within ±0.05 of its final value (the median over the last
-// 3 s before to) and held there for 1 s, as levee surge judges it; to −
-// from if it never did.
+// admits) settled, as levee surge judges it (shedtest.Settle); to − from
+// if it never did.
 func (s *sim) thresholdSettle(from, to time.Duration) time.Duration {
 	acc := s.impliedAcceptance(from, to)
-	var tail []float64
-	for _, tk := range s.ticks {
-		if tk.at >= to-3*time.Second && tk.at < to {
-			tail = append(tail, acc(tk))
-		}
+	at, v := make([]time.Duration, len(s.ticks)), make([]float64, len(s.ticks))
+	for i, tk := range s.ticks {
+		at[i], v[i] = tk.at, acc(tk)
 	}
-	slices.Sort(tail)
-	final := tail[len(tail)/2]
-	since := time.Duration(-1)
-	for _, tk := range s.ticks {
-		if tk.at < from || tk.at >= to {
-			continue
-		}
-		if d := acc(tk) - final; d > 0.05 || d < -0.05 {
-			since = -1
-			continue
-		}
-		if since < 0 {
-			since = tk.at
-		}
-		if tk.at-since >= time.Second {
-			return since - from
-		}
-	}
-	return to - from
+	return shedtest.Settle(at, v, from, to)
 }
 
 // thresholdReaction is how long after from the threshold first shed, by

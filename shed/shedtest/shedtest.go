@@ -1,6 +1,8 @@
 // Package shedtest has the helpers levee's tests share: a hand-moved clock
 // for the Clock and Now fields that shed's types and levee's servers take,
-// and a wait for a condition that another goroutine makes true.
+// a wait for a condition that another goroutine makes true, and the rule
+// by which a threshold counts as settled after a step (Settle), which
+// levee surge and shed's simulations must judge alike.
 //
 // It imports nothing from levee, so the tests of every package can use it.
 // It sits under shed, the bottom of levee's import graph, because shed must
@@ -9,6 +11,7 @@
 package shedtest
 
 import (
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,4 +69,43 @@ func Eventually(t testing.TB, within time.Duration, what string, check func() er
 		}
 		time.Sleep(min(max(waited/10, minPoll), maxPoll))
 	}
+}
+
+// Settle is how long after from a series came within ±0.05 of its final
+// value (the median of its samples in the last 3 s before to) and held
+// there for 1 s: the rule by which levee surge, and the simulations in
+// shed's tests, judge a threshold settled after a step. at[i] is when
+// sample v[i] was taken, in order; samples outside [from, to) are
+// ignored. It returns to − from if the series never settled, or has no
+// sample in its last 3 s.
+func Settle(at []time.Duration, v []float64, from, to time.Duration) time.Duration {
+	const band, tail, hold = 0.05, 3 * time.Second, time.Second
+	var last []float64
+	for i, t := range at {
+		if t >= to-tail && t >= from && t < to {
+			last = append(last, v[i])
+		}
+	}
+	if len(last) == 0 {
+		return to - from
+	}
+	slices.Sort(last)
+	final := last[len(last)/2]
+	since := time.Duration(-1)
+	for i, t := range at {
+		if t < from || t >= to {
+			continue
+		}
+		if d := v[i] - final; d > band || d < -band {
+			since = -1
+			continue
+		}
+		if since < 0 {
+			since = t
+		}
+		if t-since >= hold {
+			return since - from
+		}
+	}
+	return to - from
 }

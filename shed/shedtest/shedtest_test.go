@@ -95,3 +95,56 @@ func TestEventually(t *testing.T) {
 		t.Fatalf("failure message %v; want what, the bound and the last error", m)
 	}
 }
+
+func TestSettle(t *testing.T) {
+	const tick = 100 * time.Millisecond
+	// series returns samples every tick over [0, 10 s): first until
+	// settle, then final, with one excursion of 0.1 at blip if blip ≥ 0.
+	series := func(first, final float64, settle, blip time.Duration) ([]time.Duration, []float64) {
+		var at []time.Duration
+		var v []float64
+		for d := time.Duration(0); d < 10*time.Second; d += tick {
+			x := final
+			if d < settle {
+				x = first
+			}
+			if d == blip {
+				x += 0.1
+			}
+			at, v = append(at, d), append(v, x)
+		}
+		return at, v
+	}
+	for _, c := range []struct {
+		name         string
+		settle, blip time.Duration
+		from, to     time.Duration
+		want         time.Duration
+	}{
+		{"at once", 0, -1, 0, 10 * time.Second, 0},
+		{"after 1.5 s", 1500 * time.Millisecond, -1, 0, 10 * time.Second, 1500 * time.Millisecond},
+		{"measured from from", 1500 * time.Millisecond, -1, time.Second, 10 * time.Second, 500 * time.Millisecond},
+		{"an excursion restarts the hold", 1500 * time.Millisecond, 2 * time.Second, 0, 10 * time.Second, 2100 * time.Millisecond},
+		{"an excursion after the hold does not", 1500 * time.Millisecond, 3 * time.Second, 0, 10 * time.Second, 1500 * time.Millisecond},
+		{"late, against the median of the last 3 s", 7900 * time.Millisecond, -1, 0, 10 * time.Second, 7900 * time.Millisecond},
+		{"no sample in the last 3 s", 0, -1, 20 * time.Second, 30 * time.Second, 10 * time.Second},
+	} {
+		at, v := series(0.9, 0.6, c.settle, c.blip)
+		if got := Settle(at, v, c.from, c.to); got != c.want {
+			t.Errorf("%s: Settle = %v, want %v", c.name, got, c.want)
+		}
+	}
+	// A series that alternates 0.2 apart never holds within ±0.05.
+	at, v := series(0.6, 0.6, 0, -1)
+	for i := range v {
+		v[i] += 0.2 * float64(i%2)
+	}
+	if got := Settle(at, v, 0, 10*time.Second); got != 10*time.Second {
+		t.Errorf("alternating: Settle = %v, want 10s", got)
+	}
+	// Within ±0.05 of the final value counts as there.
+	at, v = series(0.64, 0.6, 2*time.Second, -1)
+	if got := Settle(at, v, 0, 10*time.Second); got != 0 {
+		t.Errorf("within the band from the start: Settle = %v, want 0", got)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/levee-dev/levee/shed"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // Agg aggregates the calls scheduled in a stretch of time.
@@ -269,38 +270,13 @@ func levelOf(a arrival, salt uint64) shed.Level {
 func userID(u uint32) string { return "u" + strconv.Itoa(int(u)) }
 
 // settleTime is how long after hs the acceptance implied by levee's
-// threshold took to come within ±0.05 of its final value (the median over
-// the last 3 s before he) and hold there for 1 s; he - hs if it never did.
+// threshold settled (shedtest.Settle); he - hs if it never did.
 func settleTime(r *PolicyRun, hs, he time.Duration, salt uint64) time.Duration {
-	acc := r.acceptance(hs, he, salt)
-	var tail []float64
+	at := make([]time.Duration, len(r.stats))
 	for i, s := range r.stats {
-		if s.at >= he-3*time.Second && s.at < he {
-			tail = append(tail, acc[i])
-		}
+		at[i] = s.at
 	}
-	if len(tail) == 0 {
-		return he - hs
-	}
-	slices.Sort(tail)
-	final := tail[len(tail)/2]
-	var since time.Duration = -1
-	for i, s := range r.stats {
-		if s.at < hs || s.at >= he {
-			continue
-		}
-		if d := acc[i] - final; d > 0.05 || d < -0.05 {
-			since = -1
-			continue
-		}
-		if since < 0 {
-			since = s.at
-		}
-		if s.at-since >= time.Second {
-			return since - hs
-		}
-	}
-	return he - hs
+	return shedtest.Settle(at, r.acceptance(hs, he, salt), hs, he)
 }
 
 // acceptanceSettle is the stricter convergence time, read from the calls
