@@ -17,6 +17,7 @@ import (
 // decision.
 type Metrics struct {
 	admitted, refused, wouldShed metric.Int64ObservableCounter
+	moves                        metric.Int64ObservableCounter
 	threshold, limit, inflight   metric.Int64ObservableGauge
 	queueDelay, service          metric.Float64ObservableGauge
 	meter                        metric.Meter
@@ -25,7 +26,7 @@ type Metrics struct {
 // NewMetrics creates the instruments on meter.
 func NewMetrics(meter metric.Meter) (*Metrics, error) {
 	m := &Metrics{meter: meter}
-	var errs [8]error
+	var errs [9]error
 	m.admitted, errs[0] = meter.Int64ObservableCounter("levee.shed.admitted",
 		metric.WithDescription("Requests admitted, by resource and priority."), metric.WithUnit("{request}"))
 	m.refused, errs[1] = meter.Int64ObservableCounter("levee.shed.refused",
@@ -42,6 +43,8 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithDescription("Minimum queueing delay over the last CoDel interval."), metric.WithUnit("s"))
 	m.service, errs[7] = meter.Float64ObservableGauge("levee.shed.expected_service_time",
 		metric.WithDescription("Expected service time used for deadline awareness."), metric.WithUnit("s"))
+	m.moves, errs[8] = meter.Int64ObservableCounter("levee.shed.threshold_moves",
+		metric.WithDescription("Moves of the automatic admission threshold, by resource and cause (what read overload for a rise; room or probe for a fall)."), metric.WithUnit("{move}"))
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, fmt.Errorf("shed: metrics: %w", err)
 	}
@@ -63,6 +66,10 @@ func (m *Metrics) Register(r *Resource) (metric.Registration, error) {
 				metric.WithAttributeSet(attribute.NewSet(res, pa, attribute.String("reason", reason.String())))}
 		}
 	}
+	var byCause [NumCauses][]metric.ObserveOption
+	for c := range NumCauses {
+		byCause[c] = []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(res, attribute.String("cause", c.String())))}
+	}
 	cb := func(_ context.Context, o metric.Observer) error {
 		for i := range r.stats {
 			st := &r.stats[i]
@@ -74,6 +81,9 @@ func (m *Metrics) Register(r *Resource) (metric.Registration, error) {
 		}
 		s := r.Status(r.clock())
 		o.ObserveInt64(m.threshold, int64(s.Threshold), resOpt...)
+		for c, n := range s.Moves {
+			o.ObserveInt64(m.moves, int64(n), byCause[c]...)
+		}
 		o.ObserveInt64(m.inflight, int64(s.Inflight), resOpt...)
 		if r.conc != nil {
 			o.ObserveInt64(m.limit, int64(s.Limit), resOpt...)
@@ -84,7 +94,7 @@ func (m *Metrics) Register(r *Resource) (metric.Registration, error) {
 		}
 		return nil
 	}
-	reg, err := m.meter.RegisterCallback(cb, m.admitted, m.refused, m.wouldShed, m.threshold, m.limit, m.inflight, m.queueDelay, m.service)
+	reg, err := m.meter.RegisterCallback(cb, m.admitted, m.refused, m.wouldShed, m.moves, m.threshold, m.limit, m.inflight, m.queueDelay, m.service)
 	if err != nil {
 		return nil, fmt.Errorf("shed: metrics for resource %q: %w", r.Name(), err)
 	}

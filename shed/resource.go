@@ -185,6 +185,7 @@ type Resource struct {
 	sinceRaise           int     // ticks since the threshold last rose, up to raiseSettle
 	tput                 throughputTarget
 	lastCritical         uint64 // critical demand counted at the last tick
+	moves                [NumCauses]uint64
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -374,6 +375,24 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	}
 }
 
+// moveCause is the Cause of a move of the threshold: for a raise, the
+// first of the causes that read overload (by); for a fall, measured room
+// or a probe.
+func moveCause(raised bool, by [NumCauses]bool, rd Reading) Cause {
+	if !raised {
+		if rd.Room > 0 {
+			return CauseRoom
+		}
+		return CauseProbe
+	}
+	for c := range CauseRoom {
+		if by[c] {
+			return c
+		}
+	}
+	return CauseSignal // unreachable: a raise needs one of the above
+}
+
 // ObserveQueueDelay feeds the queueing delay signal with the time one
 // request waited between arriving and being handled.
 func (r *Resource) ObserveQueueDelay(d time.Duration) { r.codel.Observe(d) }
@@ -386,6 +405,9 @@ func (r *Resource) Tick(now time.Time) Reading {
 	r.tickMu.Lock()
 	defer r.tickMu.Unlock()
 	rd := r.codel.Read(now)
+	// What read overload, for the cause of a raise (see Cause).
+	var by [NumCauses]bool
+	by[CauseQueue] = rd.Overloaded
 	if r.conc != nil {
 		gr := r.conc.read(now)
 		cr := gr.Reading
@@ -441,30 +463,39 @@ func (r *Resource) Tick(now time.Time) Reading {
 		default:
 			cr = Reading{} // a burst; room to readmit
 		}
+		by[CauseStanding] = cr.Overloaded && (gr.standing || cr.MarginUnfit)
+		by[CauseGate] = cr.Overloaded && !by[CauseStanding]
 		if r.tput.headroom >= 0 {
 			crit := r.demand(Critical)
 			r.tput.observe(now, gr, crit-r.lastCritical)
 			r.lastCritical = crit
-			if tr := r.tput.read(now); tr.Fit || tr.Room > 0 && !cr.Overloaded {
+			tr := r.tput.read(now)
+			if tr.Fit || tr.Room > 0 && !cr.Overloaded {
 				// A surge measured against the capacity outranks
 				// everything the gate says, and measured room outranks
 				// a gate that trims within its tolerance: the threshold
 				// lets through less than the resource serves, and the
 				// gate is there for bursts.
+				by[CauseStanding], by[CauseGate] = false, false
 				cr = tr
 			} else {
 				cr = cr.Or(tr)
 			}
+			by[CauseSurge] = tr.Overloaded && tr.Fit
+			by[CauseThroughput] = tr.Overloaded && !tr.Fit
 		}
 		rd = rd.Or(cr)
 	}
 	for _, s := range r.signals {
-		rd = rd.Or(s.Read(now))
+		sr := s.Read(now)
+		by[CauseSignal] = by[CauseSignal] || sr.Overloaded
+		rd = rd.Or(sr)
 	}
 	before := r.ctrl.Threshold()
 	after := r.ctrl.Update(now, rd)
 	if after != before {
 		r.tput.reset()
+		r.moves[moveCause(after > before, by, rd)]++
 	}
 	if after > before {
 		r.sinceRaise = 0
@@ -603,6 +634,9 @@ type Status struct {
 	// Capacity is the throughput, in requests per second, the resource
 	// last sustained with its gate full, while it is trusted; 0 unknown.
 	Capacity float64
+	// Moves counts the automatic threshold's moves since the resource was
+	// made, by Cause.
+	Moves [NumCauses]uint64
 }
 
 // Status returns a snapshot at now.
@@ -615,6 +649,7 @@ func (r *Resource) Status(now time.Time) Status {
 	r.tickMu.Lock()
 	s.Overloaded = r.last.Overloaded
 	s.Capacity = r.tput.known(now)
+	s.Moves = r.moves
 	r.tickMu.Unlock()
 	if r.conc != nil {
 		s.Limit, s.Inflight = r.conc.Limit(), r.conc.Inflight()

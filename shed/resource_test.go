@@ -217,6 +217,16 @@ func TestResourceWithoutConcurrencyLimit(t *testing.T) {
 	if th := r.Status(clk.Now()).Threshold; th == 0 {
 		t.Fatal("an extra signal's overload did not raise the threshold")
 	}
+	// The raise is put down to the signal; once the hold runs out with
+	// nothing overloaded, the fall is a probe.
+	overloaded.Store(false)
+	clk.Add(1100 * time.Millisecond)
+	r.Tick(clk.Now())
+	var want [NumCauses]uint64
+	want[CauseSignal], want[CauseProbe] = 1, 1
+	if got := r.Status(clk.Now()).Moves; got != want {
+		t.Fatalf("moves by cause %v, want %v (one signal raise, one probe)", got, want)
+	}
 	for _, p := range ps {
 		r.Release(p, time.Millisecond, OutcomeSuccess)
 	}
@@ -405,6 +415,8 @@ func TestMetrics(t *testing.T) {
 		"levee.shed.concurrency_limit{resource=api}":                        20,
 		"levee.shed.inflight{resource=api}":                                 0,
 		"levee.shed.would_shed{priority=low,reason=threshold,resource=api}": 0,
+		"levee.shed.threshold_moves{cause=surge,resource=api}":              0,
+		"levee.shed.threshold_moves{cause=probe,resource=api}":              0,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -676,6 +676,26 @@ func TestSimulationStepInSurgeUnits(t *testing.T) {
 					}
 				}
 				t.Logf("per step: threshold moved/settled, acceptance settled; served: %v", each)
+				// Every move of the threshold is counted once, by cause.
+				moved, last := 0, Level(0)
+				for _, tk := range s.ticks {
+					if tk.st.AutoThreshold != last {
+						moved++
+						last = tk.st.AutoThreshold
+					}
+				}
+				var counted uint64
+				var causes []string
+				for c, n := range s.r.Status(t0).Moves {
+					counted += n
+					if n > 0 {
+						causes = append(causes, fmt.Sprintf("%v %d", Cause(c), n))
+					}
+				}
+				if counted != uint64(moved) {
+					t.Errorf("moves counted by cause %d (%v), want %d, as the ticks show", counted, causes, moved)
+				}
+				t.Logf("moves by cause: %v", causes)
 			})
 		}
 		t.Logf("C = %.2fμ: threshold settled within 2 s after %d of %d steps, acceptance after %d", cal, th2, steps, acc2)

@@ -140,6 +140,8 @@ type Bin struct {
 	Queue            int
 	// Served counts the requests the worker finished in the bin.
 	Served uint64
+	// Moves counts the moves of levee's threshold in the bin, by cause.
+	Moves [shed.NumCauses]uint64
 }
 
 // Bins cuts the run into bins of width w over [0, total).
@@ -175,6 +177,7 @@ func (r *PolicyRun) Bins(w, total time.Duration) []Bin {
 		bins[k].All.P50, bins[k].All.P99 = quantiles(lats[k][shed.NumPriorities])
 	}
 	var prevDone uint64
+	var prevMoves [shed.NumCauses]uint64
 	for j, s := range r.stats {
 		k := int(s.at / w)
 		if k >= n {
@@ -187,8 +190,11 @@ func (r *PolicyRun) Bins(w, total time.Duration) []Bin {
 		b.Queue = max(b.Queue, s.Queue)
 		if j > 0 {
 			b.Served += s.Done - prevDone
+			for c, n := range s.Moves {
+				b.Moves[c] += n - min(n, prevMoves[c])
+			}
 		}
-		prevDone = s.Done
+		prevDone, prevMoves = s.Done, s.Moves
 	}
 	// Carry the shedder state into bins no poll landed in.
 	for k := 1; k < n; k++ {

@@ -156,6 +156,8 @@ type BackendStats struct {
 	Overloaded uint64 `json:"overloaded"`
 	Critical   uint64 `json:"critical"`
 	Saturated  uint64 `json:"saturated"`
+	// Moves counts the moves of levee's threshold by shed.Cause.
+	Moves [shed.NumCauses]uint64 `json:"moves"`
 }
 
 // job is one request waiting for, or being served by, the worker.
@@ -504,6 +506,7 @@ func processState() (heap uint64, cpu int64) {
 func resourceStats(s *BackendStats, res *shed.Resource) {
 	st := res.Status(time.Now())
 	s.Threshold, s.Limit, s.Inflight = int(st.Threshold), st.Limit, st.Inflight
+	s.Moves = st.Moves
 	for p := shed.Critical; p <= shed.Sheddable; p++ {
 		c := res.Counts(p)
 		for reason, n := range c.Refused {

@@ -206,10 +206,22 @@ func (rep *Report) writeScenario(w io.Writer, res *ScenarioResult, svg string) e
 
 var clientNames = map[ClientMode]string{ClientPlain: "one attempt", ClientRetry: "naive, 3 attempts", ClientLevee: "levee (throttle + budget)"}
 
+// movesText is a bin's moves of the threshold for the CSV: cause:count
+// pairs joined by ';' (empty when none).
+func movesText(m [shed.NumCauses]uint64) string {
+	var parts []string
+	for c, n := range m {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%v:%d", shed.Cause(c), n))
+		}
+	}
+	return strings.Join(parts, ";")
+}
+
 // WriteCSV writes one row per second, policy and priority (and "all").
 func (res *ScenarioResult) WriteCSV(w io.Writer) error {
 	ew := &errWriter{w: w}
-	ew.printf("scenario,policy,second,phase,priority,offered,admitted,ok,refused,timed_out,throttled,attempts,p50_ms,p99_ms,threshold,limit,goroutines,heap_bytes,queue\n")
+	ew.printf("scenario,policy,second,phase,priority,offered,admitted,ok,refused,timed_out,throttled,attempts,p50_ms,p99_ms,threshold,limit,goroutines,heap_bytes,queue,moves\n")
 	sc := res.Scenario
 	for _, r := range res.Runs {
 		for _, b := range r.Bins(time.Second, sc.Duration()) {
@@ -221,9 +233,9 @@ func (res *ScenarioResult) WriteCSV(w io.Writer) error {
 						continue
 					}
 				}
-				ew.printf("%s,%s,%d,%s,%s,%d,%d,%d,%d,%d,%d,%d,%.2f,%.2f,%d,%d,%d,%d,%d\n",
+				ew.printf("%s,%s,%d,%s,%s,%d,%d,%d,%d,%d,%d,%d,%.2f,%.2f,%d,%d,%d,%d,%d,%s\n",
 					sc.Name, r.Policy, int(b.Start/time.Second), phase, name, a.Offered, a.Offered-a.Refused-a.Throttled, a.OK, a.Refused, a.Timeout, a.Throttled, a.Attempts,
-					msf(a.P50), msf(a.P99), b.Threshold, b.Limit, b.Goroutines, b.Heap, b.Queue)
+					msf(a.P50), msf(a.P99), b.Threshold, b.Limit, b.Goroutines, b.Heap, b.Queue, movesText(b.Moves))
 			}
 		}
 	}
