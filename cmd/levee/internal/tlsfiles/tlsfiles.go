@@ -1,15 +1,17 @@
 // Package tlsfiles loads the PEM files that levee's TLS flags name into
 // crypto/tls configurations: the node's gRPC listener and its connections
 // to peers, the admin API, etcd, and levee ctl all load them the same way.
-// A certificate and key are read again when their files change (looked at
-// once a second at most, on a handshake), so rotating them needs no
-// restart; CA files are read once.
+// A certificate and key are read again when their files' content changes
+// (looked at once a second at most, on a handshake), so rotating them needs
+// no restart; CA files are read once.
 package tlsfiles
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -112,41 +114,61 @@ var reloadEvery = time.Second
 // the files change, so that a rotated certificate (cert-manager, a
 // short-lived CA) is served from the next handshake on without a restart.
 // A pair that does not load (files caught half-written, a key that does
-// not match) leaves the last good pair in use, and is tried again later.
+// not match) leaves the last good pair in use, and is tried again when
+// the files change again.
+//
+// A change is told by the files' content, not their modification time and
+// size: a rotation may keep both (a certificate of the same length written
+// within the clock's granularity, a copy that preserves times), and the
+// files are small enough to read once a second.
 type keyPair struct {
 	cert, key string
 
 	mu      sync.Mutex
 	pair    *tls.Certificate
-	stamp   [2]fileStamp // the files as they were when pair was read
+	sum     [sha256.Size]byte // of the files as last read, loaded or not
 	checked time.Time
 }
 
-type fileStamp struct{ mod, size int64 }
-
-func stampOf(paths ...string) ([2]fileStamp, error) {
-	var st [2]fileStamp
-	for i, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return st, err
-		}
-		st[i] = fileStamp{fi.ModTime().UnixNano(), fi.Size()}
+// read returns the files' content and its digest.
+func (k *keyPair) read() (certPEM, keyPEM []byte, sum [sha256.Size]byte, err error) {
+	if certPEM, err = os.ReadFile(k.cert); err != nil {
+		return nil, nil, sum, err
 	}
-	return st, nil
+	if keyPEM, err = os.ReadFile(k.key); err != nil {
+		return nil, nil, sum, err
+	}
+	h := sha256.New()
+	// Lengths first, so that no split of the same bytes between the two
+	// files digests alike.
+	_ = binary.Write(h, binary.BigEndian, [2]uint64{uint64(len(certPEM)), uint64(len(keyPEM))})
+	h.Write(certPEM)
+	h.Write(keyPEM)
+	h.Sum(sum[:0])
+	return certPEM, keyPEM, sum, nil
 }
 
 // load reads the pair.
 func (k *keyPair) load() error {
-	st, err := stampOf(k.cert, k.key)
+	certPEM, keyPEM, sum, err := k.read()
+	if err == nil {
+		k.sum = sum
+		err = k.parse(certPEM, keyPEM)
+	}
 	if err != nil {
 		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
 	}
-	c, err := tls.LoadX509KeyPair(k.cert, k.key)
+	return nil
+}
+
+// parse makes the pair of the files' content, as read once: a pair parsed
+// from the bytes whose digest was taken is the pair that digest stands for.
+func (k *keyPair) parse(certPEM, keyPEM []byte) error {
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
+		return err
 	}
-	k.pair, k.stamp = &c, st
+	k.pair = &c
 	return nil
 }
 
@@ -156,8 +178,9 @@ func (k *keyPair) get() *tls.Certificate {
 	defer k.mu.Unlock()
 	if now := time.Now(); now.Sub(k.checked) >= reloadEvery {
 		k.checked = now
-		if st, err := stampOf(k.cert, k.key); err == nil && st != k.stamp {
-			_ = k.load() // on failure the last good pair stays
+		if certPEM, keyPEM, sum, err := k.read(); err == nil && sum != k.sum {
+			k.sum = sum
+			_ = k.parse(certPEM, keyPEM) // on failure the last good pair stays
 		}
 	}
 	return k.pair
