@@ -173,6 +173,21 @@ func (k *keyPair) parse(certPEM, keyPEM []byte) error {
 }
 
 // get returns the pair, read again first if the files changed since.
+//
+// It is the only certificate there is, and it is offered whatever the
+// other end says it supports (ClientHelloInfo.SupportsCertificate,
+// CertificateRequestInfo.SupportsCertificate are not asked). A server:
+// crypto/tls does the same with a single Config.Certificates entry; a
+// certificate that really cannot be used fails the handshake anyway, with
+// crypto/tls's error naming why, while SupportsCertificate refuses some
+// clients that complete the handshake (a TLS 1.2 client listing no curve
+// of an ECDSA certificate). A client: crypto/tls with Config.Certificates
+// would send no certificate when the server's request does not fit (a CA
+// it does not list), and the call would pass the handshake only to be
+// refused for presenting none ("present a client certificate signed
+// by ..."); sent anyway, the server fails the handshake with "unknown
+// certificate authority", which names the fault. See
+// TestOnlyCertificateIsOffered.
 func (k *keyPair) get() *tls.Certificate {
 	k.mu.Lock()
 	defer k.mu.Unlock()
