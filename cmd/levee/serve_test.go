@@ -61,7 +61,7 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		// A server-only certificate cannot call peers; one for another
 		// host cannot serve them.
 		{[]string{"--tls-cert", serverOnly, "--tls-key", serverOnlyKey, "--tls-client-ca", ca.File, "--etcd-endpoints", "http://127.0.0.1:1"}, "as a client"},
-		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "levee-0.example"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "--advertise-addr levee-0.example:8081"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
 	} {
 		if err := serveErr(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -81,7 +81,8 @@ func (g *peerGuard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServe
 // could not reach each other, or anyone could reach the peer API: a node
 // serving TLS dials its peers over TLS, asks them for a certificate its
 // client CA verifies, and holds a certificate that its peers will accept
-// both ways.
+// both ways, signed for the host they dial (--advertise-addr, else
+// --grpc-addr).
 func checkPeerTLS(cfg Config) error {
 	c := cfg.Cluster
 	if c == nil {
@@ -100,10 +101,13 @@ func checkPeerTLS(cfg Config) error {
 	case cfg.TLS.ClientCAs == nil || cfg.TLS.ClientAuth < tls.VerifyClientCertIfGiven:
 		return errors.New("a clustered node serving TLS needs a client CA (--tls-client-ca): its peer API must only answer other nodes")
 	}
+	// Peers dial the address the node advertises, so its host is the name
+	// they verify; the address it binds may be another (0.0.0.0, a pod's
+	// IP behind a stable DNS name).
 	host := ""
-	addr := c.AdvertiseAddr
+	addr, flag := c.AdvertiseAddr, "--advertise-addr"
 	if addr == "" {
-		addr = cfg.GRPCAddr
+		addr, flag = cfg.GRPCAddr, "--grpc-addr"
 	}
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
@@ -111,7 +115,7 @@ func checkPeerTLS(cfg Config) error {
 		}
 	}
 	if err := tlsfiles.CheckUsable(cfg.TLS, c.PeerTLS.RootCAs, host, x509.ExtKeyUsageServerAuth); err != nil {
-		return fmt.Errorf("--tls-cert: peers verifying it with --peer-ca (or --tls-client-ca) at %s would refuse it: %w", addr, err)
+		return fmt.Errorf("--tls-cert: peers dialing this node at %s %s and verifying it with --peer-ca (or --tls-client-ca) would refuse it: %w", flag, addr, err)
 	}
 	if err := tlsfiles.CheckUsable(c.PeerTLS, cfg.TLS.ClientCAs, "", x509.ExtKeyUsageClientAuth); err != nil {
 		return fmt.Errorf("--tls-cert: peers verifying it as a client with --tls-client-ca would refuse it: %w", err)
