@@ -62,6 +62,8 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		// host cannot serve them.
 		{[]string{"--tls-cert", serverOnly, "--tls-key", serverOnlyKey, "--tls-client-ca", ca.File, "--etcd-endpoints", "http://127.0.0.1:1"}, "as a client"},
 		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "--advertise-addr levee-0.example:8081"},
+		// A node its own --peer-names leaves out is refused by its peers.
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--peer-names", "n1,n2", "--etcd-endpoints", "http://127.0.0.1:1"}, "--peer-names n1,n2 does not list this node's certificate (--tls-cert, for node, localhost)"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
 	} {
 		if err := serveErr(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {

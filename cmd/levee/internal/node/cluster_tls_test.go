@@ -213,6 +213,27 @@ func TestCheckPeerTLS(t *testing.T) {
 			}
 		}
 	}
+	// --peer-names must list the node itself (by its common or a DNS
+	// name): its peers share the list.
+	for _, c := range []struct {
+		names []string
+		want  []string // nil for no error
+	}{
+		{[]string{"n", "m"}, nil},
+		{[]string{"m", "localhost"}, nil},
+		{[]string{" ", ""}, nil}, // no name: any certificate the CA signs
+		{[]string{"m", "o"}, []string{"--peer-names m,o", "n, localhost"}},
+	} {
+		err := checkPeerTLS(Config{GRPCAddr: "127.0.0.1:0", TLS: srv, Cluster: &ClusterConfig{PeerTLS: peerTLS, PeerNames: c.names}})
+		if c.want == nil && err != nil || c.want != nil && err == nil {
+			t.Errorf("--peer-names %q: %v; want %q", c.names, err, c.want)
+		}
+		for _, w := range c.want {
+			if err != nil && !strings.Contains(err.Error(), w) {
+				t.Errorf("--peer-names %q: %v; want an error with %q", c.names, err, w)
+			}
+		}
+	}
 	// A standalone node has no peers: TLS without a client CA is fine.
 	if err := checkPeerTLS(Config{TLS: noCA}); err != nil {
 		t.Errorf("standalone with TLS and no client CA: %v", err)

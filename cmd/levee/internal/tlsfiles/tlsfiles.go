@@ -245,26 +245,9 @@ func Names(c *x509.Certificate) []string {
 // peers would refuse is better refused at start than found by the first
 // forwarded check.
 func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x509.ExtKeyUsage) error {
-	var cert *tls.Certificate
-	var err error
-	switch {
-	case len(cfg.Certificates) > 0:
-		cert = &cfg.Certificates[0]
-	case cfg.GetCertificate != nil:
-		cert, err = cfg.GetCertificate(&tls.ClientHelloInfo{})
-	case cfg.GetClientCertificate != nil:
-		cert, err = cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
-	}
+	chain, leaf, err := presented(cfg)
 	if err != nil {
 		return err
-	}
-	if cert == nil || len(cert.Certificate) == 0 {
-		return errors.New("no certificate")
-	}
-	chain := cert.Certificate
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		return fmt.Errorf("parsing the certificate: %w", err)
 	}
 	inter := x509.NewCertPool()
 	for _, der := range chain[1:] {
@@ -283,6 +266,38 @@ func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x
 		}
 	}
 	return nil
+}
+
+// Leaf returns the certificate cfg presents (as a server or as a client),
+// parsed.
+func Leaf(cfg *tls.Config) (*x509.Certificate, error) {
+	_, leaf, err := presented(cfg)
+	return leaf, err
+}
+
+// presented returns the chain cfg presents and its leaf, parsed.
+func presented(cfg *tls.Config) ([][]byte, *x509.Certificate, error) {
+	var cert *tls.Certificate
+	var err error
+	switch {
+	case len(cfg.Certificates) > 0:
+		cert = &cfg.Certificates[0]
+	case cfg.GetCertificate != nil:
+		cert, err = cfg.GetCertificate(&tls.ClientHelloInfo{})
+	case cfg.GetClientCertificate != nil:
+		cert, err = cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil, nil, errors.New("no certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing the certificate: %w", err)
+	}
+	return cert.Certificate, leaf, nil
 }
 
 func usageName(u x509.ExtKeyUsage) string {
