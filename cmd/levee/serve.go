@@ -99,6 +99,11 @@ the node stops, unless --data-dir names one to keep across runs.`,
 			if peerCA != "" && (standalone || cfg.TLS == nil) {
 				return errors.New("--peer-ca verifies peers' TLS certificates: it needs a cluster node serving TLS (--tls-cert, --tls-key)")
 			}
+			if standalone && len(cl.PeerNames) > 0 {
+				// Refused as --peer-ca is: an allow-list that nothing
+				// enforces should not look as if it did.
+				return fmt.Errorf("--peer-names %s: a standalone node serves no peer API for it to restrict; drop it, or run in a cluster", strings.Join(cl.PeerNames, ","))
+			}
 			if !standalone {
 				if cfg.TLS != nil {
 					// A node dials its peers with its own certificate: one

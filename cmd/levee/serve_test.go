@@ -56,6 +56,9 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		{[]string{"--standalone", "--tls-key", key}, "a key file without its certificate"},
 		{[]string{"--standalone", "--tls-client-ca", ca.File}, "needs its own certificate and key"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--peer-ca", ca.File}, "--peer-ca"},
+		// A standalone node has no peer API: its peer flags are refused.
+		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--peer-names", "node"}, "--peer-names node: a standalone node serves no peer API"},
+		{[]string{"--standalone", "--peer-names", "n1,n2"}, "--peer-names n1,n2"},
 		{[]string{"--tls-cert", cert, "--tls-key", key, "--etcd-endpoints", "http://127.0.0.1:1"}, "needs a client CA (--tls-client-ca)"},
 		{[]string{"--peer-names", "n1", "--etcd-endpoints", "http://127.0.0.1:1"}, "--peer-names needs TLS"},
 		// A server-only certificate cannot call peers; one for another
