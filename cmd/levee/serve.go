@@ -99,6 +99,11 @@ the node stops, unless --data-dir names one to keep across runs.`,
 			if peerCA != "" && (standalone || cfg.TLS == nil) {
 				return errors.New("--peer-ca verifies peers' TLS certificates: it needs a cluster node serving TLS (--tls-cert, --tls-key)")
 			}
+			if standalone && len(cl.PeerNames) > 0 {
+				// Refused as --peer-ca is: an allow-list that nothing
+				// enforces should not look as if it did.
+				return fmt.Errorf("--peer-names %s: a standalone node serves no peer API for it to restrict; drop it, or run in a cluster", strings.Join(cl.PeerNames, ","))
+			}
 			if !standalone {
 				if cfg.TLS != nil {
 					// A node dials its peers with its own certificate: one
@@ -152,7 +157,7 @@ the node stops, unless --data-dir names one to keep across runs.`,
 	f.StringVar(&grpcTLS.Key, "tls-key", "", "key of --tls-cert")
 	f.StringVar(&grpcTLS.CA, "tls-client-ca", "", "CA that signs the cluster's node certificates: the peer API answers only clients presenting one (required in a cluster with TLS)")
 	f.StringVar(&peerCA, "peer-ca", "", "CA that verifies peers' --tls-cert (default: --tls-client-ca)")
-	f.StringSliceVar(&cl.PeerNames, "peer-names", nil, "certificate names (common or DNS name) of the nodes the peer API answers (empty: any certificate --tls-client-ca signs)")
+	f.StringSliceVar(&cl.PeerNames, "peer-names", nil, "certificate names (common or DNS name) of the nodes the peer API answers, this node's among them (empty: any certificate --tls-client-ca signs)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9090", "HTTP listen address for /metrics, /healthz and the status page /status (empty: off)")
 	f.StringVar(&cfg.RulesPath, "config", "", "rule file or directory of envoyproxy/ratelimit YAML files (empty: built-in examples); with --config-source file they are watched and enforced, with etcd they seed an empty store")
 	f.StringVar(&cfg.ConfigSource, "config-source", "auto", "where rules and shedding policy come from: file (this node's --config and --shed-policy, watched), etcd (the version stored in etcd, changed with levee ctl), or auto: file with --config or --standalone, etcd otherwise")

@@ -56,12 +56,17 @@ func TestServeTLSFlagErrors(t *testing.T) {
 		{[]string{"--standalone", "--tls-key", key}, "a key file without its certificate"},
 		{[]string{"--standalone", "--tls-client-ca", ca.File}, "needs its own certificate and key"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--peer-ca", ca.File}, "--peer-ca"},
+		// A standalone node has no peer API: its peer flags are refused.
+		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--peer-names", "node"}, "--peer-names node: a standalone node serves no peer API"},
+		{[]string{"--standalone", "--peer-names", "n1,n2"}, "--peer-names n1,n2"},
 		{[]string{"--tls-cert", cert, "--tls-key", key, "--etcd-endpoints", "http://127.0.0.1:1"}, "needs a client CA (--tls-client-ca)"},
 		{[]string{"--peer-names", "n1", "--etcd-endpoints", "http://127.0.0.1:1"}, "--peer-names needs TLS"},
 		// A server-only certificate cannot call peers; one for another
 		// host cannot serve them.
 		{[]string{"--tls-cert", serverOnly, "--tls-key", serverOnlyKey, "--tls-client-ca", ca.File, "--etcd-endpoints", "http://127.0.0.1:1"}, "as a client"},
-		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "levee-0.example"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--advertise-addr", "levee-0.example:8081", "--etcd-endpoints", "http://127.0.0.1:1"}, "--advertise-addr levee-0.example:8081"},
+		// A node its own --peer-names leaves out is refused by its peers.
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.File, "--peer-names", "n1,n2", "--etcd-endpoints", "http://127.0.0.1:1"}, "--peer-names n1,n2 does not list this node's certificate (--tls-cert, for node, localhost)"},
 		{[]string{"--standalone", "--tls-cert", cert, "--tls-key", ca.File}, "certificate " + cert},
 	} {
 		if err := serveErr(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {

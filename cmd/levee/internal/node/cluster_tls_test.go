@@ -191,6 +191,49 @@ func TestCheckPeerTLS(t *testing.T) {
 			t.Errorf("%s: %v; want %q", c.name, err, c.want)
 		}
 	}
+	// Peers dial the advertised address: its host must be in the
+	// certificate (127.0.0.1 and localhost are), the bound one need not.
+	for _, c := range []struct {
+		grpc, adv string
+		want      []string // nil for no error
+	}{
+		{"10.0.0.5:8081", "127.0.0.1:8081", nil},
+		{"0.0.0.0:8081", "localhost:8081", nil},
+		{"127.0.0.1:8081", "10.0.0.5:8081", []string{"--advertise-addr 10.0.0.5:8081", "10.0.0.5"}},
+		{"127.0.0.1:8081", "levee-0.example:8081", []string{"--advertise-addr levee-0.example:8081"}},
+		{"10.0.0.5:8081", "", []string{"--grpc-addr 10.0.0.5:8081"}},
+	} {
+		err := checkPeerTLS(Config{GRPCAddr: c.grpc, TLS: srv, Cluster: &ClusterConfig{AdvertiseAddr: c.adv, PeerTLS: peerTLS}})
+		if c.want == nil && err != nil || c.want != nil && err == nil {
+			t.Errorf("--grpc-addr %s --advertise-addr %q: %v; want %q", c.grpc, c.adv, err, c.want)
+		}
+		for _, w := range c.want {
+			if err != nil && !strings.Contains(err.Error(), w) {
+				t.Errorf("--grpc-addr %s --advertise-addr %q: %v; want an error with %q", c.grpc, c.adv, err, w)
+			}
+		}
+	}
+	// --peer-names must list the node itself (by its common or a DNS
+	// name): its peers share the list.
+	for _, c := range []struct {
+		names []string
+		want  []string // nil for no error
+	}{
+		{[]string{"n", "m"}, nil},
+		{[]string{"m", "localhost"}, nil},
+		{[]string{" ", ""}, nil}, // no name: any certificate the CA signs
+		{[]string{"m", "o"}, []string{"--peer-names m,o", "n, localhost"}},
+	} {
+		err := checkPeerTLS(Config{GRPCAddr: "127.0.0.1:0", TLS: srv, Cluster: &ClusterConfig{PeerTLS: peerTLS, PeerNames: c.names}})
+		if c.want == nil && err != nil || c.want != nil && err == nil {
+			t.Errorf("--peer-names %q: %v; want %q", c.names, err, c.want)
+		}
+		for _, w := range c.want {
+			if err != nil && !strings.Contains(err.Error(), w) {
+				t.Errorf("--peer-names %q: %v; want an error with %q", c.names, err, w)
+			}
+		}
+	}
 	// A standalone node has no peers: TLS without a client CA is fine.
 	if err := checkPeerTLS(Config{TLS: noCA}); err != nil {
 		t.Errorf("standalone with TLS and no client CA: %v", err)

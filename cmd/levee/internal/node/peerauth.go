@@ -52,15 +52,23 @@ func (g *peerGuard) check(ctx context.Context, method string) error {
 	if leaf == nil {
 		return errNotPeer
 	}
-	if g.allowed == nil {
+	if g.allows(leaf) {
 		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "client certificate %q names no levee node of --peer-names", leaf.Subject.CommonName)
+}
+
+// allows reports whether a verified client certificate is a node's.
+func (g *peerGuard) allows(leaf *x509.Certificate) bool {
+	if g.allowed == nil {
+		return true
 	}
 	for _, n := range tlsfiles.Names(leaf) {
 		if g.allowed[n] {
-			return nil
+			return true
 		}
 	}
-	return status.Errorf(codes.PermissionDenied, "client certificate %q names no levee node of --peer-names", leaf.Subject.CommonName)
+	return false
 }
 
 func (g *peerGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -81,7 +89,8 @@ func (g *peerGuard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServe
 // could not reach each other, or anyone could reach the peer API: a node
 // serving TLS dials its peers over TLS, asks them for a certificate its
 // client CA verifies, and holds a certificate that its peers will accept
-// both ways.
+// both ways: signed for the host they dial (--advertise-addr, else
+// --grpc-addr), and, with --peer-names, for one of those names.
 func checkPeerTLS(cfg Config) error {
 	c := cfg.Cluster
 	if c == nil {
@@ -100,10 +109,13 @@ func checkPeerTLS(cfg Config) error {
 	case cfg.TLS.ClientCAs == nil || cfg.TLS.ClientAuth < tls.VerifyClientCertIfGiven:
 		return errors.New("a clustered node serving TLS needs a client CA (--tls-client-ca): its peer API must only answer other nodes")
 	}
+	// Peers dial the address the node advertises, so its host is the name
+	// they verify; the address it binds may be another (0.0.0.0, a pod's
+	// IP behind a stable DNS name).
 	host := ""
-	addr := c.AdvertiseAddr
+	addr, flag := c.AdvertiseAddr, "--advertise-addr"
 	if addr == "" {
-		addr = cfg.GRPCAddr
+		addr, flag = cfg.GRPCAddr, "--grpc-addr"
 	}
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
@@ -111,10 +123,26 @@ func checkPeerTLS(cfg Config) error {
 		}
 	}
 	if err := tlsfiles.CheckUsable(cfg.TLS, c.PeerTLS.RootCAs, host, x509.ExtKeyUsageServerAuth); err != nil {
-		return fmt.Errorf("--tls-cert: peers verifying it with --peer-ca (or --tls-client-ca) at %s would refuse it: %w", addr, err)
+		return fmt.Errorf("--tls-cert: peers dialing this node at %s %s and verifying it with --peer-ca (or --tls-client-ca) would refuse it: %w", flag, addr, err)
 	}
 	if err := tlsfiles.CheckUsable(c.PeerTLS, cfg.TLS.ClientCAs, "", x509.ExtKeyUsageClientAuth); err != nil {
 		return fmt.Errorf("--tls-cert: peers verifying it as a client with --tls-client-ca would refuse it: %w", err)
+	}
+	// The nodes of a cluster share one list, and every node calls every
+	// other: a node not on its own list is refused by all its peers.
+	if g := newPeerGuard(c.PeerNames); g.allowed != nil {
+		leaf, err := tlsfiles.Leaf(c.PeerTLS)
+		if err != nil {
+			return fmt.Errorf("--tls-cert: %w", err)
+		}
+		if !g.allows(leaf) {
+			names := tlsfiles.Names(leaf)
+			if len(names) == 0 {
+				names = []string{"no common or DNS name"}
+			}
+			return fmt.Errorf("--peer-names %s does not list this node's certificate (--tls-cert, for %s): its peers, given the same list, would refuse it; add one of its names",
+				strings.Join(c.PeerNames, ","), strings.Join(names, ", "))
+		}
 	}
 	return nil
 }

@@ -11,8 +11,9 @@ import (
 )
 
 // TestCertificateReload: a certificate rotated in place is served from the
-// next handshake on, by servers and clients; one that does not load leaves
-// the last good one in use.
+// next handshake on, by servers and clients, even when the rotation keeps
+// the files' times and sizes; one that does not load leaves the last good
+// one in use.
 func TestCertificateReload(t *testing.T) {
 	old := reloadEvery
 	reloadEvery = 0
@@ -94,10 +95,66 @@ func TestCertificateReload(t *testing.T) {
 	if s, p := served(), presented(); s != "second" || p != "second" {
 		t.Fatalf("after rotation: served %q, presented %q; want second", s, p)
 	}
+	// A rotation that keeps the files' times and sizes: a certificate and
+	// key of the same lengths, written in place, the times put back.
+	sameStamp(t, "latest", cert, key, func(cn string) (string, string) { return ca.Issue(t, cn, tlstest.Server|tlstest.Client) })
+	if s, p := served(), presented(); s != "latest" || p != "latest" {
+		t.Fatalf("after a rotation keeping times and sizes: served %q, presented %q; want latest", s, p)
+	}
 	if err := os.WriteFile(cert, []byte("half a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if s, p := served(), presented(); s != "second" || p != "second" {
-		t.Fatalf("after a broken rotation: served %q, presented %q; want the last good, second", s, p)
+	if s, p := served(), presented(); s != "latest" || p != "latest" {
+		t.Fatalf("after a broken rotation: served %q, presented %q; want the last good, latest", s, p)
+	}
+}
+
+// sameStamp overwrites cert and key in place with a certificate for cn
+// (issued by issue) and its key, of the same lengths as the files hold,
+// and puts the files' modification times back: to a look at the files'
+// times and sizes, nothing changed.
+func sameStamp(t *testing.T, cn, cert, key string, issue func(cn string) (cert, key string)) {
+	t.Helper()
+	stat := func(p string) os.FileInfo {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	before := [2]os.FileInfo{stat(cert), stat(key)}
+	// ECDSA signatures vary in length by a byte or two: issue until the
+	// new files are as long as the old.
+	var certPEM, keyPEM []byte
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatalf("no certificate for %s of the lengths of %s and %s in %d tries", cn, cert, key, i)
+		}
+		c, k := issue(cn)
+		var err error
+		if certPEM, err = os.ReadFile(c); err != nil {
+			t.Fatal(err)
+		}
+		if keyPEM, err = os.ReadFile(k); err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(certPEM)) == before[0].Size() && int64(len(keyPEM)) == before[1].Size() {
+			break
+		}
+	}
+	for i, w := range []struct {
+		path string
+		b    []byte
+	}{{cert, certPEM}, {key, keyPEM}} {
+		if err := os.WriteFile(w.path, w.b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(w.path, before[i].ModTime(), before[i].ModTime()); err != nil {
+			t.Fatal(err)
+		}
+		if after := stat(w.path); !after.ModTime().Equal(before[i].ModTime()) || after.Size() != before[i].Size() {
+			t.Fatalf("%s: modified %v, %d bytes after the rewrite; want %v, %d as before", w.path, after.ModTime(), after.Size(), before[i].ModTime(), before[i].Size())
+		}
 	}
 }

@@ -1,15 +1,17 @@
 // Package tlsfiles loads the PEM files that levee's TLS flags name into
 // crypto/tls configurations: the node's gRPC listener and its connections
 // to peers, the admin API, etcd, and levee ctl all load them the same way.
-// A certificate and key are read again when their files change (looked at
-// once a second at most, on a handshake), so rotating them needs no
-// restart; CA files are read once.
+// A certificate and key are read again when their files' content changes
+// (looked at once a second at most, on a handshake), so rotating them needs
+// no restart; CA files are read once.
 package tlsfiles
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -112,52 +114,88 @@ var reloadEvery = time.Second
 // the files change, so that a rotated certificate (cert-manager, a
 // short-lived CA) is served from the next handshake on without a restart.
 // A pair that does not load (files caught half-written, a key that does
-// not match) leaves the last good pair in use, and is tried again later.
+// not match) leaves the last good pair in use, and is tried again when
+// the files change again.
+//
+// A change is told by the files' content, not their modification time and
+// size: a rotation may keep both (a certificate of the same length written
+// within the clock's granularity, a copy that preserves times), and the
+// files are small enough to read once a second.
 type keyPair struct {
 	cert, key string
 
 	mu      sync.Mutex
 	pair    *tls.Certificate
-	stamp   [2]fileStamp // the files as they were when pair was read
+	sum     [sha256.Size]byte // of the files as last read, loaded or not
 	checked time.Time
 }
 
-type fileStamp struct{ mod, size int64 }
-
-func stampOf(paths ...string) ([2]fileStamp, error) {
-	var st [2]fileStamp
-	for i, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return st, err
-		}
-		st[i] = fileStamp{fi.ModTime().UnixNano(), fi.Size()}
+// read returns the files' content and its digest.
+func (k *keyPair) read() (certPEM, keyPEM []byte, sum [sha256.Size]byte, err error) {
+	if certPEM, err = os.ReadFile(k.cert); err != nil {
+		return nil, nil, sum, err
 	}
-	return st, nil
+	if keyPEM, err = os.ReadFile(k.key); err != nil {
+		return nil, nil, sum, err
+	}
+	h := sha256.New()
+	// Lengths first, so that no split of the same bytes between the two
+	// files digests alike.
+	_ = binary.Write(h, binary.BigEndian, [2]uint64{uint64(len(certPEM)), uint64(len(keyPEM))})
+	h.Write(certPEM)
+	h.Write(keyPEM)
+	h.Sum(sum[:0])
+	return certPEM, keyPEM, sum, nil
 }
 
 // load reads the pair.
 func (k *keyPair) load() error {
-	st, err := stampOf(k.cert, k.key)
+	certPEM, keyPEM, sum, err := k.read()
+	if err == nil {
+		k.sum = sum
+		err = k.parse(certPEM, keyPEM)
+	}
 	if err != nil {
 		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
 	}
-	c, err := tls.LoadX509KeyPair(k.cert, k.key)
+	return nil
+}
+
+// parse makes the pair of the files' content, as read once: a pair parsed
+// from the bytes whose digest was taken is the pair that digest stands for.
+func (k *keyPair) parse(certPEM, keyPEM []byte) error {
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return fmt.Errorf("certificate %s with key %s: %w", k.cert, k.key, err)
+		return err
 	}
-	k.pair, k.stamp = &c, st
+	k.pair = &c
 	return nil
 }
 
 // get returns the pair, read again first if the files changed since.
+//
+// It is the only certificate there is, and it is offered whatever the
+// other end says it supports (ClientHelloInfo.SupportsCertificate,
+// CertificateRequestInfo.SupportsCertificate are not asked). A server:
+// crypto/tls does the same with a single Config.Certificates entry; a
+// certificate that really cannot be used fails the handshake anyway, with
+// crypto/tls's error naming why, while SupportsCertificate refuses some
+// clients that complete the handshake (a TLS 1.2 client listing no curve
+// of an ECDSA certificate). A client: crypto/tls with Config.Certificates
+// would send no certificate when the server's request does not fit (a CA
+// it does not list), and the call would pass the handshake only to be
+// refused for presenting none ("present a client certificate signed
+// by ..."); sent anyway, the server fails the handshake with "unknown
+// certificate authority", which names the fault. See
+// TestOnlyCertificateIsOffered.
 func (k *keyPair) get() *tls.Certificate {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if now := time.Now(); now.Sub(k.checked) >= reloadEvery {
 		k.checked = now
-		if st, err := stampOf(k.cert, k.key); err == nil && st != k.stamp {
-			_ = k.load() // on failure the last good pair stays
+		if certPEM, keyPEM, sum, err := k.read(); err == nil && sum != k.sum {
+			k.sum = sum
+			_ = k.parse(certPEM, keyPEM) // on failure the last good pair stays
 		}
 	}
 	return k.pair
@@ -207,26 +245,9 @@ func Names(c *x509.Certificate) []string {
 // peers would refuse is better refused at start than found by the first
 // forwarded check.
 func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x509.ExtKeyUsage) error {
-	var cert *tls.Certificate
-	var err error
-	switch {
-	case len(cfg.Certificates) > 0:
-		cert = &cfg.Certificates[0]
-	case cfg.GetCertificate != nil:
-		cert, err = cfg.GetCertificate(&tls.ClientHelloInfo{})
-	case cfg.GetClientCertificate != nil:
-		cert, err = cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
-	}
+	chain, leaf, err := presented(cfg)
 	if err != nil {
 		return err
-	}
-	if cert == nil || len(cert.Certificate) == 0 {
-		return errors.New("no certificate")
-	}
-	chain := cert.Certificate
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		return fmt.Errorf("parsing the certificate: %w", err)
 	}
 	inter := x509.NewCertPool()
 	for _, der := range chain[1:] {
@@ -245,6 +266,38 @@ func CheckUsable(cfg *tls.Config, roots *x509.CertPool, host string, usages ...x
 		}
 	}
 	return nil
+}
+
+// Leaf returns the certificate cfg presents (as a server or as a client),
+// parsed.
+func Leaf(cfg *tls.Config) (*x509.Certificate, error) {
+	_, leaf, err := presented(cfg)
+	return leaf, err
+}
+
+// presented returns the chain cfg presents and its leaf, parsed.
+func presented(cfg *tls.Config) ([][]byte, *x509.Certificate, error) {
+	var cert *tls.Certificate
+	var err error
+	switch {
+	case len(cfg.Certificates) > 0:
+		cert = &cfg.Certificates[0]
+	case cfg.GetCertificate != nil:
+		cert, err = cfg.GetCertificate(&tls.ClientHelloInfo{})
+	case cfg.GetClientCertificate != nil:
+		cert, err = cfg.GetClientCertificate(&tls.CertificateRequestInfo{})
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil, nil, errors.New("no certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing the certificate: %w", err)
+	}
+	return cert.Certificate, leaf, nil
 }
 
 func usageName(u x509.ExtKeyUsage) string {

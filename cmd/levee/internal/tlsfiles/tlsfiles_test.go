@@ -126,3 +126,86 @@ func TestCheckUsable(t *testing.T) {
 		}
 	}
 }
+
+// TestOnlyCertificateIsOffered: a node's one certificate is offered
+// whatever the other end says it supports, because refusing it would be
+// worse both ways: a server would turn away clients that complete the
+// handshake, and a client sending none would pass a handshake that a
+// certificate of another CA should fail.
+func TestOnlyCertificateIsOffered(t *testing.T) {
+	ca := tlstest.NewCA(t, "test")
+	cert, key := ca.Issue(t, "node", tlstest.Server|tlstest.Client)
+	srv, err := tlsfiles.Files{CA: ca.File, Cert: cert, Key: key}.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What SupportsCertificate said of the last client hello.
+	hello := make(chan error, 1)
+	get := srv.GetCertificate
+	srv.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		c, err := get(h)
+		select {
+		case <-hello:
+		default:
+		}
+		hello <- h.SupportsCertificate(c)
+		return c, err
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			_ = c.Close()
+		}
+	}()
+
+	// A TLS 1.2 client that lists no curve of the (P-256) certificate:
+	// SupportsCertificate says no, and the handshake works.
+	cfg := ca.ClientTLS(t, "")
+	cfg.MaxVersion = tls.VersionTLS12
+	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
+	c, err := tls.Dial("tcp", lis.Addr().String(), cfg)
+	if err != nil {
+		t.Fatalf("TLS 1.2 client with X25519 only: %v; want a handshake", err)
+	}
+	_ = c.Close()
+	if err := <-hello; err == nil {
+		t.Errorf("SupportsCertificate for a TLS 1.2 client with X25519 only = nil; want an error (else this test shows nothing)")
+	}
+
+	// A client whose certificate another CA signs: SupportsCertificate
+	// says the server would not take it; sent anyway, the server fails
+	// the handshake naming the cause.
+	mallory, malloryKey := tlstest.NewCA(t, "other").Issue(t, "mallory", tlstest.Client)
+	cl, err := tlsfiles.Files{CA: ca.File, Cert: mallory, Key: malloryKey}.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var supported error
+	present := cl.GetClientCertificate
+	cl.GetClientCertificate = func(r *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		c, err := present(r)
+		supported = r.SupportsCertificate(c)
+		return c, err
+	}
+	c, err = tls.Dial("tcp", lis.Addr().String(), cl)
+	if err == nil {
+		// TLS 1.3: the server's verdict on the client arrives after.
+		_, err = c.Read(make([]byte, 1))
+		_ = c.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
+		t.Errorf("client with another CA's certificate: %v; want the handshake failed for an unknown certificate authority", err)
+	}
+	if supported == nil {
+		t.Errorf("SupportsCertificate for another CA's certificate = nil; want an error (else this test shows nothing)")
+	}
+}
