@@ -22,6 +22,18 @@
 # that says how much of the overload the load generator itself causes on
 # a machine it shares with the server.
 #
+# NODE_CPU=0.25 gives each server that share of one core: it runs pinned
+# to CPU 0 in a CPU cgroup whose CFS quota is NODE_CPU of a CPU_PERIOD_US
+# period (default 5000 µs), GOMAXPROCS 1, while ghz runs pinned to the
+# other cores. On a machine of two cores a whole node cannot be overloaded
+# by a generator that shares its cores (ghz cannot even keep 20 ms against
+# a server that does nothing); a node of a quarter core can be, from the
+# core left, as a pod with a CPU limit is. The period is short because a
+# quota is spent in bursts: with Kubernetes' default of 100 ms a node of a
+# quarter core would stand still for 75 ms of every 100, and no call
+# could keep 20 ms. Needs root and the cgroup v1 cpu controller or
+# cgroup v2.
+#
 # Needs: go, python3, curl, ghz (installed at the pinned version if
 # missing). LEVEE_BIN measures a prebuilt binary.
 set -euo pipefail
@@ -32,7 +44,38 @@ timeout=${3:-20ms}
 rounds=${ROUNDS:-3}
 . "$(dirname "$0")/lib.sh"
 
-"$work/levee" serve --standalone --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
+# limited: the command prefix that runs a server within NODE_CPU, and
+# ghzrun the one that keeps ghz off the server's core.
+limited=()
+ghzrun=()
+ghzflags=()
+if [ -n "${NODE_CPU:-}" ]; then
+	period=${CPU_PERIOD_US:-5000}
+	quota=$(python3 -c "print(max(1000, int($NODE_CPU * $period)))")
+	cg=levee-overload-$$
+	if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then
+		cgdir=/sys/fs/cgroup/cpu/$cg
+		mkdir "$cgdir"
+		echo "$period" >"$cgdir/cpu.cfs_period_us"
+		echo "$quota" >"$cgdir/cpu.cfs_quota_us"
+	elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+		cgdir=/sys/fs/cgroup/$cg
+		mkdir "$cgdir"
+		echo "$quota $period" >"$cgdir/cpu.max"
+	else
+		echo "NODE_CPU: no writable CPU cgroup (needs root)" >&2
+		exit 1
+	fi
+	trap 'cleanup; rmdir "$cgdir" 2>/dev/null || true' EXIT
+	limited=(env GOMAXPROCS=1 taskset -c 0 sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cgdir")
+	others=1-$(($(nproc) - 1))
+	ghzrun=(taskset -c "$others")
+	ghzflags=(--cpus "$(($(nproc) - 1))")
+	echo "servers: CPU 0, $quota of every $period µs; ghz: CPUs $others" >&2
+fi
+ghzcmd() { "${ghzrun[@]}" "$ghz" "${ghzflags[@]}" --connections "${CONNECTIONS:-1}" "$@"; }
+
+"${limited[@]}" "$work/levee" serve --standalone --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
 	--log-format json 2>"$work/levee.log" &
 pids+=($!)
 for _ in $(seq 300); do
@@ -48,7 +91,7 @@ targets=("levee $grpc")
 if [ -n "${FLOOR:-}" ]; then
 	go build -C "$FLOOR" -o "$work/floor" .
 	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-	"$work/floor" --grpc-addr "127.0.0.1:$port" --stream-workers 64 2>"$work/floor.log" &
+	"${limited[@]}" "$work/floor" --grpc-addr "127.0.0.1:$port" --stream-workers 64 2>"$work/floor.log" &
 	pids+=($!)
 	sleep 1
 	targets+=("floor 127.0.0.1:$port")
@@ -67,11 +110,11 @@ for n in $(seq "$rounds"); do
 	for t in "${targets[@]}"; do
 		read -r name addr <<<"$t"
 		echo "round $n of $rounds, $name: 50 concurrent, then $conc concurrent with a $timeout timeout, ${secs}s each..." >&2
-		"$ghz" --insecure --call "$call" -c 50 -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
-		"$ghz" --insecure --call "$call" -c 50 -z "${secs}s" -d "$data" --format json -o "$work/$name.cap.$n.json" "$addr" >/dev/null 2>&1 || true
+		ghzcmd --insecure --call "$call" -c 50 -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
+		ghzcmd --insecure --call "$call" -c 50 -z "${secs}s" -d "$data" --format json -o "$work/$name.cap.$n.json" "$addr" >/dev/null 2>&1 || true
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.cap.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.0"; fi
-		"$ghz" --insecure --call "$call" -c "$conc" -t "$timeout" -z "${secs}s" -d "$data" --format json -o "$work/$name.over.$n.json" "$addr" >/dev/null 2>&1 || true
+		ghzcmd --insecure --call "$call" -c "$conc" -t "$timeout" -z "${secs}s" -d "$data" --format json -o "$work/$name.over.$n.json" "$addr" >/dev/null 2>&1 || true
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.over.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.1"; fi
 	done
