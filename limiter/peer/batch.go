@@ -26,12 +26,27 @@ type call struct {
 	err      error
 	done     chan struct{}
 
+	// The first operation, its position and its result, in place: most
+	// calls carry one operation for a peer, and reqs, index and results
+	// then need no allocation of their own (see newCall).
+	req1    [1]limiter.Request
+	index1  [1]int
+	result1 [1]limiter.Result
+
 	// leases are the hot-key leases the same Take call asks of this peer.
 	// They go out with the batch, after its checks, and the caller does
 	// not wait for them: their answers go to the hot-key state.
 	leases []lease
 
 	callTrace // the caller's span (trace.go)
+}
+
+// newCall returns an empty call whose first operation needs no
+// allocation.
+func newCall() *call {
+	c := new(call)
+	c.reqs, c.index = c.req1[:0], c.index1[:0]
+	return c
 }
 
 // lease is a lease request for one key, waiting in a batch.
@@ -500,7 +515,11 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 		if err != nil {
 			c.err = err
 		} else {
-			c.results = make([]limiter.Result, len(c.reqs))
+			c.results = c.result1[:0]
+			if len(c.reqs) > len(c.result1) {
+				c.results = make([]limiter.Result, 0, len(c.reqs))
+			}
+			c.results = c.results[:len(c.reqs)]
 			for j := range c.results {
 				w := resp.Results[k+j]
 				c.results[j] = limiter.Result{

@@ -226,7 +226,9 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		r.cfg.Store.TakeBatch(reqs, results, now)
 		return nil
 	}
-	var groups []group
+	// Room for the usual number of owners a call reaches, on the stack.
+	var groupBuf [4]group
+	groups := groupBuf[:0]
 	for i := range reqs {
 		owner, _ := rg.Owner(reqs[i].Key)
 		if owner.ID == r.cfg.Self.ID {
@@ -247,7 +249,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			}
 		}
 		if g < 0 {
-			groups = append(groups, group{peer: r.peer(owner), call: new(call)})
+			groups = append(groups, group{peer: r.peer(owner), call: newCall()})
 			g = len(groups) - 1
 		}
 		c := groups[g].call
