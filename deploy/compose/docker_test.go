@@ -144,6 +144,19 @@ func (p *project) up(services ...string) {
 				}
 			}
 		}
+		if *dumpDir != "" {
+			// The nodes' whole logs beside the phases' CSV (the last 40
+			// lines above rarely reach back to a fault).
+			if err := os.MkdirAll(*dumpDir, 0o755); err != nil {
+				p.t.Log(err)
+			}
+			for _, s := range leveeNodes {
+				out, _ := p.compose("logs", "--no-color", "--timestamps", s)
+				if err := os.WriteFile(filepath.Join(*dumpDir, s+".log"), []byte(out), 0o644); err != nil {
+					p.t.Log(err)
+				}
+			}
+		}
 		if _, err := p.compose("down", "-v", "--remove-orphans", "-t", "2"); err != nil {
 			p.t.Logf("compose down: %v", err)
 		}

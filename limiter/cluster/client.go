@@ -9,6 +9,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/levee-dev/levee/limiter/internal/backoff"
 )
 
 // ClientConfig returns an etcd client configuration suited to membership:
@@ -46,7 +48,7 @@ func ClientConfig(endpoints []string) clientv3.Config {
 // nil. A node uses it to tell whether etcd answers at start, and to catch
 // up on what it skipped while it did not.
 func Await(ctx context.Context, client *clientv3.Client, key string, timeout time.Duration, onFail func(err error, retryIn time.Duration), attempts int) error {
-	b := backoff{min: DefaultRetryMin, max: DefaultRetryMax}
+	b := backoff.Backoff{Min: DefaultRetryMin, Max: DefaultRetryMax}
 	for n := 1; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, timeout)
 		_, err := client.Get(actx, key, clientv3.WithCountOnly())
@@ -57,7 +59,7 @@ func Await(ctx context.Context, client *clientv3.Client, key string, timeout tim
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		d := b.next(rand.Float64())
+		d := b.Next(rand.Float64())
 		if onFail != nil {
 			onFail(err, d)
 		}

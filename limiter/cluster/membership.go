@@ -46,6 +46,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/levee-dev/levee/limiter/internal/backoff"
 	"github.com/levee-dev/levee/limiter/ring"
 )
 
@@ -100,7 +101,7 @@ type Membership struct {
 	// wait sleeps between sessions; tests replace it to observe the retry
 	// schedule without sleeping.
 	wait    func(ctx context.Context, d time.Duration) error
-	backoff backoff
+	backoff backoff.Backoff
 
 	ring    atomic.Pointer[ring.Ring]
 	running atomic.Bool
@@ -173,7 +174,7 @@ func New(cfg Config) (*Membership, error) {
 		log:       logger.With("member", cfg.Self.ID),
 		onChange:  cfg.OnChange,
 		wait:      sleepCtx,
-		backoff:   backoff{min: retryMin, max: retryMax},
+		backoff:   backoff.Backoff{Min: retryMin, Max: retryMax},
 	}
 	m.ring.Store(ring.New([]ring.Member{cfg.Self}))
 	return m, nil
@@ -202,10 +203,10 @@ func (m *Membership) Run(ctx context.Context) error {
 			return m.deregister(ctx)
 		}
 		level := slog.LevelWarn
-		if m.backoff.failing() {
+		if m.backoff.Failing() {
 			level = slog.LevelDebug // already reported; an outage retries often
 		}
-		d := m.backoff.next(rand.Float64())
+		d := m.backoff.Next(rand.Float64())
 		m.log.Log(ctx, level, "etcd membership session ended; keeping the last ring", "err", err, "retry_in", d)
 		if m.wait(ctx, d) != nil {
 			return m.deregister(ctx)
@@ -247,7 +248,7 @@ func (m *Membership) session(ctx context.Context) error {
 		}
 	}
 	m.publish(members)
-	m.backoff.reset()
+	m.backoff.Reset()
 	m.log.Info("etcd membership synced", "members", len(members), "revision", resp.Header.Revision)
 
 	// WithRequireLeader: an etcd member cut off from its leader cancels the

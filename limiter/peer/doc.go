@@ -56,7 +56,11 @@
 //
 // When ownership moves — a node joins, or leaves gracefully — the buckets
 // this node holds but no longer owns are sent to their new owners, so a
-// rolling restart of the fleet does not reset anybody's quota.
+// rolling restart of the fleet does not reset anybody's quota. A hand-off
+// whose new owner cannot be reached yet is tried again with capped,
+// jittered backoff (Config.HandoffRetryMin to HandoffRetryMax) until it
+// goes through or a newer ring replaces the one it was for; until then the
+// buckets stay here.
 //
 // # Quota
 //
@@ -76,7 +80,8 @@
 //
 // The wall clock (time.Now and the runtime's timers) is read only where
 // it bounds real I/O, and nowhere else: the batch window (a timer of the
-// caller that opened the batch), the batch, lease and hand-off timeouts (which meet the
+// caller that opened the batch), the batch, lease and hand-off timeouts
+// and the waits between hand-off attempts (which meet the
 // callers' context deadlines, themselves wall-clock times), and the stream
 // watchdog, which judges whether a stream or a send has made progress for
 // a whole peer timeout. A clock frozen in a test must not stall a network

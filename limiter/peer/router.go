@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/internal/backoff"
 	"github.com/levee-dev/levee/limiter/ring"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )
@@ -49,6 +51,14 @@ type Config struct {
 	// lasts (default 100 ms). See hotKeys.
 	HotThreshold int
 	LeasePeriod  time.Duration
+	// HandoffRetryMin and HandoffRetryMax bound the wait before a failed
+	// hand-off is tried again (defaults 200 ms and 5 s): it starts near
+	// the first and doubles on each failure up to the second, half of it
+	// random (Rand). See SetRing.
+	HandoffRetryMin, HandoffRetryMax time.Duration
+	// Rand returns a random number in [0, 1) for the retries' jitter (nil:
+	// math/rand/v2's Float64).
+	Rand func() float64
 	// Now is the clock of every decision (nil: time.Now); see the package
 	// doc for the timers that read the wall clock.
 	Now    func() time.Time
@@ -124,6 +134,15 @@ func NewRouter(cfg Config) *Router {
 	if cfg.LeasePeriod <= 0 {
 		cfg.LeasePeriod = 100 * time.Millisecond
 	}
+	if cfg.HandoffRetryMin <= 0 {
+		cfg.HandoffRetryMin = 200 * time.Millisecond
+	}
+	if cfg.HandoffRetryMax <= 0 {
+		cfg.HandoffRetryMax = max(5*time.Second, cfg.HandoffRetryMin)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -155,7 +174,11 @@ func (r *Router) Ring() *ring.Ring { return r.ring.Load() }
 
 // SetRing switches to a new ring, closes connections to members that left,
 // and hands the buckets whose owner changed to their new owners in the
-// background.
+// background. A hand-off that fails (the new owner is not reachable yet:
+// after a partition heals, etcd may tell the others a node is back before
+// their connections to it work) is tried again, with backoff, until it
+// succeeds, a newer ring replaces rg, or the router closes; meanwhile the
+// buckets stay here.
 func (r *Router) SetRing(rg *ring.Ring) {
 	old := r.ring.Swap(rg)
 	r.mu.Lock()
@@ -169,13 +192,44 @@ func (r *Router) SetRing(rg *ring.Ring) {
 	if old == nil || old.Equal(rg) {
 		return
 	}
-	r.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
-		defer cancel()
-		if err := r.handoff(ctx, rg); err != nil {
-			r.cfg.Logger.Warn("bucket hand-off incomplete", "err", err)
+	r.wg.Go(func() { r.handoffUntilDone(rg) })
+}
+
+// handoffTimeout bounds one attempt of a hand-off.
+const handoffTimeout = 10 * time.Second
+
+// handoffUntilDone hands off the buckets rg moves, trying again after
+// failures (see SetRing). It runs on the router's wait group, so Close
+// waits for it.
+func (r *Router) handoffUntilDone(rg *ring.Ring) {
+	b := backoff.Backoff{Min: r.cfg.HandoffRetryMin, Max: r.cfg.HandoffRetryMax}
+	for {
+		ctx, cancel := context.WithTimeout(r.ctx, handoffTimeout)
+		err := r.handoff(ctx, rg)
+		cancel()
+		if err == nil {
+			if b.Failing() {
+				r.cfg.Logger.Info("bucket hand-off complete after retrying", "failed_attempts", b.Attempts())
+			}
+			return
 		}
-	})
+		if r.ctx.Err() != nil {
+			return // closing
+		}
+		d := b.Next(r.cfg.Rand())
+		level := slog.LevelWarn
+		if b.Attempts() > 1 {
+			level = slog.LevelDebug // already reported
+		}
+		r.cfg.Logger.Log(r.ctx, level, "bucket hand-off incomplete; retrying", "err", err, "retry_in", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-r.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
 }
 
 // Leave hands every bucket this node holds to its owner in the ring without
@@ -200,7 +254,8 @@ func (r *Router) Leave(ctx context.Context) error {
 	return r.handoff(ctx, next)
 }
 
-// Close stops the router: pending batches fail over to their fallbacks and
+// Close stops the router: pending batches fail over to their fallbacks,
+// hand-offs still being tried give up (their buckets stay in the Store) and
 // connections close.
 func (r *Router) Close() {
 	r.cancel()
@@ -450,6 +505,11 @@ func (r *Router) peer(m ring.Member) *peerConn {
 		// open a connection nothing would close.
 		return &peerConn{router: r, member: m, closed: true, dialErr: errors.New("member left the ring")}
 	}
+	if r.ctx.Err() != nil {
+		// Closed (a hand-off still running): Close has closed the
+		// connections already, and would not close this one.
+		return &peerConn{router: r, member: m, closed: true, dialErr: errors.New("router closed")}
+	}
 	p := r.peers[m.ID]
 	if p == nil || p.member.Addr != m.Addr {
 		if p != nil {
@@ -473,7 +533,7 @@ func (r *Router) peer(m ring.Member) *peerConn {
 func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 	r.handoffMu.Lock()
 	defer r.handoffMu.Unlock()
-	if rg != r.ring.Load() {
+	if !rg.Equal(r.ring.Load()) {
 		return nil // a newer ring arrived; its own hand-off moves the buckets
 	}
 	ctx, endSpan := r.trace.handoff(ctx)

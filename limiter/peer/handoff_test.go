@@ -1,0 +1,185 @@
+package peer
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/levee-dev/levee/limiter"
+	"github.com/levee-dev/levee/limiter/ring"
+	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
+	"github.com/levee-dev/levee/shed/shedtest"
+)
+
+// logLines is a slog handler's output, safe to read while the router logs.
+type logLines struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logLines) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), msg)
+}
+
+// unreachableMember is a member whose address nothing listens on yet:
+// serve starts its peer server there on store.
+func unreachableMember(t *testing.T, id string) (ring.Member, func(store *limiter.Store)) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := ring.Member{ID: id, Addr: lis.Addr().String()}
+	lis.Close()
+	return m, func(store *limiter.Store) {
+		lis, err := net.Listen("tcp", m.Addr)
+		if err != nil {
+			t.Fatalf("listening on %s: %v", m.Addr, err)
+		}
+		srv := grpc.NewServer()
+		leveev1.RegisterPeerServiceServer(srv, NewServer(store, nil))
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+	}
+}
+
+// spendOn takes 7 of 10 tokens from 20 keys that id owns in rg, on store.
+func spendOn(t *testing.T, store *limiter.Store, rg *ring.Ring, id string, l limiter.Limit) []uint64 {
+	t.Helper()
+	now := time.Now().UnixNano()
+	var keys []uint64
+	for i := range 20 {
+		k := keyOwnedBy(t, rg, id, 300+i)
+		if r := store.Take(k, l, 7, now); !r.Allowed {
+			t.Fatalf("spending on key %d: %+v", i, r)
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// TestHandoffRetriesUntilTheOwnerAnswers: when the new owner cannot be
+// reached at the ring change (a partition heals and etcd tells the others
+// a node is back a moment before their connections to it work), the
+// hand-off is tried again until the owner takes the buckets, instead of
+// leaving them on the old owner until the next ring change while the new
+// owner answers from its own, older buckets.
+func TestHandoffRetriesUntilTheOwnerAnswers(t *testing.T) {
+	logs := new(logLines)
+	nodes := startNodes(t, 1, func(c *Config) {
+		c.HandoffRetryMin = 20 * time.Millisecond
+		c.HandoffRetryMax = 200 * time.Millisecond
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	late, serve := unreachableMember(t, "node-1")
+	two := ring.New([]ring.Member{nodes[0].member, late})
+	l := limiter.Limit{Rate: 10, Period: time.Hour}
+	keys := spendOn(t, nodes[0].store, two, "node-1", l)
+
+	nodes[0].router.SetRing(two)
+	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt", func() error {
+		if logs.count("bucket hand-off incomplete") == 0 {
+			return fmt.Errorf("no failed attempt logged")
+		}
+		return nil
+	})
+	if n := nodes[0].store.Len(); n != len(keys) {
+		t.Fatalf("after the failed attempt node-0 holds %d buckets, want %d", n, len(keys))
+	}
+	// node-1 comes up: its store starts empty, like a node whose own
+	// buckets refilled while it was away.
+	store1 := limiter.NewStore(1 << 16)
+	serve(store1)
+	shedtest.Eventually(t, 15*time.Second, "the buckets at node-1", func() error {
+		if n := store1.Len(); n != len(keys) {
+			return fmt.Errorf("node-1 holds %d buckets, want %d (node-0 %d)", n, len(keys), nodes[0].store.Len())
+		}
+		return nil
+	})
+	now := time.Now().UnixNano()
+	for i, k := range keys {
+		if r := store1.Take(k, l, 0, now); r.Remaining != 3 {
+			t.Fatalf("key %d at node-1: %d left, want 3", i, r.Remaining)
+		}
+	}
+	if n := nodes[0].store.Len(); n != 0 {
+		t.Fatalf("node-0 still holds %d buckets", n)
+	}
+	if got := nodes[0].router.Stats().HandedOff.Load(); got != uint64(len(keys)) {
+		t.Fatalf("handed off %d, want %d", got, len(keys))
+	}
+}
+
+// TestHandoffRetryEndsWithANewerRing: a hand-off still being retried stops
+// when a newer ring replaces the one it was for (that ring's own hand-off
+// moves the buckets), and Close does not wait out its backoff.
+func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
+	logs := new(logLines)
+	nodes := startNodes(t, 1, func(c *Config) {
+		c.HandoffRetryMin = 20 * time.Millisecond
+		c.HandoffRetryMax = 40 * time.Millisecond
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	one := nodes[0].router.Ring()
+	late, serve := unreachableMember(t, "node-1")
+	two := ring.New([]ring.Member{nodes[0].member, late})
+	l := limiter.Limit{Rate: 10, Period: time.Hour}
+	keys := spendOn(t, nodes[0].store, two, "node-1", l)
+
+	nodes[0].router.SetRing(two)
+	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt", func() error {
+		if logs.count("bucket hand-off incomplete") == 0 {
+			return fmt.Errorf("no failed attempt logged")
+		}
+		return nil
+	})
+	// node-1 leaves again before it was ever reached: node-0 owns every
+	// key, and the retries of the hand-off to node-1 end.
+	nodes[0].router.SetRing(one)
+	time.Sleep(100 * time.Millisecond) // more than one retry's wait
+	attempts := logs.count("bucket hand-off incomplete")
+	store1 := limiter.NewStore(1 << 16)
+	serve(store1)
+	time.Sleep(1500 * time.Millisecond) // past gRPC's first reconnection
+	if n := logs.count("bucket hand-off incomplete"); n != attempts {
+		t.Fatalf("%d more failed attempts after the ring changed", n-attempts)
+	}
+	if n := store1.Len(); n != 0 {
+		t.Fatalf("node-1 got %d buckets after it left the ring", n)
+	}
+	if n := nodes[0].store.Len(); n != len(keys) {
+		t.Fatalf("node-0 holds %d buckets, want %d", n, len(keys))
+	}
+
+	// Close while a hand-off is being retried returns without waiting
+	// for the retries.
+	never, _ := unreachableMember(t, "node-2")
+	nodes[0].router.SetRing(ring.New([]ring.Member{nodes[0].member, never}))
+	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt to node-2", func() error {
+		if logs.count("bucket hand-off incomplete") == attempts {
+			return fmt.Errorf("no failed attempt logged")
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() { nodes[0].router.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close still waiting 5 s after it was called")
+	}
+}
