@@ -641,16 +641,19 @@ type Status struct {
 
 // Status returns a snapshot at now.
 func (r *Resource) Status(now time.Time) Status {
-	s := Status{Name: r.name, AutoThreshold: r.ctrl.Threshold(), Shadow: r.Shadow()}
-	s.Threshold = s.AutoThreshold
-	if l, until, ok := r.ctrl.Pinned(now); ok {
-		s.Threshold, s.Pinned, s.PinnedUntil = l, true, until
-	}
+	s := Status{Name: r.name, Shadow: r.Shadow()}
+	// The threshold under the lock Tick moves it under, so that it and
+	// Moves are of the same tick.
 	r.tickMu.Lock()
+	s.AutoThreshold = r.ctrl.Threshold()
 	s.Overloaded = r.last.Overloaded
 	s.Capacity = r.tput.known(now)
 	s.Moves = r.moves
 	r.tickMu.Unlock()
+	s.Threshold = s.AutoThreshold
+	if l, until, ok := r.ctrl.Pinned(now); ok {
+		s.Threshold, s.Pinned, s.PinnedUntil = l, true, until
+	}
 	if r.conc != nil {
 		s.Limit, s.Inflight = r.conc.Limit(), r.conc.Inflight()
 	} else {

@@ -588,44 +588,19 @@ func (s *sim) impliedAcceptance(from, to time.Duration) func(simTick) float64 {
 }
 
 // acceptanceSettle is how long after from the share of the offered
-// requests admitted, in 250 ms bins, came within ±5% of its final value
-// (the median over the last 3 s before to) with the admitted requests' p99
-// at most half the deadline, and held so for 1 s, as levee surge judges
-// it; to − from if it never did.
+// requests admitted converged with the admitted requests' p99 at most half
+// the deadline, as levee surge judges it (shedtest.Converged); to − from
+// if it never did.
 func (s *sim) acceptanceSettle(from, to time.Duration) time.Duration {
-	const w = 250 * time.Millisecond
-	type bin struct {
-		at  time.Duration
-		acc float64
-		p99 time.Duration
-	}
-	var bins []bin
-	for t := from; t+w <= to; t += w {
-		st := s.stats(0, t, t+w)
+	var bins []shedtest.Bin
+	for t := from; t+shedtest.ConvergeBin <= to; t += shedtest.ConvergeBin {
+		st := s.stats(0, t, t+shedtest.ConvergeBin)
 		if st.offered > 0 {
-			bins = append(bins, bin{t, 1 - float64(st.refused)/float64(st.offered), pct(st.lat, 0.99)})
+			bins = append(bins, shedtest.Bin{At: t, Acceptance: 1 - float64(st.refused)/float64(st.offered), P99: pct(st.lat, 0.99)})
 		}
 	}
-	var tail []float64
-	for _, b := range bins {
-		if b.at >= to-3*time.Second {
-			tail = append(tail, b.acc)
-		}
-	}
-	slices.Sort(tail)
-	final := tail[len(tail)/2]
-	for i := range bins {
-		n := 0
-		for ; n < int(time.Second/w) && i+n < len(bins); n++ {
-			if b := bins[i+n]; b.acc > 1.05*final || b.acc < 0.95*final || b.p99 > simDeadline/2 {
-				break
-			}
-		}
-		if n == int(time.Second/w) {
-			return bins[i].at - from
-		}
-	}
-	return to - from
+	d, _ := shedtest.Converged(bins, simDeadline/2, from, to)
+	return d
 }
 
 // TestSimulationStepInSurgeUnits drives a Resource with its default

@@ -22,8 +22,9 @@
 # that says how much of the overload the load generator itself causes on
 # a machine it shares with the server.
 #
-# NODE_CPU=0.25 gives each server that share of one core: it runs pinned
-# to CPU 0 in a CPU cgroup whose CFS quota is NODE_CPU of a CPU_PERIOD_US
+# NODE_CPU=0.25 gives the servers that share of one core (one cgroup for
+# both; only one is loaded at a time): they run pinned to CPU 0 in a CPU
+# cgroup whose CFS quota is NODE_CPU of a CPU_PERIOD_US
 # period (default 5000 µs), GOMAXPROCS 1, while ghz runs pinned to the
 # other cores. On a machine of two cores a whole node cannot be overloaded
 # by a generator that shares its cores (ghz cannot even keep 20 ms against
@@ -55,18 +56,23 @@ if [ -n "${NODE_CPU:-}" ]; then
 	cg=levee-overload-$$
 	if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then
 		cgdir=/sys/fs/cgroup/cpu/$cg
-		mkdir "$cgdir"
-		echo "$period" >"$cgdir/cpu.cfs_period_us"
-		echo "$quota" >"$cgdir/cpu.cfs_quota_us"
-	elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+	elif [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup ]; then
 		cgdir=/sys/fs/cgroup/$cg
-		mkdir "$cgdir"
-		echo "$quota $period" >"$cgdir/cpu.max"
 	else
-		echo "NODE_CPU: no writable CPU cgroup (needs root)" >&2
+		echo "NODE_CPU: no writable CPU cgroup (needs root, and the cgroup v1 cpu controller or cgroup v2)" >&2
 		exit 1
 	fi
+	mkdir "$cgdir"
 	trap 'cleanup; rmdir "$cgdir" 2>/dev/null || true' EXIT
+	if [ -f "$cgdir/cpu.cfs_quota_us" ]; then
+		echo "$period" >"$cgdir/cpu.cfs_period_us"
+		echo "$quota" >"$cgdir/cpu.cfs_quota_us"
+	elif [ -f "$cgdir/cpu.max" ]; then
+		echo "$quota $period" >"$cgdir/cpu.max"
+	else
+		echo "NODE_CPU: $cgdir has no CPU quota (cgroup v2: add +cpu to the parent's cgroup.subtree_control)" >&2
+		exit 1
+	fi
 	limited=(env GOMAXPROCS=1 taskset -c 0 sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cgdir")
 	others=1-$(($(nproc) - 1))
 	ghzrun=(taskset -c "$others")

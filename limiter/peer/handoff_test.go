@@ -124,29 +124,45 @@ func TestHandoffRetriesUntilTheOwnerAnswers(t *testing.T) {
 	}
 }
 
-// TestHandoffRetryEndsWithANewerRing: a hand-off still being retried stops
-// when a newer ring replaces the one it was for (that ring's own hand-off
-// moves the buckets), and Close does not wait out its backoff.
-func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
-	logs := new(logLines)
-	nodes := startNodes(t, 1, func(c *Config) {
-		c.HandoffRetryMin = 20 * time.Millisecond
-		c.HandoffRetryMax = 40 * time.Millisecond
-		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	})
-	one := nodes[0].router.Ring()
-	late, serve := unreachableMember(t, "node-1")
-	two := ring.New([]ring.Member{nodes[0].member, late})
-	l := limiter.Limit{Rate: 10, Period: time.Hour}
-	keys := spendOn(t, nodes[0].store, two, "node-1", l)
+// failingHandoff is one node whose router retries, every min to max, a
+// hand-off of 20 buckets to node-1 (late), which nothing serves until
+// serve is called; one is the ring before node-1 joined.
+type failingHandoff struct {
+	logs  *logLines
+	nodes []*testNode
+	one   *ring.Ring
+	late  ring.Member
+	serve func(*limiter.Store)
+	keys  []uint64
+}
 
-	nodes[0].router.SetRing(two)
+func newFailingHandoff(t *testing.T, min, max time.Duration) failingHandoff {
+	t.Helper()
+	h := failingHandoff{logs: new(logLines)}
+	h.nodes = startNodes(t, 1, func(c *Config) {
+		c.HandoffRetryMin, c.HandoffRetryMax = min, max
+		c.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	h.one = h.nodes[0].router.Ring()
+	h.late, h.serve = unreachableMember(t, "node-1")
+	two := ring.New([]ring.Member{h.nodes[0].member, h.late})
+	h.keys = spendOn(t, h.nodes[0].store, two, "node-1", limiter.Limit{Rate: 10, Period: time.Hour})
+	h.nodes[0].router.SetRing(two)
 	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt", func() error {
-		if logs.count("bucket hand-off incomplete") == 0 {
+		if h.logs.count("bucket hand-off incomplete") == 0 {
 			return fmt.Errorf("no failed attempt logged")
 		}
 		return nil
 	})
+	return h
+}
+
+// TestHandoffRetryEndsWithANewerRing: a hand-off still being retried stops
+// when a newer ring replaces the one it was for (that ring's own hand-off
+// moves the buckets), and Close does not wait out its backoff.
+func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
+	h := newFailingHandoff(t, 20*time.Millisecond, 40*time.Millisecond)
+	logs, nodes, one, serve, keys := h.logs, h.nodes, h.one, h.serve, h.keys
 	// node-1 leaves again before it was ever reached: node-0 owns every
 	// key, and the retries of the hand-off to node-1 end.
 	nodes[0].router.SetRing(one)
@@ -181,5 +197,33 @@ func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close still waiting 5 s after it was called")
+	}
+}
+
+// TestHandoffRetryGivesWayWhenTheRingBounces: a node that leaves and comes
+// back while a hand-off to it waits to retry leaves one hand-off retrying,
+// the newest, not one per bounce (the rings before and after are Equal).
+func TestHandoffRetryGivesWayWhenTheRingBounces(t *testing.T) {
+	h := newFailingHandoff(t, 300*time.Millisecond, 600*time.Millisecond)
+	logs, nodes, one, late, serve, keys := h.logs, h.nodes, h.one, h.late, h.serve, h.keys
+	// node-1 bounces while the hand-off to it waits to retry.
+	nodes[0].router.SetRing(one)
+	nodes[0].router.SetRing(ring.New([]ring.Member{nodes[0].member, late}))
+	shedtest.Eventually(t, 10*time.Second, "the first hand-off giving way", func() error {
+		if n := logs.count("bucket hand-off left to a newer ring's"); n != 1 {
+			return fmt.Errorf("%d hand-offs gave way, want 1", n)
+		}
+		return nil
+	})
+	store1 := limiter.NewStore(1 << 16)
+	serve(store1)
+	shedtest.Eventually(t, 15*time.Second, "the buckets at node-1", func() error {
+		if n := store1.Len(); n != len(keys) {
+			return fmt.Errorf("node-1 holds %d buckets, want %d", n, len(keys))
+		}
+		return nil
+	})
+	if n := logs.count("bucket hand-off left to a newer ring's"); n != 1 {
+		t.Fatalf("%d hand-offs gave way, want 1", n)
 	}
 }

@@ -92,6 +92,10 @@ type Router struct {
 	// not return while the background one is still sending, or Close
 	// cancels it and the buckets it carries are lost.
 	handoffMu sync.Mutex
+	// handoffGen counts the hand-offs SetRing started: a retrying one
+	// whose number is no longer the last gives way to the newer, even when
+	// the ring came back to one Equal to its own (a node that bounced).
+	handoffGen atomic.Uint64
 
 	hot   hotKeys
 	stats Stats
@@ -192,21 +196,35 @@ func (r *Router) SetRing(rg *ring.Ring) {
 	if old == nil || old.Equal(rg) {
 		return
 	}
-	r.wg.Go(func() { r.handoffUntilDone(rg) })
+	gen := r.handoffGen.Add(1)
+	r.wg.Go(func() { r.handoffUntilDone(rg, gen) })
 }
+
+// errSuperseded is why a hand-off did not run: a newer ring arrived, and
+// its own hand-off moves the buckets.
+var errSuperseded = errors.New("superseded by a newer ring")
 
 // handoffTimeout bounds one attempt of a hand-off.
 const handoffTimeout = 10 * time.Second
 
 // handoffUntilDone hands off the buckets rg moves, trying again after
-// failures (see SetRing). It runs on the router's wait group, so Close
-// waits for it.
-func (r *Router) handoffUntilDone(rg *ring.Ring) {
+// failures (see SetRing), until a newer hand-off than gen starts. It runs
+// on the router's wait group, so Close waits for it.
+func (r *Router) handoffUntilDone(rg *ring.Ring, gen uint64) {
 	b := backoff.Backoff{Min: r.cfg.HandoffRetryMin, Max: r.cfg.HandoffRetryMax}
 	for {
-		ctx, cancel := context.WithTimeout(r.ctx, handoffTimeout)
-		err := r.handoff(ctx, rg)
-		cancel()
+		err := errSuperseded
+		if r.handoffGen.Load() == gen {
+			ctx, cancel := context.WithTimeout(r.ctx, handoffTimeout)
+			err = r.handoff(ctx, rg)
+			cancel()
+		}
+		if errors.Is(err, errSuperseded) {
+			if b.Failing() {
+				r.cfg.Logger.Info("bucket hand-off left to a newer ring's", "failed_attempts", b.Attempts())
+			}
+			return
+		}
 		if err == nil {
 			if b.Failing() {
 				r.cfg.Logger.Info("bucket hand-off complete after retrying", "failed_attempts", b.Attempts())
@@ -251,7 +269,10 @@ func (r *Router) Leave(ctx context.Context) error {
 	}
 	next := ring.New(rest)
 	r.ring.Store(next)
-	return r.handoff(ctx, next)
+	if err := r.handoff(ctx, next); !errors.Is(err, errSuperseded) {
+		return err
+	}
+	return nil // a newer ring's own hand-off moves the buckets
 }
 
 // Close stops the router: pending batches fail over to their fallbacks,
@@ -534,7 +555,7 @@ func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 	r.handoffMu.Lock()
 	defer r.handoffMu.Unlock()
 	if !rg.Equal(r.ring.Load()) {
-		return nil // a newer ring arrived; its own hand-off moves the buckets
+		return errSuperseded
 	}
 	ctx, endSpan := r.trace.handoff(ctx)
 	before := r.stats.HandedOff.Load()

@@ -1,8 +1,9 @@
 // Package shedtest has the helpers levee's tests share: a hand-moved clock
 // for the Clock and Now fields that shed's types and levee's servers take,
-// a wait for a condition that another goroutine makes true, and the rule
-// by which a threshold counts as settled after a step (Settle), which
-// levee surge and shed's simulations must judge alike.
+// a wait for a condition that another goroutine makes true, and the rules
+// by which a threshold counts as settled (Settle) and the acceptance as
+// converged (Converged) after a step, which levee surge and shed's
+// simulations must judge alike.
 //
 // It imports nothing from levee, so the tests of every package can use it.
 // It sits under shed, the bottom of levee's import graph, because shed must
@@ -11,6 +12,7 @@
 package shedtest
 
 import (
+	"math"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -108,4 +110,58 @@ func Settle(at []time.Duration, v []float64, from, to time.Duration) time.Durati
 		}
 	}
 	return to - from
+}
+
+// ConvergeBin is the width of the bins Converged reads.
+const ConvergeBin = 250 * time.Millisecond
+
+// Bin is one ConvergeBin of traffic: when it starts, the share of the
+// offered requests admitted in it, and the p99 latency of those admitted.
+type Bin struct {
+	At         time.Duration
+	Acceptance float64
+	P99        time.Duration
+}
+
+// Converged is how long after from the acceptance, in consecutive bins of
+// ConvergeBin starting at from, came within ±5% of its final value (the
+// median of the bins starting in the last 3 s before to) with every bin's
+// p99 at most maxP99, and held so for 1 s: the rule by which levee surge,
+// and the simulations in shed's tests, judge the acceptance converged
+// after a step. It also returns the largest relative swing of the
+// acceptance from its final value from then on. It returns to − from (and
+// no swing) if the acceptance never converged, or has no bin in its last
+// 3 s.
+func Converged(bins []Bin, maxP99 time.Duration, from, to time.Duration) (time.Duration, float64) {
+	const tail, hold = 3 * time.Second, time.Second
+	var last []float64
+	for _, b := range bins {
+		if b.At >= to-tail {
+			last = append(last, b.Acceptance)
+		}
+	}
+	if len(last) == 0 {
+		return to - from, 0
+	}
+	slices.Sort(last)
+	final := last[len(last)/2]
+	ok := func(b Bin) bool {
+		d := b.Acceptance - final
+		return d <= 0.05*final && d >= -0.05*final && b.P99 <= maxP99
+	}
+	need := int(hold / ConvergeBin)
+	for i := range bins {
+		n := 0
+		for n < need && i+n < len(bins) && ok(bins[i+n]) {
+			n++
+		}
+		if n == need {
+			swing := 0.0
+			for _, b := range bins[i:] {
+				swing = max(swing, math.Abs(b.Acceptance-final)/final)
+			}
+			return bins[i].At - from, swing
+		}
+	}
+	return to - from, 0
 }

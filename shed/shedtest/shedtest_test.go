@@ -148,3 +148,55 @@ func TestSettle(t *testing.T) {
 		t.Errorf("within the band from the start: Settle = %v, want 0", got)
 	}
 }
+
+func TestConverged(t *testing.T) {
+	// bins returns 10 s of bins: acceptance first until settle, then
+	// final, and a p99 of 80 ms in the bin starting at slow (if ≥ 0).
+	bins := func(first, final float64, settle, slow time.Duration) []Bin {
+		var out []Bin
+		for at := time.Duration(0); at < 10*time.Second; at += ConvergeBin {
+			b := Bin{At: at, Acceptance: final, P99: 10 * time.Millisecond}
+			if at < settle {
+				b.Acceptance = first
+			}
+			if at == slow {
+				b.P99 = 80 * time.Millisecond
+			}
+			out = append(out, b)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name         string
+		settle, slow time.Duration
+		want         time.Duration
+		swing        float64
+	}{
+		{"at once", 0, -1, 0, 0},
+		{"after 1.5 s", 1500 * time.Millisecond, -1, 1500 * time.Millisecond, 0},
+		{"a slow bin restarts the hold", 1500 * time.Millisecond, 2 * time.Second, 2250 * time.Millisecond, 0},
+	} {
+		got, swing := Converged(bins(0.9, 0.6, c.settle, c.slow), 50*time.Millisecond, 0, 10*time.Second)
+		if got != c.want || swing != c.swing {
+			t.Errorf("%s: Converged = %v, swing %v; want %v, %v", c.name, got, swing, c.want, c.swing)
+		}
+	}
+	// Within ±5% of the final value counts; the swing after is reported.
+	b := bins(0.62, 0.6, time.Second, -1)
+	b[20].Acceptance = 0.69
+	got, swing := Converged(b, 50*time.Millisecond, 0, 10*time.Second)
+	if got != 0 || swing < 0.149 || swing > 0.151 {
+		t.Errorf("within 5%%, one swing to 0.69: Converged = %v, swing %v; want 0, 0.15", got, swing)
+	}
+	// Alternating 0.2 apart, it never holds.
+	b = bins(0.6, 0.6, 0, -1)
+	for i := range b {
+		b[i].Acceptance += 0.2 * float64(i%2)
+	}
+	if got, _ := Converged(b, 50*time.Millisecond, 0, 10*time.Second); got != 10*time.Second {
+		t.Errorf("alternating: Converged = %v, want 10s", got)
+	}
+	if got, _ := Converged(nil, 50*time.Millisecond, 0, 10*time.Second); got != 10*time.Second {
+		t.Errorf("no bins: Converged = %v, want 10s", got)
+	}
+}

@@ -2,7 +2,6 @@ package surge
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -286,53 +285,19 @@ func settleTime(r *PolicyRun, hs, he time.Duration, salt uint64) time.Duration {
 }
 
 // acceptanceSettle is the stricter convergence time, read from the calls
-// rather than the threshold: how long after hs the share of offered calls
-// that were admitted (not refused), in 250 ms bins, came within ±5% of its
-// final value (the median over the last 3 s before he) with the admitted
-// calls' p99 at most 50 ms, and held so for 1 s (he - hs if it never did).
-// It also returns the largest relative swing of the acceptance from its
-// final value after that.
+// rather than the threshold: the share of offered calls that were
+// admitted (not refused or throttled), in shedtest.ConvergeBin bins,
+// converged with the admitted calls' p99 at most 50 ms
+// (shedtest.Converged); he - hs if it never did. It also returns the
+// largest relative swing of the acceptance from its final value after
+// that.
 func acceptanceSettle(r *PolicyRun, hs, he time.Duration) (time.Duration, float64) {
-	const w = 250 * time.Millisecond
-	type bin struct {
-		at  time.Duration
-		acc float64
-		p99 time.Duration
-	}
-	var bins []bin
-	for t := hs; t+w <= he; t += w {
-		a := r.Agg(t, t+w, allPriorities)
+	var bins []shedtest.Bin
+	for t := hs; t+shedtest.ConvergeBin <= he; t += shedtest.ConvergeBin {
+		a := r.Agg(t, t+shedtest.ConvergeBin, allPriorities)
 		if a.Offered > 0 {
-			bins = append(bins, bin{t, 1 - float64(a.Refused+a.Throttled)/float64(a.Offered), a.P99})
+			bins = append(bins, shedtest.Bin{At: t, Acceptance: 1 - float64(a.Refused+a.Throttled)/float64(a.Offered), P99: a.P99})
 		}
 	}
-	var tail []float64
-	for _, b := range bins {
-		if b.at >= he-3*time.Second {
-			tail = append(tail, b.acc)
-		}
-	}
-	if len(tail) == 0 {
-		return he - hs, 0
-	}
-	slices.Sort(tail)
-	final := tail[len(tail)/2]
-	ok := func(b bin) bool {
-		d := b.acc - final
-		return d <= 0.05*final && d >= -0.05*final && b.p99 <= 50*time.Millisecond
-	}
-	for i := range bins {
-		n := 0
-		for n < int(time.Second/w) && i+n < len(bins) && ok(bins[i+n]) {
-			n++
-		}
-		if n == int(time.Second/w) {
-			osc := 0.0
-			for _, b := range bins[i:] {
-				osc = max(osc, math.Abs(b.acc-final)/final)
-			}
-			return bins[i].at - hs, osc
-		}
-	}
-	return he - hs, 0
+	return shedtest.Converged(bins, 50*time.Millisecond, hs, he)
 }
