@@ -96,7 +96,9 @@ func statusOf(err error) (string, bool) {
 // FuzzQuota feeds arbitrary peer Quota requests to an owner: it never
 // panics, answers one grant per bucket with one token count per demand, and
 // never grants more tokens than a fill adds and the headroom of the
-// clients below their share (5%, and a token each for rounding up).
+// clients below their share (quota.MaxHeadroom of the pool, their 5% and
+// the standard errors of their demands together, and a token each for
+// rounding up).
 func FuzzQuota(f *testing.F) {
 	seed := func(r *leveev1.QuotaRequest) {
 		b, err := proto.Marshal(r)
@@ -136,7 +138,7 @@ func FuzzQuota(f *testing.F) {
 			}
 			// Demands of one bucket sent twice (the same id) share one
 			// client: each gets that client's tokens.
-			bound := g.GetPool() + uint64(math.Ceil(float64(g.GetPool())*quota.Headroom)) + uint64(len(g.GetTokens()))
+			bound := g.GetPool() + uint64(math.Ceil(float64(g.GetPool())*quota.MaxHeadroom)) + uint64(len(g.GetTokens()))
 			if sum > bound && !duplicateIDs(req.GetBuckets()[i]) {
 				t.Fatalf("bucket %d: %d tokens granted of a pool of %d", i, sum, g.GetPool())
 			}
