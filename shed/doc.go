@@ -62,7 +62,12 @@
 // traffic the gate does not refuse alone keeps more than twice the limit in
 // flight, that is overload too, and the marginal priority does not fit
 // (MarginUnfit); while that queue still grows with the resource working,
-// it counts even just after a raise. Once critical is all that is left,
+// it counts even just after a raise. It does not count while the admitted
+// requests keep their deadlines (no more than 1% of those released in the
+// tick took over half their deadline) and that traffic fits the
+// throughput target below: a resource held near its target keeps such a
+// queue at times, and shedding for it would hunt across the marginal
+// priority's edge. Once critical is all that is left,
 // the gate trims critical, and its refusals beyond the tolerance are the
 // evidence that critical demand alone exceeds capacity.
 //

@@ -75,6 +75,14 @@ const gateDecay = 0.7
 // overshoot.
 const raiseSettle = 3
 
+// lateShare and minTimed: a tick whose releases (at least minTimed of
+// them with a deadline) took over half their deadline no more often than
+// lateShare kept its deadlines, the admitted p99 within half of them.
+const (
+	lateShare = 0.01
+	minTimed  = 20
+)
+
 // Outcome says how an admitted request ended, which decides whether its
 // latency is a sample of the service's speed.
 type Outcome uint8
@@ -138,6 +146,9 @@ func newRefusal(resource string, reason Reason, retry time.Duration) *Refusal {
 type Permit struct {
 	r    *Resource
 	prio Priority
+	// budget is what the caller's deadline left at Acquire (0: no
+	// deadline): a release that took over half of it was late.
+	budget time.Duration
 }
 
 // Valid reports whether the permit came from a successful Acquire.
@@ -186,6 +197,10 @@ type Resource struct {
 	tput                 throughputTarget
 	lastCritical         uint64 // critical demand counted at the last tick
 	moves                [NumCauses]uint64
+	// Releases of requests that had a deadline, and of those the ones
+	// that took over half of it (late); the counts at the last tick.
+	timed, late         atomic.Uint64
+	lastTimed, lastLate uint64
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -330,7 +345,14 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		st.wouldShed[reason].Add(1)
 	}
 	st.admitted.Add(1)
-	return Permit{r: r, prio: p}, nil
+	var budget time.Duration
+	if d, ok := ctx.Deadline(); ok {
+		if now.IsZero() {
+			now = r.clock()
+		}
+		budget = d.Sub(now)
+	}
+	return Permit{r: r, prio: p, budget: budget}, nil
 }
 
 func (r *Resource) refuse(st *prioStats, reason Reason) (Permit, error) {
@@ -372,6 +394,12 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	}
 	if o == OutcomeSuccess && r.dl != nil {
 		r.dl.Observe(latency)
+	}
+	if sample && p.budget > 0 {
+		r.timed.Add(1)
+		if latency > p.budget/2 {
+			r.late.Add(1)
+		}
 	}
 }
 
@@ -435,6 +463,19 @@ func (r *Resource) Tick(now time.Time) Reading {
 			expect = c * gr.interval.Seconds()
 		}
 		stalled := r.conc.Inflight() >= r.conc.Limit() && float64(gr.completed) < stallShare*expect
+		// A queue past the gate that keeps its deadlines, while the
+		// traffic past the gate fits the throughput target: the queue a
+		// resource kept near its target shows now and then (a one-worker
+		// service at 90% holds nine in flight on average), not a margin
+		// that does not fit. Read as overload it sheds the rest of the
+		// marginal priority, and the measured room readmits it a second
+		// later: the threshold hunts across the priority's edge. Whether
+		// the traffic fits is the target's to say, and whether the queue
+		// matters is the deadlines'.
+		timed, late := r.timed.Load(), r.late.Load()
+		dTimed, dLate := timed-r.lastTimed, late-r.lastLate
+		r.lastTimed, r.lastLate = timed, late
+		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) && r.tput.exemptFits(now)
 		switch {
 		case stalled:
 			cr = Reading{Saturated: true}
@@ -444,6 +485,8 @@ func (r *Resource) Tick(now time.Time) Reading {
 			// overflows) for that alone: wait for the raise to show
 			// before shedding more. A queue that still grows while the
 			// resource works shows the raise fell short.
+			cr = Reading{Saturated: true}
+		case gr.standing && keepsDeadlines:
 			cr = Reading{Saturated: true}
 		case gr.standing:
 			// Traffic more important than the margin, which the gate
