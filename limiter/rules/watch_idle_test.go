@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/levee-dev/levee/limiter/rules/rulestest"
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // bigRuleDir writes files rule files of perFile descriptors each, about
@@ -262,7 +263,7 @@ func TestWatcherConfigMap(t *testing.T) {
 		return fmt.Sprintf("domain: %s\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: %d}\n", domain, rpu)
 	}
 	m := rulestest.NewConfigMap(t, map[string]string{"api.yaml": limit("api", 1), "web.yaml": limit("web", 1)})
-	var logs syncBuffer
+	var logs shedtest.Log
 	w := NewWatcher(m.Dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
 	first, err := w.Load()
 	if err != nil {

@@ -1,35 +1,17 @@
 package rules
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-// syncBuffer is a log sink safe for the watcher's goroutine and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // writeAtomic replaces path in one step, so that a poll never reads a
 // half-written file (the temporary name starts with a dot, so it is skipped).
@@ -130,7 +112,7 @@ func TestWatcher(t *testing.T) {
 	const bad = "domain: api\ndescriptors:\n  - key: k\n    rate_limit: {unit: secnd, requests_per_unit: 2}\n"
 	writeAtomic(t, file, good1)
 
-	var logs syncBuffer
+	var logs shedtest.Log
 	r := start(t, NewWatcher(dir, 20*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil))))
 
 	rpu := func(c *Config) uint32 {

@@ -1,6 +1,7 @@
 // Package shedtest has the helpers levee's tests share: a hand-moved clock
 // for the Clock and Now fields that shed's types and levee's servers take,
-// a wait for a condition that another goroutine makes true, and the rules
+// a wait for a condition that another goroutine makes true, a log sink
+// that a test reads while the code under test writes it, and the rules
 // by which a threshold counts as settled (Settle) and the acceptance as
 // converged (Converged) after a step, which levee surge and shed's
 // simulations must judge alike.
@@ -12,12 +13,40 @@
 package shedtest
 
 import (
+	"bytes"
 	"math"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// Log is a sink for a logger (slog's handlers, log.Logger) that a test
+// reads while the code under test still writes to it from its own
+// goroutines. The zero value is ready to use.
+type Log struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (l *Log) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (l *Log) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Count returns how many times s was written so far.
+func (l *Log) Count(s string) int { return strings.Count(l.String(), s) }
 
 // Clock is a clock that moves only when told. It is safe for concurrent use:
 // the code under test may read it from its own goroutines while the test

@@ -3,6 +3,7 @@ package shedtest
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -198,5 +199,29 @@ func TestConverged(t *testing.T) {
 	}
 	if got, _ := Converged(nil, 50*time.Millisecond, 0, 10*time.Second); got != 10*time.Second {
 		t.Errorf("no bins: Converged = %v, want 10s", got)
+	}
+}
+
+func TestLog(t *testing.T) {
+	var l Log
+	logger := slog.New(slog.NewTextHandler(&l, nil))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				logger.Info("moved", "by", "test")
+			}
+		})
+	}
+	// Read while the writers write: the race detector checks the lock.
+	for l.Count("moved") < 800 {
+		_ = l.String()
+	}
+	wg.Wait()
+	if n := l.Count("msg=moved"); n != 800 {
+		t.Errorf("Count = %d, want 800", n)
+	}
+	if got := strings.Count(l.String(), "\n"); got != 800 {
+		t.Errorf("%d lines, want 800", got)
 	}
 }

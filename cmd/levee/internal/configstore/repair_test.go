@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/levee-dev/levee/shed/shedtest"
 )
 
 // TestMalformedCurrentReplaced: with a malformed value in the current key,
@@ -27,7 +29,7 @@ func TestMalformedCurrentReplaced(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testClient(t)
-			var logs syncBuffer
+			var logs shedtest.Log
 			s := newStore(t, c, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 			ctx := ctxT(t)
 			mustApply(t, s, bundle(1), 0, "first")

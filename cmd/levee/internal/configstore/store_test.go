@@ -1,7 +1,6 @@
 package configstore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -831,27 +830,9 @@ func TestConflictDetectedAtCommit(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestAuditLog(t *testing.T) {
 	c := testClient(t)
-	var buf syncBuffer
+	var buf shedtest.Log
 	s := newStore(t, c, Options{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	ctx := ctxT(t)
 	mustApply(t, s, bundle(1), 0, "first")

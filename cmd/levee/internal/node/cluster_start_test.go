@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,24 +24,6 @@ import (
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-// logBuffer collects a node's log lines for a test to read while it runs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // freeURL returns an http URL on a loopback port nothing listens on (one
 // that was free a moment ago).
@@ -84,7 +65,7 @@ func TestClusterStartsWithoutEtcd(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "prop.yaml"), propRules(1000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs logBuffer
+	var logs shedtest.Log
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Addrs, 1)
 	done := make(chan error, 1)

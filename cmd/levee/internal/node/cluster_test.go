@@ -71,7 +71,7 @@ type member struct {
 	stopped bool
 	// logs holds the node's log (info and up) when the test did not give
 	// it a logger of its own; failure messages quote its ring changes.
-	logs *logBuffer
+	logs *shedtest.Log
 }
 
 // startMember runs a clustered node named id against etcd at endpoints until
@@ -126,7 +126,7 @@ func startMemberConfig(t *testing.T, cfg Config, client *tls.Config) *member {
 	}
 	m := &member{id: id, done: make(chan error, 1)}
 	if cfg.Logger == nil {
-		m.logs = &logBuffer{}
+		m.logs = &shedtest.Log{}
 		cfg.Logger = slog.New(slog.NewTextHandler(m.logs, nil))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
