@@ -62,6 +62,11 @@ func NewStore(maxKeys int) *Store {
 	return &Store{perShard: per}
 }
 
+// MaxKeys returns the store's bound on buckets, as NewStore applies it
+// (rounded up to a whole number per shard), so that a store kept beside
+// this one can be bounded alike.
+func (s *Store) MaxKeys() int { return s.perShard * numShards }
+
 // fingerprint identifies a Limit, so a bucket stored under one limit is
 // converted rather than misread when its rule changes.
 func (l Limit) fingerprint() uint32 {
@@ -146,6 +151,21 @@ func (s *Store) Seed(key uint64, l Limit, full int64, now int64) {
 	}
 	tat := l.convert(entry{full: full}, now)
 	s.insert(sh, key, entry{tat: tat, full: l.instantOf(tat), fp: l.fingerprint()}, now)
+}
+
+// FullAt returns when key's bucket is full again, if the store holds one
+// that is not full at now. It only reads: the bucket stays as it is, in the
+// limit it is expressed in (a Take under another limit would convert it).
+func (s *Store) FullAt(key uint64, now int64) (int64, bool) {
+	key = tableKey(key)
+	sh := &s.shards[key>>56]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i := sh.t.find(key)
+	if i < 0 || sh.t.slots[i].e.full <= now {
+		return 0, false
+	}
+	return sh.t.slots[i].e.full, true
 }
 
 // insert adds a key sh does not hold, first making room if the shard is at

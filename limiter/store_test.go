@@ -259,3 +259,29 @@ func TestSeedStartsFromTheOwnersState(t *testing.T) {
 		t.Fatalf("seed over a held bucket: %+v, want its 7 left", r)
 	}
 }
+
+// TestFullAtOnlyReads: FullAt tells when a held bucket is full again and
+// leaves it in its own limit, which a look by Take under another limit
+// would not (it converts the bucket, rounding).
+func TestFullAtOnlyReads(t *testing.T) {
+	s := NewStore(1 << 10)
+	l := Limit{Rate: 10, Period: 10 * time.Second}
+	now := epoch + int64(time.Hour)
+	if _, ok := s.FullAt(1, now); ok {
+		t.Fatal("FullAt of a key never taken: ok")
+	}
+	s.Take(1, l, 3, now)
+	full, ok := s.FullAt(1, now)
+	if !ok || full != now+int64(3*time.Second) {
+		t.Fatalf("FullAt = %v, %v; want 3s on", time.Duration(full-now), ok)
+	}
+	if _, ok := s.FullAt(1, full); ok {
+		t.Fatal("FullAt once the bucket is full again: ok")
+	}
+	if r := s.Take(1, l, 0, now); r.Remaining != 7 {
+		t.Fatalf("after FullAt: %+v, want 7 left", r)
+	}
+	if got := NewStore(s.MaxKeys()).MaxKeys(); got != s.MaxKeys() {
+		t.Fatalf("a store sized by MaxKeys bounds %d keys, want %d", got, s.MaxKeys())
+	}
+}

@@ -26,7 +26,9 @@
 // batch that fails (error, or no answer within the timeout or the callers'
 // deadline) is decided by each operation's fallback: FallbackLocal decides
 // on this node with a fair share of the limit (limit ÷ live nodes), open
-// admits, closed reports the operation undecidable. A caller with a
+// admits, closed reports the operation undecidable. Fair shares are
+// buckets of their own, kept apart from the owner buckets this node holds
+// and never handed off (Router.FallbackStore). A caller with a
 // deadline is answered before it: operations whose owner has not answered
 // by the last tenth of the time left (at most 2 ms before the deadline)
 // are decided by their fallback, since an answer after the deadline

@@ -227,3 +227,80 @@ func TestHandoffRetryGivesWayWhenTheRingBounces(t *testing.T) {
 		t.Fatalf("%d hand-offs gave way, want 1", n)
 	}
 }
+
+// TestFallbackKeepsOwnerBucketsExact: checks that fall back while a
+// hand-off to an unreachable new owner is retried decide on fair-share
+// buckets of their own. The owner bucket waiting for the hand-off is only
+// read (to start the share where it stood), so the owner gets it exactly
+// as the owner's takes left it; and a fair-share bucket is not handed off,
+// since the owner would count this node's share as its own tokens. (On one
+// key space the fallback converted the owner bucket into the share's
+// limit, rounding the missing time down, and the hand-off carried that.)
+func TestFallbackKeepsOwnerBucketsExact(t *testing.T) {
+	// Retries 2-4 s apart: the checks below run between two attempts.
+	h := newFailingHandoff(t, 4*time.Second, 4*time.Second)
+	node, two := h.nodes[0], h.nodes[0].router.Ring()
+	l := limiter.Limit{Rate: 10, Period: 1000 * time.Hour}
+	share := FairShare(l, two.Len()) // 5 per 1000 h
+	// Decide at the next boundary of the share's token time (one of l's
+	// too), so that converting between the two limits rounds the same way
+	// on every run.
+	now := time.Now().UnixNano()
+	_, next := share.Take(0, 1, now)
+	now += int64(next.ResetAfter)
+
+	owned := keyOwnedBy(t, two, "node-1", 500) // an owner bucket held here
+	if r := node.store.Take(owned, l, 7, now); !r.Allowed {
+		t.Fatalf("spending on the owner bucket: %+v", r)
+	}
+	full, _ := node.store.FullAt(owned, now)
+	fresh := keyOwnedBy(t, two, "node-1", 501) // no bucket here
+	before := node.router.Stats().Fallbacks.Load()
+	res := make([]limiter.Result, 2)
+	reqs := []limiter.Request{{Key: owned, Limit: l, Hits: 1}, {Key: fresh, Limit: l, Hits: 2}}
+	if err := node.router.Take(t.Context(), now, reqs, res); err != nil {
+		t.Fatal(err)
+	}
+	if n := node.router.Stats().Fallbacks.Load() - before; n != 2 {
+		t.Fatalf("%d fallbacks, want 2 (node-1 is unreachable)", n)
+	}
+	// The share starts where the owner bucket stands (3 of 10 left: 1.5 of
+	// the share's 5, rounded down); a fresh share would leave 4.
+	if !res[0].Allowed || res[0].Remaining != 1 {
+		t.Fatalf("fallback on the spent key: %+v, want allowed with 1 left", res[0])
+	}
+	if !res[1].Allowed || res[1].Remaining != 3 {
+		t.Fatalf("fallback on the fresh key: %+v, want allowed with 3 left", res[1])
+	}
+	if n := node.store.Len(); n != len(h.keys)+1 {
+		t.Fatalf("node-0's owner buckets: %d, want %d (the fallbacks' are apart)", n, len(h.keys)+1)
+	}
+	if got, ok := node.store.FullAt(owned, now); !ok || got != full {
+		t.Fatalf("the owner bucket is full again %v after now, want %v: the fallback changed it", time.Duration(got-now), time.Duration(full-now))
+	}
+
+	store1 := limiter.NewStore(1 << 16)
+	h.serve(store1)
+	// HandedOff counts once node-1 has answered: it holds what it adopted.
+	shedtest.Eventually(t, 15*time.Second, "the hand-off to node-1", func() error {
+		if n := node.router.Stats().HandedOff.Load(); n == 0 {
+			return fmt.Errorf("nothing handed off; node-0 holds %d owner buckets", node.store.Len())
+		}
+		return nil
+	})
+	if n := node.store.Len(); n != 0 {
+		t.Fatalf("node-0 still holds %d owner buckets", n)
+	}
+	if n := store1.Len(); n != len(h.keys)+1 {
+		t.Fatalf("node-1 holds %d buckets, want the %d owner buckets handed off", n, len(h.keys)+1)
+	}
+	if _, ok := store1.FullAt(fresh, now); ok {
+		t.Fatal("the fallback's bucket was handed off")
+	}
+	if r := store1.Take(owned, l, 0, now); r.Remaining != 3 || r.ResetAfter != time.Duration(full-now) {
+		t.Fatalf("the owner bucket at node-1: %d left, full in %v; want 3, in %v", r.Remaining, r.ResetAfter, time.Duration(full-now))
+	}
+	if n := node.router.FallbackStore().Len(); n != 2 {
+		t.Fatalf("node-0 holds %d fallback buckets, want 2 (never handed off)", n)
+	}
+}

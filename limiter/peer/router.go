@@ -23,7 +23,9 @@ import (
 
 // Config configures a Router.
 type Config struct {
-	// Self is this node; operations it owns are decided on Store.
+	// Self is this node; operations it owns are decided on Store, and
+	// Store's buckets are handed off when their owner changes. Fallbacks
+	// decide on a store of the router's own (see Router.FallbackStore).
 	Self  ring.Member
 	Store *limiter.Store
 	// Dial opens a connection to a peer (nil: gRPC with Creds).
@@ -97,6 +99,16 @@ type Router struct {
 	// the ring came back to one Equal to its own (a node that bounced).
 	handoffGen atomic.Uint64
 
+	// fallbacks holds the fair-share buckets FallbackLocal decides on,
+	// apart from Store's owner buckets under the same keys. A bucket read
+	// under a limit other than its own is converted, rounding the missing
+	// time down: sharing one key space, a fair share (say 1/hour) reading
+	// a drained owner bucket (5/hour) found it full, and the owner later
+	// read or adopted a fallback take as 0 to 4 of its tokens, depending
+	// on the minute. Kept apart, owner buckets stay exact, and fallback
+	// buckets are never handed off: they are this node's share only.
+	fallbacks *limiter.Store
+
 	hot   hotKeys
 	stats Stats
 	trace *tracer // nil: no spans
@@ -166,12 +178,24 @@ func NewRouter(cfg Config) *Router {
 				grpc.WithInitialWindowSize(WindowSize), grpc.WithInitialConnWindowSize(WindowSize)}, cfg.DialOptions...)...)
 		}
 	}
+	// Bounded like Store: while an owner is unreachable this node may
+	// hold a fallback bucket for every key it would forward to it.
+	maxKeys := 1
+	if cfg.Store != nil {
+		maxKeys = cfg.Store.MaxKeys()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Router{cfg: cfg, ctx: ctx, cancel: cancel, peers: make(map[string]*peerConn), trace: newTracer(cfg.TracerProvider)}
+	return &Router{cfg: cfg, ctx: ctx, cancel: cancel, peers: make(map[string]*peerConn), fallbacks: limiter.NewStore(maxKeys), trace: newTracer(cfg.TracerProvider)}
 }
 
 // Stats returns the router's counters.
 func (r *Router) Stats() *Stats { return &r.stats }
+
+// FallbackStore returns the store of the fair-share buckets fallbacks
+// decide on, for its owner to sweep and count like Config.Store. Nothing
+// else should take from it or adopt into it: its buckets are this node's
+// share of keys other nodes own, in the share's limit.
+func (r *Router) FallbackStore() *limiter.Store { return r.fallbacks }
 
 // Ring returns the ring in use (nil before the first SetRing).
 func (r *Router) Ring() *ring.Ring { return r.ring.Load() }
@@ -489,14 +513,21 @@ func (r *Router) fallback(req *limiter.Request, res *limiter.Result, nodes int, 
 		return nil
 	}
 	share := FairShare(req.Limit, nodes)
-	if full, ok := r.ownerFullAt(req.Key, req.Limit, now); ok {
-		// The owner last said its bucket was spent until full: start the
-		// fair share there too rather than full, or each node would admit
-		// a share of a burst the owner already gave out.
-		r.cfg.Store.Seed(req.Key, share, full, now)
+	// The owner last said its bucket was spent until full, or this node
+	// still holds the owner's bucket (a hand-off to the new owner not
+	// through yet): start the fair share there too rather than full, or
+	// each node would admit a share of a burst already given out. The
+	// owner's bucket itself is only read: it stays exact, to be handed
+	// off.
+	full, ok := r.ownerFullAt(req.Key, req.Limit, now)
+	if held, ok2 := r.cfg.Store.FullAt(req.Key, now); ok2 && (!ok || held > full) {
+		full, ok = held, true
+	}
+	if ok {
+		r.fallbacks.Seed(req.Key, share, full, now)
 	}
 	reserve := req.Reserve / uint64(max(nodes, 1))
-	*res = r.cfg.Store.TakeReserve(req.Key, share, req.Hits, reserve, now)
+	*res = r.fallbacks.TakeReserve(req.Key, share, req.Hits, reserve, now)
 	return nil
 }
 
@@ -550,7 +581,9 @@ func (r *Router) peer(m ring.Member) *peerConn {
 }
 
 // handoff sends every bucket this node holds but does not own in rg to its
-// owner. Buckets whose owner cannot take them are kept here.
+// owner. Buckets whose owner cannot take them are kept here. Only Store's
+// buckets move: fallback buckets are this node's fair share, which the
+// owner does not count (see Router.fallbacks).
 func (r *Router) handoff(ctx context.Context, rg *ring.Ring) error {
 	r.handoffMu.Lock()
 	defer r.handoffMu.Unlock()

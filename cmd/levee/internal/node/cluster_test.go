@@ -291,7 +291,7 @@ func clusterReport(ms ...*member) string {
 		if err != nil {
 			fmt.Fprintf(&b, " /metrics: %v", err)
 		}
-		for _, name := range []string{"levee_cluster_members", "levee_peer_forwarded_total", "levee_peer_fallbacks_total", "levee_peer_handed_off_total"} {
+		for _, name := range []string{"levee_cluster_members", "levee_peer_forwarded_total", "levee_peer_fallbacks_total", "levee_peer_handed_off_total", "levee_store_fallback_keys"} {
 			fmt.Fprintf(&b, " %s=%v", name, g[name])
 		}
 		if m.logs == nil {
@@ -439,6 +439,9 @@ func TestClusterRingForwardingJoinLeave(t *testing.T) {
 		fwd, batches := g["levee_peer_forwarded_total"], g["levee_peer_batches_total"]
 		if fwd < 1 || batches < 1 || batches > fwd || g["levee_peer_fallbacks_total"] != 0 {
 			t.Errorf("node %s: forwarded %v in %v batches with %v fallbacks; want some forwarded, no fallbacks", m.id, fwd, batches, g["levee_peer_fallbacks_total"])
+		}
+		if v, ok := g["levee_store_fallback_keys"]; !ok || v != 0 {
+			t.Errorf("node %s: levee_store_fallback_keys %v (exported %v), want 0 with no fallbacks", m.id, v, ok)
 		}
 		t.Logf("node %s forwarded %v operations in %v batches (%.2f RPCs per forwarded decision)", m.id, fwd, batches, batches/fwd)
 	}

@@ -497,6 +497,11 @@ func (n *node) serve(ctx context.Context, ready func(Addrs)) error {
 		n.files.run(ctx, &wg)
 	}
 	wg.Go(func() { sweep(ctx, n.store, cfg.Now) })
+	if n.cl != nil {
+		// The router's fallback buckets refill like the others; nobody
+		// else drops them.
+		wg.Go(func() { sweep(ctx, n.cl.router.FallbackStore(), cfg.Now) })
+	}
 	if n.status != nil {
 		wg.Go(func() { n.status.run(ctx) })
 	}

@@ -45,7 +45,7 @@ func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode, con
 	t.reloadOK = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "ok")))
 	t.reloadFailed = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "failed")))
 	keys, err := meter.Int64ObservableGauge("levee.store.keys",
-		metric.WithDescription("Buckets held in memory (buckets that are not full)."),
+		metric.WithDescription("Buckets held in memory (buckets that are not full); a clustered node's fallback fair shares are levee.store.fallback_keys."),
 		metric.WithUnit("{key}"))
 	if err != nil {
 		return nil, err
@@ -88,6 +88,21 @@ func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
 	if err != nil {
 		return err
 	}
+	// The fallback buckets are counted apart from levee.store.keys, which
+	// counts the buckets this node owns (and hands off): a fair share
+	// stays on the node that decided it until it refills.
+	fallbackKeys, err := meter.Int64ObservableGauge("levee.store.fallback_keys",
+		metric.WithDescription("Fair-share buckets held for keys whose owner was unreachable (failure_mode local); bounded by --max-keys apart from levee.store.keys."),
+		metric.WithUnit("{key}"))
+	if err != nil {
+		return err
+	}
+	fallbackEvictions, err := meter.Int64ObservableCounter("levee.store.fallback_evictions",
+		metric.WithDescription("Fair-share buckets dropped for room while not full."),
+		metric.WithUnit("{key}"))
+	if err != nil {
+		return err
+	}
 	type counter struct {
 		name, desc string
 		value      func(*peer.Stats) uint64
@@ -100,7 +115,7 @@ func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
 		{name: "levee.peer.fallbacks", desc: "Operations decided by their rule's failure mode because the owner was unreachable.", value: func(s *peer.Stats) uint64 { return s.Fallbacks.Load() }},
 		{name: "levee.peer.handed_off", desc: "Buckets sent to their new owner after a membership change.", value: func(s *peer.Stats) uint64 { return s.HandedOff.Load() }},
 	}
-	insts := []metric.Observable{members}
+	insts := []metric.Observable{members, fallbackKeys, fallbackEvictions}
 	for _, c := range counters {
 		c.inst, err = meter.Int64ObservableCounter(c.name, metric.WithDescription(c.desc), metric.WithUnit("{operation}"))
 		if err != nil {
@@ -115,6 +130,9 @@ func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
 		for _, c := range counters {
 			o.ObserveInt64(c.inst, int64(c.value(cl.router.Stats())))
 		}
+		fb := cl.router.FallbackStore()
+		o.ObserveInt64(fallbackKeys, int64(fb.Len()))
+		o.ObserveInt64(fallbackEvictions, int64(fb.Evictions()))
 		return nil
 	}, insts...)
 	return err
