@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,24 +14,6 @@ import (
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 	"github.com/levee-dev/levee/shed/shedtest"
 )
-
-// logLines is a slog handler's output, safe to read while the router logs.
-type logLines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logLines) count(msg string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), msg)
-}
 
 // unreachableMember is a member whose address nothing listens on yet:
 // serve starts its peer server there on store.
@@ -79,7 +59,7 @@ func spendOn(t *testing.T, store *limiter.Store, rg *ring.Ring, id string, l lim
 // leaving them on the old owner until the next ring change while the new
 // owner answers from its own, older buckets.
 func TestHandoffRetriesUntilTheOwnerAnswers(t *testing.T) {
-	logs := new(logLines)
+	logs := new(shedtest.Log)
 	nodes := startNodes(t, 1, func(c *Config) {
 		c.HandoffRetryMin = 20 * time.Millisecond
 		c.HandoffRetryMax = 200 * time.Millisecond
@@ -92,7 +72,7 @@ func TestHandoffRetriesUntilTheOwnerAnswers(t *testing.T) {
 
 	nodes[0].router.SetRing(two)
 	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt", func() error {
-		if logs.count("bucket hand-off incomplete") == 0 {
+		if logs.Count("bucket hand-off incomplete") == 0 {
 			return fmt.Errorf("no failed attempt logged")
 		}
 		return nil
@@ -128,7 +108,7 @@ func TestHandoffRetriesUntilTheOwnerAnswers(t *testing.T) {
 // hand-off of 20 buckets to node-1 (late), which nothing serves until
 // serve is called; one is the ring before node-1 joined.
 type failingHandoff struct {
-	logs  *logLines
+	logs  *shedtest.Log
 	nodes []*testNode
 	one   *ring.Ring
 	late  ring.Member
@@ -138,7 +118,7 @@ type failingHandoff struct {
 
 func newFailingHandoff(t *testing.T, min, max time.Duration) failingHandoff {
 	t.Helper()
-	h := failingHandoff{logs: new(logLines)}
+	h := failingHandoff{logs: new(shedtest.Log)}
 	h.nodes = startNodes(t, 1, func(c *Config) {
 		c.HandoffRetryMin, c.HandoffRetryMax = min, max
 		c.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -149,7 +129,7 @@ func newFailingHandoff(t *testing.T, min, max time.Duration) failingHandoff {
 	h.keys = spendOn(t, h.nodes[0].store, two, "node-1", limiter.Limit{Rate: 10, Period: time.Hour})
 	h.nodes[0].router.SetRing(two)
 	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt", func() error {
-		if h.logs.count("bucket hand-off incomplete") == 0 {
+		if h.logs.Count("bucket hand-off incomplete") == 0 {
 			return fmt.Errorf("no failed attempt logged")
 		}
 		return nil
@@ -167,11 +147,11 @@ func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
 	// key, and the retries of the hand-off to node-1 end.
 	nodes[0].router.SetRing(one)
 	time.Sleep(100 * time.Millisecond) // more than one retry's wait
-	attempts := logs.count("bucket hand-off incomplete")
+	attempts := logs.Count("bucket hand-off incomplete")
 	store1 := limiter.NewStore(1 << 16)
 	serve(store1)
 	time.Sleep(1500 * time.Millisecond) // past gRPC's first reconnection
-	if n := logs.count("bucket hand-off incomplete"); n != attempts {
+	if n := logs.Count("bucket hand-off incomplete"); n != attempts {
 		t.Fatalf("%d more failed attempts after the ring changed", n-attempts)
 	}
 	if n := store1.Len(); n != 0 {
@@ -186,7 +166,7 @@ func TestHandoffRetryEndsWithANewerRing(t *testing.T) {
 	never, _ := unreachableMember(t, "node-2")
 	nodes[0].router.SetRing(ring.New([]ring.Member{nodes[0].member, never}))
 	shedtest.Eventually(t, 10*time.Second, "a failed hand-off attempt to node-2", func() error {
-		if logs.count("bucket hand-off incomplete") == attempts {
+		if logs.Count("bucket hand-off incomplete") == attempts {
 			return fmt.Errorf("no failed attempt logged")
 		}
 		return nil
@@ -210,7 +190,7 @@ func TestHandoffRetryGivesWayWhenTheRingBounces(t *testing.T) {
 	nodes[0].router.SetRing(one)
 	nodes[0].router.SetRing(ring.New([]ring.Member{nodes[0].member, late}))
 	shedtest.Eventually(t, 10*time.Second, "the first hand-off giving way", func() error {
-		if n := logs.count("bucket hand-off left to a newer ring's"); n != 1 {
+		if n := logs.Count("bucket hand-off left to a newer ring's"); n != 1 {
 			return fmt.Errorf("%d hand-offs gave way, want 1", n)
 		}
 		return nil
@@ -223,7 +203,7 @@ func TestHandoffRetryGivesWayWhenTheRingBounces(t *testing.T) {
 		}
 		return nil
 	})
-	if n := logs.count("bucket hand-off left to a newer ring's"); n != 1 {
+	if n := logs.Count("bucket hand-off left to a newer ring's"); n != 1 {
 		t.Fatalf("%d hand-offs gave way, want 1", n)
 	}
 }
