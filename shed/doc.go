@@ -63,11 +63,17 @@
 // flight, that is overload too, and the marginal priority does not fit
 // (MarginUnfit); while that queue still grows with the resource working,
 // it counts even just after a raise. It does not count while the admitted
-// requests keep their deadlines (no more than 1% of those released in the
-// tick took over half their deadline) and that traffic fits the
-// throughput target below: a resource held near its target keeps such a
-// queue at times, and shedding for it would hunt across the marginal
-// priority's edge. Once critical is all that is left,
+// requests keep their deadlines (at least 20 of them released in the tick
+// with a deadline, and no more than 1% of those took over half of it, were
+// dropped or expired) and that traffic fits the throughput target below,
+// measured since the last move: a resource held near its target keeps
+// such a queue at times, and shedding for it would hunt across the
+// marginal priority's edge. The target's rate, over a few ticks, says
+// better than one tick's arrivals and completions whether the margin fits.
+// Requests without a deadline, a resource without deadline awareness
+// (NoDeadline) or without a throughput target (Headroom < 0) keep the
+// rule without the exception. The latency given to Release is what the
+// caller waited, from its arrival if it queued before Acquire. Once critical is all that is left,
 // the gate trims critical, and its refusals beyond the tolerance are the
 // evidence that critical demand alone exceeds capacity.
 //

@@ -21,7 +21,9 @@ type Config struct {
 	NoConcurrencyLimit bool
 	QueueDelay         CoDelConfig
 	Deadline           DeadlineConfig
-	// NoDeadline turns deadline awareness off.
+	// NoDeadline turns deadline awareness off: no request is refused for
+	// its deadline, and a standing queue counts as overload whether or
+	// not the admitted requests keep their deadlines.
 	NoDeadline bool
 	// GateTolerance is the share of the traffic that the concurrency gate
 	// may refuse between two ticks (and over the last few) without that
@@ -146,8 +148,10 @@ func newRefusal(resource string, reason Reason, retry time.Duration) *Refusal {
 type Permit struct {
 	r    *Resource
 	prio Priority
-	// budget is what the caller's deadline left at Acquire (0: no
-	// deadline): a release that took over half of it was late.
+	// timed says the caller had a deadline at Acquire, and budget is what
+	// it left then: a release that took over half of it, or did not
+	// finish, was late.
+	timed  bool
 	budget time.Duration
 }
 
@@ -345,14 +349,16 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		st.wouldShed[reason].Add(1)
 	}
 	st.admitted.Add(1)
-	var budget time.Duration
-	if d, ok := ctx.Deadline(); ok {
-		if now.IsZero() {
-			now = r.clock()
+	pm := Permit{r: r, prio: p}
+	if r.dl != nil {
+		if d, ok := ctx.Deadline(); ok {
+			if now.IsZero() {
+				now = r.clock()
+			}
+			pm.timed, pm.budget = true, d.Sub(now)
 		}
-		budget = d.Sub(now)
 	}
-	return Permit{r: r, prio: p, budget: budget}, nil
+	return pm, nil
 }
 
 func (r *Resource) refuse(st *prioStats, reason Reason) (Permit, error) {
@@ -395,9 +401,11 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	if o == OutcomeSuccess && r.dl != nil {
 		r.dl.Observe(latency)
 	}
-	if sample && p.budget > 0 {
+	if p.timed && o != OutcomeIgnored {
+		// Dropped (timed out, or refused downstream) and Expired (never
+		// released) did not finish in time whatever the latency says.
 		r.timed.Add(1)
-		if latency > p.budget/2 {
+		if o != OutcomeSuccess || latency > p.budget/2 {
 			r.late.Add(1)
 		}
 	}
@@ -472,7 +480,15 @@ func (r *Resource) Tick(now time.Time) Reading {
 		// later: the threshold hunts across the priority's edge. Whether
 		// the traffic fits is the target's to say, and whether the queue
 		// matters is the deadlines'.
-		timed, late := r.timed.Load(), r.late.Load()
+		if r.tput.headroom >= 0 {
+			// This tick's counts first: exemptFits reads them (the rate
+			// since a move made last tick is this tick's).
+			crit := r.demand(Critical)
+			r.tput.observe(now, gr, crit-r.lastCritical)
+			r.lastCritical = crit
+		}
+		late := r.late.Load() // before timed, so that no late release is counted without its release
+		timed := r.timed.Load()
 		dTimed, dLate := timed-r.lastTimed, late-r.lastLate
 		r.lastTimed, r.lastLate = timed, late
 		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) && r.tput.exemptFits(now)
@@ -509,9 +525,6 @@ func (r *Resource) Tick(now time.Time) Reading {
 		by[CauseStanding] = cr.Overloaded && (gr.standing || cr.MarginUnfit)
 		by[CauseGate] = cr.Overloaded && !by[CauseStanding]
 		if r.tput.headroom >= 0 {
-			crit := r.demand(Critical)
-			r.tput.observe(now, gr, crit-r.lastCritical)
-			r.lastCritical = crit
 			tr := r.tput.read(now)
 			if tr.Fit || tr.Room > 0 && !cr.Overloaded {
 				// A surge measured against the capacity outranks

@@ -688,3 +688,39 @@ func TestSimulationStepInSurgeUnits(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulationStandingQueueThatKeepsDeadlines holds the traffic of
+// TestSimulationStepInSurgeUnits' harder case steady at 1.4C, C = 0.81μ
+// (the traffic above sheddable, 0.85μ, fits the 0.9μ target, and the
+// queue past the gate stands above twice its limit now and then), for
+// ten seeds, once with deadline awareness and once without: with it, the
+// standing queue that keeps the deadlines moves the threshold at most a
+// few times after the first 3 s, and far less often than without, and the
+// admitted p99 stays within half the deadline.
+func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
+	standing := func(cfg Config) (moves int, p99 time.Duration) {
+		var lat []time.Duration
+		for seed := range uint64(10) {
+			s := newSim(t, seed, cfg)
+			s.run(simPhase{20 * time.Second, quarters(1.4 * 0.81)})
+			var at3 uint64
+			for _, tk := range s.ticks {
+				if tk.at < 3*time.Second {
+					at3 = tk.st.Moves[CauseStanding]
+				}
+			}
+			moves += int(s.r.Status(t0).Moves[CauseStanding] - at3)
+			lat = append(lat, s.stats(0, 3*time.Second, 20*time.Second).lat...)
+		}
+		return moves, pct(lat, 0.99)
+	}
+	with, p99 := standing(Config{})
+	without, _ := standing(Config{NoDeadline: true})
+	t.Logf("standing moves after 3 s over 10 seeds: %d with deadlines, %d without; admitted p99 %v", with, without, p99)
+	if with > 10 || 2*with > without {
+		t.Errorf("standing moves after 3 s: %d with deadlines kept, want at most 10 and under half of the %d without", with, without)
+	}
+	if p99 > simDeadline/2 {
+		t.Errorf("admitted p99 %v, want at most half the deadline", p99)
+	}
+}

@@ -100,8 +100,7 @@ type proc struct {
 	dataDir  string        // its embedded etcd's data directory, if any
 	exited   chan struct{} // closed once the process has exited and its log is read
 	waitErr  error
-	logMu    sync.Mutex
-	log      strings.Builder
+	log      shedtest.Log
 	conn     *grpc.ClientConn
 	client   leveev1.RateLimitServiceClient
 	finished bool
@@ -185,9 +184,7 @@ func (w *logWriter) Write(b []byte) (int, error) {
 
 func (w *logWriter) line(line string) {
 	p := w.p
-	p.logMu.Lock()
-	p.log.WriteString(line + "\n")
-	p.logMu.Unlock()
+	p.log.Write([]byte(line + "\n"))
 	var rec struct {
 		Msg       string   `json:"msg"`
 		GRPC      string   `json:"grpc"`
@@ -214,11 +211,7 @@ func (w *logWriter) line(line string) {
 	}
 }
 
-func (p *proc) logText() string {
-	p.logMu.Lock()
-	defer p.logMu.Unlock()
-	return p.log.String()
-}
+func (p *proc) logText() string { return p.log.String() }
 
 // signal sends sig and waits for the process to exit.
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {

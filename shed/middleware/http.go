@@ -57,6 +57,10 @@ func writeShed(w http.ResponseWriter, err error) {
 
 func httpOutcome(ctx context.Context, code int) shed.Outcome {
 	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// The caller's deadline passed: what the caller saw was a
+		// timeout, as the gRPC middleware counts it.
+		return shed.OutcomeDropped
 	case ctx.Err() != nil:
 		return shed.OutcomeIgnored
 	case code == http.StatusServiceUnavailable, code == http.StatusGatewayTimeout, code == http.StatusTooManyRequests:

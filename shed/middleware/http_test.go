@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -113,5 +114,17 @@ func TestHTTPOutcome(t *testing.T) {
 	if httpOutcome(ctx, 200) != shed.OutcomeSuccess || httpOutcome(ctx, 503) != shed.OutcomeDropped ||
 		httpOutcome(ctx, 504) != shed.OutcomeDropped || httpOutcome(ctx, 404) != shed.OutcomeSuccess {
 		t.Fatal("httpOutcome misclassifies status codes")
+	}
+	// A caller that went away is no sample; one whose deadline passed saw
+	// a timeout, as the gRPC middleware counts it.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	expired, cancel2 := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel2()
+	if o := httpOutcome(cancelled, 200); o != shed.OutcomeIgnored {
+		t.Errorf("cancelled: %v, want OutcomeIgnored", o)
+	}
+	if o := httpOutcome(expired, 200); o != shed.OutcomeDropped {
+		t.Errorf("deadline passed: %v, want OutcomeDropped", o)
 	}
 }
