@@ -25,7 +25,8 @@ import (
 type Config struct {
 	// Self is this node; operations it owns are decided on Store, and
 	// Store's buckets are handed off when their owner changes. Fallbacks
-	// decide on a store of the router's own (see Router.FallbackStore).
+	// decide on a store of the router's own (see Router.FallbackStore),
+	// which whoever sweeps Store must sweep too.
 	Self  ring.Member
 	Store *limiter.Store
 	// Dial opens a connection to a peer (nil: gRPC with Creds).
