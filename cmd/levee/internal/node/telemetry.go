@@ -44,15 +44,9 @@ func newTelemetry(meter metric.Meter, store *limiter.Store, cl *clusterNode, con
 	}
 	t.reloadOK = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "ok")))
 	t.reloadFailed = metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "failed")))
-	keys, err := meter.Int64ObservableGauge("levee.store.keys",
-		metric.WithDescription("Buckets held in memory (buckets that are not full); a clustered node's fallback fair shares are levee.store.fallback_keys."),
-		metric.WithUnit("{key}"))
-	if err != nil {
-		return nil, err
-	}
-	evictions, err := meter.Int64ObservableCounter("levee.store.evictions",
-		metric.WithDescription("Buckets dropped for room while not full; raise --max-keys if this grows."),
-		metric.WithUnit("{key}"))
+	keys, evictions, err := storeInstruments(meter, "levee.store.keys", "levee.store.evictions",
+		"Buckets held in memory (buckets that are not full); a clustered node's fallback fair shares are levee.store.fallback_keys.",
+		"Buckets dropped for room while not full; raise --max-keys if this grows.")
 	if err != nil {
 		return nil, err
 	}
@@ -91,15 +85,9 @@ func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
 	// The fallback buckets are counted apart from levee.store.keys, which
 	// counts the buckets this node owns (and hands off): a fair share
 	// stays on the node that decided it until it refills.
-	fallbackKeys, err := meter.Int64ObservableGauge("levee.store.fallback_keys",
-		metric.WithDescription("Fair-share buckets held for keys whose owner was unreachable (failure_mode local); bounded by --max-keys apart from levee.store.keys."),
-		metric.WithUnit("{key}"))
-	if err != nil {
-		return err
-	}
-	fallbackEvictions, err := meter.Int64ObservableCounter("levee.store.fallback_evictions",
-		metric.WithDescription("Fair-share buckets dropped for room while not full."),
-		metric.WithUnit("{key}"))
+	fallbackKeys, fallbackEvictions, err := storeInstruments(meter, "levee.store.fallback_keys", "levee.store.fallback_evictions",
+		"Fair-share buckets held for keys whose owner was unreachable (failure_mode local); bounded by --max-keys apart from levee.store.keys.",
+		"Fair-share buckets dropped for room while not full.")
 	if err != nil {
 		return err
 	}
@@ -161,4 +149,18 @@ func (t *telemetry) option(method, code string) metric.RecordOption {
 	t.methods[key] = o
 	t.mu.Unlock()
 	return o
+}
+
+// storeInstruments makes the two instruments a bucket store is watched by:
+// the buckets it holds, and those it dropped for room while not full.
+func storeInstruments(meter metric.Meter, keysName, evictionsName, keysDesc, evictionsDesc string) (metric.Int64ObservableGauge, metric.Int64ObservableCounter, error) {
+	keys, err := meter.Int64ObservableGauge(keysName, metric.WithDescription(keysDesc), metric.WithUnit("{key}"))
+	if err != nil {
+		return nil, nil, err
+	}
+	evictions, err := meter.Int64ObservableCounter(evictionsName, metric.WithDescription(evictionsDesc), metric.WithUnit("{key}"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return keys, evictions, nil
 }
