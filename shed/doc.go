@@ -65,7 +65,10 @@
 // it counts even just after a raise. It does not count while the admitted
 // requests keep their deadlines (at least 20 of them released in the tick
 // with a deadline, and no more than 1% of those took over half of it, were
-// dropped or expired) and that traffic fits the throughput target below,
+// dropped or expired), the queue itself keeps them (in flight at the tick,
+// drained at the tick's rate of completions, it waits at most a third of
+// their mean deadline: a queue that a slowing host builds shows a tick
+// before any release is late) and that traffic fits the throughput target below,
 // measured since the last move: a resource held near its target keeps
 // such a queue at times, and shedding for it would hunt across the
 // marginal priority's edge. The target's rate, over a few ticks, says

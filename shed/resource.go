@@ -80,9 +80,16 @@ const raiseSettle = 3
 // lateShare and minTimed: a tick whose releases (at least minTimed of
 // them with a deadline) took over half their deadline no more often than
 // lateShare kept its deadlines, the admitted p99 within half of them.
+// waitShare: and the queue left at the tick, drained at the tick's rate
+// of completions, waits at most this share of the releases' mean budget:
+// the releases tell what the queue was, not what it becomes, and a queue
+// that grows by half again within the next tick still keeps half of the
+// budget. (A host that slows under the service builds the queue a tick
+// before any release is late.)
 const (
 	lateShare = 0.01
 	minTimed  = 20
+	waitShare = 1.0 / 3
 )
 
 // Outcome says how an admitted request ended, which decides whether its
@@ -204,7 +211,9 @@ type Resource struct {
 	// Releases of requests that had a deadline, and of those the ones
 	// that took over half of it (late); the counts at the last tick.
 	timed, late         atomic.Uint64
+	budgets             atomic.Int64 // the timed releases' budgets summed (ns)
 	lastTimed, lastLate uint64
+	lastBudgets         int64
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -404,6 +413,7 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	if p.timed && o != OutcomeIgnored {
 		// Dropped (timed out, or refused downstream) and Expired (never
 		// released) did not finish in time whatever the latency says.
+		r.budgets.Add(int64(max(p.budget, 0)))
 		r.timed.Add(1)
 		if o != OutcomeSuccess || latency > p.budget/2 {
 			r.late.Add(1)
@@ -489,9 +499,12 @@ func (r *Resource) Tick(now time.Time) Reading {
 		}
 		late := r.late.Load() // before timed, so that no late release is counted without its release
 		timed := r.timed.Load()
-		dTimed, dLate := timed-r.lastTimed, late-r.lastLate
-		r.lastTimed, r.lastLate = timed, late
-		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) && r.tput.exemptFits(now)
+		budgets := r.budgets.Load()
+		dTimed, dLate, dBudgets := timed-r.lastTimed, late-r.lastLate, budgets-r.lastBudgets
+		r.lastTimed, r.lastLate, r.lastBudgets = timed, late, budgets
+		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) &&
+			float64(r.conc.Inflight())*float64(gr.interval) <= waitShare*float64(dBudgets)/float64(dTimed)*float64(gr.completed) &&
+			r.tput.exemptFits(now)
 		switch {
 		case stalled:
 			cr = Reading{Saturated: true}

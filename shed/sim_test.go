@@ -51,6 +51,16 @@ type sim struct {
 	// finished with it (or dropped it) it wakes to see so and Release:
 	// the scheduling delays of a process whose requests are goroutines.
 	startLag, wakeLag func(*rand.Rand) time.Duration
+	// slow, when set, stretches the service time of a request arriving at
+	// offset d by slow(d): a host whose speed moves under the service.
+	slow func(d time.Duration) float64
+}
+
+func (s *sim) slowAt(d time.Duration) float64 {
+	if s.slow == nil {
+		return 1
+	}
+	return s.slow(d)
 }
 
 type span struct{ from, to time.Duration }
@@ -134,7 +144,7 @@ func (s *sim) run(phases ...simPhase) []*simReq {
 					break
 				}
 				s.reqs = append(s.reqs, &simReq{at: t0.Add(at), prio: Priority(p + 1), user: uint32(rng.IntN(simUsers)),
-					svc: time.Duration(rng.ExpFloat64() / s.mu * float64(time.Second))})
+					svc: time.Duration(rng.ExpFloat64() / s.mu * s.slowAt(at) * float64(time.Second))})
 			}
 		}
 		start += ph.dur
@@ -694,9 +704,11 @@ func TestSimulationStepInSurgeUnits(t *testing.T) {
 // (the traffic above sheddable, 0.85μ, fits the 0.9μ target, and the
 // queue past the gate stands above twice its limit now and then), for
 // ten seeds, once with deadline awareness and once without: with it, the
-// standing queue that keeps the deadlines moves the threshold at most a
-// few times after the first 3 s, and far less often than without, and the
-// admitted p99 stays within half the deadline.
+// standing queue that keeps the deadlines moves the threshold at most
+// fifteen times after the first 3 s (170 s of it in all), under a third
+// as often as without, and the admitted p99 stays within half the
+// deadline. (Moves remain where the queue left at a tick would wait over
+// a third of the budget: see waitShare.)
 func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
 	standing := func(cfg Config) (moves int, p99 time.Duration) {
 		var lat []time.Duration
@@ -717,10 +729,50 @@ func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
 	with, p99 := standing(Config{})
 	without, _ := standing(Config{NoDeadline: true})
 	t.Logf("standing moves after 3 s over 10 seeds: %d with deadlines, %d without; admitted p99 %v", with, without, p99)
-	if with > 10 || 2*with > without {
-		t.Errorf("standing moves after 3 s: %d with deadlines kept, want at most 10 and under half of the %d without", with, without)
+	if with > 15 || 3*with > without {
+		t.Errorf("standing moves after 3 s: %d with deadlines kept, want at most 15 and under a third of the %d without", with, without)
 	}
 	if p99 > simDeadline/2 {
 		t.Errorf("admitted p99 %v, want at most half the deadline", p99)
+	}
+}
+
+// TestSimulationRampOnSlowingHost drives the ramp (11 s a step, as levee
+// surge runs it) on a host that slows the service by 30% for 2 s of every
+// 5, for twenty seeds: the admitted p99, from the second second of each
+// step, stays within half the deadline in all but a few steps. A standing
+// queue that kept its deadlines so far is held only while the queue
+// itself keeps them too: the slowing host builds it a tick before any
+// release is late.
+func TestSimulationRampOnSlowingHost(t *testing.T) {
+	var steps, over int
+	var worst time.Duration
+	for seed := range uint64(20) {
+		var phases []simPhase
+		for _, x := range []float64{0.5, 1, 2, 4, 6} {
+			phases = append(phases, simPhase{11 * time.Second, fifths(simC * x)})
+		}
+		s := newSim(t, seed, Config{})
+		s.slow = func(d time.Duration) float64 {
+			if d%(5*time.Second) >= 3*time.Second {
+				return 1.3
+			}
+			return 1
+		}
+		s.run(phases...)
+		var start time.Duration
+		for _, ph := range phases {
+			p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99)
+			steps++
+			if p99 > simDeadline/2 {
+				over++
+			}
+			worst = max(worst, p99)
+			start += ph.dur
+		}
+	}
+	t.Logf("admitted p99 over half the deadline in %d of %d steps, worst %v", over, steps, worst)
+	if float64(over) > 0.1*float64(steps) {
+		t.Errorf("admitted p99 over half the deadline in %d of %d steps, want at most 10%%", over, steps)
 	}
 }
