@@ -53,32 +53,33 @@
 // marginal priority only: more important requests take their slot without
 // being refused (or held to their deadline), so a priority never loses a
 // request to a gate while a less important one is still admitted, and the
-// gate's refusals, which fall on randomly chosen
-// requests, stay within the priority the threshold is shedding by cohorts
-// anyway. The gate trims the bursts of the marginal priority; its refusals
-// count as overload only beyond a tolerance (what a full gate refuses from
-// randomness alone) and not in the few ticks after a raise, while the queue
-// the surge built drains, and in between they read as saturated. When the
-// traffic the gate does not refuse alone keeps more than twice the limit in
-// flight, that is overload too, and the marginal priority does not fit
-// (MarginUnfit); while that queue still grows with the resource working,
-// it counts even just after a raise. It does not count while the admitted
-// requests keep their deadlines (at least 20 of them released in the tick
-// with a deadline, and no more than 1% of those took over half of it, were
-// dropped or expired), the queue itself keeps them (in flight at the tick,
-// drained at the tick's rate of completions, it waits at most a third of
-// their mean deadline: a queue that a slowing host builds shows a tick
-// before any release is late) and that traffic fits the throughput target below,
-// measured since the last move: a resource held near its target keeps
-// such a queue at times, and shedding for it would hunt across the
-// marginal priority's edge. The target's rate, over a few ticks, says
-// better than one tick's arrivals and completions whether the margin fits.
-// Requests without a deadline, a resource without deadline awareness
-// (NoDeadline) or without a throughput target (Headroom < 0) keep the
-// rule without the exception. The latency given to Release is what the
-// caller waited, from its arrival if it queued before Acquire. Once critical is all that is left,
-// the gate trims critical, and its refusals beyond the tolerance are the
-// evidence that critical demand alone exceeds capacity.
+// gate's refusals, which fall on randomly chosen requests, stay within the
+// priority the threshold is shedding by cohorts anyway. The gate trims the
+// bursts of the marginal priority; its refusals count as overload only
+// beyond a tolerance (what a full gate refuses from randomness alone) and
+// not in the few ticks after a raise, while the queue the surge built
+// drains, and in between they read as saturated. When the traffic the gate
+// does not refuse alone keeps more than twice the limit in flight, that is
+// overload too, and the marginal priority does not fit (MarginUnfit); while
+// that queue still grows with the resource working, it counts even just
+// after a raise. It does not count while the admitted requests keep their
+// deadlines (at least 20 of them released in the tick with a deadline, and
+// no more than 1% of those took over half of it, were dropped or expired),
+// the queue itself keeps them (in flight at the tick, drained at the tick's
+// rate of completions, it takes at most a third of the budgets, the harmonic
+// mean of what was left of their deadlines at Acquire: a queue that a
+// slowing host builds shows a tick before any release is late) and that
+// traffic fits the throughput target below, measured since the last move: a
+// resource held near its target keeps such a queue at times, and shedding
+// for it would hunt across the marginal priority's edge. The target's rate,
+// over a few ticks, says better than one tick's arrivals and completions
+// whether the margin fits. Requests without a deadline, a resource without
+// deadline awareness (NoDeadline) or without a throughput target (Headroom <
+// 0) keep the rule without the exception. The latency given to Release is
+// what the caller waited, from its arrival if it queued before Acquire. Once
+// critical is all that is left, the gate trims critical, and its refusals
+// beyond the tolerance are the evidence that critical demand alone exceeds
+// capacity.
 //
 // # Throughput target
 //

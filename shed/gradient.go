@@ -375,6 +375,7 @@ type gateReading struct {
 	Reading
 	all, refused uint64        // requests that came to the gate (taken or not), and those it refused
 	standing     bool          // more than twice the limit stayed in flight all interval
+	inflight     int64         // in flight at the read
 	exempt       uint64        // slots taken past the gate (more important than the margin)
 	completed    uint64        // releases
 	served       uint64        // of them, requests served
@@ -416,6 +417,7 @@ func (g *GradientLimit) read(now time.Time) gateReading {
 		}
 	}
 	r.full, r.fullDone = time.Duration(g.fullNanos.Swap(0)), g.fullDone.Swap(0)
+	r.inflight = in
 	if minIn > 2*limit && !g.lastRead.IsZero() {
 		r.standing = true
 		if in >= g.lastIn {

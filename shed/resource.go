@@ -81,7 +81,8 @@ const raiseSettle = 3
 // them with a deadline) took over half their deadline no more often than
 // lateShare kept its deadlines, the admitted p99 within half of them.
 // waitShare: and the queue left at the tick, drained at the tick's rate
-// of completions, waits at most this share of the releases' mean budget:
+// of completions, takes at most this share of the releases' budgets (what
+// was left of their deadlines at Acquire; their harmonic mean):
 // the releases tell what the queue was, not what it becomes, and a queue
 // that grows by half again within the next tick still keeps half of the
 // budget. (A host that slows under the service builds the queue a tick
@@ -210,10 +211,13 @@ type Resource struct {
 	moves                [NumCauses]uint64
 	// Releases of requests that had a deadline, and of those the ones
 	// that took over half of it (late); the counts at the last tick.
-	timed, late         atomic.Uint64
-	budgets             atomic.Int64 // the timed releases' budgets summed (ns)
-	lastTimed, lastLate uint64
-	lastBudgets         int64
+	timed, late atomic.Uint64
+	// The timed releases' budgets as rates, 1/budget summed (in units of
+	// invBudgetUnit per second): their mean is the reciprocal of the
+	// harmonic mean, which a few callers with long deadlines do not
+	// swamp as they would an arithmetic one.
+	invBudgets                        atomic.Uint64
+	lastTimed, lastLate, lastInvBudgs uint64
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -413,12 +417,39 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	if p.timed && o != OutcomeIgnored {
 		// Dropped (timed out, or refused downstream) and Expired (never
 		// released) did not finish in time whatever the latency says.
-		r.budgets.Add(int64(max(p.budget, 0)))
+		r.invBudgets.Add(invBudget(p.budget))
 		r.timed.Add(1)
 		if o != OutcomeSuccess || latency > p.budget/2 {
 			r.late.Add(1)
 		}
 	}
+}
+
+// invBudgetUnit scales the rate 1/budget to an integer: a budget of b
+// adds invBudgetUnit·(1 s/b). Budgets are taken as at least minBudget,
+// so that a release adds at most 1e9 and no plausible count of them
+// overflows.
+const (
+	invBudgetUnit = 1e6
+	minBudget     = time.Millisecond
+)
+
+// invBudget is what a release with budget b adds to Resource.invBudgets.
+func invBudget(b time.Duration) uint64 {
+	return uint64(invBudgetUnit * float64(time.Second) / float64(max(b, minBudget)))
+}
+
+// queueKeeps reports whether the queue at the end of the gate's tick, in
+// flight and drained at the tick's rate of completions, keeps within
+// waitShare of the budgets whose reciprocals average perSec (1/s): the
+// time the last request admitted spends, queued and served, is at most
+// that share of its budget, on the harmonic mean. Nothing completed with
+// work in flight keeps nothing.
+func queueKeeps(gr gateReading, perSec float64) bool {
+	if gr.interval <= 0 {
+		return false
+	}
+	return float64(gr.inflight)*gr.interval.Seconds()*perSec <= waitShare*float64(gr.completed)
 }
 
 // moveCause is the Cause of a move of the threshold: for a raise, the
@@ -480,7 +511,7 @@ func (r *Resource) Tick(now time.Time) Reading {
 		if c := r.tput.known(now); c > 0 {
 			expect = c * gr.interval.Seconds()
 		}
-		stalled := r.conc.Inflight() >= r.conc.Limit() && float64(gr.completed) < stallShare*expect
+		stalled := gr.inflight >= int64(r.conc.Limit()) && float64(gr.completed) < stallShare*expect
 		// A queue past the gate that keeps its deadlines, while the
 		// traffic past the gate fits the throughput target: the queue a
 		// resource kept near its target shows now and then (a one-worker
@@ -489,7 +520,8 @@ func (r *Resource) Tick(now time.Time) Reading {
 		// marginal priority, and the measured room readmits it a second
 		// later: the threshold hunts across the priority's edge. Whether
 		// the traffic fits is the target's to say, and whether the queue
-		// matters is the deadlines'.
+		// matters is the deadlines': the releases' (few late) and the
+		// queue's at the tick (see waitShare).
 		if r.tput.headroom >= 0 {
 			// This tick's counts first: exemptFits reads them (the rate
 			// since a move made last tick is this tick's).
@@ -497,14 +529,15 @@ func (r *Resource) Tick(now time.Time) Reading {
 			r.tput.observe(now, gr, crit-r.lastCritical)
 			r.lastCritical = crit
 		}
-		late := r.late.Load() // before timed, so that no late release is counted without its release
+		// late before timed, and timed before the budgets, so that no
+		// late release or budget is counted without its release.
+		late := r.late.Load()
 		timed := r.timed.Load()
-		budgets := r.budgets.Load()
-		dTimed, dLate, dBudgets := timed-r.lastTimed, late-r.lastLate, budgets-r.lastBudgets
-		r.lastTimed, r.lastLate, r.lastBudgets = timed, late, budgets
+		inv := r.invBudgets.Load()
+		dTimed, dLate, dInv := timed-r.lastTimed, late-r.lastLate, inv-r.lastInvBudgs
+		r.lastTimed, r.lastLate, r.lastInvBudgs = timed, late, inv
 		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) &&
-			float64(r.conc.Inflight())*float64(gr.interval) <= waitShare*float64(dBudgets)/float64(dTimed)*float64(gr.completed) &&
-			r.tput.exemptFits(now)
+			queueKeeps(gr, float64(dInv)/invBudgetUnit/float64(dTimed)) && r.tput.exemptFits(now)
 		switch {
 		case stalled:
 			cr = Reading{Saturated: true}

@@ -586,3 +586,48 @@ func TestSimulationLowPriorityFlood(t *testing.T) {
 		t.Errorf("threshold %v did not fall in the 20 s after the flood (peak %v)", final, maxThreshold)
 	}
 }
+
+// TestQueueKeeps: the queue left at a tick keeps the budgets when, drained
+// at the tick's completions, it takes at most a third of their harmonic
+// mean; one long budget among short ones does not wave a long queue
+// through, and a queue that completed nothing, or a tick of no length,
+// keeps nothing.
+func TestQueueKeeps(t *testing.T) {
+	perSec := func(budgets ...time.Duration) float64 {
+		var sum uint64
+		for _, b := range budgets {
+			sum += invBudget(b)
+		}
+		return float64(sum) / invBudgetUnit / float64(len(budgets))
+	}
+	short := make([]time.Duration, 100)
+	for i := range short {
+		short[i] = 100 * time.Millisecond
+	}
+	mixed := append(append([]time.Duration(nil), short...), time.Hour)
+	tick := func(inflight int64, completed uint64) gateReading {
+		return gateReading{inflight: inflight, completed: completed, interval: 100 * time.Millisecond}
+	}
+	for _, c := range []struct {
+		name   string
+		gr     gateReading
+		perSec float64
+		want   bool
+	}{
+		{"10 ms of queue, 100 ms budgets", tick(10, 100), perSec(short...), true},
+		{"33 ms of queue, 100 ms budgets", tick(33, 100), perSec(short...), true},
+		{"40 ms of queue, 100 ms budgets", tick(40, 100), perSec(short...), false},
+		{"40 ms of queue, one budget of an hour among them", tick(40, 100), perSec(mixed...), false},
+		{"10 ms of queue, budgets already spent", tick(10, 100), perSec(0, -time.Second), false},
+		{"nothing completed", tick(10, 0), perSec(short...), false},
+		{"nothing in flight, nothing completed", tick(0, 0), perSec(short...), true},
+		{"a tick of no length", gateReading{inflight: 10, completed: 100}, perSec(short...), false},
+	} {
+		if got := queueKeeps(c.gr, c.perSec); got != c.want {
+			t.Errorf("%s: queueKeeps = %v, want %v", c.name, got, c.want)
+		}
+	}
+	if got, want := invBudget(time.Hour), uint64(277); got != want { // 1e6/3600, truncated
+		t.Errorf("invBudget(1h) = %d, want %d", got, want)
+	}
+}

@@ -54,6 +54,10 @@ type sim struct {
 	// slow, when set, stretches the service time of a request arriving at
 	// offset d by slow(d): a host whose speed moves under the service.
 	slow func(d time.Duration) float64
+	// longEvery, when set, gives one user in longEvery a context deadline
+	// an hour away (the worker still drops their requests at
+	// simDeadline): callers whose budgets say nothing about the queue.
+	longEvery uint32
 }
 
 func (s *sim) slowAt(d time.Duration) float64 {
@@ -221,6 +225,9 @@ func (s *sim) run(phases ...simPhase) []*simReq {
 			q.acq = tnow
 			l := LevelOf(q.prio, Cohort(fmt.Sprintf("u%d", q.user), s.salt))
 			ctx := deadlineCtx{context.Background(), q.at.Add(simDeadline)}
+			if s.longEvery > 0 && q.user%s.longEvery == 0 {
+				ctx.d = q.at.Add(time.Hour)
+			}
 			var err error
 			if s.permits != nil {
 				q.id, err = s.permits.Acquire(ctx, l, tnow, 30*time.Second)
@@ -705,10 +712,10 @@ func TestSimulationStepInSurgeUnits(t *testing.T) {
 // queue past the gate stands above twice its limit now and then), for
 // ten seeds, once with deadline awareness and once without: with it, the
 // standing queue that keeps the deadlines moves the threshold at most
-// fifteen times after the first 3 s (170 s of it in all), under a third
-// as often as without, and the admitted p99 stays within half the
-// deadline. (Moves remain where the queue left at a tick would wait over
-// a third of the budget: see waitShare.)
+// fifteen times after the first 3 s (170 s of it in all), under half as
+// often as without, and the admitted p99 stays within half the deadline.
+// (Moves remain where the queue left at a tick would take over a third of
+// the budget: see waitShare.)
 func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
 	standing := func(cfg Config) (moves int, p99 time.Duration) {
 		var lat []time.Duration
@@ -729,8 +736,8 @@ func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
 	with, p99 := standing(Config{})
 	without, _ := standing(Config{NoDeadline: true})
 	t.Logf("standing moves after 3 s over 10 seeds: %d with deadlines, %d without; admitted p99 %v", with, without, p99)
-	if with > 15 || 3*with > without {
-		t.Errorf("standing moves after 3 s: %d with deadlines kept, want at most 15 and under a third of the %d without", with, without)
+	if with > 15 || 2*with >= without {
+		t.Errorf("standing moves after 3 s: %d with deadlines kept, want at most 15 and under half of the %d without", with, without)
 	}
 	if p99 > simDeadline/2 {
 		t.Errorf("admitted p99 %v, want at most half the deadline", p99)
@@ -743,36 +750,41 @@ func TestSimulationStandingQueueThatKeepsDeadlines(t *testing.T) {
 // step, stays within half the deadline in all but a few steps. A standing
 // queue that kept its deadlines so far is held only while the queue
 // itself keeps them too: the slowing host builds it a tick before any
-// release is late.
+// release is late. So it does when one caller in fifty has an hour-long
+// deadline (the budgets are averaged harmonically: an arithmetic mean
+// of 72 s would let any queue through).
 func TestSimulationRampOnSlowingHost(t *testing.T) {
-	var steps, over int
-	var worst time.Duration
-	for seed := range uint64(20) {
-		var phases []simPhase
-		for _, x := range []float64{0.5, 1, 2, 4, 6} {
-			phases = append(phases, simPhase{11 * time.Second, fifths(simC * x)})
-		}
-		s := newSim(t, seed, Config{})
-		s.slow = func(d time.Duration) float64 {
-			if d%(5*time.Second) >= 3*time.Second {
-				return 1.3
+	for _, long := range []uint32{0, 50} {
+		var steps, over int
+		var worst time.Duration
+		for seed := range uint64(20) {
+			var phases []simPhase
+			for _, x := range []float64{0.5, 1, 2, 4, 6} {
+				phases = append(phases, simPhase{11 * time.Second, fifths(simC * x)})
 			}
-			return 1
-		}
-		s.run(phases...)
-		var start time.Duration
-		for _, ph := range phases {
-			p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99)
-			steps++
-			if p99 > simDeadline/2 {
-				over++
+			s := newSim(t, seed, Config{})
+			s.longEvery = long
+			s.slow = func(d time.Duration) float64 {
+				if d%(5*time.Second) >= 3*time.Second {
+					return 1.3
+				}
+				return 1
 			}
-			worst = max(worst, p99)
-			start += ph.dur
+			s.run(phases...)
+			var start time.Duration
+			for _, ph := range phases {
+				p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99)
+				steps++
+				if p99 > simDeadline/2 {
+					over++
+				}
+				worst = max(worst, p99)
+				start += ph.dur
+			}
 		}
-	}
-	t.Logf("admitted p99 over half the deadline in %d of %d steps, worst %v", over, steps, worst)
-	if float64(over) > 0.1*float64(steps) {
-		t.Errorf("admitted p99 over half the deadline in %d of %d steps, want at most 10%%", over, steps)
+		t.Logf("one user in %d with an hour's deadline: admitted p99 over half the deadline in %d of %d steps, worst %v", long, over, steps, worst)
+		if float64(over) > 0.1*float64(steps) {
+			t.Errorf("one user in %d with an hour's deadline: admitted p99 over half the deadline in %d of %d steps, want at most 10%%", long, over, steps)
+		}
 	}
 }
