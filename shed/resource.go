@@ -343,11 +343,14 @@ func (r *Resource) Acquire(ctx context.Context, l Level) (Permit, error) {
 		}
 	}
 	if r.conc != nil {
-		if p < marginal && !shadow {
+		if p < marginal {
 			// More important than the priority being shed at the margin:
 			// the gate takes its slot but does not refuse it, so a
 			// priority never loses a request to the gate while less
-			// important traffic is still admitted.
+			// important traffic is still admitted. In shadow mode too:
+			// the counts are enforcement's, and the controller reads
+			// this traffic as taken past the gate (the throughput
+			// target's, the standing queue's).
 			r.conc.take(p)
 		} else if !r.conc.Acquire(p, shadow) && reason == ReasonNone {
 			reason = ReasonConcurrency

@@ -88,6 +88,7 @@ func TestShadowModeAdmitsButCounts(t *testing.T) {
 	clk := shedtest.NewClock(t0)
 	r := mustResource(t, Config{Clock: clk.Now, Shadow: true, Concurrency: GradientConfig{InitialLimit: 5, MinLimit: 1}})
 	r.Controller().threshold.Store(uint32(LevelOf(Default, 0)))
+	r.Controller().marginal.Store(uint32(Default)) // as an Update with Default traffic would set it
 	var permits []Permit
 	for range 10 {
 		p, err := r.Acquire(context.Background(), LevelOf(Low, 3))
@@ -103,26 +104,43 @@ func TestShadowModeAdmitsButCounts(t *testing.T) {
 	if c.Admitted != 10 || c.WouldShed[ReasonThreshold] != 10 || c.Refused[ReasonThreshold] != 0 {
 		t.Fatalf("counts %+v; want 10 admitted, 10 would-shed by threshold, none refused", c)
 	}
-	// Above the threshold the concurrency gate (limit 5) would refuse 5 of 10.
-	for range 10 {
-		p, err := r.Acquire(context.Background(), LevelOf(High, 3))
-		if err != nil {
-			t.Fatalf("shadow mode refused: %v", err)
+	// At the marginal priority the concurrency gate (limit 5) would
+	// refuse 5 of 10; above it the gate takes the slots and refuses
+	// nothing, as enforcement does, and counts them as taken past it.
+	for _, prio := range []Priority{Default, High} {
+		for range 10 {
+			p, err := r.Acquire(context.Background(), LevelOf(prio, 3))
+			if err != nil {
+				t.Fatalf("shadow mode refused: %v", err)
+			}
+			permits = append(permits, p)
 		}
-		permits = append(permits, p)
 	}
-	if c := r.Counts(High); c.WouldShed[ReasonConcurrency] != 5 || c.Admitted != 10 {
-		t.Fatalf("high counts %+v; want 10 admitted, 5 would-shed by concurrency", c)
+	if c := r.Counts(Default); c.WouldShed[ReasonConcurrency] != 5 || c.Admitted != 10 {
+		t.Fatalf("default counts %+v; want 10 admitted, 5 would-shed by concurrency", c)
+	}
+	if c := r.Counts(High); c.WouldShed[ReasonConcurrency] != 0 || c.Admitted != 10 {
+		t.Fatalf("high counts %+v; want 10 admitted, none would-shed by concurrency", c)
+	}
+	if n := r.conc.exempt.Load(); n != 10 {
+		t.Fatalf("%d slots taken past the gate, want the 10 of High", n)
 	}
 	ctx := deadlineCtx{context.Background(), clk.Now().Add(time.Microsecond)}
 	r.Deadlines().expected.Store(int64(time.Millisecond))
-	p, err := r.Acquire(ctx, LevelOf(High, 3))
-	if err != nil {
-		t.Fatalf("shadow mode refused on deadline: %v", err)
+	for _, prio := range []Priority{Default, High} {
+		p, err := r.Acquire(ctx, LevelOf(prio, 3))
+		if err != nil {
+			t.Fatalf("shadow mode refused on deadline: %v", err)
+		}
+		permits = append(permits, p)
 	}
-	permits = append(permits, p)
-	if c := r.Counts(High); c.WouldShed[ReasonDeadline] != 1 {
-		t.Fatalf("high counts %+v; want one would-shed by deadline", c)
+	// The deadline gate, like the concurrency gate, holds the marginal
+	// priority only.
+	if c := r.Counts(Default); c.WouldShed[ReasonDeadline] != 1 {
+		t.Fatalf("default counts %+v; want one would-shed by deadline", c)
+	}
+	if c := r.Counts(High); c.WouldShed[ReasonDeadline] != 0 {
+		t.Fatalf("high counts %+v; want none would-shed by deadline", c)
 	}
 	for _, p := range permits {
 		r.Release(p, time.Millisecond, OutcomeSuccess)
