@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 
-	"github.com/levee-dev/levee/limiter/internal/backoff"
+	"github.com/levee-dev/levee/limiter/backoff"
 )
 
 // ClientConfig returns an etcd client configuration suited to membership:

@@ -46,7 +46,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/levee-dev/levee/limiter/internal/backoff"
+	"github.com/levee-dev/levee/limiter/backoff"
 	"github.com/levee-dev/levee/limiter/ring"
 )
 

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levee-dev/levee/limiter"
-	"github.com/levee-dev/levee/limiter/internal/backoff"
+	"github.com/levee-dev/levee/limiter/backoff"
 	"github.com/levee-dev/levee/limiter/ring"
 	leveev1 "github.com/levee-dev/levee/proto/levee/v1"
 )

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/levee-dev/levee/limiter/backoff"
 	"github.com/levee-dev/levee/limiter/rules"
 )
 
@@ -170,7 +171,7 @@ func (w *configWatch) refuse(v int64, err error) {
 // capped exponential backoff and jitter. A session that lasted longer than
 // retryMax is taken to have worked, and resets the backoff.
 func retry(ctx context.Context, log *slog.Logger, what string, session func(context.Context) error) error {
-	wait := retryMin
+	b := backoff.Backoff{Min: retryMin, Max: retryMax}
 	for {
 		start := time.Now()
 		err := session(ctx)
@@ -178,9 +179,9 @@ func retry(ctx context.Context, log *slog.Logger, what string, session func(cont
 			return ctx.Err()
 		}
 		if time.Since(start) > retryMax {
-			wait = retryMin
+			b.Reset()
 		}
-		d := wait/2 + rand.N(wait/2+1)
+		d := b.Next(rand.Float64())
 		log.Warn("etcd watch ended; keeping the last state and retrying", "watch", what, "err", err, "retry_in", d)
 		t := time.NewTimer(d)
 		select {
@@ -189,6 +190,5 @@ func retry(ctx context.Context, log *slog.Logger, what string, session func(cont
 			return ctx.Err()
 		case <-t.C:
 		}
-		wait = min(2*wait, retryMax)
 	}
 }

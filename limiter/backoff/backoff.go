@@ -1,5 +1,6 @@
 // Package backoff is capped exponential backoff with jitter, shared by the
-// etcd membership's sessions and the peer router's hand-off retries.
+// etcd membership's sessions, the peer router's hand-off retries and the
+// node's etcd configuration watches.
 package backoff
 
 import "time"
