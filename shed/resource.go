@@ -212,8 +212,8 @@ type Resource struct {
 	// Releases of requests that had a deadline, and of those the ones
 	// that took over half of it (late); the counts at the last tick.
 	timed, late atomic.Uint64
-	// The timed releases' budgets as rates, 1/budget summed (in units of
-	// invBudgetUnit per second): their mean is the reciprocal of the
+	// The timed releases' budgets as rates, 1/budget in 1/s scaled by
+	// invBudgetUnit, summed: their mean is the reciprocal of the
 	// harmonic mean, which a few callers with long deadlines do not
 	// swamp as they would an arithmetic one.
 	invBudgets                        atomic.Uint64
@@ -420,8 +420,8 @@ func (r *Resource) Release(p Permit, latency time.Duration, o Outcome) {
 	if p.timed && o != OutcomeIgnored {
 		// Dropped (timed out, or refused downstream) and Expired (never
 		// released) did not finish in time whatever the latency says.
-		r.invBudgets.Add(invBudget(p.budget))
 		r.timed.Add(1)
+		r.invBudgets.Add(invBudget(p.budget))
 		if o != OutcomeSuccess || latency > p.budget/2 {
 			r.late.Add(1)
 		}
@@ -532,11 +532,12 @@ func (r *Resource) Tick(now time.Time) Reading {
 			r.tput.observe(now, gr, crit-r.lastCritical)
 			r.lastCritical = crit
 		}
-		// late before timed, and timed before the budgets, so that no
-		// late release or budget is counted without its release.
+		// The late releases and the budgets before the releases (Release
+		// adds them after), so that neither is counted without its
+		// release.
 		late := r.late.Load()
-		timed := r.timed.Load()
 		inv := r.invBudgets.Load()
+		timed := r.timed.Load()
 		dTimed, dLate, dInv := timed-r.lastTimed, late-r.lastLate, inv-r.lastInvBudgs
 		r.lastTimed, r.lastLate, r.lastInvBudgs = timed, late, inv
 		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) &&
