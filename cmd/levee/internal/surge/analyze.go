@@ -134,9 +134,11 @@ type Bin struct {
 	// threshold: no shedder state), and the most goroutines, heap and
 	// queued requests.
 	Threshold, Limit int
-	Goroutines       int
-	Heap             uint64
-	Queue            int
+	// Capacity is the last capacity levee reported measuring (0 unknown).
+	Capacity   float64
+	Goroutines int
+	Heap       uint64
+	Queue      int
 	// Served counts the requests the worker finished in the bin.
 	Served uint64
 	// Moves counts the moves of levee's threshold in the bin, by cause.
@@ -183,7 +185,7 @@ func (r *PolicyRun) Bins(w, total time.Duration) []Bin {
 			break
 		}
 		b := &bins[k]
-		b.Threshold, b.Limit = s.Threshold, s.Limit
+		b.Threshold, b.Limit, b.Capacity = s.Threshold, s.Limit, s.Capacity
 		b.Goroutines = max(b.Goroutines, s.Goroutines)
 		b.Heap = max(b.Heap, s.HeapBytes)
 		b.Queue = max(b.Queue, s.Queue)
@@ -198,7 +200,7 @@ func (r *PolicyRun) Bins(w, total time.Duration) []Bin {
 	// Carry the shedder state into bins no poll landed in.
 	for k := 1; k < n; k++ {
 		if bins[k].Goroutines == 0 {
-			bins[k].Threshold, bins[k].Limit = bins[k-1].Threshold, bins[k-1].Limit
+			bins[k].Threshold, bins[k].Limit, bins[k].Capacity = bins[k-1].Threshold, bins[k-1].Limit, bins[k-1].Capacity
 		}
 	}
 	return bins

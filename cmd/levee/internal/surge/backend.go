@@ -144,6 +144,9 @@ type BackendStats struct {
 	Threshold int `json:"threshold"`
 	Limit     int `json:"limit"`
 	Inflight  int `json:"inflight"`
+	// Capacity is the throughput levee measured with its gate full
+	// (shed.Status.Capacity), requests per second; 0 unknown.
+	Capacity float64 `json:"capacity"`
 	// Admitted and Refused count requests by priority (index 0 critical)
 	// that reached the handler or were refused by the policy.
 	Admitted [shed.NumPriorities]uint64 `json:"admitted"`
@@ -505,7 +508,7 @@ func processState() (heap uint64, cpu int64) {
 // resourceStats fills s with levee's state and refusals.
 func resourceStats(s *BackendStats, res *shed.Resource) {
 	st := res.Status(time.Now())
-	s.Threshold, s.Limit, s.Inflight = int(st.Threshold), st.Limit, st.Inflight
+	s.Threshold, s.Limit, s.Inflight, s.Capacity = int(st.Threshold), st.Limit, st.Inflight, st.Capacity
 	s.Moves = st.Moves
 	for p := shed.Critical; p <= shed.Sheddable; p++ {
 		c := res.Counts(p)

@@ -221,7 +221,7 @@ func movesText(m [shed.NumCauses]uint64) string {
 // WriteCSV writes one row per second, policy and priority (and "all").
 func (res *ScenarioResult) WriteCSV(w io.Writer) error {
 	ew := &errWriter{w: w}
-	ew.printf("scenario,policy,second,phase,priority,offered,admitted,ok,refused,timed_out,throttled,attempts,p50_ms,p99_ms,threshold,limit,goroutines,heap_bytes,queue,moves\n")
+	ew.printf("scenario,policy,second,phase,priority,offered,admitted,ok,refused,timed_out,throttled,attempts,p50_ms,p99_ms,threshold,limit,goroutines,heap_bytes,queue,moves,capacity\n")
 	sc := res.Scenario
 	for _, r := range res.Runs {
 		for _, b := range r.Bins(time.Second, sc.Duration()) {
@@ -233,9 +233,9 @@ func (res *ScenarioResult) WriteCSV(w io.Writer) error {
 						continue
 					}
 				}
-				ew.printf("%s,%s,%d,%s,%s,%d,%d,%d,%d,%d,%d,%d,%.2f,%.2f,%d,%d,%d,%d,%d,%s\n",
+				ew.printf("%s,%s,%d,%s,%s,%d,%d,%d,%d,%d,%d,%d,%.2f,%.2f,%d,%d,%d,%d,%d,%s,%.0f\n",
 					sc.Name, r.Policy, int(b.Start/time.Second), phase, name, a.Offered, a.Offered-a.Refused-a.Throttled, a.OK, a.Refused, a.Timeout, a.Throttled, a.Attempts,
-					msf(a.P50), msf(a.P99), b.Threshold, b.Limit, b.Goroutines, b.Heap, b.Queue, movesText(b.Moves))
+					msf(a.P50), msf(a.P99), b.Threshold, b.Limit, b.Goroutines, b.Heap, b.Queue, movesText(b.Moves), b.Capacity)
 			}
 		}
 	}

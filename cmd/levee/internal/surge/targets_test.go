@@ -329,3 +329,39 @@ func TestOrderExcusesTheMove(t *testing.T) {
 		t.Fatalf("a critical call lost as the threshold moved: %q, want none", v)
 	}
 }
+
+// TestCSVCarriesCapacity: each second's row carries the capacity levee
+// last reported measuring, carried into seconds no poll landed in, so a
+// run's target can be read against the harness's C.
+func TestCSVCarriesCapacity(t *testing.T) {
+	res := passing(t, "step")
+	samples(res, 0, 5*time.Second, func(s *BackendStats) { s.Capacity = 0 })
+	samples(res, 5*time.Second, res.Scenario.Duration(), func(s *BackendStats) { s.Capacity = 812.4 })
+	lv := res.Run(PolicyLevee)
+	// No poll lands in second 9: it keeps second 8's figure.
+	lv.stats = slices.DeleteFunc(lv.stats, func(s statSample) bool { return s.at >= 9*time.Second && s.at < 10*time.Second })
+	var b strings.Builder
+	if err := res.WriteCSV(&b); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	if !strings.HasSuffix(lines[0], ",moves,capacity") {
+		t.Fatalf("header %q, want it to end in the capacity column", lines[0])
+	}
+	want := map[string]string{"2": "0", "6": "812", "9": "812"}
+	for _, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		if len(f) < 21 || f[1] != PolicyLevee.String() || f[4] != "all" {
+			continue
+		}
+		if w, ok := want[f[2]]; ok {
+			if f[20] != w {
+				t.Errorf("second %s: capacity %q, want %q", f[2], f[20], w)
+			}
+			delete(want, f[2])
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("no levee rows for seconds %v", want)
+	}
+}
