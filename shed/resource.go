@@ -216,8 +216,8 @@ type Resource struct {
 	// invBudgetUnit, summed: their mean is the reciprocal of the
 	// harmonic mean, which a few callers with long deadlines do not
 	// swamp as they would an arithmetic one.
-	invBudgets                        atomic.Uint64
-	lastTimed, lastLate, lastInvBudgs uint64
+	invBudgets                   atomic.Uint64
+	lastTimed, lastLate, lastInv uint64
 }
 
 // New returns a resource named name (the metrics label and the name in
@@ -538,8 +538,8 @@ func (r *Resource) Tick(now time.Time) Reading {
 		late := r.late.Load()
 		inv := r.invBudgets.Load()
 		timed := r.timed.Load()
-		dTimed, dLate, dInv := timed-r.lastTimed, late-r.lastLate, inv-r.lastInvBudgs
-		r.lastTimed, r.lastLate, r.lastInvBudgs = timed, late, inv
+		dTimed, dLate, dInv := timed-r.lastTimed, late-r.lastLate, inv-r.lastInv
+		r.lastTimed, r.lastLate, r.lastInv = timed, late, inv
 		keepsDeadlines := dTimed >= minTimed && float64(dLate) <= lateShare*float64(dTimed) &&
 			queueKeeps(gr, float64(dInv)/invBudgetUnit/float64(dTimed)) && r.tput.exemptFits(now)
 		switch {

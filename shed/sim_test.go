@@ -382,11 +382,23 @@ func (s *sim) orderViolations(phases []simPhase) []string {
 const simC = 0.9
 
 // rampPhases are the ramp of the overload harness: five priorities at 20%
-// each, 0.5C to 6C, 4 s a step.
-func rampPhases() []simPhase {
+// each, 0.5C to 6C, step long a step (levee surge runs 11 s).
+func rampPhases(step time.Duration) []simPhase {
 	var out []simPhase
 	for _, x := range []float64{0.5, 1, 2, 4, 6} {
-		out = append(out, simPhase{4 * time.Second, fifths(simC * x)})
+		out = append(out, simPhase{step, fifths(simC * x)})
+	}
+	return out
+}
+
+// stepP99s returns, for each phase, the admitted requests' p99 from its
+// second second to its end: what the ramp's latency target judges.
+func (s *sim) stepP99s(phases []simPhase) []time.Duration {
+	var out []time.Duration
+	var start time.Duration
+	for _, ph := range phases {
+		out = append(out, pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99))
+		start += ph.dur
 	}
 	return out
 }
@@ -404,7 +416,7 @@ func rampPhases() []simPhase {
 func TestSimulationRampStrictOrder(t *testing.T) {
 	for seed := range uint64(10) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
-			phases := rampPhases()
+			phases := rampPhases(4 * time.Second)
 			s := newSim(t, seed, Config{})
 			s.run(phases...)
 			for _, v := range s.orderViolations(phases) {
@@ -437,19 +449,17 @@ func TestSimulationRampStrictOrder(t *testing.T) {
 // (Admit and Release by id, with the latency the caller reports).
 func TestSimulationRampThroughPermits(t *testing.T) {
 	for seed := range uint64(3) {
-		phases := rampPhases()
+		phases := rampPhases(4 * time.Second)
 		s := newSim(t, seed, Config{})
 		s.permits = NewPermitTable(s.r)
 		s.run(phases...)
 		for _, v := range s.orderViolations(phases) {
 			t.Errorf("seed %d: order: %s", seed, v)
 		}
-		var start time.Duration
-		for i, ph := range phases {
-			if p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99); p99 > simDeadline/2 {
+		for i, p99 := range s.stepP99s(phases) {
+			if p99 > simDeadline/2 {
 				t.Errorf("seed %d step %d: admitted p99 %v, want at most %v", seed, i, p99, simDeadline/2)
 			}
-			start += ph.dur
 		}
 		if n := s.permits.Len(); n != 0 {
 			t.Errorf("seed %d: %d permits left in the table", seed, n)
@@ -509,7 +519,7 @@ func TestSimulationCalmRefusesNothing(t *testing.T) {
 func TestSimulationPausesKeepOrder(t *testing.T) {
 	const pause = 30 * time.Millisecond
 	for seed := range uint64(5) {
-		phases := rampPhases()
+		phases := rampPhases(4 * time.Second)
 		s := newSim(t, seed, Config{})
 		for f := 500 * time.Millisecond; f < 20*time.Second; f += 700 * time.Millisecond {
 			s.freezes = append(s.freezes, span{f, f + pause})
@@ -518,12 +528,10 @@ func TestSimulationPausesKeepOrder(t *testing.T) {
 		for _, v := range s.orderViolations(phases) {
 			t.Errorf("seed %d: order: %s", seed, v)
 		}
-		var start time.Duration
-		for i, ph := range phases {
-			if p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99); p99 > simDeadline/2+pause {
+		for i, p99 := range s.stepP99s(phases) {
+			if p99 > simDeadline/2+pause {
 				t.Errorf("seed %d step %d: admitted p99 %v, want at most %v", seed, i, p99, simDeadline/2+pause)
 			}
-			start += ph.dur
 		}
 	}
 }
@@ -758,10 +766,7 @@ func TestSimulationRampOnSlowingHost(t *testing.T) {
 		var steps, over int
 		var worst time.Duration
 		for seed := range uint64(20) {
-			var phases []simPhase
-			for _, x := range []float64{0.5, 1, 2, 4, 6} {
-				phases = append(phases, simPhase{11 * time.Second, fifths(simC * x)})
-			}
+			phases := rampPhases(11 * time.Second)
 			s := newSim(t, seed, Config{})
 			s.longEvery = long
 			s.slow = func(d time.Duration) float64 {
@@ -771,15 +776,12 @@ func TestSimulationRampOnSlowingHost(t *testing.T) {
 				return 1
 			}
 			s.run(phases...)
-			var start time.Duration
-			for _, ph := range phases {
-				p99 := pct(s.stats(0, start+time.Second, start+ph.dur).lat, 0.99)
+			for _, p99 := range s.stepP99s(phases) {
 				steps++
 				if p99 > simDeadline/2 {
 					over++
 				}
 				worst = max(worst, p99)
-				start += ph.dur
 			}
 		}
 		t.Logf("one user in %d with an hour's deadline: admitted p99 over half the deadline in %d of %d steps, worst %v", long, over, steps, worst)
