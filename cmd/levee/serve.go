@@ -184,6 +184,7 @@ the node stops, unless --data-dir names one to keep across runs.`,
 	f.StringVar(&cl.EtcdUsername, "etcd-username", "", "etcd user (password in $LEVEE_ETCD_PASSWORD)")
 	f.DurationVar(&cl.BatchWindow, "batch-window", 500*time.Microsecond, "how long forwarded checks wait to share a peer RPC")
 	f.IntVar(&cl.BatchMax, "batch-max", 512, "most forwarded checks in one peer RPC")
+	f.DurationVar(&cl.WarmLease, "warm-lease", 10*time.Second, "how long a warm lease lasts: a forwarded check of a key whose bucket is over half full also takes a few tokens for this node to admit the key's next checks locally for this long (0: off)")
 	f.DurationVar(&cl.PeerTimeout, "peer-timeout", 100*time.Millisecond, "how long a forwarded batch may take before its checks fall back to their failure mode")
 	f.StringVar(&cfg.Admin.Addr, "admin-addr", admin.DefaultAddr, "admin API listen address, for levee ctl (needs etcd; empty: off)")
 	f.StringVar(&cfg.Admin.TokenFile, "admin-token-file", "", "file of name:token lines; callers of the admin API present a token as a bearer")

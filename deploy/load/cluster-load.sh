@@ -218,11 +218,12 @@ formed || { echo "the cluster did not form" >&2; exit 1; }
 cluster_round() {
 	local n=$1
 	"$ghz" "${cluster_tls[@]}" --call "$call" -c "$conc" "${rate_flags[@]}" -z 3s -d "$data" "$n1_grpc" >/dev/null 2>&1 || true
-	local fwd0 bat0 fb0 be0 t0 r0 fwd1 bat1 fb1 be1 t1 r1
+	local fwd0 bat0 fb0 be0 lo0 t0 r0 fwd1 bat1 fb1 be1 lo1 t1 r1
 	fwd0=$(gauge "$n1_metrics" levee_peer_forwarded_total)
 	bat0=$(gauge "$n1_metrics" levee_peer_batches_total)
 	fb0=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
 	be0=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
+	lo0=$(gauge "$n1_metrics" levee_peer_local_total)
 	profiling "$n" n1 "$n1_metrics" n2 "$n2_metrics"
 	counting "$work/cluster.$n" "${node_pids[@]}"
 	t0=$(cpu "${node_pids[@]}")
@@ -234,7 +235,8 @@ cluster_round() {
 	bat1=$(gauge "$n1_metrics" levee_peer_batches_total)
 	fb1=$(gauge "$n1_metrics" levee_peer_fallbacks_total)
 	be1=$(gauge "$n1_metrics" levee_peer_batch_errors_total)
-	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)") $(cut -d' ' -f1 /proc/loadavg)" >"$work/cluster.$n.vars"
+	lo1=$(gauge "$n1_metrics" levee_peer_local_total)
+	echo "$((t1 - t0)) $((r1 - r0)) $(python3 -c "print($fwd1 - $fwd0, $bat1 - $bat0, $fb1 - $fb0, $be1 - $be0)") $(cut -d' ' -f1 /proc/loadavg) $(python3 -c "print($lo1 - $lo0)")" >"$work/cluster.$n.vars"
 	for p in "${profiles[@]}" "${counters[@]}"; do wait "$p" || true; done
 	if [ -n "$count" ]; then echo "${node_pids[*]}" >"$work/cluster.$n.pids"; fi
 }
@@ -308,8 +310,14 @@ for n in range(1, rounds + 1):
     fwd, batches, fallbacks, batch_errors = (float(x) for x in v[2:6])
     load1, load3 = open(f"{work}/single.{n}.json.load").read().strip(), v[6]
     c3 = cl_ticks / hz / max(ok3, 1) * 1e6
+    # Checks of keys another node owns that node 1 decided itself, from a
+    # lease or a cached refusal (--warm-lease, hot keys): remote-owned
+    # like the forwarded ones, and their cost is the cluster's too.
+    leased = float(v[7]) if len(v) > 7 else 0.0
+    remote = fwd + leased
     local = ok3 - fwd
     cfwd = (cl_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
+    cremote = (cl_ticks / hz * 1e6 - (ok3 - remote) * c1) / max(remote, 1)
     recv_fwd = (recv_ticks / hz * 1e6 - local * c1) / max(fwd, 1)
     owner_fwd = (cl_ticks - recv_ticks) / hz * 1e6 / max(fwd, 1)
     print(f"round {n} (1-minute load average after the single run {load1}, after the cluster run {load3}):")
@@ -320,6 +328,8 @@ for n in range(1, rounds + 1):
           f"rpcs/forwarded={batches / max(fwd, 1):.4f} batch_errors={batch_errors:.0f} fallbacks={fallbacks:.0f}")
     print(f"  cpu per forwarded decision = {cfwd:.1f}us = x{cfwd / max(c1, 1e-9):.2f} the single-node decision: "
           f"receiving node {recv_fwd:.1f}us + owner {owner_fwd:.1f}us")
+    print(f"  remote-owned: {remote:.0f} ({100 * remote / max(ok3, 1):.1f}% of decisions), {leased:.0f} of them decided on node 1 "
+          f"from leases; cpu per remote-owned decision = {cremote:.1f}us = x{cremote / max(c1, 1e-9):.2f} the single-node decision")
     cs, cc = counts(f"{work}/single.{n}.json"), counts(f"{work}/cluster.{n}")
     if cs and cc:
         for ev in cs[0]:
@@ -331,7 +341,8 @@ for n in range(1, rounds + 1):
     keep(single_rps=rps1, single_cpu=c1, single_p99=p99_1, cluster_rps=rps3, cluster_p99=p99_3,
          cfwd=cfwd, fwd_ratio=cfwd / max(c1, 1e-9), recv=recv_fwd, owner=owner_fwd, rpcs=batches / max(fwd, 1),
          rps_ratio=rps3 / max(rps1, 1), p99_ratio=p99_3 / max(p99_1, 1e-9), errors=err1 + err3 + batch_errors + fallbacks,
-         fwd_rate=fwd / secs, batch=fwd / max(batches, 1), load=float(load3))
+         fwd_rate=fwd / secs, batch=fwd / max(batches, 1), load=float(load3),
+         cremote=cremote, remote_ratio=cremote / max(c1, 1e-9), leased_share=leased / max(remote, 1))
 
 m = {k: statistics.median(v) for k, v in cols.items() if not k.startswith("count_")}
 print(f"medians of {rounds} rounds:")
@@ -346,6 +357,8 @@ for k in sorted(cols):
         print(f"  {k[6:]:16s}: {v[0]:.2f} per single-node decision; per forwarded decision {v[1]:.2f} receiving + {v[2]:.2f} owners")
 print(f"  forwarded vs single-node decision: x{m['fwd_ratio']:.2f} [target <= 1.4] (rounds: "
       + ", ".join(f"{x:.2f}" for x in cols['fwd_ratio']) + ")")
+print(f"  remote-owned vs single-node decision: x{m['remote_ratio']:.2f} [target <= 1.4], {100 * m['leased_share']:.1f}% of them "
+      f"decided on node 1 from leases (rounds: " + ", ".join(f"{x:.2f}" for x in cols['remote_ratio']) + ")")
 print(f"  {nodes}-node vs single: rps x{m['rps_ratio']:.2f}, p99 x{m['p99_ratio']:.2f} [target <= 1.3] (rounds: "
       + ", ".join(f"{x:.2f}" for x in cols['p99_ratio']) + ")")
 if results:
@@ -353,5 +366,6 @@ if results:
         f.write(json.dumps({"nodes": nodes, "rounds": rounds, "single_cpu_us": m["single_cpu"], "fwd_cpu_us": m["cfwd"],
                             "recv_us": m["recv"], "owner_us": m["owner"], "batch": m["batch"], "fwd_per_s": m["fwd_rate"],
                             "single_p99_ms": m["single_p99"], "cluster_p99_ms": m["cluster_p99"], "load": m["load"],
-                            "fwd_ratio_rounds": cols["fwd_ratio"]}) + "\n")
+                            "fwd_ratio_rounds": cols["fwd_ratio"], "remote_cpu_us": m["cremote"],
+                            "leased_share": m["leased_share"]}) + "\n")
 PY

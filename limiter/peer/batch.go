@@ -33,9 +33,10 @@ type call struct {
 	index1  [1]int
 	result1 [1]limiter.Result
 
-	// leases are the hot-key leases the same Take call asks of this peer.
-	// They go out with the batch, after its checks, and the caller does
-	// not wait for them: their answers go to the hot-key state.
+	// leases are the leases the same Take call asks of this peer. Warm
+	// ones ride in their check's take; hot ones go out after the batch's
+	// checks, and the caller does not wait for them. Their answers go to
+	// the hot-key state.
 	leases []lease
 
 	callTrace // the caller's span (trace.go)
@@ -54,6 +55,7 @@ type lease struct {
 	key   uint64
 	limit limiter.Limit
 	leaseAsk
+	take int // a warm lease's check: its position in the call's reqs
 }
 
 // abandon completes c with err without sending it, and gives its leases up
@@ -75,12 +77,16 @@ type peerConn struct {
 	dialErr error
 	breaker breaker
 
-	mu     sync.Mutex
-	batch  []*call
-	size   int
-	opened uint64    // batches opened, so that a leader knows its batch from a later one
-	due    time.Time // when the open batch must be sent (wall clock)
-	closed bool
+	mu    sync.Mutex
+	batch []*call
+	size  int
+	// renewals is a call of warm lease renewals (looks that ask for
+	// tokens) no caller waits for: it rides in the next batch sent to the
+	// peer.
+	renewals *call
+	opened   uint64    // batches opened, so that a leader knows its batch from a later one
+	due      time.Time // when the open batch must be sent (wall clock)
+	closed   bool
 	// last is how many callers the last batch sent carried; with flying,
 	// the batches in flight, it chooses the next batch's window.
 	last   int
@@ -152,6 +158,45 @@ func (p *peerConn) join(c *call, now time.Time) (send []*call, l lead, ok bool) 
 	return nil, l, true
 }
 
+// maxRenewals is the most warm lease renewals that wait for a batch to
+// one peer: the renewal that fills them sends them (see renew).
+const maxRenewals = 256
+
+// renew queues a renewal of a warm lease, asked by a check its lease
+// admitted, to ride in the next batch sent to the peer; no caller waits
+// for it. The peer's next forwarded check carries it — at the latest the
+// key's own, once its lease runs out — or, when maxRenewals (or BatchMax)
+// are waiting, this caller sends them as a batch of their own without
+// waiting for the answer.
+func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
+	l := lease{key: req.Key, limit: req.Limit, leaseAsk: ask}
+	p.mu.Lock()
+	if p.closed || p.client == nil {
+		p.mu.Unlock()
+		p.router.settle(&l, leaseGrant{}, errNoRenewal)
+		return
+	}
+	if p.renewals == nil {
+		p.renewals = newCall()
+		p.renewals.done = make(chan struct{})
+	}
+	c := p.renewals
+	l.take = len(c.reqs)
+	c.reqs = append(c.reqs, limiter.Request{Key: req.Key, Limit: req.Limit})
+	c.index = append(c.index, -1)
+	c.leases = append(c.leases, l)
+	if len(c.reqs) < min(maxRenewals, p.router.cfg.BatchMax) {
+		p.mu.Unlock()
+		return
+	}
+	p.renewals = nil
+	p.inflight.Add(1)
+	p.mu.Unlock()
+	p.forward([]*call{c})
+}
+
+var errNoRenewal = errors.New("peer connection closed before a lease renewal was sent")
+
 // sendBy is when a batch holding c must leave for c to be answered in
 // time: its answer-by time less the peer's usual answer time.
 func (p *peerConn) sendBy(c *call, now time.Time) time.Time {
@@ -197,6 +242,11 @@ func (p *peerConn) takeBatch() []*call {
 	if len(b) > 0 {
 		p.inflight.Add(1)
 		p.last = len(b)
+		if p.renewals != nil {
+			// Not a caller: the next window does not wait for it.
+			b = append(b, p.renewals)
+			p.renewals = nil
+		}
 	}
 	return b
 }
@@ -208,7 +258,11 @@ func (p *peerConn) takeBatch() []*call {
 func (p *peerConn) send(b []*call) {
 	var leases []lease
 	for _, c := range b {
-		leases = append(leases, c.leases...)
+		for _, l := range c.leases {
+			if !l.warm {
+				leases = append(leases, l)
+			}
+		}
 	}
 	if len(leases) > 0 {
 		// The checks' count ends when they are answered, perhaps before
@@ -249,10 +303,16 @@ func (p *peerConn) forward(b []*call) {
 	limits := make([]leveev1.BucketLimit, total)
 	k := 0
 	for _, c := range b {
+		for _, l := range c.leases {
+			if l.warm {
+				takes[k+l.take].Lease, takes[k+l.take].Returned = l.want, l.returned
+			}
+		}
 		for _, q := range c.reqs {
 			limits[k] = leveev1.BucketLimit{Rate: q.Limit.Rate, PeriodNanos: int64(q.Limit.Period), Burst: q.Limit.Burst}
-			takes[k] = leveev1.BucketTake{Key: q.Key, Limit: &limits[k], Hits: q.Hits, Reserve: q.Reserve, Refund: q.Refund}
-			req.Takes = append(req.Takes, &takes[k])
+			t := &takes[k]
+			t.Key, t.Limit, t.Hits, t.Reserve, t.Refund = q.Key, &limits[k], q.Hits, q.Reserve, q.Refund
+			req.Takes = append(req.Takes, t)
 			k++
 		}
 	}
@@ -530,8 +590,32 @@ func (p *peerConn) finish(id uint64, resp *leveev1.TakeResponse, err error) {
 				}
 			}
 		}
+		r.settleWarm(c, resp.GetResults()[min(k, len(resp.GetResults())):], err)
 		k += len(c.reqs)
 		close(c.done)
+	}
+}
+
+// settleWarm settles the warm leases of c, whose checks' answers are
+// results (or which failed with err). A failed batch's returned tokens are
+// lost to this node, as a failed hot lease's are: whether the owner took
+// them back is unknown, and keeping them could admit them twice.
+func (r *Router) settleWarm(c *call, results []*leveev1.BucketResult, err error) {
+	for i := range c.leases {
+		l := &c.leases[i]
+		if !l.warm {
+			continue
+		}
+		if err != nil {
+			r.settle(l, leaseGrant{}, err)
+			continue
+		}
+		w := results[l.take]
+		r.settle(l, leaseGrant{
+			granted:    w.GetLeased(),
+			remaining:  w.GetRemaining() - min(w.GetLeased(), w.GetRemaining()),
+			resetAfter: time.Duration(w.GetResetAfterNanos()),
+		}, nil)
 	}
 }
 
@@ -542,6 +626,10 @@ func (p *peerConn) close() {
 	p.closed = true
 	b := p.batch
 	p.batch, p.size = nil, 0
+	if p.renewals != nil {
+		b = append(b, p.renewals)
+		p.renewals = nil
+	}
 	p.mu.Unlock()
 	for _, c := range b {
 		p.router.abandon(c, errors.New("peer left the ring"))

@@ -39,6 +39,21 @@ const maxHotPerShard = 1024
 //     next lease or lapse, which errs toward refusing, never toward
 //     admitting.
 //
+//   - Warm leases. Most keys are far from their limits, and a node that
+//     forwards such a key a few times a second pays a peer hop for each
+//     check although the answer is never in doubt. With a warm lease period
+//     set, a forwarded check also asks for a few tokens in the same take —
+//     twice what the node used of its last lease, at least warmMin, at most
+//     capacity ÷ (4 × nodes) — and the owner grants them only while the
+//     bucket keeps at least half its capacity after the grant. The node
+//     admits from them for the warm lease period (seconds, where a hot
+//     lease lasts 100 ms) and gives the rest back with its next forwarded
+//     check of the key. The bounds are the hot leases': leased tokens leave
+//     the bucket, at most capacity ÷ 4 per key is out at any time, and a
+//     bucket near its limit grants none, so its checks are forwarded and
+//     decided exactly. A key too small for warmMin tokens a node is never
+//     warm-leased.
+//
 // A key's state is a small state machine: keyState.decide takes a check
 // and says whether it is answered here and whether to ask for a lease;
 // keyState.settle takes the owner's answer to that lease. Neither does
@@ -64,6 +79,8 @@ type keyState struct {
 	resetAt   int64 // owner's bucket full again at (last we heard)
 
 	lease      uint64 // leased tokens left
+	granted    uint64 // tokens of the current lease when granted or renewed
+	warm       bool   // the current lease is a warm one
 	leaseUntil int64
 	remaining  uint64 // owner's bucket after the last grant
 	renewing   bool   // a lease was asked for and is not settled yet
@@ -73,13 +90,20 @@ type keyState struct {
 type hotPolicy struct {
 	threshold uint64 // tokens forwarded within two periods that make a key hot
 	period    int64  // lease period, nanoseconds
+	warm      int64  // warm lease period, nanoseconds; 0: no warm leases
 }
 
+// warmMin is the fewest tokens a warm lease asks for: a key whose share
+// of capacity ÷ (4 × nodes) is smaller is never warm-leased.
+const warmMin = 4
+
 // leaseAsk is a lease the hot-key decision asks for: want tokens from the
-// key's owner, giving back returned unused ones. The zero leaseAsk asks for
-// nothing.
+// key's owner, giving back returned unused ones. A warm ask rides in the
+// forwarded check's take; a hot one is a Lease call of its own. The zero
+// leaseAsk asks for nothing.
 type leaseAsk struct {
 	want, returned uint64
+	warm           bool
 }
 
 // leaseGrant is an owner's answer to a lease request.
@@ -106,7 +130,8 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 	}
 	if now < st.leaseUntil && st.lease >= req.Hits {
 		st.lease -= req.Hits
-		return limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}, true, leaseAsk{}
+		res = limiter.Result{Allowed: true, Remaining: st.remaining + st.lease, ResetAfter: until(st.resetAt, now)}
+		return res, true, st.renewal(req, now, nodes, pol)
 	}
 	if gap := now - st.window; gap >= pol.period {
 		st.last, st.count, st.window = st.count, 0, now
@@ -120,16 +145,43 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 			want:     min(max(st.count, st.last), max(1, req.Limit.Capacity()/uint64(4*max(nodes, 1)))),
 			returned: st.lease,
 		}
-		st.lease, st.leaseUntil = 0, 0
+		st.lease, st.leaseUntil, st.granted = 0, 0, 0
 		st.renewing = true
+	} else if pol.warm > 0 && !st.renewing {
+		if share := req.Limit.Capacity() / uint64(4*max(nodes, 1)); share >= warmMin {
+			used := st.granted - min(st.lease, st.granted)
+			ask = leaseAsk{want: min(share, max(warmMin, 2*used)), returned: st.lease, warm: true}
+			st.lease, st.leaseUntil, st.granted = 0, 0, 0
+			st.renewing = true
+		}
 	}
 	return limiter.Result{}, false, ask
 }
 
-// settle records at now the outcome of the lease st asked for: the owner's
-// grant, or err when the request failed or was never sent (then the key
-// asks again on its next forwarded check). It returns the tokens granted.
-func (st *keyState) settle(g leaseGrant, err error, now int64, pol hotPolicy) uint64 {
+// renewal is the ask, if any, that renews a warm lease st still admits
+// from, once half of it is used or its last quarter-period has begun: so
+// that a key in steady use is not forwarded when its lease runs out. The
+// current lease stays; what the owner grants is added to it, within the
+// key's share.
+func (st *keyState) renewal(req *limiter.Request, now int64, nodes int, pol hotPolicy) leaseAsk {
+	if !st.warm || pol.warm <= 0 || st.renewing || 2*st.lease >= st.granted && st.leaseUntil-now >= pol.warm/4 {
+		return leaseAsk{}
+	}
+	share := req.Limit.Capacity() / uint64(4*max(nodes, 1))
+	used := st.granted - min(st.lease, st.granted)
+	want := min(share-min(st.lease, share), max(warmMin, 2*used))
+	if want == 0 {
+		return leaseAsk{}
+	}
+	st.renewing = true
+	return leaseAsk{want: want, warm: true}
+}
+
+// settle records at now the outcome of the lease st asked for, warm or
+// hot: the owner's grant, or err when the request failed or was never sent
+// (then the key asks again on its next forwarded check). It returns the
+// tokens granted.
+func (st *keyState) settle(g leaseGrant, err error, warm bool, now int64, pol hotPolicy) uint64 {
 	st.renewing = false
 	if err != nil {
 		return 0
@@ -143,7 +195,12 @@ func (st *keyState) settle(g leaseGrant, err error, now int64, pol hotPolicy) ui
 		return 0
 	}
 	st.lease += g.granted
+	st.granted = st.lease
+	st.warm = warm
 	st.leaseUntil = now + pol.period
+	if warm {
+		st.leaseUntil = now + pol.warm
+	}
 	return g.granted
 }
 
@@ -190,7 +247,7 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 }
 
 func (r *Router) hotPolicy() hotPolicy {
-	return hotPolicy{threshold: uint64(r.cfg.HotThreshold), period: int64(r.cfg.LeasePeriod)}
+	return hotPolicy{threshold: uint64(r.cfg.HotThreshold), period: int64(r.cfg.LeasePeriod), warm: int64(r.cfg.WarmLease)}
 }
 
 // local decides req, whose key another node owns, here if its key's state
@@ -248,7 +305,7 @@ func (r *Router) settle(l *lease, g leaseGrant, err error) {
 	sh.mu.Lock()
 	var granted uint64
 	if st := sh.m[l.key]; st != nil && st.limit == l.limit {
-		granted = st.settle(g, err, now, r.hotPolicy())
+		granted = st.settle(g, err, l.warm, now, r.hotPolicy())
 	} // else evicted or re-limited meanwhile: the grant lapses
 	sh.mu.Unlock()
 	r.stats.Leased.Add(granted)

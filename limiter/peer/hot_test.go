@@ -39,7 +39,7 @@ func TestLeaseDecision(t *testing.T) {
 		t.Fatalf("asked again (%+v) while a lease is outstanding", ask)
 	}
 
-	if n := st.settle(leaseGrant{granted: 3, remaining: 300, resetAfter: time.Second}, nil, t0, pol); n != 3 {
+	if n := st.settle(leaseGrant{granted: 3, remaining: 300, resetAfter: time.Second}, nil, false, t0, pol); n != 3 {
 		t.Fatalf("settle counted %d tokens granted, want 3", n)
 	}
 	for i := range 3 {
@@ -54,7 +54,7 @@ func TestLeaseDecision(t *testing.T) {
 		t.Fatalf("check after the lease ran out: decided %v, ask %+v", decided, ask)
 	}
 	// The ask never reaches the owner: the next check may ask again.
-	if n := st.settle(leaseGrant{}, errors.New("owner unreachable"), t0+3, pol); n != 0 || st.renewing {
+	if n := st.settle(leaseGrant{}, errors.New("owner unreachable"), false, t0+3, pol); n != 0 || st.renewing {
 		t.Fatalf("failed lease: %d granted, renewing %v", n, st.renewing)
 	}
 	if _, _, ask := decide(one, t0+3); ask != (leaseAsk{want: 11}) {
@@ -63,7 +63,7 @@ func TestLeaseDecision(t *testing.T) {
 
 	// A grant of nothing with a retry time is a cached refusal for
 	// one-token checks; larger checks still go to the owner.
-	st.settle(leaseGrant{remaining: 0, resetAfter: time.Minute, retryAfter: 50 * time.Millisecond}, nil, t0+4, pol)
+	st.settle(leaseGrant{remaining: 0, resetAfter: time.Minute, retryAfter: 50 * time.Millisecond}, nil, false, t0+4, pol)
 	if res, decided, _ := decide(one, t0+4+int64(10*time.Millisecond)); !decided || res.Allowed || res.RetryAfter != 40*time.Millisecond {
 		t.Fatalf("one-token check during a cached refusal: %+v decided %v", res, decided)
 	}
@@ -185,5 +185,86 @@ func TestLocalStartsNoIO(t *testing.T) {
 	sh.mu.Unlock()
 	if renewing {
 		t.Fatal("a lease that could not be sent is still outstanding: the key would never ask again")
+	}
+}
+
+// TestWarmLeaseDecision walks a key far from its limit through warm
+// leases with the pure decision alone: a forwarded check asks, one ask at
+// a time; a grant is admitted from for the warm period; a lease half used,
+// or in its last quarter-period, asks for a renewal while it still admits;
+// a lapsed lease gives its rest back with the next ask, which is twice
+// what was used; and a key too small for warmMin tokens a node is never
+// warm-leased.
+func TestWarmLeaseDecision(t *testing.T) {
+	pol := hotPolicy{threshold: 1 << 20, period: int64(100 * time.Millisecond), warm: int64(10 * time.Second)}
+	l := limiter.Limit{Rate: 1000, Period: time.Hour} // 1000 ÷ (4 × 2 nodes) = 125 a lease at most
+	one := limiter.Request{Key: 1, Limit: l, Hits: 1}
+	t0 := time.Unix(1_700_000_000, 0).UnixNano()
+	sec := int64(time.Second)
+	st := &keyState{limit: l, window: t0}
+	decide := func(now int64) (limiter.Result, bool, leaseAsk) {
+		t.Helper()
+		return st.decide(&one, now, 2, pol)
+	}
+
+	if _, decided, ask := decide(t0); decided || ask != (leaseAsk{want: warmMin, warm: true}) {
+		t.Fatalf("first forwarded check: decided %v, ask %+v, want a warm ask for %d", decided, ask, warmMin)
+	}
+	if _, decided, ask := decide(t0); decided || ask != (leaseAsk{}) {
+		t.Fatalf("check while the warm ask is outstanding: decided %v, ask %+v", decided, ask)
+	}
+	st.settle(leaseGrant{granted: warmMin, remaining: 900, resetAfter: time.Minute}, nil, true, t0, pol)
+	// Two of four used, early in the period: no renewal yet.
+	for i := range 2 {
+		if res, decided, ask := decide(t0 + sec); !decided || !res.Allowed || ask != (leaseAsk{}) {
+			t.Fatalf("check %d on the warm lease: %+v decided %v ask %+v", i, res, decided, ask)
+		}
+	}
+	// The third leaves one of four: a renewal for twice the three used,
+	// the lease still admitting.
+	if res, decided, ask := decide(t0 + sec); !decided || !res.Allowed || ask != (leaseAsk{want: 6, warm: true}) {
+		t.Fatalf("check leaving a quarter: %+v decided %v ask %+v, want admitted and a renewal for 6", res, decided, ask)
+	}
+	if res, decided, ask := decide(t0 + sec); !decided || !res.Allowed || ask != (leaseAsk{}) {
+		t.Fatalf("last token while the renewal is out: %+v decided %v ask %+v", res, decided, ask)
+	}
+	// Spent, the renewal not back yet: forwarded, asking nothing more.
+	if _, decided, ask := decide(t0 + sec); decided || ask != (leaseAsk{}) {
+		t.Fatalf("check after the lease ran out: decided %v, ask %+v", decided, ask)
+	}
+	// The owner's bucket is at half: nothing granted; the next check asks
+	// again (a grant of nothing is no refusal), for twice the four used.
+	st.settle(leaseGrant{remaining: 500, resetAfter: time.Minute}, nil, true, t0+sec, pol)
+	if _, decided, ask := decide(t0 + sec); decided || ask != (leaseAsk{want: 8, warm: true}) {
+		t.Fatalf("check after an empty grant: decided %v, ask %+v", decided, ask)
+	}
+	st.settle(leaseGrant{granted: 100, remaining: 800, resetAfter: time.Minute}, nil, true, t0+2*sec, pol)
+	for i := range 30 {
+		if _, decided, ask := decide(t0 + 3*sec); !decided || ask != (leaseAsk{}) {
+			t.Fatalf("check %d on the second lease: decided %v ask %+v", i, decided, ask)
+		}
+	}
+	// In the last quarter of the period a check asks for a renewal even
+	// with most of the lease left: twice the 31 used, within the share
+	// less the 69 held.
+	if _, decided, ask := decide(t0 + 10*sec); !decided || ask != (leaseAsk{want: 56, warm: true}) {
+		t.Fatalf("check late in the period: decided %v ask %+v, want a renewal for 56", decided, ask)
+	}
+	st.settle(leaseGrant{}, errors.New("owner unreachable"), true, t0+10*sec, pol)
+	// The lease lapsed with 69 unused: they go back with the next ask,
+	// twice the 31 used.
+	if _, decided, ask := decide(t0 + 13*sec); decided || ask != (leaseAsk{want: 62, returned: 69, warm: true}) {
+		t.Fatalf("check after the lease lapsed: decided %v, ask %+v, want 62 asked and 69 returned", decided, ask)
+	}
+
+	small := limiter.Limit{Rate: 31, Period: time.Hour} // 31 ÷ 8 = 3 < warmMin
+	st2 := &keyState{limit: small, window: t0}
+	if _, decided, ask := st2.decide(&limiter.Request{Key: 2, Limit: small, Hits: 1}, t0, 2, pol); decided || ask != (leaseAsk{}) {
+		t.Fatalf("small key: decided %v, ask %+v, want no warm lease", decided, ask)
+	}
+	// Without a warm period nothing changes: no ask below the threshold.
+	cold := &keyState{limit: l, window: t0}
+	if _, _, ask := cold.decide(&one, t0, 2, hotPolicy{threshold: 8, period: pol.period}); ask != (leaseAsk{}) {
+		t.Fatalf("warm leases off: ask %+v", ask)
 	}
 }

@@ -719,3 +719,152 @@ func TestSlowOwnerAnswersByTheDeadline(t *testing.T) {
 		t.Fatalf("%d fallbacks, want 5", n)
 	}
 }
+
+// TestWarmLeaseKeepsHalf: the owner grants a warm lease only from the
+// bucket's upper half, and takes back the tokens a lease returns.
+func TestWarmLeaseKeepsHalf(t *testing.T) {
+	store := limiter.NewStore(16)
+	s := NewServer(store, nil)
+	lim := &leveev1.BucketLimit{Rate: 100, PeriodNanos: int64(30 * 24 * time.Hour)}
+	do := func(tk *leveev1.BucketTake) *leveev1.BucketResult {
+		t.Helper()
+		tk.Key, tk.Limit = 9, lim
+		resp, err := s.take(&leveev1.TakeRequest{Takes: []*leveev1.BucketTake{tk}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Results[0]
+	}
+	// 99 left after the check; half of 100 stays: 49 granted.
+	if r := do(&leveev1.BucketTake{Hits: 1, Lease: 80}); !r.Allowed || r.Remaining != 99 || r.Leased != 49 {
+		t.Fatalf("first warm ask: %+v, want allowed, 99 remaining, 49 leased", r)
+	}
+	if r := do(&leveev1.BucketTake{Hits: 1, Lease: 80}); !r.Allowed || r.Remaining != 49 || r.Leased != 0 {
+		t.Fatalf("ask at half: %+v, want allowed, 49 remaining, none leased", r)
+	}
+	// 40 of the 49 come back before the check: 88 left, 38 granted.
+	if r := do(&leveev1.BucketTake{Hits: 1, Lease: 80, Returned: 40}); !r.Allowed || r.Remaining != 88 || r.Leased != 38 {
+		t.Fatalf("ask with 40 returned: %+v, want 88 remaining, 38 leased", r)
+	}
+	// A refund, a reserve or a refused check never leases.
+	if r := do(&leveev1.BucketTake{Hits: 1, Reserve: 10, Lease: 80}); r.Leased != 0 {
+		t.Fatalf("a check with a reserve leased %d", r.Leased)
+	}
+	if r := do(&leveev1.BucketTake{Hits: 1000, Lease: 80}); r.Allowed || r.Leased != 0 {
+		t.Fatalf("a refused check: %+v", r)
+	}
+}
+
+// TestWarmLeasesDecideLocallyAndNeverOverAdmit: with warm leases, a node
+// checking many keys far from their limits decides most of them itself;
+// and however hard two nodes drain one key, the cluster admits no more
+// than its bucket holds, and loses at most the lease bound.
+func TestWarmLeasesDecideLocallyAndNeverOverAdmit(t *testing.T) {
+	nodes := startNodes(t, 3, func(c *Config) { c.WarmLease = 10 * time.Second; c.Timeout = 5 * time.Second })
+	rg := nodes[0].router.Ring()
+	roomy := limiter.Limit{Rate: 1_000_000, Period: time.Hour}
+	var keys []uint64
+	for k := range 20 {
+		keys = append(keys, keyOwnedBy(t, rg, "node-1", 100+k))
+	}
+	// Round after round over the keys, so that one key's renewal rides in
+	// the batch of another's forwarded check.
+	for range 25 {
+		for _, key := range keys {
+			if r, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: roomy, Hits: 1}); err != nil || !r.Allowed {
+				t.Fatalf("check of a roomy key: %+v, %v", r, err)
+			}
+		}
+	}
+	st := nodes[0].router.Stats()
+	t.Logf("roomy keys: %d forwarded, %d decided here, %d tokens leased", st.Forwarded.Load(), st.Local.Load(), st.Leased.Load())
+	// Without renewals each key is forwarded three times (asking for 4,
+	// then 8, then 16); renewed before they run out, leases leave about
+	// one forwarded check a key.
+	if fwd := st.Forwarded.Load(); fwd+st.Local.Load() != 500 || fwd > 40 {
+		t.Fatalf("forwarded %d and decided here %d of 500, want at most 40 forwarded", fwd, st.Local.Load())
+	}
+
+	l := limiter.Limit{Rate: 4000, Period: 30 * 24 * time.Hour}
+	key := keyOwnedBy(t, rg, "node-2", 7)
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for _, nd := range nodes[:2] {
+		for range 4 {
+			wg.Go(func() {
+				for range 1500 {
+					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if r.Allowed {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	got := admitted.Load()
+	t.Logf("drained key: admitted %d of 4000", got)
+	if got > 4000 {
+		t.Fatalf("admitted %d, more than the bucket's 4000", got)
+	}
+	if got < 4000-4000/4 {
+		t.Fatalf("admitted %d: lost more than the lease bound", got)
+	}
+}
+
+// TestWarmRenewalsSendThemselves: renewals that pile up with no forwarded
+// check to ride on are sent as a batch of their own once a batch's worth
+// waits, and their grants extend the leases.
+func TestWarmRenewalsSendThemselves(t *testing.T) {
+	nodes := startNodes(t, 2, func(c *Config) { c.WarmLease = 10 * time.Second; c.BatchMax = 8; c.Timeout = 5 * time.Second })
+	rg := nodes[0].router.Ring()
+	roomy := limiter.Limit{Rate: 1_000_000, Period: time.Hour}
+	var keys []uint64
+	for k := range 16 {
+		keys = append(keys, keyOwnedBy(t, rg, "node-1", 300+k))
+	}
+	check := func(key uint64) {
+		t.Helper()
+		if r, err := take(t, nodes[0].router, limiter.Request{Key: key, Limit: roomy, Hits: 1}); err != nil || !r.Allowed {
+			t.Fatalf("check: %+v, %v", r, err)
+		}
+	}
+	for _, key := range keys {
+		check(key) // forwarded, leasing 4
+	}
+	st := nodes[0].router.Stats()
+	fwd, batches, leased := st.Forwarded.Load(), st.Batches.Load(), st.Leased.Load()
+	// Three checks from each lease: the third asks for a renewal. Sixteen
+	// renewals wait, two batches of eight, with nothing forwarded.
+	for range 3 {
+		for _, key := range keys {
+			check(key)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for st.Leased.Load() < leased+16*6 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := st.Forwarded.Load() - fwd; got != 0 {
+		t.Fatalf("%d checks forwarded while every key held a lease", got)
+	}
+	if got := st.Batches.Load() - batches; got != 2 {
+		t.Fatalf("%d batches sent for 16 renewals at 8 a batch, want 2", got)
+	}
+	if got := st.Leased.Load() - leased; got != 16*6 {
+		t.Fatalf("renewals granted %d tokens, want 16 x 6 (twice the three used)", got)
+	}
+	// Each key now holds 1 + 6: seven more checks are its own.
+	for range 7 {
+		for _, key := range keys {
+			check(key)
+		}
+	}
+	if got := st.Forwarded.Load() - fwd; got != 0 {
+		t.Fatalf("%d checks forwarded after the renewals", got)
+	}
+}

@@ -54,6 +54,11 @@ type Config struct {
 	// lasts (default 100 ms). See hotKeys.
 	HotThreshold int
 	LeasePeriod  time.Duration
+	// WarmLease is how long a warm lease lasts: tokens of a key far from
+	// its limit that a forwarded check asks for in the same take, to admit
+	// its next checks here (0: no warm leases; off with hot-key handling
+	// too). See hotKeys.
+	WarmLease time.Duration
 	// HandoffRetryMin and HandoffRetryMax bound the wait before a failed
 	// hand-off is tried again (defaults 200 ms and 5 s): it starts near
 	// the first and doubles on each failure up to the second, half of it
@@ -340,6 +345,9 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		if ok {
 			r.stats.Local.Add(1)
 			results[i] = res
+			if ask.want > 0 {
+				r.peer(owner).renew(reqs[i], ask)
+			}
 			continue
 		}
 		g := -1
@@ -357,8 +365,9 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 		c.reqs = append(c.reqs, reqs[i])
 		c.index = append(c.index, i)
 		if ask.want > 0 {
-			// The lease travels with the check that made the key hot.
-			c.leases = append(c.leases, lease{key: reqs[i].Key, limit: reqs[i].Limit, leaseAsk: ask})
+			// The lease travels with the check that asked for it: a warm
+			// one in its take, a hot one after the batch.
+			c.leases = append(c.leases, lease{key: reqs[i].Key, limit: reqs[i].Limit, leaseAsk: ask, take: len(c.reqs) - 1})
 		}
 	}
 	if len(groups) == 0 {

@@ -113,6 +113,9 @@ func (s *Server) take(req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
 		if !l.Valid() {
 			return nil, invalid(fmt.Sprintf("takes[%d].limit", i), "invalid limit")
 		}
+		if n := t.GetReturned(); n > 0 {
+			s.store.Give(t.GetKey(), l, n, now)
+		}
 		r := s.store.Do(&limiter.Request{Key: t.GetKey(), Limit: l, Hits: t.GetHits(), Reserve: t.GetReserve(), Refund: t.GetRefund()}, now)
 		results[i] = leveev1.BucketResult{
 			Allowed:         r.Allowed,
@@ -120,9 +123,30 @@ func (s *Server) take(req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
 			ResetAfterNanos: int64(r.ResetAfter),
 			RetryAfterNanos: int64(r.RetryAfter),
 		}
+		if want := t.GetLease(); want > 0 && r.Allowed && !t.GetRefund() && t.GetReserve() == 0 {
+			results[i].Leased = s.warmLease(t.GetKey(), l, want, r.Remaining, now)
+		}
 		resp.Results[i] = &results[i]
 	}
 	return resp, nil
+}
+
+// warmLease takes up to want tokens from the bucket of key, which holds
+// remaining, for a warm lease, keeping at least half its capacity in the
+// bucket, and returns how many it took. A bucket far from its limit loses
+// nothing to tokens parked on other nodes: whoever comes next still finds
+// half of it. One near its limit is left to forwarded checks (and, if it
+// is hot, to the hot-key leases).
+func (s *Server) warmLease(key uint64, l limiter.Limit, want, remaining uint64, now int64) uint64 {
+	floor := l.Capacity() / 2
+	if remaining <= floor {
+		return 0
+	}
+	grant := min(want, remaining-floor)
+	if r := s.store.Do(&limiter.Request{Key: key, Limit: l, Hits: grant, Reserve: floor}, now); !r.Allowed {
+		return 0 // lost a race with a concurrent take
+	}
+	return grant
 }
 
 // Handoff implements leveev1.PeerServiceServer.

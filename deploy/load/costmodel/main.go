@@ -36,6 +36,8 @@ func main() {
 	zipf := flag.Float64("zipf", 0, "Zipf exponent of the keys' popularity (0: uniform)")
 	hotRate := flag.Float64("hot-rate", 320, "forwarded decisions per second per key from one node above which the node leases its tokens (levee: 64 tokens in two 100 ms lease periods)")
 	bound := flag.Float64("bound", 2, "the bound on a forwarded decision's CPU, in local decisions")
+	warm := flag.Duration("warm", 0, "the fleet's warm lease period (--warm-lease; 0: none): predicts the CPU of a decision on a key another node owns, forwarded or answered from a lease")
+	capacity := flag.Float64("capacity", 1_000_000, "tokens each key's bucket holds (a node leases at most capacity / (4 x nodes) of a key)")
 	seed := flag.Uint64("seed", 1, "seed of the batch simulation")
 	flag.Parse()
 	if *results == "" {
@@ -54,6 +56,13 @@ func main() {
 		os.Exit(1)
 	}
 	if err := report(os.Stdout, ms, *window, *fleetWindow, *load, *keys, *zipf, *hotRate, *bound, *seed); err != nil {
+		fmt.Fprintln(os.Stderr, "costmodel:", err)
+		os.Exit(1)
+	}
+	if *warm <= 0 {
+		return
+	}
+	if err := reportWarm(os.Stdout, ms, *window, *fleetWindow, *load, *keys, *zipf, *warm, *capacity, *bound, *seed); err != nil {
 		fmt.Fprintln(os.Stderr, "costmodel:", err)
 		os.Exit(1)
 	}
@@ -145,6 +154,55 @@ func report(w io.Writer, ms []Measurement, window, fleetWindow time.Duration, lo
 			fmt.Fprintf(w, "- or %.0f%% of decisions answered from leases (keys warm enough to lease): %.2fx on average\n", 100*share, blend)
 			break
 		}
+	}
+	return nil
+}
+
+// reportWarm predicts, for fleets with warm leases of period warm, the CPU
+// of a decision on a key another node owns: answered from a lease at the
+// cost measured in the runs with leases, or forwarded, over a stream
+// thinned by the leases, at the model's cost.
+func reportWarm(w io.Writer, ms []Measurement, window, fleetWindow time.Duration, load float64, keys int, zipf float64, warm time.Duration, capacity, bound float64, seed uint64) error {
+	var plain []Measurement
+	var leased []float64
+	for _, x := range ms {
+		if x.LeasedShare > 0 {
+			continue
+		}
+		plain = append(plain, x)
+	}
+	m, err := Fit(plain, window, seed)
+	if err != nil {
+		return err
+	}
+	for _, x := range ms {
+		if c, ok := x.LeasedCost(m.CPU(x.Batch)); ok {
+			leased = append(leased, c)
+		}
+	}
+	cost, source := m.Local, "a local decision's (no run with leases given)"
+	if len(leased) > 0 {
+		cost, source = median(leased), fmt.Sprintf("median of %d runs with leases", len(leased))
+	}
+	if load == 0 {
+		x := plain[0]
+		load = x.FwdPerS * float64(x.Nodes) / float64(x.Nodes-1)
+	}
+	m = m.Scaled(window, fleetWindow)
+	rng := func() *rand.Rand { return rand.New(rand.NewPCG(seed, 3)) }
+	fmt.Fprintf(w, "\nwarm leases of %v, %.0f decisions/s per node over %d keys (zipf %.2f), %.0f tokens a bucket; "+
+		"a decision from a lease costs %.1f us = %.2fx local (%s):\n\n", warm, load, keys, zipf, capacity, cost, cost/m.Local, source)
+	fmt.Fprintln(w, "| nodes | answered from leases | forwarded/s to one peer | decisions per peer RPC | cpu/forwarded | cpu/remote-owned decision | x local |")
+	fmt.Fprintln(w, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, n := range []int{3, 6, 9, 30, 100} {
+		share := WarmShare(keys, zipf, load, warm, capacity/float64(4*n))
+		p := m.Predict(n, 0, load, share, rng())
+		remote := share*cost + (1-share)*p.CPU
+		mark := ""
+		if n == 100 && remote/m.Local > bound {
+			mark = fmt.Sprintf(" (over the %.1fx bound)", bound)
+		}
+		fmt.Fprintf(w, "| %d | %.1f%% | %.0f | %.2f | %.1f us | %.1f us | %.2f%s |\n", n, 100*share, p.PerPeer, p.Batch, p.CPU, remote, remote/m.Local, mark)
 	}
 	return nil
 }

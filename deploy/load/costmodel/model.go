@@ -19,6 +19,23 @@ type Measurement struct {
 	SingleP99   float64 `json:"single_p99_ms"`
 	ClusterP99  float64 `json:"cluster_p99_ms"`
 	LoadAverage float64 `json:"load"`
+	// With leases (--warm-lease): CPU of one decision on a key another
+	// node owns, forwarded or decided from a lease, both nodes, µs; and
+	// the share of those decided from leases.
+	RemoteCPU   float64 `json:"remote_cpu_us"`
+	LeasedShare float64 `json:"leased_share"`
+}
+
+// LeasedCost is the CPU of a decision answered from a lease (renewals
+// included), from a run with leases: what is left of its CPU per
+// remote-owned decision once the forwarded ones are charged fwd each
+// (the model's cost at that run's batch size). It reports false for a run
+// without leases.
+func (x Measurement) LeasedCost(fwd float64) (float64, bool) {
+	if x.LeasedShare <= 0 || x.RemoteCPU <= 0 {
+		return 0, false
+	}
+	return (x.RemoteCPU - (1-x.LeasedShare)*fwd) / x.LeasedShare, true
 }
 
 // Model is the CPU of a forwarded decision as a function of how many
@@ -189,6 +206,29 @@ func ZipfShare(keys int, s, load, hotRate float64) float64 {
 		}
 	}
 	return share
+}
+
+// WarmShare is the share of a node's decisions answered from warm leases
+// when each lease lasts period and holds at most share tokens, among keys
+// keys drawn with Zipf exponent s (0: uniform) at load decisions per
+// second. It assumes the worst for renewals (none rides in another
+// batch): each lease starts with a forwarded check and lapses, so a key
+// checked u times a lease, u = min(rate × period, share), is forwarded
+// once in u + 1.
+func WarmShare(keys int, s, load float64, period time.Duration, share float64) float64 {
+	w := make([]float64, keys)
+	total := 0.0
+	for i := range w {
+		w[i] = 1 / math.Pow(float64(i+1), s)
+		total += w[i]
+	}
+	local := 0.0
+	for _, x := range w {
+		p := x / total
+		u := min(p*load*period.Seconds(), share)
+		local += p * u / (u + 1)
+	}
+	return local
 }
 
 func median(xs []float64) float64 {

@@ -104,3 +104,36 @@ func TestReport(t *testing.T) {
 		t.Fatal("read a one-node cluster")
 	}
 }
+
+// TestWarmShare: with uniform keys each checked u times a lease, one check
+// in u + 1 is forwarded; the lease's share of the bucket caps u; no lease
+// period, no leases; and a skewed key distribution, whose popular keys
+// fill their leases, answers more from leases than a uniform one.
+func TestWarmShare(t *testing.T) {
+	// 1,000 keys at 2,000/s: 2 checks a second each, 10 s leases: u = 20.
+	if got, want := WarmShare(1000, 0, 2000, 10*time.Second, 1e9), 20.0/21; math.Abs(got-want) > 1e-9 {
+		t.Fatalf("uniform: %v answered from leases, want %v", got, want)
+	}
+	if got, want := WarmShare(1000, 0, 2000, 10*time.Second, 4), 4.0/5; math.Abs(got-want) > 1e-9 {
+		t.Fatalf("capped at 4 tokens a lease: %v, want %v", got, want)
+	}
+	if got := WarmShare(1000, 0, 2000, 0, 1e9); got != 0 {
+		t.Fatalf("no lease period: %v", got)
+	}
+	if u, z := WarmShare(10000, 0, 1000, time.Second, 1e9), WarmShare(10000, 1.1, 1000, time.Second, 1e9); z <= u {
+		t.Fatalf("zipf 1.1 answers %v from leases, uniform %v: want more", z, u)
+	}
+}
+
+// TestLeasedCost: a run with leases whose remote-owned decisions cost a
+// known blend gives back the leased decision's cost; a run without leases
+// gives none.
+func TestLeasedCost(t *testing.T) {
+	x := Measurement{RemoteCPU: 0.9*20 + 0.1*100, LeasedShare: 0.9}
+	if c, ok := x.LeasedCost(100); !ok || math.Abs(c-20) > 1e-9 {
+		t.Fatalf("leased cost %v, %v; want 20", c, ok)
+	}
+	if _, ok := (Measurement{RemoteCPU: 50}).LeasedCost(100); ok {
+		t.Fatal("a run without leases gave a leased cost")
+	}
+}

@@ -99,7 +99,14 @@ type BucketTake struct {
 	// more important traffic).
 	Reserve uint64 `protobuf:"varint,4,opt,name=reserve,proto3" json:"reserve,omitempty"`
 	// Give hits tokens back instead of taking them.
-	Refund        bool `protobuf:"varint,5,opt,name=refund,proto3" json:"refund,omitempty"`
+	Refund bool `protobuf:"varint,5,opt,name=refund,proto3" json:"refund,omitempty"`
+	// A warm lease: once the take is allowed, up to this many more tokens for
+	// the sender to admit locally, granted only while the bucket keeps at
+	// least half its capacity after the grant. 0 asks for none.
+	Lease uint64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
+	// Unused tokens of the sender's previous warm lease on this bucket, given
+	// back before the take.
+	Returned      uint64 `protobuf:"varint,7,opt,name=returned,proto3" json:"returned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,6 +176,20 @@ func (x *BucketTake) GetRefund() bool {
 	return false
 }
 
+func (x *BucketTake) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *BucketTake) GetReturned() uint64 {
+	if x != nil {
+		return x.Returned
+	}
+	return 0
+}
+
 // BucketResult is the outcome of one BucketTake.
 type BucketResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -180,8 +201,11 @@ type BucketResult struct {
 	ResetAfterNanos int64 `protobuf:"varint,3,opt,name=reset_after_nanos,json=resetAfterNanos,proto3" json:"reset_after_nanos,omitempty"`
 	// Nanoseconds until the request would fit; -1 never.
 	RetryAfterNanos int64 `protobuf:"varint,4,opt,name=retry_after_nanos,json=retryAfterNanos,proto3" json:"retry_after_nanos,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Tokens of a warm lease granted (BucketTake.lease), already taken from
+	// the bucket after the take; remaining does not count them out.
+	Leased        uint64 `protobuf:"varint,5,opt,name=leased,proto3" json:"leased,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BucketResult) Reset() {
@@ -238,6 +262,13 @@ func (x *BucketResult) GetResetAfterNanos() int64 {
 func (x *BucketResult) GetRetryAfterNanos() int64 {
 	if x != nil {
 		return x.RetryAfterNanos
+	}
+	return 0
+}
+
+func (x *BucketResult) GetLeased() uint64 {
+	if x != nil {
+		return x.Leased
 	}
 	return 0
 }
@@ -1030,19 +1061,22 @@ const file_levee_v1_peer_proto_rawDesc = "" +
 	"\vBucketLimit\x12\x12\n" +
 	"\x04rate\x18\x01 \x01(\x04R\x04rate\x12!\n" +
 	"\fperiod_nanos\x18\x02 \x01(\x03R\vperiodNanos\x12\x14\n" +
-	"\x05burst\x18\x03 \x01(\x04R\x05burst\"\x91\x01\n" +
+	"\x05burst\x18\x03 \x01(\x04R\x05burst\"\xc3\x01\n" +
 	"\n" +
 	"BucketTake\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x06R\x03key\x12+\n" +
 	"\x05limit\x18\x02 \x01(\v2\x15.levee.v1.BucketLimitR\x05limit\x12\x12\n" +
 	"\x04hits\x18\x03 \x01(\x04R\x04hits\x12\x18\n" +
 	"\areserve\x18\x04 \x01(\x04R\areserve\x12\x16\n" +
-	"\x06refund\x18\x05 \x01(\bR\x06refund\"\x9e\x01\n" +
+	"\x06refund\x18\x05 \x01(\bR\x06refund\x12\x14\n" +
+	"\x05lease\x18\x06 \x01(\x04R\x05lease\x12\x1a\n" +
+	"\breturned\x18\a \x01(\x04R\breturned\"\xb6\x01\n" +
 	"\fBucketResult\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x04R\tremaining\x12*\n" +
 	"\x11reset_after_nanos\x18\x03 \x01(\x03R\x0fresetAfterNanos\x12*\n" +
-	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\"\x7f\n" +
+	"\x11retry_after_nanos\x18\x04 \x01(\x03R\x0fretryAfterNanos\x12\x16\n" +
+	"\x06leased\x18\x05 \x01(\x04R\x06leased\"\x7f\n" +
 	"\vTakeRequest\x12*\n" +
 	"\x05takes\x18\x01 \x03(\v2\x14.levee.v1.BucketTakeR\x05takes\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +

@@ -97,6 +97,7 @@ func startCluster(ctx context.Context, cfg ClusterConfig, grpcAddr string, store
 		BatchWindow: cfg.BatchWindow,
 		BatchMax:    cfg.BatchMax,
 		Timeout:     cfg.PeerTimeout,
+		WarmLease:   cfg.WarmLease,
 		Now:         now,
 		Logger:      log,
 		// Off, both are nil: the router adds no spans and no handler.

@@ -158,6 +158,9 @@ type ClusterConfig struct {
 	BatchWindow time.Duration
 	BatchMax    int
 	PeerTimeout time.Duration
+	// WarmLease is how long a warm lease lasts (peer.Config.WarmLease; 0:
+	// none).
+	WarmLease time.Duration
 }
 
 // Addrs are the addresses a running node listens on.

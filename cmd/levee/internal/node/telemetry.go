@@ -101,6 +101,8 @@ func clusterInstruments(meter metric.Meter, cl *clusterNode) error {
 		{name: "levee.peer.batches", desc: "Peer RPCs carrying forwarded operations.", value: func(s *peer.Stats) uint64 { return s.Batches.Load() }},
 		{name: "levee.peer.batch_errors", desc: "Peer RPCs that failed or timed out.", value: func(s *peer.Stats) uint64 { return s.BatchErrors.Load() }},
 		{name: "levee.peer.fallbacks", desc: "Operations decided by their rule's failure mode because the owner was unreachable.", value: func(s *peer.Stats) uint64 { return s.Fallbacks.Load() }},
+		{name: "levee.peer.local", desc: "Operations on buckets other nodes own decided on this node, from a lease or a cached refusal.", value: func(s *peer.Stats) uint64 { return s.Local.Load() }},
+		{name: "levee.peer.leased", desc: "Tokens other nodes' buckets leased to this node (hot-key and warm leases).", value: func(s *peer.Stats) uint64 { return s.Leased.Load() }},
 		{name: "levee.peer.handed_off", desc: "Buckets sent to their new owner after a membership change.", value: func(s *peer.Stats) uint64 { return s.HandedOff.Load() }},
 	}
 	insts := []metric.Observable{members, fallbackKeys, fallbackEvictions}
