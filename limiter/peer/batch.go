@@ -38,6 +38,9 @@ type call struct {
 	// checks, and the caller does not wait for them. Their answers go to
 	// the hot-key state.
 	leases []lease
+	// renewals marks the call of warm lease renewals that rides in a
+	// batch with no caller waiting for it (see peerConn.renew).
+	renewals bool
 
 	callTrace // the caller's span (trace.go)
 }
@@ -165,9 +168,10 @@ const maxRenewals = 256
 // renew queues a renewal of a warm lease, asked by a check its lease
 // admitted, to ride in the next batch sent to the peer; no caller waits
 // for it. The peer's next forwarded check carries it — at the latest the
-// key's own, once its lease runs out — or, when maxRenewals (or BatchMax)
-// are waiting, this caller sends them as a batch of their own without
-// waiting for the answer.
+// key's own, once its lease runs out, while the peer owns the key (a new
+// ring drops the renewals queued: see SetRing) — or, when maxRenewals (or
+// BatchMax) are waiting, this caller sends them as a batch of their own
+// without waiting for the answer, if the peer's breaker lets a batch go.
 func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
 	l := lease{key: req.Key, limit: req.Limit, leaseAsk: ask}
 	p.mu.Lock()
@@ -179,6 +183,7 @@ func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
 	if p.renewals == nil {
 		p.renewals = newCall()
 		p.renewals.done = make(chan struct{})
+		p.renewals.renewals = true
 	}
 	c := p.renewals
 	l.take = len(c.reqs)
@@ -190,10 +195,29 @@ func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
 		return
 	}
 	p.renewals = nil
+	if !p.breaker.allow(p.router.cfg.Now()) {
+		p.mu.Unlock()
+		p.router.abandon(c, errBreakerOpen)
+		return
+	}
 	p.inflight.Add(1)
 	p.mu.Unlock()
 	p.forward([]*call{c})
 }
+
+// dropRenewals fails the renewals waiting for a batch to the peer: their
+// keys may have other owners now.
+func (p *peerConn) dropRenewals() {
+	p.mu.Lock()
+	c := p.renewals
+	p.renewals = nil
+	p.mu.Unlock()
+	if c != nil {
+		p.router.abandon(c, errRingChanged)
+	}
+}
+
+var errRingChanged = errors.New("the ring changed before the lease renewal was sent")
 
 var errNoRenewal = errors.New("peer connection closed before a lease renewal was sent")
 
@@ -237,14 +261,15 @@ func (p *peerConn) release() { p.inflight.Done() }
 // takeBatch detaches the open batch and counts it in p.inflight. The
 // caller holds p.mu.
 func (p *peerConn) takeBatch() []*call {
-	b := p.batch
+	b, size := p.batch, p.size
 	p.batch, p.size = nil, 0
 	if len(b) > 0 {
 		p.inflight.Add(1)
 		p.last = len(b)
-		if p.renewals != nil {
-			// Not a caller: the next window does not wait for it.
-			b = append(b, p.renewals)
+		if r := p.renewals; r != nil && size+len(r.reqs) <= p.router.cfg.BatchMax {
+			// First, so that its grants are in place before the callers
+			// wake; not a caller, so the next window does not wait for it.
+			b = append([]*call{r}, b...)
 			p.renewals = nil
 		}
 	}
@@ -292,6 +317,9 @@ func (p *peerConn) forward(b []*call) {
 	var latest time.Time
 	for _, c := range b {
 		total += len(c.reqs)
+		if c.renewals {
+			continue // nobody waits for it
+		}
 		if c.deadline.IsZero() || c.deadline.After(limit) {
 			latest = limit
 		} else if c.deadline.After(latest) {
@@ -315,6 +343,9 @@ func (p *peerConn) forward(b []*call) {
 			req.Takes = append(req.Takes, t)
 			k++
 		}
+	}
+	if latest.IsZero() {
+		latest = limit // renewals alone
 	}
 	f := &flight{calls: b, total: total, sent: sent, byCallers: latest.Before(limit)}
 	f.flightTrace = r.trace.batch(b, p.member.ID, req)

@@ -54,6 +54,14 @@
 // that made the key hot, and the batch's sender asks for it after sending
 // the checks, holding no lock.
 //
+// With a warm lease period (Config.WarmLease), keys far from their limits
+// are leased too, for seconds: a key's forwarded checks after its first
+// ask for a few tokens in their own take, which the owner grants only
+// while the bucket keeps half its capacity. A lease half used, or in its
+// last quarter-period, asks for its renewal, which rides in the next batch
+// to the owner with no caller waiting; a batch's worth of renewals goes
+// out on its own. A new ring drops the renewals not yet sent.
+//
 // # Hand-off
 //
 // When ownership moves — a node joins, or leaves gracefully — the buckets

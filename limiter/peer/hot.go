@@ -42,17 +42,22 @@ const maxHotPerShard = 1024
 //   - Warm leases. Most keys are far from their limits, and a node that
 //     forwards such a key a few times a second pays a peer hop for each
 //     check although the answer is never in doubt. With a warm lease period
-//     set, a forwarded check also asks for a few tokens in the same take —
-//     twice what the node used of its last lease, at least warmMin, at most
-//     capacity ÷ (4 × nodes) — and the owner grants them only while the
-//     bucket keeps at least half its capacity after the grant. The node
-//     admits from them for the warm lease period (seconds, where a hot
-//     lease lasts 100 ms) and gives the rest back with its next forwarded
-//     check of the key. The bounds are the hot leases': leased tokens leave
-//     the bucket, at most capacity ÷ 4 per key is out at any time, and a
-//     bucket near its limit grants none, so its checks are forwarded and
-//     decided exactly. A key too small for warmMin tokens a node is never
-//     warm-leased.
+//     set, a key's second and later forwarded checks also ask for a few
+//     tokens in the same take — twice what the node used of its last
+//     lease, at least warmMin, at most capacity ÷ (4 × nodes) — and the
+//     owner grants them only while the bucket keeps at least half its
+//     capacity after the grant. The node admits from them for the warm
+//     lease period (seconds, where a hot lease lasts 100 ms). Once half is
+//     used, or the period's last quarter has begun, a check the lease
+//     admits also asks for a renewal, which rides in the next batch to the
+//     owner (see peerConn.renew); what it grants joins the lease, within
+//     the same share, and the period starts again. A lease that lapses
+//     gives its rest back with the key's next ask. The bounds are the hot
+//     leases': leased tokens leave the bucket, at most capacity ÷ 4 per
+//     key is out at any time, and a bucket near its limit grants none, so
+//     its checks are forwarded and decided exactly. A key too small for
+//     warmMin tokens a node is never warm-leased, and a key forwarded once
+//     (a scanner's) never leaves tokens parked.
 //
 // A key's state is a small state machine: keyState.decide takes a check
 // and says whether it is answered here and whether to ask for a lease;
@@ -81,6 +86,8 @@ type keyState struct {
 	lease      uint64 // leased tokens left
 	granted    uint64 // tokens of the current lease when granted or renewed
 	warm       bool   // the current lease is a warm one
+	seen       bool   // forwarded before: a warm ask waits for the second check
+	norenew    bool   // a renewal of the current lease came back empty or failed
 	leaseUntil int64
 	remaining  uint64 // owner's bucket after the last grant
 	renewing   bool   // a lease was asked for and is not settled yet
@@ -115,10 +122,12 @@ type leaseGrant struct {
 }
 
 // decide decides req at now for the key st describes, nodes being the
-// ring's size. A cached refusal or the lease may answer it here (decided).
-// Otherwise it counts towards the key's hotness, and once the key is hot
-// and no lease is outstanding decide gives up the unused lease and asks
-// for a new one; the caller forwards req and sends ask to the owner.
+// ring's size. A cached refusal or the lease may answer it here (decided),
+// and a warm lease that answers may ask for its renewal (see renewal).
+// Otherwise it counts towards the key's hotness, and once the key is hot,
+// or with warm leases on, and no lease is outstanding, decide gives up the
+// unused lease and asks for a new one; the caller forwards req and sends
+// ask to the owner (a hot ask) or with req (a warm one).
 func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPolicy) (res limiter.Result, decided bool, ask leaseAsk) {
 	if now < st.denyUntil && req.Hits == 1 {
 		return limiter.Result{RetryAfter: time.Duration(st.denyUntil - now), ResetAfter: until(st.resetAt, now)}, true, leaseAsk{}
@@ -147,7 +156,7 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 		}
 		st.lease, st.leaseUntil, st.granted = 0, 0, 0
 		st.renewing = true
-	} else if pol.warm > 0 && !st.renewing {
+	} else if pol.warm > 0 && !st.renewing && st.seen {
 		if share := req.Limit.Capacity() / uint64(4*max(nodes, 1)); share >= warmMin {
 			used := st.granted - min(st.lease, st.granted)
 			ask = leaseAsk{want: min(share, max(warmMin, 2*used)), returned: st.lease, warm: true}
@@ -155,6 +164,7 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 			st.renewing = true
 		}
 	}
+	st.seen = true
 	return limiter.Result{}, false, ask
 }
 
@@ -162,9 +172,10 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 // from, once half of it is used or its last quarter-period has begun: so
 // that a key in steady use is not forwarded when its lease runs out. The
 // current lease stays; what the owner grants is added to it, within the
-// key's share.
+// key's share. A renewal that came back empty (the bucket is at half) or
+// failed is not asked again for the same lease.
 func (st *keyState) renewal(req *limiter.Request, now int64, nodes int, pol hotPolicy) leaseAsk {
-	if !st.warm || pol.warm <= 0 || st.renewing || 2*st.lease >= st.granted && st.leaseUntil-now >= pol.warm/4 {
+	if !st.warm || pol.warm <= 0 || st.renewing || st.norenew || 2*st.lease >= st.granted && st.leaseUntil-now >= pol.warm/4 {
 		return leaseAsk{}
 	}
 	share := req.Limit.Capacity() / uint64(4*max(nodes, 1))
@@ -183,6 +194,7 @@ func (st *keyState) renewal(req *limiter.Request, now int64, nodes int, pol hotP
 // tokens granted.
 func (st *keyState) settle(g leaseGrant, err error, warm bool, now int64, pol hotPolicy) uint64 {
 	st.renewing = false
+	st.norenew = warm && (err != nil || g.granted == 0)
 	if err != nil {
 		return 0
 	}
@@ -225,7 +237,11 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 			// many distinct keys this runs on every new one.
 			n := 0
 			for k, old := range sh.m {
-				if now-old.window > 10*period && now >= old.leaseUntil && now >= old.denyUntil {
+				// A warm lease does not pin its entry: its checks are
+				// answered without counting, so the entry looks idle, and
+				// dropping it costs one forwarded check and its unused
+				// tokens (which errs toward refusing).
+				if now-old.window > 10*period && (now >= old.leaseUntil || old.warm) && now >= old.denyUntil {
 					delete(sh.m, k)
 					break
 				}

@@ -215,15 +215,24 @@ func (r *Router) Ring() *ring.Ring { return r.ring.Load() }
 // buckets stay here.
 func (r *Router) SetRing(rg *ring.Ring) {
 	old := r.ring.Swap(rg)
+	changed := old != nil && !old.Equal(rg)
+	var stay []*peerConn
 	r.mu.Lock()
 	for id, p := range r.peers {
 		if !rg.Contains(id) {
 			delete(r.peers, id)
 			p.close()
+		} else if changed {
+			stay = append(stay, p)
 		}
 	}
 	r.mu.Unlock()
-	if old == nil || old.Equal(rg) {
+	for _, p := range stay {
+		// A renewal queued for a key that moved would be granted from
+		// a bucket its old owner no longer holds.
+		p.dropRenewals()
+	}
+	if !changed {
 		return
 	}
 	gen := r.handoffGen.Add(1)

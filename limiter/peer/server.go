@@ -124,7 +124,7 @@ func (s *Server) take(req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
 			RetryAfterNanos: int64(r.RetryAfter),
 		}
 		if want := t.GetLease(); want > 0 && r.Allowed && !t.GetRefund() && t.GetReserve() == 0 {
-			results[i].Leased = s.warmLease(t.GetKey(), l, want, r.Remaining, now)
+			results[i].Leased, results[i].ResetAfterNanos = s.warmLease(t.GetKey(), l, want, r.Remaining, r.ResetAfter, now)
 		}
 		resp.Results[i] = &results[i]
 	}
@@ -133,20 +133,22 @@ func (s *Server) take(req *leveev1.TakeRequest) (*leveev1.TakeResponse, error) {
 
 // warmLease takes up to want tokens from the bucket of key, which holds
 // remaining, for a warm lease, keeping at least half its capacity in the
-// bucket, and returns how many it took. A bucket far from its limit loses
-// nothing to tokens parked on other nodes: whoever comes next still finds
-// half of it. One near its limit is left to forwarded checks (and, if it
-// is hot, to the hot-key leases).
-func (s *Server) warmLease(key uint64, l limiter.Limit, want, remaining uint64, now int64) uint64 {
+// bucket. It returns how many it took and when the bucket is full again
+// (reset, the check's, when it took none). A bucket far from its limit
+// loses nothing to tokens parked on other nodes: whoever comes next still
+// finds half of it. One near its limit is left to forwarded checks (and,
+// if it is hot, to the hot-key leases).
+func (s *Server) warmLease(key uint64, l limiter.Limit, want, remaining uint64, reset time.Duration, now int64) (uint64, int64) {
 	floor := l.Capacity() / 2
 	if remaining <= floor {
-		return 0
+		return 0, int64(reset)
 	}
 	grant := min(want, remaining-floor)
-	if r := s.store.Do(&limiter.Request{Key: key, Limit: l, Hits: grant, Reserve: floor}, now); !r.Allowed {
-		return 0 // lost a race with a concurrent take
+	r := s.store.Do(&limiter.Request{Key: key, Limit: l, Hits: grant, Reserve: floor}, now)
+	if !r.Allowed {
+		return 0, int64(reset) // lost a race with a concurrent take
 	}
-	return grant
+	return grant, int64(r.ResetAfter)
 }
 
 // Handoff implements leveev1.PeerServiceServer.

@@ -55,7 +55,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "costmodel:", err)
 		os.Exit(1)
 	}
-	if err := report(os.Stdout, ms, *window, *fleetWindow, *load, *keys, *zipf, *hotRate, *bound, *seed); err != nil {
+	// The forwarding model is fitted to runs without leases; the runs with
+	// leases only give the cost of a decision from a lease (reportWarm).
+	var plain []Measurement
+	for _, x := range ms {
+		if x.LeasedShare == 0 {
+			plain = append(plain, x)
+		}
+	}
+	if err := report(os.Stdout, plain, *window, *fleetWindow, *load, *keys, *zipf, *hotRate, *bound, *seed); err != nil {
 		fmt.Fprintln(os.Stderr, "costmodel:", err)
 		os.Exit(1)
 	}
@@ -166,10 +174,9 @@ func reportWarm(w io.Writer, ms []Measurement, window, fleetWindow time.Duration
 	var plain []Measurement
 	var leased []float64
 	for _, x := range ms {
-		if x.LeasedShare > 0 {
-			continue
+		if x.LeasedShare == 0 {
+			plain = append(plain, x)
 		}
-		plain = append(plain, x)
 	}
 	m, err := Fit(plain, window, seed)
 	if err != nil {

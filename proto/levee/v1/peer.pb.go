@@ -104,8 +104,8 @@ type BucketTake struct {
 	// the sender to admit locally, granted only while the bucket keeps at
 	// least half its capacity after the grant. 0 asks for none.
 	Lease uint64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
-	// Unused tokens of the sender's previous warm lease on this bucket, given
-	// back before the take.
+	// Unused tokens of the sender's previous lease on this bucket (warm or
+	// hot), given back before the take.
 	Returned      uint64 `protobuf:"varint,7,opt,name=returned,proto3" json:"returned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
