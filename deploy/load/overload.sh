@@ -35,6 +35,11 @@
 # could keep 20 ms. Needs root and the cgroup v1 cpu controller or
 # cgroup v2.
 #
+# GEN=loadgen loads with deploy/load/loadgen instead of ghz: the same
+# calls (random user of 10,000, closed loop, the timeout on each call) at
+# a fraction of ghz's CPU per call, so that one core of generator can
+# overload a node on a share of the other.
+#
 # Needs: go, python3, curl, ghz (installed at the pinned version if
 # missing). LEVEE_BIN measures a prebuilt binary.
 set -euo pipefail
@@ -80,6 +85,24 @@ if [ -n "${NODE_CPU:-}" ]; then
 	echo "servers: CPU 0, $quota of every $period µs; ghz: CPUs $others" >&2
 fi
 ghzcmd() { "${ghzrun[@]}" "$ghz" "${ghzflags[@]}" --connections "${CONNECTIONS:-1}" "$@"; }
+if [ "${GEN:-ghz}" = loadgen ]; then
+	go build -C "$(dirname "$0")/loadgen" -o "$work/loadgen" .
+fi
+# gen NAME.json ADDR CONCURRENCY [TIMEOUT]: a measured run (after 3 s of
+# warm-up at the same concurrency) with ghz or loadgen, its report in the
+# file.
+gen() {
+	local out=$1 addr=$2 c=$3 t=${4:-}
+	if [ "${GEN:-ghz}" = loadgen ]; then
+		local gp=1
+		if [ ${#ghzrun[@]} -gt 0 ]; then gp=$(($(nproc) - 1)); fi
+		GOMAXPROCS=$gp "${ghzrun[@]}" "$work/loadgen" -addr "$addr" -c "$c" ${t:+-timeout "$t"} -warmup 3s -d "${secs}s" \
+			-conns "${CONNECTIONS:-1}" >"$out" 2>"$out.err" || true
+		return
+	fi
+	ghzcmd --insecure --call "$call" -c "$c" ${t:+-t "$t"} -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
+	ghzcmd --insecure --call "$call" -c "$c" ${t:+-t "$t"} -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
+}
 
 "${limited[@]}" "$work/levee" serve --standalone --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
 	--log-format json 2>"$work/levee.log" &
@@ -115,12 +138,11 @@ codes() {
 for n in $(seq "$rounds"); do
 	for t in "${targets[@]}"; do
 		read -r name addr <<<"$t"
-		echo "round $n of $rounds, $name: 50 concurrent, then $conc concurrent with a $timeout timeout, ${secs}s each..." >&2
-		ghzcmd --insecure --call "$call" -c 50 -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
-		ghzcmd --insecure --call "$call" -c 50 -z "${secs}s" -d "$data" --format json -o "$work/$name.cap.$n.json" "$addr" >/dev/null 2>&1 || true
+		echo "round $n of $rounds, $name: 50 concurrent, then $conc concurrent with a $timeout timeout, ${secs}s each (${GEN:-ghz})..." >&2
+		gen "$work/$name.cap.$n.json" "$addr" 50
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.cap.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.0"; fi
-		ghzcmd --insecure --call "$call" -c "$conc" -t "$timeout" -z "${secs}s" -d "$data" --format json -o "$work/$name.over.$n.json" "$addr" >/dev/null 2>&1 || true
+		gen "$work/$name.over.$n.json" "$addr" "$conc" "$timeout"
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.over.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.1"; fi
 	done
@@ -133,6 +155,8 @@ names = [t.split()[0] for t in sys.argv[4:]]
 
 def ok_calls(path):
     o = json.load(open(path))
+    if "ok_per_s" in o:  # loadgen's report
+        return o["ok_per_s"], o["p99_ms"], o["codes"]
     lats = sorted(d["latency"] / 1e6 for d in o.get("details") or [] if d.get("status") == "OK")
     secs = o["total"] / 1e9
     p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else float("nan")
