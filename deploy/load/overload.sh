@@ -88,20 +88,19 @@ ghzcmd() { "${ghzrun[@]}" "$ghz" "${ghzflags[@]}" --connections "${CONNECTIONS:-
 if [ "${GEN:-ghz}" = loadgen ]; then
 	go build -C "$(dirname "$0")/loadgen" -o "$work/loadgen" .
 fi
-# gen NAME.json ADDR CONCURRENCY [TIMEOUT]: a measured run (after 3 s of
-# warm-up at the same concurrency) with ghz or loadgen, its report in the
-# file.
+# gen OUT ADDR CONCURRENCY SECONDS [TIMEOUT]: a run with ghz or loadgen,
+# its report in OUT (/dev/null for a warm-up).
 gen() {
-	local out=$1 addr=$2 c=$3 t=${4:-}
+	local out=$1 addr=$2 c=$3 s=$4 t=${5:-}
 	if [ "${GEN:-ghz}" = loadgen ]; then
-		local gp=1
+		local gp
+		gp=$(nproc)
 		if [ ${#ghzrun[@]} -gt 0 ]; then gp=$(($(nproc) - 1)); fi
-		GOMAXPROCS=$gp "${ghzrun[@]}" "$work/loadgen" -addr "$addr" -c "$c" ${t:+-timeout "$t"} -warmup 3s -d "${secs}s" \
-			-conns "${CONNECTIONS:-1}" >"$out" 2>"$out.err" || true
+		GOMAXPROCS=$gp "${ghzrun[@]}" "$work/loadgen" -addr "$addr" -c "$c" ${t:+-timeout "$t"} -d "${s}s" \
+			-conns "${CONNECTIONS:-1}" >"$out" 2>>"$work/loadgen.err" || true
 		return
 	fi
-	ghzcmd --insecure --call "$call" -c "$c" ${t:+-t "$t"} -z 3s -d "$data" "$addr" >/dev/null 2>&1 || true
-	ghzcmd --insecure --call "$call" -c "$c" ${t:+-t "$t"} -z "${secs}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
+	ghzcmd --insecure --call "$call" -c "$c" ${t:+-t "$t"} -z "${s}s" -d "$data" --format json -o "$out" "$addr" >/dev/null 2>&1 || true
 }
 
 "${limited[@]}" "$work/levee" serve --standalone --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --admin-addr= \
@@ -139,10 +138,11 @@ for n in $(seq "$rounds"); do
 	for t in "${targets[@]}"; do
 		read -r name addr <<<"$t"
 		echo "round $n of $rounds, $name: 50 concurrent, then $conc concurrent with a $timeout timeout, ${secs}s each (${GEN:-ghz})..." >&2
-		gen "$work/$name.cap.$n.json" "$addr" 50
+		gen /dev/null "$addr" 50 3
+		gen "$work/$name.cap.$n.json" "$addr" 50 "$secs"
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.cap.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.0"; fi
-		gen "$work/$name.over.$n.json" "$addr" "$conc" "$timeout"
+		gen "$work/$name.over.$n.json" "$addr" "$conc" "$secs" "$timeout"
 		cut -d' ' -f1 /proc/loadavg >"$work/$name.over.$n.load"
 		if [ "$name" = levee ]; then codes >"$work/codes.$n.1"; fi
 	done

@@ -172,10 +172,14 @@ const maxRenewals = 256
 // ring drops the renewals queued: see SetRing) — or, when maxRenewals (or
 // BatchMax) are waiting, this caller sends them as a batch of their own
 // without waiting for the answer, if the peer's breaker lets a batch go.
-func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
+//
+// rg is the ring the caller found the owner in: a renewal asked under a
+// ring SetRing has replaced since is given up, as SetRing gives up those
+// queued before it (SetRing stores the ring before it takes p.mu).
+func (p *peerConn) renew(rg *ring.Ring, req limiter.Request, ask leaseAsk) {
 	l := lease{key: req.Key, limit: req.Limit, leaseAsk: ask}
 	p.mu.Lock()
-	if p.closed || p.client == nil {
+	if p.closed || p.client == nil || p.router.ring.Load() != rg {
 		p.mu.Unlock()
 		p.router.settle(&l, leaseGrant{}, errNoRenewal)
 		return
@@ -201,8 +205,15 @@ func (p *peerConn) renew(req limiter.Request, ask leaseAsk) {
 		return
 	}
 	p.inflight.Add(1)
+	// Sent from a goroutine of the router's: this caller was answered
+	// from its lease and must not wait for a stream to open. Counted
+	// under p.mu, so that Close (which closes p under it first) waits.
+	p.router.wg.Add(1)
 	p.mu.Unlock()
-	p.forward([]*call{c})
+	go func() {
+		defer p.router.wg.Done()
+		p.forward([]*call{c})
+	}()
 }
 
 // dropRenewals fails the renewals waiting for a batch to the peer: their
@@ -219,7 +230,7 @@ func (p *peerConn) dropRenewals() {
 
 var errRingChanged = errors.New("the ring changed before the lease renewal was sent")
 
-var errNoRenewal = errors.New("peer connection closed before a lease renewal was sent")
+var errNoRenewal = errors.New("peer connection closed, or the ring changed, before a lease renewal was sent")
 
 // sendBy is when a batch holding c must leave for c to be answered in
 // time: its answer-by time less the peer's usual answer time.

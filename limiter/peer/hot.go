@@ -49,9 +49,12 @@ const maxHotPerShard = 1024
 //     capacity after the grant. The node admits from them for the warm
 //     lease period (seconds, where a hot lease lasts 100 ms). Once half is
 //     used, or the period's last quarter has begun, a check the lease
-//     admits also asks for a renewal, which rides in the next batch to the
-//     owner (see peerConn.renew); what it grants joins the lease, within
-//     the same share, and the period starts again. A lease that lapses
+//     admits also asks for a renewal, topping the lease up to twice what
+//     was used, which rides in the next batch to the owner (see
+//     peerConn.renew); what it grants joins the lease, within the same
+//     share, and the period starts again. (While the ring grows, leases
+//     sized for fewer nodes stay until they lapse: for one period up to
+//     capacity ÷ 4 × (2 − old nodes ÷ new nodes) can be out.) A lease that lapses
 //     gives its rest back with the key's next ask. The bounds are the hot
 //     leases': leased tokens leave the bucket, at most capacity ÷ 4 per
 //     key is out at any time, and a bucket near its limit grants none, so
@@ -68,8 +71,9 @@ type hotKeys struct {
 }
 
 type hotShard struct {
-	mu sync.Mutex
-	m  map[uint64]*keyState
+	mu   sync.Mutex
+	m    map[uint64]*keyState
+	gens uint64 // entries made, for keyState.gen
 }
 
 // keyState is what this node knows of one remote key. All fields are
@@ -83,11 +87,15 @@ type keyState struct {
 	denyUntil int64 // refuse locally until then
 	resetAt   int64 // owner's bucket full again at (last we heard)
 
-	lease      uint64 // leased tokens left
-	granted    uint64 // tokens of the current lease when granted or renewed
-	warm       bool   // the current lease is a warm one
-	seen       bool   // forwarded before: a warm ask waits for the second check
-	norenew    bool   // a renewal of the current lease came back empty or failed
+	lease   uint64 // leased tokens left
+	granted uint64 // tokens of the current lease when granted or renewed
+	warm    bool   // the current lease is a warm one
+	seen    bool   // forwarded before: a warm ask waits for the second check
+	norenew bool   // a renewal of the current lease came back empty or failed
+	// gen tells this entry from a later one for the same key (after an
+	// eviction or a new limit): a grant settles only on the entry that
+	// asked for it.
+	gen        uint64
 	leaseUntil int64
 	remaining  uint64 // owner's bucket after the last grant
 	renewing   bool   // a lease was asked for and is not settled yet
@@ -111,6 +119,7 @@ const warmMin = 4
 type leaseAsk struct {
 	want, returned uint64
 	warm           bool
+	gen            uint64 // keyState.gen of the entry that asks
 }
 
 // leaseGrant is an owner's answer to a lease request.
@@ -153,13 +162,14 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 		ask = leaseAsk{
 			want:     min(max(st.count, st.last), max(1, req.Limit.Capacity()/uint64(4*max(nodes, 1)))),
 			returned: st.lease,
+			gen:      st.gen,
 		}
 		st.lease, st.leaseUntil, st.granted = 0, 0, 0
 		st.renewing = true
 	} else if pol.warm > 0 && !st.renewing && st.seen {
 		if share := req.Limit.Capacity() / uint64(4*max(nodes, 1)); share >= warmMin {
 			used := st.granted - min(st.lease, st.granted)
-			ask = leaseAsk{want: min(share, max(warmMin, 2*used)), returned: st.lease, warm: true}
+			ask = leaseAsk{want: min(share, max(warmMin, 2*used)), returned: st.lease, warm: true, gen: st.gen}
 			st.lease, st.leaseUntil, st.granted = 0, 0, 0
 			st.renewing = true
 		}
@@ -171,21 +181,24 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 // renewal is the ask, if any, that renews a warm lease st still admits
 // from, once half of it is used or its last quarter-period has begun: so
 // that a key in steady use is not forwarded when its lease runs out. The
-// current lease stays; what the owner grants is added to it, within the
-// key's share. A renewal that came back empty (the bucket is at half) or
-// failed is not asked again for the same lease.
+// current lease stays, and the renewal tops it up to twice what was used
+// (at least warmMin; at least one token, so that a grant restarts the
+// period), within the key's share; what the owner grants is added to it.
+// A renewal that came back empty (the bucket is at half) or failed is not
+// asked again for the same lease.
 func (st *keyState) renewal(req *limiter.Request, now int64, nodes int, pol hotPolicy) leaseAsk {
 	if !st.warm || pol.warm <= 0 || st.renewing || st.norenew || 2*st.lease >= st.granted && st.leaseUntil-now >= pol.warm/4 {
 		return leaseAsk{}
 	}
 	share := req.Limit.Capacity() / uint64(4*max(nodes, 1))
-	used := st.granted - min(st.lease, st.granted)
-	want := min(share-min(st.lease, share), max(warmMin, 2*used))
-	if want == 0 {
+	if st.lease >= share {
 		return leaseAsk{}
 	}
+	used := st.granted - min(st.lease, st.granted)
+	target := max(warmMin, 2*used)
+	want := min(share-st.lease, max(1, target-min(target, st.lease)))
 	st.renewing = true
-	return leaseAsk{want: want, warm: true}
+	return leaseAsk{want: want, warm: true, gen: st.gen}
 }
 
 // settle records at now the outcome of the lease st asked for, warm or
@@ -239,9 +252,11 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 			for k, old := range sh.m {
 				// A warm lease does not pin its entry: its checks are
 				// answered without counting, so the entry looks idle, and
-				// dropping it costs one forwarded check and its unused
-				// tokens (which errs toward refusing).
-				if now-old.window > 10*period && (now >= old.leaseUntil || old.warm) && now >= old.denyUntil {
+				// dropping it costs two forwarded checks (the first asks
+				// for nothing) and its unused tokens (which errs toward
+				// refusing). An entry with an ask out stays until the
+				// answer settles.
+				if now-old.window > 10*period && (now >= old.leaseUntil || old.warm) && now >= old.denyUntil && !old.renewing {
 					delete(sh.m, k)
 					break
 				}
@@ -253,11 +268,13 @@ func (sh *hotShard) state(key uint64, l limiter.Limit, now int64, period int64) 
 				return nil
 			}
 		}
-		st = &keyState{limit: l, window: now}
+		sh.gens++
+		st = &keyState{limit: l, window: now, gen: sh.gens}
 		sh.m[key] = st
 	}
 	if st.limit != l {
-		*st = keyState{limit: l, window: now}
+		sh.gens++
+		*st = keyState{limit: l, window: now, gen: sh.gens}
 	}
 	return st
 }
@@ -320,7 +337,7 @@ func (r *Router) settle(l *lease, g leaseGrant, err error) {
 	sh := r.hot.shard(l.key)
 	sh.mu.Lock()
 	var granted uint64
-	if st := sh.m[l.key]; st != nil && st.limit == l.limit {
+	if st := sh.m[l.key]; st != nil && st.limit == l.limit && st.gen == l.gen {
 		granted = st.settle(g, err, l.warm, now, r.hotPolicy())
 	} // else evicted or re-limited meanwhile: the grant lapses
 	sh.mu.Unlock()

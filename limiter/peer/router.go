@@ -355,7 +355,7 @@ func (r *Router) Take(ctx context.Context, now int64, reqs []limiter.Request, re
 			r.stats.Local.Add(1)
 			results[i] = res
 			if ask.want > 0 {
-				r.peer(owner).renew(reqs[i], ask)
+				r.peer(owner).renew(rg, reqs[i], ask)
 			}
 			continue
 		}
