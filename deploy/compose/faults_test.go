@@ -49,11 +49,15 @@ const (
 	leaseBound  = globalBurst / 4 // tokens leased out at any instant (limiter/peer/hot.go)
 )
 
-// Load per node: unique users on Envoy's API, and calls on the global
-// bucket at 1.5 times its whole rate per node (4.5 times it in all).
+// Load per node: unique users on Envoy's API, calls on the global bucket
+// at 1.5 times its whole rate per node (4.5 times it in all), and calls on
+// a few buckets far from their limits.
 const (
 	uniqueRate    = 30.0
 	globalPerNode = 30.0
+	roomyPerNode  = 30.0 // calls per second per node over roomyKeys buckets
+	roomyKeys     = 16
+	roomyLimit    = 100_000 // per second: no fault's fair share refuses it
 )
 
 // Loose gates on what the shared host's load moves: the suite reports
@@ -677,7 +681,14 @@ func (s *suite) run(f fault) row {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{c: s.c, global: global, unique: uniqueRate, globalR: globalPerNode, prefix: s.id + "-u-" + tag + "-"}
+	// Buckets far from their limits, checked in turn through every node:
+	// nodes warm-lease them (levee serve's default), and the faults must
+	// cost them neither errors nor refusals.
+	var roomy []inline
+	for i := range roomyKeys {
+		roomy = append(roomy, inline{key: fmt.Sprintf("%s-r-%s-%d", s.id, tag, i), limit: roomyLimit, period: time.Second, burst: roomyLimit})
+	}
+	l := &load{c: s.c, global: global, unique: uniqueRate, globalR: globalPerNode, prefix: s.id + "-u-" + tag + "-", roomy: roomy, roomyR: roomyPerNode}
 	l.run(ctx)
 	ph.t0 = l.t0
 	ph.w = watch(ctx, s.p.metrics, ph.t0)
@@ -772,6 +783,12 @@ func (s *suite) run(f fault) row {
 		t.Errorf("%s: %d errors on reachable nodes (target 0): %v, by node %v, calls started %v to %v after the fault began",
 			f.name, r.errors, r.errCodes, r.errNodes, r.errFirst.Round(time.Millisecond), r.errLast.Round(time.Millisecond))
 	}
+	if f.victim < 0 && r.leased == 0 {
+		t.Errorf("%s: no check decided from a warm lease with every node up (roomy buckets: %d calls)", f.name, r.roomyCalls)
+	}
+	if r.roomyRefused > 0 {
+		t.Errorf("%s: %d of %d checks of buckets far from their limits refused", f.name, r.roomyRefused, r.roomyCalls)
+	}
 	if r.excess > r.bound.total() {
 		t.Errorf("%s: global bucket admitted %d, %.0f over one exact bucket (%.0f); README's bound %v", f.name, r.admitted, r.excess, r.exact, r.bound)
 	}
@@ -820,6 +837,9 @@ type row struct {
 	errFirst, errLast time.Duration // since the fault began
 	p99, max          time.Duration // during the fault, calls to reachable nodes
 	admitted          int
+	roomyCalls        int // answered calls on the roomy buckets
+	roomyRefused      int // of them refused: none should be
+	leased            float64
 	exact             float64 // one exact bucket over the phase: burst + rate × T
 	excess            float64
 	span              time.Duration
@@ -844,6 +864,12 @@ func (r *row) measure(samples []sample) {
 	r.errNodes = map[string]int{}
 	for _, s := range samples {
 		node := int(s.node)
+		if s.kind == kindRoomy && s.code == codes.OK {
+			r.roomyCalls++
+			if !s.allowed {
+				r.roomyRefused++
+			}
+		}
 		if s.kind == kindGlobal {
 			if firstG < 0 || s.start < firstG {
 				firstG = s.start
@@ -863,7 +889,7 @@ func (r *row) measure(samples []sample) {
 			}
 			r.errors++
 			r.errCodes[s.code]++
-			r.errNodes[fmt.Sprintf("%s/%s", leveeNodes[node], [...]string{"unique", "global"}[s.kind])]++
+			r.errNodes[fmt.Sprintf("%s/%s", leveeNodes[node], kindNames[s.kind])]++
 			r.errLast = max(r.errLast, s.start-ph.inject)
 		}
 		if s.start >= ph.inject && s.start <= end {
@@ -878,12 +904,30 @@ func (r *row) measure(samples []sample) {
 	r.span = lastG - firstG
 	r.exact = globalBurst + globalRate*r.span.Seconds()
 	r.excess = float64(r.admitted) - r.exact
+	// Checks decided from leases over the phase: each node's counter from
+	// its first reading to its last (a restarted node's counter starts
+	// again; its rise after the restart is not counted).
+	first, last := map[int]float64{}, map[int]float64{}
+	ph.w.mu.Lock()
+	for _, s := range ph.w.log {
+		if !s.ok {
+			continue
+		}
+		if _, seen := first[s.node]; !seen || s.local < last[s.node] {
+			first[s.node] = s.local
+		}
+		last[s.node] = s.local
+	}
+	ph.w.mu.Unlock()
+	for n := range last {
+		r.leased += last[n] - first[n]
+	}
 }
 
 func (r *row) summary() string {
-	return fmt.Sprintf("calls %d, errors %d %v, p99 %v (max %v), global admitted %d vs exact %.0f: excess %+.0f (bound %v), drop %s, heal %s, fallbacks until %s, stale %s",
+	return fmt.Sprintf("calls %d, errors %d %v, p99 %v (max %v), global admitted %d vs exact %.0f: excess %+.0f (bound %v), drop %s, heal %s, fallbacks until %s, stale %s, roomy refused %d of %d, from leases %.0f",
 		r.calls, r.errors, r.errCodes, r.p99.Round(time.Millisecond), r.max.Round(time.Millisecond), r.admitted, r.exact, r.excess, r.bound,
-		r.dropText(), r.healText(), r.fallbackText(), r.staleText())
+		r.dropText(), r.healText(), r.fallbackText(), r.staleText(), r.roomyRefused, r.roomyCalls, r.leased)
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }

@@ -101,7 +101,11 @@ func (c *client) check(ctx context.Context, node int, b inline, hits int64) (boo
 const (
 	kindUnique = iota // a new user on every call: Envoy's API, the example rules
 	kindGlobal        // one inline bucket all callers share
+	kindRoomy         // a few inline buckets far from their limits, which nodes warm-lease
 )
+
+// kindNames name the kinds in error counts.
+var kindNames = [...]string{"unique", "global", "roomy"}
 
 // sample is one call of the load.
 type sample struct {
@@ -122,6 +126,8 @@ type load struct {
 	unique  float64 // calls per second per node
 	globalR float64 // calls per second per node on the global bucket
 	prefix  string  // of the unique users
+	roomy   []inline
+	roomyR  float64 // calls per second per node on the roomy buckets, in turn
 
 	t0      time.Time
 	seq     atomic.Uint64
@@ -142,6 +148,10 @@ func (l *load) run(ctx context.Context) {
 		l.wg.Add(2)
 		go l.drive(ctx, n, kindUnique, l.unique, inflight)
 		go l.drive(ctx, n, kindGlobal, l.globalR, inflight)
+		if len(l.roomy) > 0 {
+			l.wg.Add(1)
+			go l.drive(ctx, n, kindRoomy, l.roomyR, inflight)
+		}
 	}
 }
 
@@ -187,6 +197,8 @@ func (l *load) call(node, kind int) {
 		s.allowed = err == nil && r.GetOverallCode() == rlsv3.RateLimitResponse_OK
 	case kindGlobal:
 		s.allowed, _, err = l.c.check(ctx, node, l.global, 1)
+	case kindRoomy:
+		s.allowed, _, err = l.c.check(ctx, node, l.roomy[l.seq.Add(1)%uint64(len(l.roomy))], 1)
 	}
 	s.latency = time.Since(start)
 	s.code = status.Code(err)
@@ -212,6 +224,7 @@ type scrape struct {
 	ok        bool // the metrics endpoint answered
 	members   int
 	fallbacks float64
+	local     float64 // levee_peer_local_total: decided from leases (or cached refusals)
 }
 
 // watcher reads every node's metrics every 100 ms: the ring size each node
@@ -275,6 +288,8 @@ func (w *watcher) read(node int) scrape {
 			s.ok = true
 		case "levee_peer_fallbacks_total":
 			s.fallbacks, _ = strconv.ParseFloat(val, 64)
+		case "levee_peer_local_total":
+			s.local, _ = strconv.ParseFloat(val, 64)
 		}
 	}
 	return s
