@@ -90,6 +90,10 @@ func (v *statusView) sample(ctx context.Context) {
 	n := v.n
 	now := n.cfg.Now()
 	cur := takeSample(now, n.eng, n.shedding)
+	if n.cl != nil {
+		ps := n.cl.router.Stats()
+		cur.forwarded, cur.local, cur.fallbacks = ps.Forwarded.Load(), ps.Local.Load(), ps.Fallbacks.Load()
+	}
 	var readings []statuspage.Reading
 	for _, r := range n.shedding.Resources() {
 		rd := statuspage.Reading{Resource: r.Name(), Threshold: r.Status(now).Threshold}
@@ -176,6 +180,9 @@ func (v *statusView) document(_ context.Context) statuspage.Status {
 
 	self := statuspage.Member{Self: true, RefusalsPerSecond: map[string]float64{}}
 	self.DecisionsPerSecond, self.RefusalsPerSecond = v.cur.ratesSince(v.prev)
+	if n.cl != nil {
+		doc.Peer = v.cur.peerSince(v.prev)
+	}
 	for _, r := range n.shedding.Resources() {
 		s := r.Status(now)
 		self.Thresholds = append(self.Thresholds, memberThreshold(admin.Threshold{
@@ -290,6 +297,8 @@ type rateSample struct {
 	at       time.Time
 	decided  uint64
 	refusals [shed.Sheddable + 1]uint64
+	// A clustered node's checks of keys other nodes own (peer.Stats).
+	forwarded, local, fallbacks uint64
 }
 
 // takeSample reads the engine's decisions and the resources' refusals by
@@ -304,6 +313,21 @@ func takeSample(now time.Time, eng *engine.Engine, sh *shedSet) rateSample {
 		}
 	}
 	return s
+}
+
+// peerSince is the peer figures' rates between prev and s; zero rates
+// when prev is not an earlier reading.
+func (s rateSample) peerSince(prev rateSample) *statuspage.Peer {
+	secs := s.at.Sub(prev.at).Seconds()
+	if prev.at.IsZero() || secs <= 0 {
+		return &statuspage.Peer{}
+	}
+	rate := func(a, b uint64) float64 { return float64(a-min(a, b)) / secs }
+	return &statuspage.Peer{
+		ForwardedPerSecond:  rate(s.forwarded, prev.forwarded),
+		FromLeasesPerSecond: rate(s.local, prev.local),
+		FallbacksPerSecond:  rate(s.fallbacks, prev.fallbacks),
+	}
 }
 
 // ratesSince is the decision rate and the refusal rates by priority name

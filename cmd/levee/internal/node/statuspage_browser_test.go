@@ -185,6 +185,11 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if strings.Join(names, ",") != "n1,n2,n3" {
 		t.Errorf("members listed: %v, want n1,n2,n3", names)
 	}
+	// The load's users are checked through every node: n1 forwards those
+	// other nodes own (their example limits are drained, so not leased),
+	// and the page says what it did with them.
+	evalUntil(t, ctx, "n1's checks of other nodes' keys",
+		`/this node, keys other nodes own: [1-9][0-9.]*k?\/s forwarded, [0-9.]+k?\/s from leases, [0-9.]+k?\/s by failure_mode/.test(document.getElementById('members-count').textContent)`)
 
 	var fill time.Duration // how long the load runs before and after the override
 	if d := os.Getenv("LEVEE_STATUS_SCREENSHOT_LOAD"); d != "" {

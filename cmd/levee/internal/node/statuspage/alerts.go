@@ -95,6 +95,9 @@ func Alerts(st Status) []Alert {
 	if len(versions) > 1 {
 		add(AlertWarn, "configuration differs between nodes: %s", strings.Join(on, ", "))
 	}
+	if p := st.Peer; p != nil && p.FallbacksPerSecond > 0 {
+		add(AlertWarn, "%s decides %s checks/s by their failure_mode: their owners do not answer", st.Node, Rate(p.FallbacksPerSecond))
+	}
 	for _, o := range st.Overrides {
 		add(AlertWarn, "override on %s: admits %s and above for %s more (%s: %s)", o.Resource, o.MinPriority, Ago(time.Duration(o.SecondsLeft*float64(time.Second))), o.Author, o.Reason)
 	}

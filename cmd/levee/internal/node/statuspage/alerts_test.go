@@ -24,6 +24,7 @@ func incident() Status {
 			History: []HistPoint{{T: at(598), RefusedPerSecond: 10}, {T: at(600), RefusedPerSecond: 201}}}},
 		Overrides: []Override{{Resource: "timeline", MinPriority: "critical", Author: "oncall", Reason: "INC-1", SecondsLeft: 300}},
 		Config:    NodeConfig{Version: 5},
+		Peer:      &Peer{ForwardedPerSecond: 12, FromLeasesPerSecond: 3400, FallbacksPerSecond: 40},
 	}
 }
 
@@ -33,6 +34,7 @@ func TestAlerts(t *testing.T) {
 		{AlertBad, "n3 is gone: left the ring 10 s ago (at 03:09:50 UTC)"},
 		{AlertBad, "timeline is shedding: admits ≥ critical/0, refusing 201/s (override, 5m 00s left)"},
 		{AlertWarn, "configuration differs between nodes: n1 v5, n2 v4"},
+		{AlertWarn, "n1 decides 40 checks/s by their failure_mode: their owners do not answer"},
 		{AlertWarn, "override on timeline: admits critical and above for 5m 00s more (oncall: INC-1)"},
 	}
 	if len(got) != len(want) {
@@ -58,6 +60,7 @@ func TestWriteText(t *testing.T) {
 	for _, want := range []string{
 		"2 of 3 up", "!! n3 is gone", "GONE 10 s", "n1*", "low 50", "timeline ≥critical/0 (pinned)",
 		"admits ≥ critical/0 (override)", "oncall", "INC-1",
+		"n1, checks of keys other nodes own: 12/s forwarded, 3.4k/s from leases, 40/s by failure_mode",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

@@ -46,6 +46,10 @@
 //	  inflight
 //	  queue_delay_seconds, capacity_per_second
 //	  history[]           {t, threshold_level, admitted_per_second, refused_per_second}, oldest first
+//	peer                  the answering node's checks of keys other nodes own (clustered only):
+//	  forwarded_per_second     sent to their owners
+//	  from_leases_per_second   decided here from leased tokens (or a cached refusal)
+//	  fallbacks_per_second     decided by their failure_mode: the owner did not answer
 //	overrides[]           {resource, min_priority, author, reason, set_at, until, seconds_left}
 //	config                {version, error, changes[]}: changes are {version, author, reason, time, rollback_of}, newest first
 //	warnings[]            what the answering node could not read (etcd unreachable, …)
@@ -70,9 +74,18 @@ type Status struct {
 	Alerts         []Alert    `json:"alerts"`
 	Members        []Member   `json:"members"`
 	Resources      []Resource `json:"resources"`
+	Peer           *Peer      `json:"peer,omitempty"`
 	Overrides      []Override `json:"overrides"`
 	Config         NodeConfig `json:"config"`
 	Warnings       []string   `json:"warnings"`
+}
+
+// Peer is what the answering node did with checks of keys other nodes
+// own, per second.
+type Peer struct {
+	ForwardedPerSecond  float64 `json:"forwarded_per_second"`
+	FromLeasesPerSecond float64 `json:"from_leases_per_second"`
+	FallbacksPerSecond  float64 `json:"fallbacks_per_second"`
 }
 
 // Member is one node of the cluster.

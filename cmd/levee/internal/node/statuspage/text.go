@@ -77,6 +77,10 @@ func WriteText(w io.Writer, st Status) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if p := st.Peer; p != nil {
+		fmt.Fprintf(&b, "%s, checks of keys other nodes own: %s/s forwarded, %s/s from leases, %s/s by failure_mode\n",
+			st.Node, Rate(p.ForwardedPerSecond), Rate(p.FromLeasesPerSecond), Rate(p.FallbacksPerSecond))
+	}
 
 	b.WriteString("\nRESOURCES on " + st.Node + "\n")
 	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)

@@ -151,8 +151,12 @@ function renderMembers(doc, now) {
   const up = doc.members.filter(m => m.state === "up").length;
   const dps = live.reduce((a, m) => a + (m.decisions_per_second || 0), 0);
   const rps = live.reduce((a, m) => a + Object.values(m.refusals_per_second || {}).reduce((x, y) => x + y, 0), 0);
-  document.getElementById("members-count").textContent =
-    `${up} of ${doc.members.length} up · ${rate(dps)} decisions/s · ${rate(rps)} shed refusals/s`;
+  let count = `${up} of ${doc.members.length} up · ${rate(dps)} decisions/s · ${rate(rps)} shed refusals/s`;
+  if (doc.peer) {
+    count += ` · this node, keys other nodes own: ${rate(doc.peer.forwarded_per_second)}/s forwarded, ` +
+      `${rate(doc.peer.from_leases_per_second)}/s from leases, ${rate(doc.peer.fallbacks_per_second)}/s by failure_mode`;
+  }
+  document.getElementById("members-count").textContent = count;
 }
 
 function chart(r, now) {
