@@ -181,7 +181,7 @@ func (p *peerConn) renew(rg *ring.Ring, req limiter.Request, ask leaseAsk) {
 	p.mu.Lock()
 	if p.closed || p.client == nil || p.router.ring.Load() != rg {
 		p.mu.Unlock()
-		p.router.settle(&l, leaseGrant{}, errNoRenewal)
+		p.router.settle(&l, leaseGrant{}, errRingChanged)
 		return
 	}
 	if p.renewals == nil {
@@ -228,9 +228,7 @@ func (p *peerConn) dropRenewals() {
 	}
 }
 
-var errRingChanged = errors.New("the ring changed before the lease renewal was sent")
-
-var errNoRenewal = errors.New("peer connection closed, or the ring changed, before a lease renewal was sent")
+var errRingChanged = errors.New("the peer left, or the ring changed, before the lease renewal was sent")
 
 // sendBy is when a batch holding c must leave for c to be answered in
 // time: its answer-by time less the peer's usual answer time.

@@ -108,6 +108,12 @@ type hotPolicy struct {
 	warm      int64  // warm lease period, nanoseconds; 0: no warm leases
 }
 
+// leaseShare is the most tokens of a bucket under l one of nodes may
+// hold leased: all of them together hold at most a quarter of it.
+func leaseShare(l limiter.Limit, nodes int) uint64 {
+	return l.Capacity() / uint64(4*max(nodes, 1))
+}
+
 // warmMin is the fewest tokens a warm lease asks for: a key whose share
 // of capacity ÷ (4 × nodes) is smaller is never warm-leased.
 const warmMin = 4
@@ -160,14 +166,14 @@ func (st *keyState) decide(req *limiter.Request, now int64, nodes int, pol hotPo
 	st.count += req.Hits
 	if st.count+st.last >= pol.threshold && !st.renewing {
 		ask = leaseAsk{
-			want:     min(max(st.count, st.last), max(1, req.Limit.Capacity()/uint64(4*max(nodes, 1)))),
+			want:     min(max(st.count, st.last), max(1, leaseShare(req.Limit, nodes))),
 			returned: st.lease,
 			gen:      st.gen,
 		}
 		st.lease, st.leaseUntil, st.granted = 0, 0, 0
 		st.renewing = true
 	} else if pol.warm > 0 && !st.renewing && st.seen {
-		if share := req.Limit.Capacity() / uint64(4*max(nodes, 1)); share >= warmMin {
+		if share := leaseShare(req.Limit, nodes); share >= warmMin {
 			used := st.granted - min(st.lease, st.granted)
 			ask = leaseAsk{want: min(share, max(warmMin, 2*used)), returned: st.lease, warm: true, gen: st.gen}
 			st.lease, st.leaseUntil, st.granted = 0, 0, 0
@@ -190,7 +196,7 @@ func (st *keyState) renewal(req *limiter.Request, now int64, nodes int, pol hotP
 	if !st.warm || pol.warm <= 0 || st.renewing || st.norenew || 2*st.lease >= st.granted && st.leaseUntil-now >= pol.warm/4 {
 		return leaseAsk{}
 	}
-	share := req.Limit.Capacity() / uint64(4*max(nodes, 1))
+	share := leaseShare(req.Limit, nodes)
 	if st.lease >= share {
 		return leaseAsk{}
 	}
@@ -337,9 +343,9 @@ func (r *Router) settle(l *lease, g leaseGrant, err error) {
 	sh := r.hot.shard(l.key)
 	sh.mu.Lock()
 	var granted uint64
-	if st := sh.m[l.key]; st != nil && st.limit == l.limit && st.gen == l.gen {
+	if st := sh.m[l.key]; st != nil && st.gen == l.gen {
 		granted = st.settle(g, err, l.warm, now, r.hotPolicy())
-	} // else evicted or re-limited meanwhile: the grant lapses
+	} // else evicted or re-limited meanwhile (a new generation): the grant lapses
 	sh.mu.Unlock()
 	r.stats.Leased.Add(granted)
 }

@@ -133,26 +133,7 @@ func TestHotKeyLeasesNeverOverAdmit(t *testing.T) {
 	// saw a token come back and admitted 4,001.
 	l := limiter.Limit{Rate: 4000, Period: 30 * 24 * time.Hour}
 	key := keyOwnedBy(t, rg, "node-2", 7)
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for _, nd := range nodes[:2] {
-		for range 4 {
-			wg.Go(func() {
-				for range 1500 {
-					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if r.Allowed {
-						admitted.Add(1)
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	got := admitted.Load()
+	got := drain(t, nodes[:2], key, l)
 	leased := nodes[0].router.Stats().Leased.Load() + nodes[1].router.Stats().Leased.Load()
 	local := nodes[0].router.Stats().Local.Load() + nodes[1].router.Stats().Local.Load()
 	t.Logf("admitted %d of 4000; %d tokens leased, %d checks decided from leases or cached refusals", got, leased, local)
@@ -169,6 +150,32 @@ func TestHotKeyLeasesNeverOverAdmit(t *testing.T) {
 	if got < 4000-4000/4 {
 		t.Fatalf("admitted %d: lost more than the lease bound", got)
 	}
+}
+
+// drain checks key under l through each of nodes from 4 callers, 1,500
+// one-token checks each, and returns how many were admitted.
+func drain(t *testing.T, nodes []*testNode, key uint64, l limiter.Limit) int64 {
+	t.Helper()
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for _, nd := range nodes {
+		for range 4 {
+			wg.Go(func() {
+				for range 1500 {
+					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if r.Allowed {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return admitted.Load()
 }
 
 func TestBatchingSharesRPCs(t *testing.T) {
@@ -887,26 +894,7 @@ func TestWarmLeasesDecideLocallyAndNeverOverAdmit(t *testing.T) {
 
 	l := limiter.Limit{Rate: 4000, Period: 30 * 24 * time.Hour}
 	key := keyOwnedBy(t, rg, "node-2", 7)
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for _, nd := range nodes[:2] {
-		for range 4 {
-			wg.Go(func() {
-				for range 1500 {
-					r, err := take(t, nd.router, limiter.Request{Key: key, Limit: l, Hits: 1})
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if r.Allowed {
-						admitted.Add(1)
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	got := admitted.Load()
+	got := drain(t, nodes[:2], key, l)
 	t.Logf("drained key: admitted %d of 4000", got)
 	if got > 4000 {
 		t.Fatalf("admitted %d, more than the bucket's 4000", got)

@@ -55,15 +55,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "costmodel:", err)
 		os.Exit(1)
 	}
-	// The forwarding model is fitted to runs without leases; the runs with
-	// leases only give the cost of a decision from a lease (reportWarm).
-	var plain []Measurement
-	for _, x := range ms {
-		if x.LeasedShare == 0 {
-			plain = append(plain, x)
-		}
-	}
-	if err := report(os.Stdout, plain, *window, *fleetWindow, *load, *keys, *zipf, *hotRate, *bound, *seed); err != nil {
+	// The runs with leases only give the cost of a decision from a lease
+	// (reportWarm).
+	if err := report(os.Stdout, withoutLeases(ms), *window, *fleetWindow, *load, *keys, *zipf, *hotRate, *bound, *seed); err != nil {
 		fmt.Fprintln(os.Stderr, "costmodel:", err)
 		os.Exit(1)
 	}
@@ -171,13 +165,8 @@ func report(w io.Writer, ms []Measurement, window, fleetWindow time.Duration, lo
 // cost measured in the runs with leases, or forwarded, over a stream
 // thinned by the leases, at the model's cost.
 func reportWarm(w io.Writer, ms []Measurement, window, fleetWindow time.Duration, load float64, keys int, zipf float64, warm time.Duration, capacity, bound float64, seed uint64) error {
-	var plain []Measurement
+	plain := withoutLeases(ms)
 	var leased []float64
-	for _, x := range ms {
-		if x.LeasedShare == 0 {
-			plain = append(plain, x)
-		}
-	}
 	m, err := Fit(plain, window, seed)
 	if err != nil {
 		return err

@@ -26,6 +26,18 @@ type Measurement struct {
 	LeasedShare float64 `json:"leased_share"`
 }
 
+// withoutLeases returns the runs made without leases: the forwarding
+// model is fitted to those alone.
+func withoutLeases(ms []Measurement) []Measurement {
+	var plain []Measurement
+	for _, x := range ms {
+		if x.LeasedShare == 0 {
+			plain = append(plain, x)
+		}
+	}
+	return plain
+}
+
 // LeasedCost is the CPU of a decision answered from a lease (renewals
 // included), from a run with leases: what is left of its CPU per
 // remote-owned decision once the forwarded ones are charged fwd each
@@ -193,19 +205,28 @@ func (m Model) Predict(nodes, owners int, load, local float64, rng *rand.Rand) P
 // (at least hotRate forwarded per second from this node), among keys keys
 // drawn with Zipf exponent s (0: uniform) at load decisions per second.
 func ZipfShare(keys int, s, load, hotRate float64) float64 {
+	share := 0.0
+	for _, p := range popularity(keys, s) {
+		if p*load >= hotRate {
+			share += p
+		}
+	}
+	return share
+}
+
+// popularity is each of keys keys' share of the decisions, drawn with
+// Zipf exponent s (0: uniform).
+func popularity(keys int, s float64) []float64 {
 	w := make([]float64, keys)
 	total := 0.0
 	for i := range w {
 		w[i] = 1 / math.Pow(float64(i+1), s)
 		total += w[i]
 	}
-	share := 0.0
-	for _, x := range w {
-		if p := x / total; p*load >= hotRate {
-			share += p
-		}
+	for i := range w {
+		w[i] /= total
 	}
-	return share
+	return w
 }
 
 // WarmShare is the share of a node's decisions answered from warm leases
@@ -216,15 +237,8 @@ func ZipfShare(keys int, s, load, hotRate float64) float64 {
 // checked u times a lease, u = min(rate × period, share), is forwarded
 // once in u + 1.
 func WarmShare(keys int, s, load float64, period time.Duration, share float64) float64 {
-	w := make([]float64, keys)
-	total := 0.0
-	for i := range w {
-		w[i] = 1 / math.Pow(float64(i+1), s)
-		total += w[i]
-	}
 	local := 0.0
-	for _, x := range w {
-		p := x / total
+	for _, p := range popularity(keys, s) {
 		u := min(p*load*period.Seconds(), share)
 		local += p * u / (u + 1)
 	}
