@@ -318,8 +318,8 @@ func takeSample(now time.Time, eng *engine.Engine, sh *shedSet) rateSample {
 // peerSince is the peer figures' rates between prev and s; zero rates
 // when prev is not an earlier reading.
 func (s rateSample) peerSince(prev rateSample) *statuspage.Peer {
-	secs := s.at.Sub(prev.at).Seconds()
-	if prev.at.IsZero() || secs <= 0 {
+	secs, ok := s.secsSince(prev)
+	if !ok {
 		return &statuspage.Peer{}
 	}
 	rate := func(a, b uint64) float64 { return float64(a-min(a, b)) / secs }
@@ -330,12 +330,18 @@ func (s rateSample) peerSince(prev rateSample) *statuspage.Peer {
 	}
 }
 
+// secsSince is the seconds from prev to s, if prev is an earlier reading.
+func (s rateSample) secsSince(prev rateSample) (float64, bool) {
+	secs := s.at.Sub(prev.at).Seconds()
+	return secs, !prev.at.IsZero() && secs > 0
+}
+
 // ratesSince is the decision rate and the refusal rates by priority name
 // between prev and s; zero rates when prev is not an earlier reading.
 func (s rateSample) ratesSince(prev rateSample) (decisions float64, refusals map[string]float64) {
 	refusals = map[string]float64{}
-	secs := s.at.Sub(prev.at).Seconds()
-	if prev.at.IsZero() || secs <= 0 {
+	secs, ok := s.secsSince(prev)
+	if !ok {
 		return 0, refusals
 	}
 	for p := shed.Critical; p <= shed.Sheddable; p++ {
