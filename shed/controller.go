@@ -287,7 +287,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 			}
 		}
 		if nt := raiseStep(&c.recent, t, min(fitGain*r.Excess, maxFit), ceiling); nt > t {
-			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, nt
+			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, snapUp(&c.recent, nt, ceiling)
 		}
 	case r.Overloaded:
 		frac := c.cfg.RaiseStep
@@ -368,6 +368,39 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 // the next reading sheds, whereas what it takes too much stays shed until
 // room is measured.
 const fitGain = 0.8
+
+// snapShare is the most of the demand a fitted raise leaves admitted that
+// may be the rest of the priority it lands in before the raise sheds that
+// rest too (see snapUp).
+const snapShare = 0.1
+
+// snapUp returns nt, or the first level of the next priority when nt lands
+// inside a priority whose demand at nt and above is at most snapShare of
+// all the demand at nt and above (and that level is within ceiling). The
+// traffic above so small a remainder alone keeps the resource near its
+// target, where the queue past the gate stands now and then, and the
+// standing queue sheds the remainder seconds later (MarginUnfit): the
+// threshold moves again after it seemed settled, and the gate, which
+// trims the remainder meanwhile, refuses it at random rather than by
+// cohorts. Shed with the raise, it moves once; should the remainder have
+// fitted, the measured room readmits it.
+func snapUp(counts *[NumLevels]uint64, nt, ceiling Level) Level {
+	end := nt - nt%NumCohorts + NumCohorts
+	if nt%NumCohorts == 0 || end > ceiling {
+		return nt
+	}
+	var rest, admitted uint64
+	for l := int(nt); l < NumLevels; l++ {
+		admitted += counts[l]
+		if l < int(end) {
+			rest += counts[l]
+		}
+	}
+	if float64(rest) <= snapShare*float64(admitted) {
+		return end
+	}
+	return nt
+}
 
 // maxFit caps the share of the traffic one fitted raise sheds: a
 // measurement that says nearly all of it must go is more likely a stall

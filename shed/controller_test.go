@@ -472,6 +472,46 @@ func TestMarginUnfitNeverEmptiesCritical(t *testing.T) {
 	}
 }
 
+// TestSnapUp: a fitted raise that leaves the rest of a priority, at most
+// snapShare of the demand it admits, sheds that rest too, measured by
+// demand rather than by cohorts, and never past its ceiling.
+func TestSnapUp(t *testing.T) {
+	var even [NumLevels]uint64
+	for l := range NumLevels {
+		even[l] = 10 // ten requests a level, 1,280 a priority
+	}
+	low := LevelOf(Low, 0)
+	for _, tc := range []struct {
+		name        string
+		nt, ceiling Level
+		want        Level
+	}{
+		// 56 cohorts of sheddable are 560 of the 5,680 admitted, 9.9%.
+		{"a tenth of what is admitted left", NumCohorts - 56, MaxLevel, low},
+		{"just over a tenth left", NumCohorts - 57, MaxLevel, NumCohorts - 57},
+		{"half of sheddable left", 64, MaxLevel, 64},
+		{"on a priority's edge", low, MaxLevel, low},
+		{"the ceiling inside the priority", NumCohorts - 10, NumCohorts - 5, NumCohorts - 10},
+		{"the last of high, critical open", CriticalOnly - 10, MaxLevel, CriticalOnly},
+		{"the last of high, critical not open", CriticalOnly - 10, CriticalOnly - 1, CriticalOnly - 10},
+		{"inside critical", MaxLevel - 3, MaxLevel, MaxLevel - 3},
+	} {
+		if got := snapUp(&even, tc.nt, tc.ceiling); got != tc.want {
+			t.Errorf("%s: snapUp(%d) = %d, want %d", tc.name, tc.nt, got, tc.want)
+		}
+	}
+	// A flood of sheddable over critical: few cohorts of it left, but
+	// most of what is admitted.
+	var flood [NumLevels]uint64
+	for l := range NumCohorts {
+		flood[l] = 100
+		flood[CriticalOnly+Level(l)] = 10
+	}
+	if got := snapUp(&flood, 110, MaxLevel); got != 110 {
+		t.Errorf("snapUp in a flood of sheddable = %d, want 110", got)
+	}
+}
+
 // TestFitShedsAMeasuredSurgeInOneRaise: a fitted excess is shed in one
 // raise (fitGain of it) on the last two ticks' demand, across priorities,
 // however large; it stops at the critical band unless the reading says

@@ -100,8 +100,12 @@
 // (Reading.Fit), 80% of it, on the demand per level of the last two ticks,
 // across as many priorities as it takes, so that what is admitted does not
 // queue to its deadline while the threshold climbs a priority at a time;
-// the gate trims what the raise leaves. A step in demand that the gate
-// absorbs is a surge too: all the traffic at the gate outrunning the
+// the gate trims what the raise leaves. A raise that would leave the rest
+// of a priority admitted, a tenth or less of what it admits, sheds that
+// rest too: the traffic above so small a remainder keeps the resource
+// near its target, and its standing queue would shed the remainder
+// seconds later, moving the threshold again after it seemed settled. A
+// step in demand that the gate absorbs is a surge too: all the traffic at the gate outrunning the
 // target by a tenth and three standard deviations over the last three
 // ticks, and the rate of the last seconds by a quarter, with the gate
 // refusing at least half the difference; all of that excess is shed, as it is
