@@ -313,7 +313,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		// could have absorbed it.
 		for l := int(t); l < NumLevels; l++ {
 			if c.recent[l] > 0 {
-				end := Level((l/NumCohorts + 1) * NumCohorts)
+				end := priorityEnd(Level(l))
 				switch {
 				case r.MarginUnfit && Level(l) < CriticalOnly:
 					// The more important traffic alone overloads the
@@ -385,8 +385,8 @@ const snapShare = 0.1
 // cohorts. Shed with the raise, it moves once; should the remainder have
 // fitted, the measured room readmits it.
 func snapUp(counts *[NumLevels]uint64, nt, ceiling Level) Level {
-	end := nt - nt%NumCohorts + NumCohorts
-	if nt%NumCohorts == 0 || end > ceiling {
+	end := priorityEnd(nt)
+	if nt.Cohort() == 0 || end > ceiling {
 		return nt
 	}
 	var rest, admitted uint64
@@ -401,6 +401,10 @@ func snapUp(counts *[NumLevels]uint64, nt, ceiling Level) Level {
 	}
 	return nt
 }
+
+// priorityEnd is the first level above l's priority: the threshold that
+// sheds the rest of it.
+func priorityEnd(l Level) Level { return (l/NumCohorts + 1) * NumCohorts }
 
 // maxFit caps the share of the traffic one fitted raise sheds: a
 // measurement that says nearly all of it must go is more likely a stall

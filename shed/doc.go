@@ -105,8 +105,8 @@
 // rest too: the traffic above so small a remainder keeps the resource
 // near its target, and its standing queue would shed the remainder
 // seconds later, moving the threshold again after it seemed settled. A
-// step in demand that the gate absorbs is a surge too: all the traffic at the gate outrunning the
-// target by a tenth and three standard deviations over the last three
+// step in demand that the gate absorbs is a surge too: all the traffic at
+// the gate outrunning the target by a tenth and three standard deviations over the last three
 // ticks, and the rate of the last seconds by a quarter, with the gate
 // refusing at least half the difference; all of that excess is shed, as it is
 // measured against what the resource served as well as the capacity, and

@@ -61,6 +61,17 @@ type sim struct {
 	longEvery uint32
 }
 
+// slowing is a host that stretches the service by factor for on of every
+// period, starting at from into each: a sim's slow.
+func slowing(factor float64, from, on, every time.Duration) func(time.Duration) float64 {
+	return func(d time.Duration) float64 {
+		if r := d % every; r >= from && r < from+on {
+			return factor
+		}
+		return 1
+	}
+}
+
 func (s *sim) slowAt(d time.Duration) float64 {
 	if s.slow == nil {
 		return 1
@@ -682,12 +693,7 @@ func TestSimulationStepInSurgeUnits(t *testing.T) {
 				phases := stepPhases(c)
 				s := newSim(t, seed, Config{})
 				if *stepSlow > 0 {
-					s.slow = func(d time.Duration) float64 {
-						if d%(7*time.Second) < 2*time.Second {
-							return *stepSlow
-						}
-						return 1
-					}
+					s.slow = slowing(*stepSlow, 0, 2*time.Second, 7*time.Second)
 				}
 				s.run(phases...)
 				var start time.Duration
@@ -803,12 +809,7 @@ func TestSimulationRampOnSlowingHost(t *testing.T) {
 			phases := rampPhases(11 * time.Second)
 			s := newSim(t, seed, Config{})
 			s.longEvery = long
-			s.slow = func(d time.Duration) float64 {
-				if d%(5*time.Second) >= 3*time.Second {
-					return 1.3
-				}
-				return 1
-			}
+			s.slow = slowing(1.3, 3*time.Second, 2*time.Second, 5*time.Second)
 			s.run(phases...)
 			for _, p99 := range s.stepP99s(phases) {
 				steps++
