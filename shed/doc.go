@@ -91,7 +91,7 @@
 // a quarter of the measured rate is a stall and left out. The measure is
 // trusted once 100 requests were served from a full gate (300 before a
 // surge is shed by it in one move). It steers what the
-// threshold lets through to (1 − Headroom) × that throughput, 85% by
+// threshold lets through to (1 − Headroom) × that throughput, 90% by
 // default. When the traffic the gate does not refuse alone passes the
 // target beyond the noise of its count, the threshold sheds the measured
 // excess in one move, rather than creeping up while the queue stands. A

@@ -34,18 +34,14 @@ type Config struct {
 	// traffic that keeps the service busy. Fewer than minGateRefusals
 	// refusals never count.
 	GateTolerance float64
-	// Headroom is the share of the measured capacity kept free (0.15;
+	// Headroom is the share of the measured capacity kept free (0.1;
 	// negative: no throughput target). With the concurrency gate on, the
 	// resource learns the throughput it sustains while the gate is full
 	// and steers the rate it admits to (1 − Headroom) × that throughput:
 	// past it (by more than the noise of the count, 3% at least) is
 	// overload, and the threshold does not readmit traffic that would
-	// pass it. (A one-worker queue at 85% of its capacity keeps its p99
-	// near 31 service times, at 90% near 46, at 96% over 100: with a
-	// capacity measured to ±5%, 85% is what keeps the p99 of a service
-	// whose deadline is 100 service times within half of it, where the
-	// standing queue's deadline rule and the target agree.) See
-	// throughputTarget.
+	// pass it. (A one-worker queue at 90% of its capacity keeps its p99
+	// near 45 service times; at 96%, over 100.) See throughputTarget.
 	Headroom float64
 	// CapacityMemory is how long a measured throughput is trusted without
 	// a new measurement (30 s); after it the threshold probes upward
@@ -261,7 +257,7 @@ func New(name string, cfg Config) (*Resource, error) {
 	}
 	switch {
 	case cfg.Headroom == 0:
-		r.tput.headroom = 0.15
+		r.tput.headroom = 0.1
 	case cfg.Headroom < 0:
 		r.tput.headroom = -1 // off
 	case cfg.Headroom >= 1:
@@ -522,7 +518,7 @@ func (r *Resource) Tick(now time.Time) Reading {
 		// A queue past the gate that keeps its deadlines, while the
 		// traffic past the gate fits the throughput target: the queue a
 		// resource kept near its target shows now and then (a one-worker
-		// service at 85% holds nearly six in flight on average), not a margin
+		// service at 90% holds nine in flight on average), not a margin
 		// that does not fit. Read as overload it sheds the rest of the
 		// marginal priority, and the measured room readmits it a second
 		// later: the threshold hunts across the priority's edge. Whether
