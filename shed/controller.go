@@ -372,7 +372,7 @@ const fitGain = 0.8
 // snapShare is the most of the demand a fitted raise leaves admitted that
 // may be the rest of the priority it lands in before the raise sheds that
 // rest too (see snapUp).
-const snapShare = 0.1
+const snapShare = 0.15
 
 // snapUp returns nt, or the first level of the next priority when nt lands
 // inside a priority whose demand at nt and above is at most snapShare of

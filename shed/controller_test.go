@@ -486,10 +486,10 @@ func TestSnapUp(t *testing.T) {
 		nt, ceiling Level
 		want        Level
 	}{
-		// 56 cohorts of sheddable are 560 of the 5,680 admitted, 9.9%.
-		{"a tenth of what is admitted left", NumCohorts - 56, MaxLevel, low},
-		{"just over a tenth left", NumCohorts - 57, MaxLevel, NumCohorts - 57},
-		{"half of sheddable left", 64, MaxLevel, 64},
+		// 90 cohorts of sheddable are 900 of the 6,020 admitted, 14.95%.
+		{"15% of what is admitted left", NumCohorts - 90, MaxLevel, low},
+		{"just over 15% left", NumCohorts - 91, MaxLevel, NumCohorts - 91},
+		{"three quarters of sheddable left", 32, MaxLevel, 32},
 		{"on a priority's edge", low, MaxLevel, low},
 		{"the ceiling inside the priority", NumCohorts - 10, NumCohorts - 5, NumCohorts - 10},
 		{"the last of high, critical open", CriticalOnly - 10, MaxLevel, CriticalOnly},

@@ -101,7 +101,7 @@
 // across as many priorities as it takes, so that what is admitted does not
 // queue to its deadline while the threshold climbs a priority at a time;
 // the gate trims what the raise leaves. A raise that would leave the rest
-// of a priority admitted, a tenth or less of what it admits, sheds that
+// of a priority admitted, 15% or less of what it admits, sheds that
 // rest too: the traffic above so small a remainder keeps the resource
 // near its target, and its standing queue would shed the remainder
 // seconds later, moving the threshold again after it seemed settled. A
