@@ -107,8 +107,12 @@ type Controller struct {
 	lastRaise   time.Time
 	hold        time.Duration
 	lastMove    int // +1 after a raise, -1 after a lower
-	counts      [NumLevels]uint64
-	recent      [NumLevels]uint64
+	// The sliver the last raise shed on a judgement that it would not
+	// hold (a snap, a queue): [sliverFrom, sliverTo), and when.
+	sliverFrom, sliverTo Level
+	sliverAt             time.Time
+	counts               [NumLevels]uint64
+	recent               [NumLevels]uint64
 	// The demand per level of the last two ticks (ticks[0] the last):
 	// the histogram's sum before a tick's rotation less its sum after the
 	// previous one.
@@ -287,7 +291,11 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 			}
 		}
 		if nt := raiseStep(&c.recent, t, min(fitGain*r.Excess, maxFit), ceiling); nt > t {
-			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, snapUp(&c.recent, nt, ceiling)
+			st := snapUp(&c.recent, nt, ceiling)
+			if st > nt {
+				c.sliverFrom, c.sliverTo, c.sliverAt = nt, st, now
+			}
+			c.hold, c.lastRaise, c.lastMove, t = c.cfg.Hold, now, +1, st
 		}
 	case r.Overloaded:
 		frac := c.cfg.RaiseStep
@@ -341,7 +349,8 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 			} else if c.lastMove < 0 {
 				c.hold = min(2*c.hold, c.cfg.MaxHold) // the last lower was a failed probe
 			}
-			c.lastRaise, c.lastMove, t = now, +1, nt
+			c.lastRaise, c.lastMove = now, +1
+			c.sliverFrom, c.sliverTo, c.sliverAt, t = t, nt, now, nt
 		}
 	case r.Saturated:
 		// At capacity: readmitting would only be refused again.
@@ -350,8 +359,22 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 		// once, by most of it: the hold guards against probing past a
 		// capacity nobody measured, not against readmitting traffic that
 		// measurably fits.
-		t = lowerStep(&c.counts, t, min(max(c.cfg.LowerStep, roomGain*r.Room), c.cfg.MaxRaiseStep))
-		c.lastMove = -1
+		nt := lowerStep(&c.counts, t, min(max(c.cfg.LowerStep, roomGain*r.Room), c.cfg.MaxRaiseStep))
+		if r.Room > 0 && nt < c.sliverTo && t >= c.sliverTo && now.Sub(c.sliverAt) < sliverMemory {
+			// Room to readmit a sliver shed moments ago because the
+			// traffic above it alone keeps the resource near its
+			// target, but not clearly more room than the sliver: where
+			// the measured capacity strays by a few percent, it would
+			// queue and be shed again, the threshold hunting across the
+			// priority's edge.
+			if rest, above := restAbove(&c.counts, c.sliverFrom, c.sliverTo); rest <= snapShare*(rest+above) && r.Room*above < rest+sliverMargin*above {
+				nt = c.sliverTo
+			}
+		}
+		if nt == t {
+			break
+		}
+		t, c.lastMove = nt, -1
 		if t == 0 {
 			c.hold = c.cfg.Hold
 		}
@@ -389,17 +412,31 @@ func snapUp(counts *[NumLevels]uint64, nt, ceiling Level) Level {
 	if nt.Cohort() == 0 || end > ceiling {
 		return nt
 	}
-	var rest, admitted uint64
-	for l := int(nt); l < NumLevels; l++ {
-		admitted += counts[l]
-		if l < int(end) {
-			rest += counts[l]
-		}
-	}
-	if float64(rest) <= snapShare*float64(admitted) {
+	if rest, above := restAbove(counts, nt, end); rest <= snapShare*(rest+above) {
 		return end
 	}
 	return nt
+}
+
+// sliverMemory is how long a sliver shed on the judgement that it would
+// not hold (a snapped rest, or a raise for a queue) stays shed unless the
+// measured room clearly holds it: by sliverMargin of the traffic above
+// it beyond its own demand, about twice the capacity's own error.
+const (
+	sliverMemory = 10 * time.Second
+	sliverMargin = 0.1
+)
+
+// restAbove returns the demand of levels [from, to) and at to and above.
+func restAbove(counts *[NumLevels]uint64, from, to Level) (rest, above float64) {
+	for l := int(from); l < NumLevels; l++ {
+		if l < int(to) {
+			rest += float64(counts[l])
+		} else {
+			above += float64(counts[l])
+		}
+	}
+	return rest, above
 }
 
 // priorityEnd is the first level above l's priority: the threshold that

@@ -512,6 +512,63 @@ func TestSnapUp(t *testing.T) {
 	}
 }
 
+// TestSliverStaysShed: a sliver shed because it would not hold (the rest
+// a fitted raise snapped, or what a raise for a queue took) is readmitted
+// within sliverMemory only by a room that clearly holds it, by
+// sliverMargin beyond its share; after that, by any room.
+func TestSliverStaysShed(t *testing.T) {
+	even := [NumPriorities]int{256, 256, 256, 256, 256} // two a level
+	low := LevelOf(Low, 0)
+	// 17.2% shed: sheddable up to cohort 110, whose rest, 2.8% of the
+	// demand, is snapped.
+	surge := Reading{Overloaded: true, Fit: true, Excess: 0.172 / fitGain}
+	for _, queue := range []bool{false, true} {
+		for _, step := range []struct {
+			after time.Duration
+			over  float64 // the room's excess over the sliver's share and the margin
+			lower bool
+		}{
+			{tick, -0.02, false},
+			{sliverMemory - tick, -0.02, false},
+			{sliverMemory - tick, +0.02, true},
+			{sliverMemory + tick, -0.02, true},
+		} {
+			c := mustController(t, ControllerConfig{})
+			now := t0
+			tickAt := func(r Reading) Level {
+				offer(c, now, even, 0)
+				now = now.Add(tick)
+				return c.Update(now, r)
+			}
+			for range 3 {
+				tickAt(Reading{})
+			}
+			th := tickAt(surge)
+			if queue {
+				// A room that clearly holds it readmits more than the
+				// snapped rest, and a standing queue sheds it again.
+				tickAt(Reading{Room: 0.15})
+				th = tickAt(Reading{Overloaded: true, MarginUnfit: true})
+			}
+			if th != low || c.sliverFrom <= LevelOf(Sheddable, 50) || c.sliverTo != low {
+				t.Fatalf("queue %v: threshold %v after the raise, sliver [%v, %v), want %v, a sliver above sheddable/50", queue, th, c.sliverFrom, c.sliverTo, low)
+			}
+			raised := now
+			for now.Add(tick).Sub(raised) < step.after {
+				tickAt(Reading{Saturated: true})
+			}
+			offer(c, now, even, 0)
+			now = raised.Add(step.after)
+			c.hist.sum(&c.counts)
+			rest, above := restAbove(&c.counts, c.sliverFrom, c.sliverTo)
+			room := rest/above + sliverMargin + step.over
+			if th := c.Update(now, Reading{Room: room}); (th < low) != step.lower {
+				t.Errorf("queue %v: room %.3f %v after the raise (the sliver %.3f of the demand above): threshold %v, want lowered %v", queue, room, step.after, rest/above, th, step.lower)
+			}
+		}
+	}
+}
+
 // TestFitShedsAMeasuredSurgeInOneRaise: a fitted excess is shed in one
 // raise (fitGain of it) on the last two ticks' demand, across priorities,
 // however large; it stops at the critical band unless the reading says

@@ -104,7 +104,11 @@
 // of a priority admitted, 15% or less of what it admits, sheds that
 // rest too: the traffic above so small a remainder keeps the resource
 // near its target, and its standing queue would shed the remainder
-// seconds later, moving the threshold again after it seemed settled. A
+// seconds later, moving the threshold again after it seemed settled. Such
+// a sliver (snapped, or shed by a raise for a queue) is readmitted within
+// 10 s only by a room that holds it with a tenth of the traffic above it
+// to spare: the capacity is measured to a few percent, and a sliver
+// readmitted on a room read high queues and is shed again. A
 // step in demand that the gate absorbs is a surge too: all the traffic at
 // the gate outrunning the target by a tenth and three standard deviations over the last three
 // ticks, and the rate of the last seconds by a quarter, with the gate
