@@ -367,7 +367,7 @@ func (c *Controller) Update(now time.Time, r Reading) Level {
 			// the measured capacity strays by a few percent, it would
 			// queue and be shed again, the threshold hunting across the
 			// priority's edge.
-			if rest, above := restAbove(&c.counts, c.sliverFrom, c.sliverTo); rest <= snapShare*(rest+above) && r.Room*above < rest+sliverMargin*above {
+			if rest, above := restAbove(&c.counts, c.sliverFrom, c.sliverTo); isSliver(rest, above) && r.Room*above < rest+sliverMargin*above {
 				nt = c.sliverTo
 			}
 		}
@@ -412,7 +412,7 @@ func snapUp(counts *[NumLevels]uint64, nt, ceiling Level) Level {
 	if nt.Cohort() == 0 || end > ceiling {
 		return nt
 	}
-	if rest, above := restAbove(counts, nt, end); rest <= snapShare*(rest+above) {
+	if isSliver(restAbove(counts, nt, end)) {
 		return end
 	}
 	return nt
@@ -438,6 +438,10 @@ func restAbove(counts *[NumLevels]uint64, from, to Level) (rest, above float64) 
 	}
 	return rest, above
 }
+
+// isSliver reports whether rest is at most snapShare of the demand at and
+// above its first level.
+func isSliver(rest, above float64) bool { return rest <= snapShare*(rest+above) }
 
 // priorityEnd is the first level above l's priority: the threshold that
 // sheds the rest of it.

@@ -677,11 +677,11 @@ var (
 // seed 3, where all but the marginal priority is the throughput target
 // itself) and at 81% (as levee surge measured it on a quiet host, where
 // the traffic above the marginal priority fits the target and the
-// concurrency gate alone can absorb the step): within 1.5 s of each step up (a second or less in all
-// but a few) the threshold sheds at least 10% of the offered traffic (half
-// or more of what must go), and the worker serves at least 0.8C from the
-// second second on; at each C the threshold settles (as levee surge judges
-// it) within 2 s of at least 85% of the steps (over 80 other seeds, 98%,
+// concurrency gate alone can absorb the step): within 1.5 s of each step
+// up (a second or less in all but a few) the threshold sheds at least 10%
+// of the offered traffic (half or more of what must go), and the worker
+// serves at least 0.8C from the second second on; at each C the threshold
+// settles (as levee surge judges it) within 2 s of at least 85% of the steps (over 80 other seeds, 98%,
 // 95% and 91%; with -step.slow=1.15, on a host that slows 15% for 2 s of
 // every 7, 99%, 95% and 89%). The acceptance's settling times are logged;
 // -step.trace logs the threshold's moves in the steps that settled late.
